@@ -1,0 +1,298 @@
+"""The ``tcpecho`` command line: each command parses its options into a typed config and runs it.
+
+Options are declared once and shared: ``runtime_options`` (loop and logs) on every command,
+``tcp_options`` (the socket options of ``TcpOptions``) on both server and client. Every
+option is also an environment variable, ``TCPECHO_<COMMAND>_<OPTION>``, which is how the
+Kubernetes manifests set them. Bad values end in click's usage error and exit status 2;
+runtime failures (refused, unreachable, timed out) are logged and end in exit status 1.
+The server and client modules are imported only when their command runs, so ``--help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from tcpecho import __version__, loops, logs, sockopts
+from tcpecho.durations import Duration
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ENVVAR_PREFIX = "TCPECHO"
+
+_ENVVAR_EPILOG = (
+    "Every option can also be set in the environment as TCPECHO_{command}_<OPTION>, "
+    "for example {example}."
+)
+
+
+def runtime_options(command: F) -> F:
+    """--loop, --log-format and --log-level, shared by every command."""
+    decorators = [
+        click.option(
+            "--loop",
+            type=click.Choice(loops.LOOP_NAMES),
+            default="auto",
+            help="Event loop: uvloop when installed (auto), or plain asyncio.",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(logs.LOG_FORMATS),
+            default="auto",
+            help="JSON lines, a console view, or auto: console on a terminal, JSON otherwise.",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(logs.LOG_LEVELS, case_sensitive=False),
+            default="info",
+            help="Lowest level logged.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def tcp_options(*, connect: bool) -> Callable[[F], F]:
+    """The TCP socket options; ``connect`` adds those that only matter when connecting."""
+
+    whole_seconds = Duration(minimum=1, maximum=sockopts.KEEPALIVE_TIME_MAX_S, granularity="s")
+    decorators = [
+        click.option(
+            "--user-timeout",
+            type=Duration(maximum=sockopts.USER_TIMEOUT_MAX_MS / 1000, granularity="ms"),
+            default=None,
+            help="TCP_USER_TIMEOUT: give up when sent data stays unacknowledged this long "
+            "(0s: kernel default). Bounds the ~15 min retransmission hang.",
+        ),
+        click.option(
+            "--keepalive/--no-keepalive",
+            default=None,
+            help="SO_KEEPALIVE: probe an idle connection. Detects a dead peer only while "
+            "no data is unacknowledged. Default: the socket's default (off).",
+        ),
+        click.option(
+            "--keepalive-idle",
+            type=whole_seconds,
+            default=None,
+            help="TCP_KEEPIDLE: idle time before the first probe (whole seconds).",
+        ),
+        click.option(
+            "--keepalive-interval",
+            type=whole_seconds,
+            default=None,
+            help="TCP_KEEPINTVL: time between probes (whole seconds).",
+        ),
+        click.option(
+            "--keepalive-count",
+            type=click.IntRange(1, sockopts.KEEPALIVE_COUNT_MAX),
+            default=None,
+            help="TCP_KEEPCNT: unanswered probes before giving up.",
+        ),
+    ]
+    if connect:
+        decorators.append(
+            click.option(
+                "--syn-retries",
+                type=click.IntRange(1, sockopts.SYN_RETRIES_MAX),
+                default=None,
+                help="TCP_SYNCNT: SYN retransmissions before connect gives up.",
+            )
+        )
+    decorators.append(
+        click.option(
+            "--recverr/--no-recverr",
+            default=False,
+            help="IP_RECVERR: an ICMP unreachable ends the connection at once "
+            "instead of after the retransmissions.",
+        )
+    )
+
+    def apply(command: F) -> F:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+def _build_tcp_options(
+    *,
+    user_timeout: float | None,
+    keepalive: bool | None,
+    keepalive_idle: float | None,
+    keepalive_interval: float | None,
+    keepalive_count: int | None,
+    recverr: bool,
+    syn_retries: int | None = None,
+) -> sockopts.TcpOptions:
+    try:
+        options = sockopts.TcpOptions(
+            user_timeout_ms=None if user_timeout is None else round(user_timeout * 1000),
+            keepalive=keepalive,
+            keepalive_idle_s=None if keepalive_idle is None else int(keepalive_idle),
+            keepalive_interval_s=None if keepalive_interval is None else int(keepalive_interval),
+            keepalive_count=keepalive_count,
+            syn_retries=syn_retries,
+            recverr=recverr,
+        )
+    except sockopts.OptionError as error:
+        raise click.UsageError(str(error)) from None
+    missing = options.unsupported()
+    if missing:
+        raise click.UsageError(
+            f"this platform cannot set {', '.join(missing)}; leave out the option(s) that need it"
+        )
+    return options
+
+
+def _check_loop(loop: loops.LoopName) -> None:
+    try:
+        loops.resolve(loop)
+    except LookupError as error:
+        raise click.BadParameter(str(error), param_hint="'--loop'") from None
+
+
+@click.group(
+    context_settings={
+        "auto_envvar_prefix": ENVVAR_PREFIX,
+        "help_option_names": ["-h", "--help"],
+        "show_default": True,
+        "max_content_width": 100,
+    }
+)
+@click.version_option(__version__, prog_name="tcpecho")
+def main() -> None:
+    """A TCP echo server and client for seeing, and fixing, the 15-minute hang after a peer
+    vanishes (a force-deleted Kubernetes pod behind a ClusterIP service)."""
+
+
+@main.command(
+    epilog=_ENVVAR_EPILOG.format(command="SERVER", example="TCPECHO_SERVER_CATCH_SIGTERM=true")
+)
+@click.option("--host", default="0.0.0.0", help="Address to listen on; '::' takes IPv6 and IPv4.")  # noqa: S104
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="TCP port.")
+@click.option(
+    "--catch-sigterm",
+    is_flag=True,
+    default=False,
+    help="Ignore SIGTERM (logging each one), as the original reproduction's server does; "
+    "SIGINT still stops the server.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=Duration(),
+    default="10s",
+    help="On SIGTERM/SIGINT: time for echoes under way to finish before connections are cut.",
+)
+@tcp_options(connect=False)
+@runtime_options
+def server(
+    host: str,
+    port: int,
+    catch_sigterm: bool,
+    shutdown_timeout: float,
+    loop: loops.LoopName,
+    log_format: logs.LogFormat,
+    log_level: str,
+    **tcp: Any,
+) -> None:
+    """Echo every byte back (RFC 862), with backpressure and graceful shutdown."""
+    _check_loop(loop)
+    from tcpecho.server import ServerConfig, run
+
+    config = ServerConfig(
+        host=host,
+        port=port,
+        tcp=_build_tcp_options(**tcp),
+        catch_sigterm=catch_sigterm,
+        shutdown_timeout_s=shutdown_timeout,
+        loop=loop,
+    )
+    logs.configure(log_format, log_level)
+    raise SystemExit(run(config))
+
+
+@main.command(
+    epilog=_ENVVAR_EPILOG.format(command="CLIENT", example="TCPECHO_CLIENT_USER_TIMEOUT=30s")
+)
+@click.option("--server", default="server", help="Server host name or address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="Server TCP port.")
+@click.option("--interval", type=Duration(), default="5s", help="Pause between requests.")
+@click.option(
+    "--count", type=click.IntRange(min=0), default=0, help="Echoes to complete; 0 = forever."
+)
+@click.option("--message", default="ping", help="Text sent in each request, after its number.")
+@click.option(
+    "--connect-timeout",
+    type=Duration(minimum=0.001),
+    default=None,
+    help="Deadline for each connection attempt (default: the kernel's SYN retries).",
+)
+@click.option(
+    "--read-timeout",
+    type=Duration(minimum=0.001),
+    default=None,
+    help="Deadline for each echo: the application-level bound, whatever the kernel does.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=-1),
+    default=0,
+    help="Reconnect attempts after a failure; -1 = forever; 0 = exit on the first failure.",
+)
+@click.option(
+    "--retry-backoff",
+    type=Duration(minimum=0.001),
+    default="1s",
+    help="First reconnect delay; doubles per attempt, with jitter.",
+)
+@click.option(
+    "--retry-backoff-max", type=Duration(minimum=0.001), default="30s", help="Longest delay."
+)
+@tcp_options(connect=True)
+@runtime_options
+def client(
+    server: str,
+    port: int,
+    interval: float,
+    count: int,
+    message: str,
+    connect_timeout: float | None,
+    read_timeout: float | None,
+    retries: int,
+    retry_backoff: float,
+    retry_backoff_max: float,
+    loop: loops.LoopName,
+    log_format: logs.LogFormat,
+    log_level: str,
+    **tcp: Any,
+) -> None:
+    """Send a numbered request every --interval and check each echo; log how failures are
+    detected and how long it took."""
+    _check_loop(loop)
+    if retry_backoff_max < retry_backoff:
+        raise click.BadParameter(
+            "must not be shorter than --retry-backoff", param_hint="'--retry-backoff-max'"
+        )
+    from tcpecho.client import ClientConfig, run
+
+    config = ClientConfig(
+        server=server,
+        port=port,
+        interval_s=interval,
+        count=count,
+        message=message,
+        tcp=_build_tcp_options(**tcp),
+        connect_timeout_s=connect_timeout,
+        read_timeout_s=read_timeout,
+        retries=retries,
+        retry_backoff_s=retry_backoff,
+        retry_backoff_max_s=retry_backoff_max,
+        loop=loop,
+    )
+    logs.configure(log_format, log_level)
+    raise SystemExit(run(config))

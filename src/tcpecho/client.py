@@ -1,0 +1,396 @@
+"""EchoClient: the periodic request/verify loop, its deadlines and retries, and detection timing.
+
+The client sends a numbered request every ``interval``, reads back exactly the bytes it
+sent and compares them. Between requests it keeps watching the connection, so a failure
+on an idle connection (keepalive giving up, a FIN, a reset) is noticed when it happens
+rather than at the next request. Each failure is logged once, as ``connection_failed``,
+with the errno name and two clocks users compare across settings:
+
+- ``detection_s``: from sending the request that was never answered (or from starting
+  the connect) to the moment the failure surfaced; ``None`` when the connection was idle;
+- ``since_last_response_s``: from the last echo received to the failure.
+
+Both are measured with the monotonic clock around the exact send and the exact failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from tcpecho import loops
+from tcpecho.logs import get_logger
+from tcpecho.naming import EOF, error_name, format_address
+from tcpecho.protocol import encode_request
+from tcpecho.sockopts import TcpOptions, read_effective
+
+FOREVER = -1  # --retries value that never gives up, like the original reproduction's client
+
+# Failure names that are not errno names: the application's own deadlines and checks.
+READ_TIMEOUT = "READ_TIMEOUT"
+CONNECT_TIMEOUT = "CONNECT_TIMEOUT"
+MISMATCH = "MISMATCH"
+UNEXPECTED_DATA = "UNEXPECTED_DATA"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    server: str = "server"
+    port: int = 8000
+    interval_s: float = 5.0
+    count: int = 0  # 0: forever
+    message: str = "ping"
+    tcp: TcpOptions = field(default_factory=TcpOptions)
+    connect_timeout_s: float | None = None
+    read_timeout_s: float | None = None
+    retries: int = 0  # reconnect attempts after a failure; FOREVER never gives up
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 30.0
+    loop: loops.LoopName = "auto"
+
+
+@dataclass
+class Summary:
+    sent: int = 0
+    received: int = 0
+    failures: int = 0
+    reconnects: int = 0
+    longest_detection_s: float | None = None
+
+
+class ConnectionFailed(Exception):
+    """A failure of the connection or of the echo, named the way the logs name it."""
+
+    def __init__(
+        self,
+        name: str,
+        error: str,
+        *,
+        phase: str,
+        unanswered_since: float | None,
+        seq: int | None = None,
+        fatal: bool = False,
+    ) -> None:
+        super().__init__(f"{name}: {error}")
+        self.name = name
+        self.error = error
+        self.phase = phase
+        self.unanswered_since = unanswered_since
+        self.seq = seq
+        self.fatal = fatal  # retrying cannot help (the echo did not match)
+        self.detected_at = time.monotonic()
+
+
+@dataclass
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    echoed: int = 0
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": a delay in [d/2, d], d = min(cap, base * 2^(n-1)).
+
+    Half the delay is fixed, so retries keep backing off; half is random, so many clients
+    that lost the same server do not come back in lockstep.
+    """
+    nominal = min(cap_s, base_s * 2 ** (attempt - 1))
+    return nominal / 2 + rng.uniform(0, nominal / 2)
+
+
+class EchoClient:
+    """Run the echo loop until ``count`` echoes, a failure beyond the retries, or a signal."""
+
+    def __init__(self, config: ClientConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.summary = Summary()
+        self.log = get_logger()
+        self._rng = rng or random.Random()
+        self._seq = 0
+        self._connection_number = 0
+        self._last_response_at: float | None = None
+        self._failure_outstanding = False
+        self._stopped_by: str | None = None
+
+    async def run(self) -> int:
+        """The exit status: 0 when the echoes were answered, 1 on a failure left standing."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum, task)
+        self.log.info(
+            "client_started",
+            server=self.config.server,
+            port=self.config.port,
+            interval_s=self.config.interval_s,
+            count=self.config.count,
+            retries=self.config.retries,
+            loop=type(loop).__module__.split(".")[0],
+        )
+        try:
+            status = await self._run()
+        except asyncio.CancelledError:
+            if self._stopped_by is None:
+                raise
+            task.uncancel()
+            status = 1 if self._failure_outstanding else 0
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+            structlog.contextvars.unbind_contextvars("connection")
+        self.log.info(
+            "summary",
+            sent=self.summary.sent,
+            received=self.summary.received,
+            failures=self.summary.failures,
+            reconnects=self.summary.reconnects,
+            longest_detection_s=self.summary.longest_detection_s,
+            stopped_by=self._stopped_by,
+            exit_code=status,
+        )
+        return status
+
+    def _on_signal(self, signum: int, task: asyncio.Task[int]) -> None:
+        self._stopped_by = signal.Signals(signum).name
+        self.log.info("stopping", signal=self._stopped_by)
+        task.cancel()
+
+    async def _run(self) -> int:
+        attempt = 0
+        while True:
+            connection: _Connection | None = None
+            try:
+                connection = await self._connect(attempt)
+                await self._exchange(connection)
+                await self._close(connection)
+                return 0
+            except ConnectionFailed as failure:
+                if connection is not None:
+                    connection.writer.transport.abort()
+                    if connection.echoed:
+                        attempt = 0  # the connection worked: count retries afresh
+                self._report(failure)
+                if failure.fatal:
+                    return 1
+                if self.config.retries != FOREVER and attempt >= self.config.retries:
+                    return 1
+                attempt += 1
+                delay = backoff_delay(
+                    attempt, self.config.retry_backoff_s, self.config.retry_backoff_max_s, self._rng
+                )
+                self.log.warning(
+                    "reconnecting",
+                    attempt=attempt,
+                    retries=self.config.retries,
+                    delay_s=round(delay, 6),
+                )
+                self.summary.reconnects += 1
+                await asyncio.sleep(delay)
+            except BaseException:
+                if connection is not None:
+                    connection.writer.transport.abort()
+                raise
+
+    # -- connecting ----------------------------------------------------------------------
+
+    async def _connect(self, attempt: int) -> _Connection:
+        self._connection_number += 1
+        structlog.contextvars.bind_contextvars(connection=self._connection_number)
+        self.log.info(
+            "connecting", server=self.config.server, port=self.config.port, attempt=attempt
+        )
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                sock = await self._open_socket(started)
+        except TimeoutError:
+            raise ConnectionFailed(
+                CONNECT_TIMEOUT,
+                f"no connection within {self.config.connect_timeout_s}s",
+                phase="connect",
+                unanswered_since=started,
+            ) from None
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        connection_socket = writer.get_extra_info("socket")
+        self.log.info(
+            "connected",
+            local=format_address(writer.get_extra_info("sockname")),
+            peer=format_address(writer.get_extra_info("peername")),
+            connect_s=round(time.monotonic() - started, 6),
+            options=read_effective(connection_socket).as_dict(),
+        )
+        return _Connection(reader, writer)
+
+    async def _open_socket(self, started: float) -> socket.socket:
+        """A connected socket, options applied before connect; failures as ConnectionFailed."""
+        loop = asyncio.get_running_loop()
+        try:
+            addresses = await loop.getaddrinfo(
+                self.config.server, self.config.port, type=socket.SOCK_STREAM
+            )
+        except OSError as error:
+            raise ConnectionFailed(
+                error_name(error), str(error), phase="resolve", unanswered_since=started
+            ) from None
+        last_error: OSError | None = None
+        for family, kind, proto, _, address in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                self.config.tcp.apply(sock)
+                await loop.sock_connect(sock, address)
+            except OSError as error:
+                sock.close()
+                last_error = error
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        assert last_error is not None  # getaddrinfo returns at least one address or raises
+        raise ConnectionFailed(
+            error_name(last_error), str(last_error), phase="connect", unanswered_since=started
+        )
+
+    async def _close(self, connection: _Connection) -> None:
+        connection.writer.close()
+        try:
+            await connection.writer.wait_closed()
+        except OSError:
+            pass  # the echoes are all in; how the peer takes the close does not matter
+
+    # -- exchanging ----------------------------------------------------------------------
+
+    async def _exchange(self, connection: _Connection) -> None:
+        count = self.config.count
+        while count == 0 or self.summary.received < count:
+            self._seq += 1
+            seq = self._seq
+            request = encode_request(seq, self.config.message)
+            sent_at = time.monotonic()
+            connection.writer.write(request)
+            self.summary.sent += 1
+            self.log.info("request_sent", seq=seq, bytes=len(request))
+            echo = await self._await_echo(connection, len(request), seq, sent_at)
+            received_at = time.monotonic()
+            if echo != request:
+                raise ConnectionFailed(
+                    MISMATCH,
+                    f"sent {request!r}, got back {echo!r}",
+                    phase="request",
+                    unanswered_since=sent_at,
+                    seq=seq,
+                    fatal=True,
+                )
+            self.summary.received += 1
+            connection.echoed += 1
+            self._last_response_at = received_at
+            self._failure_outstanding = False
+            self.log.info(
+                "response_received", seq=seq, rtt_ms=round((received_at - sent_at) * 1000, 3)
+            )
+            if count and self.summary.received >= count:
+                return
+            await self._idle(connection, self.config.interval_s)
+
+    async def _await_echo(
+        self, connection: _Connection, size: int, seq: int, sent_at: float
+    ) -> bytes:
+        try:
+            async with asyncio.timeout(self.config.read_timeout_s):
+                return await self._read_echo(connection, size, seq, sent_at)
+        except TimeoutError:
+            raise ConnectionFailed(
+                READ_TIMEOUT,
+                f"no echo within {self.config.read_timeout_s}s",
+                phase="request",
+                unanswered_since=sent_at,
+                seq=seq,
+            ) from None
+
+    async def _read_echo(
+        self, connection: _Connection, size: int, seq: int, sent_at: float
+    ) -> bytes:
+        try:
+            await connection.writer.drain()
+            return await connection.reader.readexactly(size)
+        except (OSError, asyncio.IncompleteReadError) as error:
+            raise ConnectionFailed(
+                error_name(error),
+                str(error) or "connection closed by peer",
+                phase="request",
+                unanswered_since=sent_at,
+                seq=seq,
+            ) from None
+
+    async def _idle(self, connection: _Connection, seconds: float) -> None:
+        """Wait ``seconds`` while watching the idle connection for a close or an error."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._watch_idle(connection)
+        except TimeoutError:
+            return  # the interval passed and the connection is still up
+
+    async def _watch_idle(self, connection: _Connection) -> None:
+        try:
+            unexpected = await connection.reader.read(1)
+        except OSError as error:
+            raise ConnectionFailed(
+                error_name(error), str(error), phase="idle", unanswered_since=None
+            ) from None
+        if not unexpected:
+            raise ConnectionFailed(
+                EOF, "connection closed by peer", phase="idle", unanswered_since=None
+            )
+        raise ConnectionFailed(
+            UNEXPECTED_DATA,
+            f"the server sent {unexpected!r} that no request asked for",
+            phase="idle",
+            unanswered_since=None,
+            fatal=True,
+        )
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _report(self, failure: ConnectionFailed) -> None:
+        self.summary.failures += 1
+        self._failure_outstanding = True
+        detection_s = None
+        if failure.unanswered_since is not None:
+            detection_s = round(failure.detected_at - failure.unanswered_since, 6)
+            longest = self.summary.longest_detection_s
+            self.summary.longest_detection_s = (
+                detection_s if longest is None else max(longest, detection_s)
+            )
+        since_last_response_s = None
+        if self._last_response_at is not None:
+            since_last_response_s = round(failure.detected_at - self._last_response_at, 6)
+        self.log.error(
+            "connection_failed",
+            phase=failure.phase,
+            errno=failure.name,
+            error=failure.error,
+            seq=failure.seq,
+            detection_s=detection_s,
+            since_last_response_s=since_last_response_s,
+        )
+
+
+def run(config: ClientConfig) -> int:
+    """Run the client on the configured loop; the exit status."""
+
+    async def main() -> int:
+        return await EchoClient(config).run()
+
+    return loops.run(main(), config.loop)

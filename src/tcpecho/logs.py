@@ -1,0 +1,62 @@
+"""Structured logs: one event name per line, JSON lines for machines, a console for people.
+
+JSON is the default whenever stdout is not a terminal (containers, the lab, tests), so
+every line can be parsed; the console renderer is used on a TTY. Timestamps are UTC.
+structlog is imported on first use, so ``tcpecho --help`` does not pay for it.
+Context bound with ``structlog.contextvars`` (such as the client's connection number) is
+merged first, so it appears on every line logged while it is bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger, Processor
+
+LogFormat = Literal["auto", "console", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
+    """Set up structlog for the whole process; call once, before the first event."""
+    import structlog
+
+    use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _lead_with_time_level_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**context: object) -> FilteringBoundLogger:
+    import structlog
+
+    logger: FilteringBoundLogger = structlog.get_logger(**context)
+    return logger
+
+
+def _lead_with_time_level_event(
+    logger: object, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Put timestamp, level and event first, so a JSON line reads like a log line."""
+    lead = {key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict}
+    return {**lead, **event_dict}

@@ -1,0 +1,216 @@
+"""EchoServer: the listening sockets, signal handling and graceful shutdown of the echo server.
+
+The per-connection hot path lives in ``protocol.EchoProtocol``; this module binds the
+sockets (with the TCP options applied, so accepted connections inherit them), tracks open
+connections for the logs, and turns SIGTERM/SIGINT into a shutdown that stops accepting,
+lets the echoes under way finish, and exits 0 within the shutdown timeout. The handlers are
+installed explicitly, which is also what makes the signals work when the server is PID 1 of
+a container (the kernel drops default-action signals sent to PID 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from tcpecho import loops
+from tcpecho.logs import get_logger
+from tcpecho.naming import error_name, format_address
+from tcpecho.protocol import EchoProtocol
+from tcpecho.sockopts import TcpOptions, read_effective
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"  # noqa: S104 - an echo server in a pod listens on every address
+    port: int = 8000
+    tcp: TcpOptions = field(default_factory=TcpOptions)
+    catch_sigterm: bool = False
+    shutdown_timeout_s: float = 10.0
+    backlog: int = 1024
+    loop: loops.LoopName = "auto"
+
+
+@dataclass
+class _ConnectionInfo:
+    peer: str
+    opened_at: float
+
+
+class EchoServer:
+    """Serve until a stop signal, then shut down gracefully."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.log = get_logger()
+        self.connections: dict[EchoProtocol, _ConnectionInfo] = {}
+        self.addresses: list[str] = []
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+
+    # -- sockets -----------------------------------------------------------------------
+
+    def bind(self) -> list[socket.socket]:
+        """Listening sockets for the configured host, options applied before listen."""
+        host, port = self.config.host, self.config.port
+        if host == "::" and socket.has_dualstack_ipv6():
+            # Like Go's net.Listen on "[::]": one socket for both IPv6 and IPv4 clients.
+            return [self._listen(socket.AF_INET6, ("::", port), dual_stack=True)]
+        sockets: list[socket.socket] = []
+        seen: set[tuple[int, str]] = set()
+        try:
+            for family, _, _, _, sockaddr in socket.getaddrinfo(
+                host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+            ):
+                key = (family, str(sockaddr[0]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                sockets.append(self._listen(family, sockaddr, dual_stack=False))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def _listen(
+        self, family: int, sockaddr: tuple[str, int] | tuple[str, int, int, int], *, dual_stack: bool
+    ) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not dual_stack))
+            self.config.tcp.without_connect_options().apply(sock)
+            sock.bind(sockaddr)
+            sock.listen(self.config.backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # -- connection registry (called by EchoProtocol) ------------------------------------
+
+    def opened(self, connection: EchoProtocol) -> None:
+        transport = connection.transport
+        peer = format_address(transport.get_extra_info("peername"))
+        self.connections[connection] = _ConnectionInfo(peer=peer, opened_at=time.monotonic())
+        self._all_closed.clear()
+        sock = transport.get_extra_info("socket")
+        self.log.info(
+            "connection_accepted",
+            peer=peer,
+            local=format_address(transport.get_extra_info("sockname")),
+            options=read_effective(sock).as_dict() if sock is not None else None,
+            connections=len(self.connections),
+        )
+
+    def closed(self, connection: EchoProtocol, error: Exception | None) -> None:
+        info = self.connections.pop(connection, None)
+        if not self.connections:
+            self._all_closed.set()
+        if info is None:
+            return
+        self.log.info(
+            "connection_closed",
+            peer=info.peer,
+            bytes_echoed=connection.bytes_echoed,
+            duration_s=round(time.monotonic() - info.opened_at, 6),
+            error=error_name(error) if error is not None else None,
+            connections=len(self.connections),
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Serve until stopped; the process exit status."""
+        loop = asyncio.get_running_loop()
+        try:
+            sockets = self.bind()
+        except OSError as error:
+            self.log.error(
+                "server_failed",
+                host=self.config.host,
+                port=self.config.port,
+                error=str(error),
+                errno=error_name(error),
+            )
+            return 1
+        for sock in sockets:
+            server = await loop.create_server(lambda: EchoProtocol(self), sock=sock)
+            self._servers.append(server)
+            self.addresses.append(format_address(sock.getsockname()))
+        self._install_signal_handlers(loop)
+        self.log.info(
+            "server_started",
+            addresses=self.addresses,
+            loop=type(loop).__module__.split(".")[0],
+            catch_sigterm=self.config.catch_sigterm,
+            options=read_effective(sockets[0]).as_dict(),
+        )
+        self.started.set()
+        await self._stop.wait()
+        await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM and SIGINT do)."""
+        self._stop.set()
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGTERM and self.config.catch_sigterm:
+            self.log.warning("signal_ignored", signal=name, reason="--catch-sigterm")
+            return
+        if self._stop.is_set():
+            self.log.warning("shutdown_forced", signal=name, connections=len(self.connections))
+            for connection in list(self.connections):
+                connection.transport.abort()
+            return
+        self.log.info("shutdown_started", signal=name, connections=len(self.connections))
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        started = time.monotonic()
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.drain_and_close()
+        aborted = 0
+        if self.connections:
+            try:
+                async with asyncio.timeout(self.config.shutdown_timeout_s):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                aborted = len(self.connections)
+                for connection in list(self.connections):
+                    connection.transport.abort()
+                # abort() reports connection_lost on the next loop iteration.
+                await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        self.log.info(
+            "server_stopped",
+            duration_s=round(time.monotonic() - started, 6),
+            aborted_connections=aborted,
+        )
+
+
+def run(config: ServerConfig) -> int:
+    """Run the server on the configured loop until it stops; the exit status."""
+
+    async def main() -> int:
+        return await EchoServer(config).serve()
+
+    return loops.run(main(), config.loop)
