@@ -1,0 +1,108 @@
+"""Detection of a silent peer with real kernel timers: client and server in network namespaces.
+
+The client talks to the server through a node namespace doing kube-proxy-style DNAT, as a
+client pod talks to a ClusterIP service. After a few echoes the node drops everything to
+and from the server pod (nft), which is what the force-deleted pod's vanished route does.
+Expected times come from the kernel facts measured on this machine: TCP_USER_TIMEOUT gives
+up about 0.41 s (the first retransmission) plus the timeout after the unanswered send;
+keepalive idle/interval/count 1 s/1 s/3 gives up about 4 s after the last data on an idle
+connection; with no option the kernel retransmits for about 15 minutes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tcpecho.lab.topology import CLUSTER_IP, Topology, leftover_namespaces, remove_namespaces
+from tests.conftest import Spawn, requires_netns
+from tests.support import LoggedProcess
+
+pytestmark = [requires_netns, pytest.mark.netns]
+
+TEST_PREFIX = "tcpecho-test-"
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    """Remove namespaces of an earlier run that was killed, and check none remain after."""
+    remove_namespaces(leftover_namespaces(TEST_PREFIX))
+    yield
+    assert leftover_namespaces(TEST_PREFIX) == []
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    with Topology(f"{TEST_PREFIX}{os.getpid()}-{next(_numbers)}") as built:
+        yield built
+
+
+def _start(topology: Topology, spawn: Spawn, tcpecho: str, *client_args: str) -> LoggedProcess:
+    server = spawn(topology.command(topology.server_ns, [tcpecho, "server", "--catch-sigterm"]))
+    server.wait_for("server_started")
+    return spawn(
+        topology.command(
+            topology.client_ns, [tcpecho, "client", "--server", CLUSTER_IP, *client_args]
+        )
+    )
+
+
+def test_user_timeout_detects_the_black_hole_after_about_the_timeout(
+    topology: Topology, spawn: Spawn, tcpecho: str
+) -> None:
+    client = _start(topology, spawn, tcpecho, "--interval", "300ms", "--user-timeout", "2s")
+    client.wait_for("response_received", count=3)
+    topology.drop_pod_traffic()
+    failed = client.wait_for("connection_failed", timeout=10)
+    assert (failed["errno"], failed["phase"]) == ("ETIMEDOUT", "request")
+    # Never before the timeout; the first retransmission adds ~0.41 s, timers a little more.
+    assert 2.0 <= failed["detection_s"] <= 3.0
+    assert client.wait(5) == 1
+
+
+def test_keepalive_detects_the_black_hole_on_an_idle_connection(
+    topology: Topology, spawn: Spawn, tcpecho: str
+) -> None:
+    client = _start(
+        topology,
+        spawn,
+        tcpecho,
+        "--interval",
+        "60s",
+        "--keepalive-idle",
+        "1s",
+        "--keepalive-interval",
+        "1s",
+        "--keepalive-count",
+        "3",
+    )
+    client.wait_for("response_received")
+    topology.drop_pod_traffic()
+    failed = client.wait_for("connection_failed", timeout=10)
+    assert (failed["errno"], failed["phase"], failed["detection_s"]) == ("ETIMEDOUT", "idle", None)
+    # idle 1 s + 3 probes 1 s apart = 4 s after the last data.
+    assert 3.5 <= failed["since_last_response_s"] <= 5.5
+    assert client.wait(5) == 1
+
+
+def test_without_options_the_client_is_still_waiting(
+    topology: Topology, spawn: Spawn, tcpecho: str
+) -> None:
+    client = _start(topology, spawn, tcpecho, "--interval", "300ms")
+    client.wait_for("response_received", count=3)
+    topology.drop_pod_traffic()
+    # Longer than either mitigation above takes; the kernel's budget is ~924.6 s.
+    time.sleep(8)
+    assert client.named("connection_failed") == []
+    assert client.proc.poll() is None
+    client.signal(signal.SIGTERM)
+    assert client.wait(5) == 0
+    summary = client.wait_for("summary")
+    assert summary["sent"] == summary["received"] + 1  # one request is still unanswered
+    assert summary["stopped_by"] == "SIGTERM"
