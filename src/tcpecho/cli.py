@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from tcpecho import __version__, loops, logs, sockopts
+from tcpecho import __version__, logs, loops, sockopts
 from tcpecho.durations import Duration
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -16,6 +16,7 @@ Both are measured with the monotonic clock around the exact send and the exact f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import socket
@@ -64,7 +65,7 @@ class Summary:
     longest_detection_s: float | None = None
 
 
-class ConnectionFailed(Exception):
+class ConnectionFailedError(Exception):
     """A failure of the connection or of the echo, named the way the logs name it."""
 
     def __init__(
@@ -100,7 +101,7 @@ def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random)
     Half the delay is fixed, so retries keep backing off; half is random, so many clients
     that lost the same server do not come back in lockstep.
     """
-    nominal = min(cap_s, base_s * 2 ** (attempt - 1))
+    nominal = min(cap_s, base_s * 2.0 ** (attempt - 1))
     return nominal / 2 + rng.uniform(0, nominal / 2)
 
 
@@ -171,7 +172,7 @@ class EchoClient:
                 await self._exchange(connection)
                 await self._close(connection)
                 return 0
-            except ConnectionFailed as failure:
+            except ConnectionFailedError as failure:
                 if connection is not None:
                     connection.writer.transport.abort()
                     if connection.echoed:
@@ -211,7 +212,7 @@ class EchoClient:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 sock = await self._open_socket(started)
         except TimeoutError:
-            raise ConnectionFailed(
+            raise ConnectionFailedError(
                 CONNECT_TIMEOUT,
                 f"no connection within {self.config.connect_timeout_s}s",
                 phase="connect",
@@ -233,14 +234,14 @@ class EchoClient:
         return _Connection(reader, writer)
 
     async def _open_socket(self, started: float) -> socket.socket:
-        """A connected socket, options applied before connect; failures as ConnectionFailed."""
+        """A connected socket, options applied before connect; failures as ConnectionFailedError."""
         loop = asyncio.get_running_loop()
         try:
             addresses = await loop.getaddrinfo(
                 self.config.server, self.config.port, type=socket.SOCK_STREAM
             )
         except OSError as error:
-            raise ConnectionFailed(
+            raise ConnectionFailedError(
                 error_name(error), str(error), phase="resolve", unanswered_since=started
             ) from None
         last_error: OSError | None = None
@@ -259,16 +260,15 @@ class EchoClient:
                 raise
             return sock
         assert last_error is not None  # getaddrinfo returns at least one address or raises
-        raise ConnectionFailed(
+        raise ConnectionFailedError(
             error_name(last_error), str(last_error), phase="connect", unanswered_since=started
         )
 
     async def _close(self, connection: _Connection) -> None:
         connection.writer.close()
-        try:
+        with contextlib.suppress(OSError):
+            # The echoes are all in; how the peer takes the close does not matter.
             await connection.writer.wait_closed()
-        except OSError:
-            pass  # the echoes are all in; how the peer takes the close does not matter
 
     # -- exchanging ----------------------------------------------------------------------
 
@@ -285,7 +285,7 @@ class EchoClient:
             echo = await self._await_echo(connection, len(request), seq, sent_at)
             received_at = time.monotonic()
             if echo != request:
-                raise ConnectionFailed(
+                raise ConnectionFailedError(
                     MISMATCH,
                     f"sent {request!r}, got back {echo!r}",
                     phase="request",
@@ -311,7 +311,7 @@ class EchoClient:
             async with asyncio.timeout(self.config.read_timeout_s):
                 return await self._read_echo(connection, size, seq, sent_at)
         except TimeoutError:
-            raise ConnectionFailed(
+            raise ConnectionFailedError(
                 READ_TIMEOUT,
                 f"no echo within {self.config.read_timeout_s}s",
                 phase="request",
@@ -326,7 +326,7 @@ class EchoClient:
             await connection.writer.drain()
             return await connection.reader.readexactly(size)
         except (OSError, asyncio.IncompleteReadError) as error:
-            raise ConnectionFailed(
+            raise ConnectionFailedError(
                 error_name(error),
                 str(error) or "connection closed by peer",
                 phase="request",
@@ -346,14 +346,14 @@ class EchoClient:
         try:
             unexpected = await connection.reader.read(1)
         except OSError as error:
-            raise ConnectionFailed(
+            raise ConnectionFailedError(
                 error_name(error), str(error), phase="idle", unanswered_since=None
             ) from None
         if not unexpected:
-            raise ConnectionFailed(
+            raise ConnectionFailedError(
                 EOF, "connection closed by peer", phase="idle", unanswered_since=None
             )
-        raise ConnectionFailed(
+        raise ConnectionFailedError(
             UNEXPECTED_DATA,
             f"the server sent {unexpected!r} that no request asked for",
             phase="idle",
@@ -363,7 +363,7 @@ class EchoClient:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def _report(self, failure: ConnectionFailed) -> None:
+    def _report(self, failure: ConnectionFailedError) -> None:
         self.summary.failures += 1
         self._failure_outstanding = True
         detection_s = None

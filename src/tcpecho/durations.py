@@ -36,7 +36,7 @@ def format_duration(seconds: float) -> str:
     return str(durationpy.to_str(dt.timedelta(seconds=seconds)))
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[float]):
     """A click parameter type for a bounded duration, converted to float seconds."""
 
     name = "duration"
@@ -69,9 +69,13 @@ class Duration(click.ParamType):
         if micros % step:
             self.fail(f"{value!r} must be a whole number of {self._unit_name()}", param, ctx)
         if seconds < self.minimum:
-            self.fail(f"{value!r} is below the minimum of {format_duration(self.minimum)}", param, ctx)
+            self.fail(
+                f"{value!r} is below the minimum of {format_duration(self.minimum)}", param, ctx
+            )
         if self.maximum is not None and seconds > self.maximum:
-            self.fail(f"{value!r} is above the maximum of {format_duration(self.maximum)}", param, ctx)
+            self.fail(
+                f"{value!r} is above the maximum of {format_duration(self.maximum)}", param, ctx
+            )
         return seconds
 
     def _unit_name(self) -> str:

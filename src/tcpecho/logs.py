@@ -58,5 +58,7 @@ def _lead_with_time_level_event(
     logger: object, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """Put timestamp, level and event first, so a JSON line reads like a log line."""
-    lead = {key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict}
+    lead = {
+        key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict
+    }
     return {**lead, **event_dict}

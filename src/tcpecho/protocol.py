@@ -43,7 +43,14 @@ class ConnectionRegistry(TypingProtocol):
 class EchoProtocol(asyncio.Protocol):
     """Echo everything back; pause reading while the peer is not reading our writes."""
 
-    __slots__ = ("_drain_handle", "_draining", "_registry", "_saw_data", "bytes_echoed", "transport")
+    __slots__ = (
+        "_drain_handle",
+        "_draining",
+        "_registry",
+        "_saw_data",
+        "bytes_echoed",
+        "transport",
+    )
 
     transport: asyncio.Transport
 

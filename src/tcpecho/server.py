@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from tcpecho import loops
 from tcpecho.logs import get_logger
@@ -78,9 +79,7 @@ class EchoServer:
             raise
         return sockets
 
-    def _listen(
-        self, family: int, sockaddr: tuple[str, int] | tuple[str, int, int, int], *, dual_stack: bool
-    ) -> socket.socket:
+    def _listen(self, family: int, sockaddr: Any, *, dual_stack: bool) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
