@@ -11,12 +11,14 @@ with the errno name and two clocks users compare across settings:
 - ``since_last_response_s``: from the last echo received to the failure.
 
 Both are measured with the monotonic clock around the exact send and the exact failure.
+``tcp_info`` adds the kernel's counters at that moment (retransmissions, backoff, RTO).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import socket
@@ -30,6 +32,7 @@ from tcpecho.logs import get_logger
 from tcpecho.naming import EOF, error_name, format_address
 from tcpecho.protocol import encode_request
 from tcpecho.sockopts import TcpOptions, read_effective
+from tcpecho.tcpinfo import read_tcp_info
 
 FOREVER = -1  # --retries value that never gives up, like the original reproduction's client
 
@@ -92,7 +95,32 @@ class ConnectionFailedError(Exception):
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    # A duplicate descriptor of the same kernel socket: it outlives the event loop's own
+    # descriptor, so TCP_INFO can still be read after the loop has closed the connection.
+    kernel_view: socket.socket | None = None
     echoed: int = 0
+
+    def tcp_info(self) -> dict[str, object] | None:
+        """The kernel's counters for this connection, then release the duplicate."""
+        if self.kernel_view is None:
+            return None
+        try:
+            return read_tcp_info(self.kernel_view).as_dict()
+        except OSError:
+            return None
+        finally:
+            self.release()
+
+    def rto_ms(self) -> float | None:
+        """The kernel's retransmission timeout now: what a lost request would wait first."""
+        if self.kernel_view is None:
+            return None
+        return read_tcp_info(self.kernel_view).rto_ms
+
+    def release(self) -> None:
+        if self.kernel_view is not None:
+            self.kernel_view.close()
+            self.kernel_view = None
 
 
 def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
@@ -173,11 +201,13 @@ class EchoClient:
                 await self._close(connection)
                 return 0
             except ConnectionFailedError as failure:
+                tcp_info = None
                 if connection is not None:
                     connection.writer.transport.abort()
+                    tcp_info = connection.tcp_info()
                     if connection.echoed:
                         attempt = 0  # the connection worked: count retries afresh
-                self._report(failure)
+                self._report(failure, tcp_info)
                 if failure.fatal:
                     return 1
                 if self.config.retries != FOREVER and attempt >= self.config.retries:
@@ -197,6 +227,7 @@ class EchoClient:
             except BaseException:
                 if connection is not None:
                     connection.writer.transport.abort()
+                    connection.release()
                 raise
 
     # -- connecting ----------------------------------------------------------------------
@@ -224,6 +255,7 @@ class EchoClient:
             sock.close()
             raise
         connection_socket = writer.get_extra_info("socket")
+        kernel_view = socket.socket(fileno=os.dup(connection_socket.fileno()))
         self.log.info(
             "connected",
             local=format_address(writer.get_extra_info("sockname")),
@@ -231,7 +263,7 @@ class EchoClient:
             connect_s=round(time.monotonic() - started, 6),
             options=read_effective(connection_socket).as_dict(),
         )
-        return _Connection(reader, writer)
+        return _Connection(reader, writer, kernel_view)
 
     async def _open_socket(self, started: float) -> socket.socket:
         """A connected socket, options applied before connect; failures as ConnectionFailedError."""
@@ -265,6 +297,7 @@ class EchoClient:
         )
 
     async def _close(self, connection: _Connection) -> None:
+        connection.release()
         connection.writer.close()
         with contextlib.suppress(OSError):
             # The echoes are all in; how the peer takes the close does not matter.
@@ -298,7 +331,10 @@ class EchoClient:
             self._last_response_at = received_at
             self._failure_outstanding = False
             self.log.info(
-                "response_received", seq=seq, rtt_ms=round((received_at - sent_at) * 1000, 3)
+                "response_received",
+                seq=seq,
+                rtt_ms=round((received_at - sent_at) * 1000, 3),
+                rto_ms=connection.rto_ms(),
             )
             if count and self.summary.received >= count:
                 return
@@ -363,7 +399,7 @@ class EchoClient:
 
     # -- reporting -----------------------------------------------------------------------
 
-    def _report(self, failure: ConnectionFailedError) -> None:
+    def _report(self, failure: ConnectionFailedError, tcp_info: dict[str, object] | None) -> None:
         self.summary.failures += 1
         self._failure_outstanding = True
         detection_s = None
@@ -384,6 +420,7 @@ class EchoClient:
             seq=failure.seq,
             detection_s=detection_s,
             since_last_response_s=since_last_response_s,
+            tcp_info=tcp_info,
         )
 
 
