@@ -12,6 +12,7 @@ stays fast.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -22,6 +23,17 @@ from tcpecho.durations import Duration
 F = TypeVar("F", bound=Callable[..., Any])
 
 ENVVAR_PREFIX = "TCPECHO"
+
+# The lab's choices, spelled out here so that --help does not import the lab.
+FAULT_NAMES = ("force-delete", "node-loss", "unreachable", "kill", "graceful")
+PROFILE_NAMES = (
+    "default",
+    "user-timeout",
+    "keepalive",
+    "keepalive+user-timeout",
+    "read-timeout",
+    "recverr",
+)
 
 _ENVVAR_EPILOG = (
     "Every option can also be set in the environment as TCPECHO_{command}_<OPTION>, "
@@ -119,7 +131,7 @@ def tcp_options(*, connect: bool) -> Callable[[F], F]:
     return apply
 
 
-def _build_tcp_options(
+def build_tcp_options(
     *,
     user_timeout: float | None,
     keepalive: bool | None,
@@ -207,7 +219,7 @@ def server(
     config = ServerConfig(
         host=host,
         port=port,
-        tcp=_build_tcp_options(**tcp),
+        tcp=build_tcp_options(**tcp),
         catch_sigterm=catch_sigterm,
         shutdown_timeout_s=shutdown_timeout,
         loop=loop,
@@ -286,7 +298,7 @@ def client(
         interval_s=interval,
         count=count,
         message=message,
-        tcp=_build_tcp_options(**tcp),
+        tcp=build_tcp_options(**tcp),
         connect_timeout_s=connect_timeout,
         read_timeout_s=read_timeout,
         retries=retries,
@@ -296,3 +308,105 @@ def client(
     )
     logs.configure(log_format, log_level)
     raise SystemExit(run(config))
+
+
+@main.command(epilog=_ENVVAR_EPILOG.format(command="LAB", example="TCPECHO_LAB_QUICK=true"))
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    type=click.Choice(FAULT_NAMES),
+    help="Fault to inject (repeat for several; default: all).",
+)
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    type=click.Choice(PROFILE_NAMES),
+    help="Client profile (repeat for several; default: all, or none with --client-args).",
+)
+@click.option(
+    "--client-args",
+    default=None,
+    help='A custom profile: client flags such as "--user-timeout 10s --keepalive".',
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    default=False,
+    help="Shorten only the baseline's ~15.5 min kernel budget (tcp_rto_max_ms, or "
+    "tcp_retries2 on kernels before 6.15) so the whole matrix takes under a minute.",
+)
+@click.option(
+    "--tcp-retries2",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Set net.ipv4.tcp_retries2 in every client namespace.",
+)
+@click.option(
+    "--rto-max",
+    type=Duration(minimum=1, maximum=120, granularity="ms"),
+    default=None,
+    help="Set net.ipv4.tcp_rto_max_ms in every client namespace (Linux >= 6.15).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write every case, prediction and log event to this file.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Draw detection times as a PNG bar chart (needs tcpecho[plot]).",
+)
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    default=False,
+    help="Only remove what killed lab runs left behind (namespaces, their rules and processes).",
+)
+def lab(
+    faults: tuple[str, ...],
+    profiles: tuple[str, ...],
+    client_args: str | None,
+    quick: bool,
+    tcp_retries2: int | None,
+    rto_max: float | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+    cleanup: bool,
+) -> None:
+    """Reproduce the vanished-peer hang in network namespaces and compare the mitigations.
+
+    Each case builds a client pod, a node with kube-proxy-style DNAT and a server pod in
+    fresh network namespaces, runs the real server and client, injects the fault and
+    measures when the client notices, next to what the kernel model predicts. Needs root,
+    ip and nft."""
+    from tcpecho.lab import main as lab_main
+
+    lab_main.check_requirements(plot=plot_path is not None, rto_max=rto_max is not None)
+    if cleanup:
+        raise SystemExit(lab_main.cleanup())
+    from tcpecho.lab.faults import Fault
+    from tcpecho.lab.profiles import PROFILES, custom_profile
+    from tcpecho.lab.runner import KernelBudget
+
+    chosen = [PROFILES[name] for name in (profiles or (() if client_args else PROFILE_NAMES))]
+    if client_args is not None:
+        chosen.append(custom_profile(client_args))
+    config = lab_main.LabConfig(
+        faults=tuple(Fault(name) for name in (faults or FAULT_NAMES)),
+        profiles=tuple(chosen),
+        budget=KernelBudget(
+            quick=quick,
+            tcp_retries2=tcp_retries2,
+            rto_max_ms=None if rto_max is None else round(rto_max * 1000),
+        ),
+        json_path=json_path,
+        plot_path=plot_path,
+    )
+    raise SystemExit(lab_main.run(config))

@@ -28,7 +28,7 @@ data received, or from the fault itself (a FIN or RST arrives at once).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -44,6 +44,9 @@ TLP_S = (0.19, 0.21)  # tail-loss probe for a lone segment: 2 srtt + 200 ms dela
 FIRST_RTO_S = (0.204, 0.212)
 TIMER_SLACK = (1.0, 1.06)  # how late the kernel's timers fire, as a factor
 APP_TIMER_S = (-0.015, 0.05)  # the client's own deadlines: event-loop timers, ms resolution
+# The client is a process: on a loaded machine it sees an error a little after the kernel
+# raised it. Added to the late end of every kernel-driven range.
+SCHEDULING_S = 0.3
 FAST_S = 1.0  # a FIN, RST or hard ICMP error is noticed within this
 
 
@@ -165,7 +168,7 @@ def retries2_budget(kernel: KernelSettings) -> float:
 
 def retransmission_expiries(
     kernel: KernelSettings, first_rto_s: float, tlp_s: float, slack: float
-) -> Iterable[float]:
+) -> Iterator[float]:
     """Times (from the unanswered send) at which the retransmission timer fires, forever."""
     t = tlp_s + first_rto_s * slack
     yield t
@@ -242,12 +245,12 @@ def _unacknowledged(
     ]
     if connection.user_timeout_s > 0:
         limit = connection.user_timeout_s
-        low, high = lead_low + limit, lead_high + limit * TIMER_SLACK[1]
+        low, high = lead_low + limit, lead_high + limit * TIMER_SLACK[1] + SCHEDULING_S
         mechanism = "TCP_USER_TIMEOUT"
         step = _step_at(kernel, rto_range[1], lead_high + limit)
     else:
         low = min(t for t, _ in grid)
-        high = max(t for t, _ in grid)
+        high = max(t for t, _ in grid) + SCHEDULING_S
         mechanism = "tcp_retries2"
         step = max(s for _, s in grid)
     if failure is Failure.UNREACHABLE:
@@ -260,7 +263,9 @@ def _unacknowledged(
 
 def _idle(kernel: KernelSettings, connection: ConnectionSettings) -> Prediction:
     if not connection.keepalive:
-        return Prediction(NEVER, NEVER, "last-data", "none (no keepalive on an idle connection)", ())
+        return Prediction(
+            NEVER, NEVER, "last-data", "none (no keepalive on an idle connection)", ()
+        )
     idle = connection.keepalive_idle_s or kernel.tcp_keepalive_time_s
     interval = connection.keepalive_interval_s or kernel.tcp_keepalive_intvl_s
     count = connection.keepalive_count or kernel.tcp_keepalive_probes
@@ -275,7 +280,11 @@ def _idle(kernel: KernelSettings, connection: ConnectionSettings) -> Prediction:
     # ICMP errors for keepalive probes are ignored (the probe is out of the window), so an
     # unreachable peer times out like a silent one.
     return Prediction(
-        nominal, nominal * TIMER_SLACK[1] + 0.1, "last-data", mechanism, ("ETIMEDOUT",)
+        nominal,
+        nominal * TIMER_SLACK[1] + SCHEDULING_S,
+        "last-data",
+        mechanism,
+        ("ETIMEDOUT",),
     )
 
 

@@ -163,6 +163,47 @@ class Topology:
         if result.returncode != 0:
             raise LabError(f"nft in {namespace} failed: {result.stderr.strip()}")
 
+    # -- what a failure does to the network (see faults.py for the whole faults) ---------
+
+    def blackhole_pod_route(self) -> None:
+        """Replace the node's route to the pod by a blackhole: packets to it vanish."""
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=self.node_ns) as node:
+            node.route("add", dst=f"{SERVER_IP}/32", type="blackhole")
+
+    def pod_link_down(self) -> None:
+        """Take the pod's interface down: nothing it sends leaves (its FIN is lost)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=self.server_ns) as pod:
+            pod.link("set", index=pod.link_lookup(ifname="eth0")[0], state="down")
+
+    def remove_pod_link(self) -> None:
+        """Delete the node's veth to the pod: its route goes, and the node answers the
+        client with ICMP network unreachable."""
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=self.node_ns) as node:
+            node.link("del", index=node.link_lookup(ifname="veth-s")[0])
+
+    def conntrack(self) -> list[str]:
+        """The node's conntrack entries, one line each, as ``conntrack -L`` would show."""
+        from pyroute2 import Conntrack
+
+        lines = []
+        with Conntrack(netns=self.node_ns) as table:
+            for entry in table.dump_entries():
+                orig, reply = entry.tuple_orig, entry.tuple_reply
+                state = entry.protoinfo.state_name() if entry.protoinfo is not None else "-"
+                lines.append(
+                    f"tcp {state} src={orig.saddr} dst={orig.daddr} "
+                    f"sport={orig.sport} dport={orig.dport} "
+                    f"src={reply.saddr} dst={reply.daddr} "
+                    f"[{entry.status_name()}] timeout={entry.timeout}s"
+                )
+        return lines
+
     def drop_pod_traffic(self) -> None:
         """Black-hole the server pod on the node: every packet to or from it is dropped
         silently, as when the pod's route is gone and the CNI does not answer."""

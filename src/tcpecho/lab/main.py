@@ -1,0 +1,190 @@
+"""``tcpecho lab``: check the machine, run the matrix, report, and clean up whatever happens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from tcpecho import loops
+from tcpecho.lab import report
+from tcpecho.lab.faults import Fault
+from tcpecho.lab.profiles import Profile
+from tcpecho.lab.runner import (
+    QUICK_RETRIES2,
+    QUICK_RTO_MAX_MS,
+    CaseResult,
+    KernelBudget,
+    plan,
+    remove_stale,
+    rto_max_supported,
+    run_cases,
+)
+
+
+class MissingRequirement(click.ClickException):
+    """What the lab needs and does not have: one line, exit status 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    faults: tuple[Fault, ...]
+    profiles: tuple[Profile, ...]
+    budget: KernelBudget
+    json_path: Path | None = None
+    plot_path: Path | None = None
+
+
+def check_requirements(*, plot: bool = False, rto_max: bool = False) -> None:
+    """Refuse, with what to do about it, before touching anything."""
+    if not sys.platform.startswith("linux"):
+        raise MissingRequirement("tcpecho lab needs Linux network namespaces")
+    if os.geteuid() != 0:
+        raise MissingRequirement(
+            "tcpecho lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network namespaces): "
+            "run it with sudo"
+        )
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
+        if shutil.which(tool) is None:
+            raise MissingRequirement(
+                f"tcpecho lab needs {tool!r} on PATH: apt-get install -y {package}"
+            )
+    try:
+        import pyroute2  # noqa: F401
+    except ImportError:
+        raise MissingRequirement("tcpecho lab needs pyroute2: pip install pyroute2") from None
+    if plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise MissingRequirement(
+                "--plot needs matplotlib: pip install 'tcpecho[plot]'"
+            ) from None
+    if rto_max and not rto_max_supported():
+        raise MissingRequirement(
+            f"--rto-max needs net.ipv4.tcp_rto_max_ms (Linux 6.15 or later; this is "
+            f"{platform.release()}): use --tcp-retries2 instead"
+        )
+
+
+def cleanup() -> int:
+    removed = remove_stale()
+    if removed:
+        click.echo(f"removed {len(removed)} namespace(s) left by earlier runs: {' '.join(removed)}")
+    else:
+        click.echo("nothing to clean up: no namespaces left by earlier lab runs")
+    return 0
+
+
+def _forget_signal_handling() -> None:
+    """In a forked child: drop the event loop's signal wake-up descriptor and handlers.
+
+    pyroute2 forks helpers to create namespaces and sockets in them, then stops them with
+    SIGTERM. A forked child shares the parent's signal wake-up socket, so without this the
+    helper's SIGTERM would reach the lab's loop as if the lab itself had been told to stop.
+    """
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # pragma: no cover - only the main thread may; a fork's thread is it
+        pass
+
+
+def run(config: LabConfig) -> int:
+    """Run the lab; the exit status (0 when every case ran, 1 when one could not)."""
+    os.register_at_fork(after_in_child=_forget_signal_handling)
+    removed = remove_stale()
+    if removed:
+        _note(f"removed {len(removed)} namespace(s) left by an earlier run that was killed")
+    cases = plan(config.faults, config.profiles)
+    _note(f"tcpecho lab: {len(cases)} cases in parallel ({_budget_note(config.budget)})")
+    started = time.monotonic()
+    stopped_by: list[str] = []
+
+    async def main() -> list[CaseResult]:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stopped_by:
+                _note("still cleaning up the namespaces, please wait")
+                return
+            stopped_by.append(signal.Signals(signum).name)
+            _note(f"{stopped_by[0]}: stopping every case and removing its namespaces")
+            task.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        every = 1.0 if sys.stderr.isatty() else 5.0
+        return await run_cases(cases, config.budget, _show_progress, every)
+
+    try:
+        results = loops.run(main(), "auto")
+    except asyncio.CancelledError:
+        _note("stopped; every namespace, rule and process of this run has been removed")
+        return 128 + (signal.SIGINT if stopped_by == ["SIGINT"] else signal.SIGTERM)
+    info = report.RunInfo(
+        wall_s=time.monotonic() - started,
+        quick_note=_quick_note(config.budget) if any(r.quick for r in results) else None,
+        sysctl_note=_explicit_note(config.budget),
+        kernel_release=platform.release(),
+    )
+    click.echo(report.render(results, info))
+    if config.json_path is not None:
+        report.write_json(results, info, config.json_path)
+        _note(f"wrote {config.json_path}")
+    if config.plot_path is not None:
+        report.plot(results, info, config.plot_path)
+        _note(f"wrote {config.plot_path}")
+    return 1 if any(result.error for result in results) else 0
+
+
+def _note(text: str) -> None:
+    click.echo(text, err=True)
+
+
+def _show_progress(lines: Sequence[str]) -> None:
+    _note(f"-- {len(lines)} case(s) running")
+    for line in lines:
+        _note(f"   {line}")
+
+
+def _budget_note(budget: KernelBudget) -> str:
+    if budget.quick:
+        return "--quick: the baseline's kernel budget is shortened"
+    if budget.tcp_retries2 is not None or budget.rto_max_ms is not None:
+        return _explicit_note(budget) or ""
+    return "kernel defaults: the baseline takes ~15.5 minutes"
+
+
+def _quick_note(budget: KernelBudget) -> str:
+    if rto_max_supported():
+        change = f"tcp_rto_max_ms={QUICK_RTO_MAX_MS}"
+    else:
+        change = f"tcp_retries2={QUICK_RETRIES2}"
+    return (
+        f"--quick: baseline cases ran with {change} in their client namespace, so the "
+        "~15.5 min hang (tcp_retries2=15, RTO capped at 120 s) took ~15 s here"
+    )
+
+
+def _explicit_note(budget: KernelBudget) -> str | None:
+    parts = []
+    if budget.tcp_retries2 is not None:
+        parts.append(f"tcp_retries2={budget.tcp_retries2}")
+    if budget.rto_max_ms is not None:
+        parts.append(f"tcp_rto_max_ms={budget.rto_max_ms}")
+    return f"every client namespace: {', '.join(parts)}" if parts else None

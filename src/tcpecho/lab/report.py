@@ -1,0 +1,240 @@
+"""The lab's report: a table of expected and measured detection times, JSON, and a chart.
+
+Times are on the clock the kernel model names for each case: from the request that was
+never answered (active clients), from the last data received (idle clients, keepalive),
+or from the fault itself (a FIN, RST or ICMP error arrives at once).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tcpecho.lab.runner import CaseResult, seconds_or_none
+
+COLUMNS = (
+    "fault",
+    "profile",
+    "mode",
+    "expected",
+    "measured",
+    "from",
+    "error",
+    "retrans",
+    "verdict",
+    "model",
+)
+CLOCK_NAMES = {"request": "request", "last-data": "last data", "fault": "fault"}
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the report says about the run as a whole."""
+
+    wall_s: float
+    quick_note: str | None  # how --quick shortened the baseline, if it did
+    sysctl_note: str | None  # explicit --tcp-retries2 / --rto-max
+    kernel_release: str
+
+
+def format_seconds(value: float) -> str:
+    if value < 10:
+        return f"{value:.2f} s"
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(value, 60)
+    return f"{value:.0f} s ({int(minutes)} m {seconds:02.0f} s)"
+
+
+def row(result: CaseResult) -> dict[str, str]:
+    case, prediction = result.case, result.prediction
+    if result.error is not None:
+        measured = f"error: {result.error}"
+    elif result.measured_s is None:
+        measured = f"none in {format_seconds(result.observed_s)}"
+    else:
+        measured = format_seconds(result.measured_s)
+    clock = result.measured_clock or (prediction.clock if prediction else None)
+    expected = prediction.describe() if prediction else "?"
+    if result.quick:
+        expected += " *"
+    return {
+        "fault": str(case.fault),
+        "profile": case.profile.name,
+        "mode": str(case.activity),
+        "expected": expected,
+        "measured": measured,
+        "from": CLOCK_NAMES.get(clock or "", "-") if result.measured_s is not None else "-",
+        "error": result.errno or "-",
+        "retrans": "-" if result.retransmissions is None else str(result.retransmissions),
+        "verdict": result.verdict,
+        "model": "ok" if result.matches else "MISS",
+    }
+
+
+def render_table(rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMNS) -> str:
+    """A plain-text table (also what the in-cluster reproduction prints)."""
+    widths = {
+        column: max([len(column), *(len(r.get(column, "")) for r in rows)]) for column in columns
+    }
+    lines = ["  ".join(column.ljust(widths[column]) for column in columns).rstrip()]
+    lines.append("  ".join("-" * widths[column] for column in columns))
+    for r in rows:
+        lines.append(
+            "  ".join(r.get(column, "").ljust(widths[column]) for column in columns).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def render(results: Sequence[CaseResult], info: RunInfo) -> str:
+    parts = [
+        f"tcpecho lab: {len(results)} cases in {info.wall_s:.1f} s wall, "
+        f"kernel {info.kernel_release}",
+        render_table([row(result) for result in results]),
+    ]
+    notes = []
+    if info.quick_note:
+        notes.append(f"* {info.quick_note}")
+    if info.sysctl_note:
+        notes.append(info.sysctl_note)
+    notes.append(
+        "expected/measured: from the unanswered request (active), the last data (idle), "
+        "or the fault (FIN/RST/ICMP). verdict: fast < 1 s; detected by a mitigation; "
+        "hang = not detected, or only by the kernel's retransmission budget."
+    )
+    misses = [result for result in results if not result.matches]
+    notes.append(
+        "model: every measurement within its predicted range"
+        if not misses
+        else f"model: {len(misses)} case(s) outside the predicted range (MISS)"
+    )
+    conntrack = next((r for r in results if r.conntrack), None)
+    if conntrack is not None:
+        notes.append(
+            "node conntrack after force-delete (the pod is gone, the flow is not):\n  "
+            + "\n  ".join(conntrack.conntrack)
+        )
+    parts.append("\n".join(notes))
+    return "\n\n".join(parts)
+
+
+def to_json(results: Sequence[CaseResult], info: RunInfo) -> dict[str, Any]:
+    cases = []
+    for result in results:
+        prediction = result.prediction
+        cases.append(
+            {
+                "name": result.case.name,
+                "fault": str(result.case.fault),
+                "fault_description": result.case.fault.description,
+                "profile": result.case.profile.name,
+                "client_args": list(result.case.profile.args),
+                "mode": str(result.case.activity),
+                "sysctls": result.sysctls,
+                "quick": result.quick,
+                "prediction": None
+                if prediction is None
+                else {
+                    "low_s": seconds_or_none(prediction.low_s),
+                    "high_s": seconds_or_none(prediction.high_s),
+                    "never": prediction.never,
+                    "clock": prediction.clock,
+                    "mechanism": prediction.mechanism,
+                    "errnos": list(prediction.errnos),
+                },
+                "fault_at": result.fault_at,
+                "measured_s": result.measured_s,
+                "measured_clock": result.measured_clock,
+                "observed_s": round(result.observed_s, 6),
+                "errno": result.errno,
+                "retransmissions": result.retransmissions,
+                "verdict": result.verdict,
+                "matches_model": result.matches,
+                "error": result.error,
+                "conntrack": result.conntrack,
+                "client_events": result.client_events,
+                "server_events": result.server_events,
+            }
+        )
+    return {
+        "wall_s": round(info.wall_s, 3),
+        "kernel_release": info.kernel_release,
+        "quick": info.quick_note,
+        "sysctls": info.sysctl_note,
+        "cases": cases,
+    }
+
+
+def write_json(results: Sequence[CaseResult], info: RunInfo, path: Path) -> None:
+    path.write_text(json.dumps(to_json(results, info), indent=2) + "\n")
+
+
+_COLORS = {"fast": "#2a9d8f", "detected": "#4c78a8", "hang": "#e76f51", "error": "#999999"}
+
+
+def plot(results: Sequence[CaseResult], info: RunInfo, path: Path) -> None:
+    """A bar chart of detection time per profile and mode, one panel per fault, log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    faults = list(dict.fromkeys(str(result.case.fault) for result in results))
+    figure, axes = plt.subplots(
+        len(faults), 1, figsize=(11, 2.6 * len(faults) + 1), squeeze=False, sharey=True
+    )
+    floor = 0.01
+    for axis, fault in zip(axes[:, 0], faults, strict=True):
+        chosen = [result for result in results if str(result.case.fault) == fault]
+        labels, heights, colors, hatches = [], [], [], []
+        for result in chosen:
+            labels.append(f"{result.case.profile.name}\n{result.case.activity}")
+            value = result.measured_s if result.measured_s is not None else result.observed_s
+            heights.append(max(value, floor))
+            colors.append(_COLORS.get(result.verdict, "#999999"))
+            hatches.append("//" if result.measured_s is None else "")
+        positions = range(len(chosen))
+        bars = axis.bar(positions, heights, color=colors)
+        for bar, hatch, result in zip(bars, hatches, chosen, strict=True):
+            bar.set_hatch(hatch)
+            text = "none" if result.measured_s is None else format_seconds(result.measured_s)
+            if result.quick:
+                text += " *"
+            axis.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        for position, result in zip(positions, chosen, strict=True):
+            prediction = result.prediction
+            if prediction is not None and not prediction.never:
+                axis.plot(
+                    [position, position],
+                    [max(prediction.low_s, floor), max(prediction.high_s, floor)],
+                    color="black",
+                    linewidth=3,
+                    alpha=0.6,
+                )
+        axis.set_yscale("log")
+        axis.set_xticks(list(positions), labels, fontsize=7, rotation=15)
+        axis.set_title(f"{fault}", fontsize=9, loc="left")
+        axis.set_ylabel("seconds to detection")
+    legend = [Patch(color=color, label=verdict) for verdict, color in _COLORS.items()]
+    legend.append(
+        Patch(facecolor="white", edgecolor="black", hatch="//", label="not detected (watched)")
+    )
+    figure.legend(handles=legend, loc="upper right", fontsize=8, ncols=len(legend))
+    title = "tcpecho lab: time to detect a vanished peer (black: the model's range)"
+    if info.quick_note:
+        title += "\n" + textwrap.fill("* " + info.quick_note, 120)
+    figure.suptitle(title, fontsize=10, x=0.01, ha="left")
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

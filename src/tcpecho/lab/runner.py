@@ -1,0 +1,506 @@
+"""Running the lab: one topology, server and client per case, all cases in parallel.
+
+A case is a fault, a client profile and an activity (active or idle). For each, the runner
+builds a fresh topology, starts the real ``tcpecho server`` in the server pod namespace and
+``tcpecho client --server 10.96.0.10`` in the client pod namespace (through the node's
+DNAT), waits for echoes, injects the fault and reads the client's JSON log until it reports
+``connection_failed`` or the case's deadline passes. The kernel model says beforehand what
+to expect; the report sets the two side by side.
+
+Cleanup is the runner's first duty: every case tears its topology down in ``finally``
+(killing what runs in it); a final sweep removes whatever carries this run's prefix; and
+a run started after one that was SIGKILLed removes that run's leftovers first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcpecho.lab import topology as net
+from tcpecho.lab.faults import Fault, inject
+from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL, Profile
+from tcpecho.timing import FAST_S, Activity, KernelSettings, Prediction, predict
+
+RUN_PREFIX = f"{net.PREFIX}lab-"
+QUICK_RTO_MAX_MS = 1000  # with tcp_retries2=15: ~15 s instead of ~15.5 min, 16 retransmissions
+QUICK_RETRIES2 = 5  # for kernels before 6.15, which have no tcp_rto_max_ms: ~13 s
+STARTUP_TIMEOUT_S = 60.0  # a whole matrix starts ~100 Python processes on a small machine
+NEVER_OBSERVED_S = 15.0  # how long a case the model says never ends is watched at least
+WARMUP_ECHOES = {Activity.ACTIVE: 2, Activity.IDLE: 1}
+
+Event = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Case:
+    number: int
+    fault: Fault
+    profile: Profile
+    activity: Activity
+
+    @property
+    def name(self) -> str:
+        return f"{self.fault}/{self.profile.name}/{self.activity}"
+
+
+@dataclass(frozen=True)
+class KernelBudget:
+    """Sysctls for the client namespaces: explicit ones for all, --quick for the baseline."""
+
+    quick: bool = False
+    tcp_retries2: int | None = None
+    rto_max_ms: int | None = None
+
+    def sysctls(self, baseline: bool) -> dict[str, int]:
+        values: dict[str, int] = {}
+        if self.tcp_retries2 is not None:
+            values["net.ipv4.tcp_retries2"] = self.tcp_retries2
+        if self.rto_max_ms is not None:
+            values["net.ipv4.tcp_rto_max_ms"] = self.rto_max_ms
+        if self.quick and baseline and not values:
+            if rto_max_supported():
+                values["net.ipv4.tcp_rto_max_ms"] = QUICK_RTO_MAX_MS
+            else:
+                values["net.ipv4.tcp_retries2"] = QUICK_RETRIES2
+        return values
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    prediction: Prediction | None = None
+    sysctls: dict[str, int] = field(default_factory=dict)
+    quick: bool = False  # this case's kernel budget was shortened by --quick
+    fault_at: float | None = None  # wall clock, to set beside the logs' timestamps
+    measured_s: float | None = None
+    measured_clock: str | None = None
+    errno: str | None = None
+    retransmissions: int | None = None
+    observed_s: float = 0.0  # how long the case was watched after the fault
+    verdict: str = "error"
+    matches: bool = False
+    conntrack: list[str] = field(default_factory=list)
+    client_events: list[Event] = field(default_factory=list)
+    server_events: list[Event] = field(default_factory=list)
+    error: str | None = None
+
+
+def rto_max_supported() -> bool:
+    """Whether this kernel has tcp_rto_max_ms (6.15 and later): new namespaces get it too."""
+    return os.path.exists("/proc/sys/net/ipv4/tcp_rto_max_ms")
+
+
+def plan(faults: Sequence[Fault], profiles: Sequence[Profile]) -> list[Case]:
+    cases: list[Case] = []
+    for fault in faults:
+        for profile in profiles:
+            for activity in profile.activities:
+                cases.append(Case(len(cases), fault, profile, activity))
+    return cases
+
+
+# -- leftovers ---------------------------------------------------------------------------------
+
+
+def _owner_pid(namespace: str) -> int | None:
+    match = re.match(rf"{re.escape(RUN_PREFIX)}(\d+)-", namespace)
+    return int(match.group(1)) if match else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_namespaces() -> list[str]:
+    """Namespaces of lab runs that are no longer running (SIGKILLed, say)."""
+    stale = []
+    for name in net.leftover_namespaces(RUN_PREFIX):
+        owner = _owner_pid(name)
+        if owner is None or (owner != os.getpid() and not _alive(owner)):
+            stale.append(name)
+    return stale
+
+
+def remove_stale() -> list[str]:
+    """Remove earlier runs' leftovers, with the processes and rules inside them."""
+    stale = stale_namespaces()
+    net.remove_namespaces(stale)
+    return stale
+
+
+# -- one case ----------------------------------------------------------------------------------
+
+
+class _Process:
+    """A tcpecho subprocess in a namespace whose JSON log lines are collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process, events: list[Event]) -> None:
+        self.process = process
+        self.events = events
+        self.changed = asyncio.Event()
+        self.reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, argv: Sequence[str], events: list[Event]) -> _Process:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("TCPECHO_")}
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+        )
+        return cls(process, events)
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    self.events.append(event)
+                    self.changed.set()
+        self.changed.set()
+
+    def named(self, name: str) -> list[Event]:
+        return [event for event in self.events if event.get("event") == name]
+
+    async def wait_for(self, name: str, count: int = 1, timeout: float | None = None) -> Event:
+        async with asyncio.timeout(timeout):
+            while len(self.named(name)) < count:
+                if self.reader.done():
+                    raise LabCaseError(f"exited before {name!r} (status {self.process.returncode})")
+                self.changed.clear()
+                await self.changed.wait()
+        return self.named(name)[count - 1]
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        await self.process.wait()
+        await self.reader
+
+
+class LabCaseError(RuntimeError):
+    """A case could not be run (a process did not start, no echo came back)."""
+
+
+@dataclass
+class _Run:
+    """What the cases of one run share."""
+
+    prefix: str
+    python: Sequence[str]
+    budget: KernelBudget
+    finite_pending: int
+    finite_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finite_case_finished(self) -> None:
+        self.finite_pending -= 1
+        if self.finite_pending <= 0:
+            self.finite_done.set()
+
+
+class LabCase:
+    def __init__(self, case: Case, run: _Run) -> None:
+        self.case = case
+        self.run = run
+        self.result = CaseResult(case)
+        self.topology = net.Topology(f"{run.prefix}{case.number}")
+        self.status = "building"
+        self.fault_monotonic: float | None = None
+        self.connection = case.profile.connection_settings()
+        with_defaults = predict(
+            KernelSettings(), self.connection, case.fault.failure, case.activity
+        )
+        # The baseline: only the kernel's retransmission budget ends it (--quick shortens it).
+        self.baseline = with_defaults.mechanism == "tcp_retries2"
+        # Cases the model says never end are watched until the finite ones are done.
+        self.finite = not with_defaults.never
+        self._counted_finite = self.finite
+
+    def progress(self) -> str:
+        prediction = self.result.prediction
+        expected = prediction.describe() if prediction else "?"
+        if self.fault_monotonic is None:
+            return f"{self.case.name:42} {self.status}"
+        waited = time.monotonic() - self.fault_monotonic
+        return f"{self.case.name:42} waiting {waited:6.1f} s after the fault (expected {expected})"
+
+    async def execute(self) -> CaseResult:
+        loop = asyncio.get_running_loop()
+        server: _Process | None = None
+        client: _Process | None = None
+        try:
+            await loop.run_in_executor(None, self.topology.build)
+            self._plan_kernel()
+            sysctls = self.result.sysctls
+            await loop.run_in_executor(None, self._write_sysctls, sysctls)
+            kernel = await loop.run_in_executor(None, self._kernel_settings)
+            self.status = "starting"
+            server = await _Process.start(self._server_argv(), self.result.server_events)
+            await server.wait_for("server_started", timeout=STARTUP_TIMEOUT_S)
+            client = await _Process.start(self._client_argv(), self.result.client_events)
+            self.status = "warming up"
+            warmup = WARMUP_ECHOES[self.case.activity]
+            last_echo = await client.wait_for(
+                "response_received", count=warmup, timeout=STARTUP_TIMEOUT_S
+            )
+            self._predict(kernel, last_echo)
+            await self._inject(server)
+            self._check_idle_gap(last_echo)
+            await self._observe(client)
+            if self.case.fault is Fault.FORCE_DELETE:
+                self.result.conntrack = await loop.run_in_executor(None, self.topology.conntrack)
+        except LabCaseError as error:
+            self.result.error = f"{self.status}: {error}"
+        except TimeoutError:
+            self.result.error = f"{self.status}: timed out"
+        finally:
+            self.status = "cleaning up"
+            for process in (client, server):
+                if process is not None:
+                    await process.stop()
+            await loop.run_in_executor(None, self.topology.destroy)
+            self._finish_finite()
+        self._judge()
+        return self.result
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def _plan_kernel(self) -> None:
+        """Which sysctls this case's client namespace gets: --quick only for the baseline."""
+        self.result.sysctls = self.run.budget.sysctls(self.baseline)
+        self.result.quick = self.run.budget.quick and self.baseline and bool(self.result.sysctls)
+
+    def _write_sysctls(self, sysctls: dict[str, int]) -> None:
+        for key, value in sysctls.items():
+            self.topology.sysctl(self.topology.client_ns, key, value)
+
+    def _kernel_settings(self) -> KernelSettings:
+        def read(key: str) -> int | None:
+            try:
+                return self.topology.read_sysctl(self.topology.client_ns, key)
+            except net.LabError:
+                return None  # this kernel lacks it
+
+        return KernelSettings.read(read)
+
+    def _server_argv(self) -> list[str]:
+        args = [*self.run.python, "server", "--log-format", "json"]
+        if self.case.fault.server_catches_sigterm:
+            args.append("--catch-sigterm")
+        return self.topology.command(self.topology.server_ns, args)
+
+    def _client_argv(self) -> list[str]:
+        interval = ACTIVE_INTERVAL if self.case.activity is Activity.ACTIVE else IDLE_INTERVAL
+        args = [
+            *self.run.python,
+            "client",
+            "--server",
+            net.CLUSTER_IP,
+            "--port",
+            str(net.SERVICE_PORT),
+            "--interval",
+            interval,
+            "--retries",
+            "0",
+            "--log-format",
+            "json",
+            *self.case.profile.args,
+        ]
+        return self.topology.command(self.topology.client_ns, args)
+
+    def _predict(self, kernel: KernelSettings, last_echo: Event) -> None:
+        rto_ms = last_echo.get("rto_ms")
+        self.result.prediction = predict(
+            kernel,
+            self.connection,
+            self.case.fault.failure,
+            self.case.activity,
+            first_rto_s=rto_ms / 1000 if isinstance(rto_ms, int | float) else None,
+        )
+
+    async def _inject(self, server: _Process) -> None:
+        self.status = "injecting the fault"
+        loop = asyncio.get_running_loop()
+        self.fault_monotonic = time.monotonic()
+        self.result.fault_at = await loop.run_in_executor(
+            None, inject, self.case.fault, self.topology, server.process.pid
+        )
+
+    def _check_idle_gap(self, last_echo: Event) -> None:
+        """An idle case needs the fault before the first keepalive probe: a probe answered
+        before the fault would restart the kernel's idle clock, and the prediction with it."""
+        assert self.result.fault_at is not None
+        connection = self.connection
+        if self.case.activity is not Activity.IDLE or not connection.keepalive:
+            return
+        idle = connection.keepalive_idle_s or KernelSettings().tcp_keepalive_time_s
+        gap = self.result.fault_at - _timestamp(last_echo["timestamp"])
+        if gap >= idle:
+            raise LabCaseError(
+                f"the fault came {gap:.2f} s after the last echo, after the first keepalive "
+                f"probe ({idle} s): the machine is too busy for this case"
+            )
+
+    async def _observe(self, client: _Process) -> None:
+        prediction = self.result.prediction
+        assert prediction is not None
+        assert self.fault_monotonic is not None
+        self.status = "waiting"
+        failure = asyncio.create_task(client.wait_for("connection_failed"))
+        try:
+            if prediction.never:
+                await self._watch_never(failure)
+            else:
+                # Allow the active client's next request (up to one interval after the
+                # fault) and timers later than the model's latest.
+                deadline = prediction.high_s * 1.25 + 5.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(failure), deadline)
+        except LabCaseError:
+            pass  # the client exited without reporting a failure: judged as not detected
+        finally:
+            self.result.observed_s = time.monotonic() - self.fault_monotonic
+            failure.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LabCaseError):
+                await failure
+        failed = client.named("connection_failed")
+        if failed:
+            self._measure(failed[0], prediction)
+
+    async def _watch_never(self, failure: asyncio.Task[Event]) -> None:
+        """Watch until every finite case of the run is done, and at least a while."""
+        assert self.fault_monotonic is not None
+        self._finish_finite()
+
+        async def long_enough() -> None:
+            await asyncio.sleep(NEVER_OBSERVED_S)
+            await self.run.finite_done.wait()
+
+        watched = asyncio.create_task(long_enough())
+        try:
+            await asyncio.wait({failure, watched}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watched.cancel()
+
+    def _measure(self, failed: Event, prediction: Prediction) -> None:
+        assert self.result.fault_at is not None
+        self.result.errno = failed.get("errno")
+        tcp_info = failed.get("tcp_info") or {}
+        self.result.retransmissions = tcp_info.get("total_retrans")
+        since_fault = _timestamp(failed["timestamp"]) - self.result.fault_at
+        clocks = {
+            "request": failed.get("detection_s"),
+            "last-data": failed.get("since_last_response_s"),
+            "fault": since_fault,
+        }
+        measured = clocks.get(prediction.clock)
+        self.result.measured_s = measured if measured is not None else since_fault
+        self.result.measured_clock = prediction.clock if measured is not None else "fault"
+
+    def _finish_finite(self) -> None:
+        if self._counted_finite:
+            self._counted_finite = False
+            self.run.finite_case_finished()
+
+    def _judge(self) -> None:
+        result = self.result
+        prediction = result.prediction
+        if result.error is not None or prediction is None:
+            result.verdict = "error"
+            return
+        detected = result.measured_s is not None
+        result.matches = prediction.contains(result.measured_s) and (
+            not detected or result.errno in prediction.errnos
+        )
+        if not detected:
+            result.verdict = "hang"
+        elif result.measured_s is not None and result.measured_s < FAST_S:
+            result.verdict = "fast"
+        elif prediction.mechanism == "tcp_retries2":
+            result.verdict = "hang"  # only the kernel's retransmission budget ended it
+        else:
+            result.verdict = "detected"
+
+
+def _timestamp(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- the whole run -----------------------------------------------------------------------------
+
+
+async def run_cases(
+    cases: Sequence[Case],
+    budget: KernelBudget,
+    progress: Callable[[list[str]], None],
+    progress_every_s: float,
+) -> list[CaseResult]:
+    """Run every case in parallel; cancelling this cleans every case up before it returns."""
+    prefix = f"{RUN_PREFIX}{os.getpid()}-"
+    # Every case blocks a thread at times (netlink, sysctls, nft); a fault must not wait
+    # in a queue behind other cases' work, or its timing would be off.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(cases) + 4)
+    )
+    run = _Run(prefix, [sys.executable, "-m", "tcpecho"], budget, finite_pending=0)
+    lab_cases = [LabCase(case, run) for case in cases]
+    run.finite_pending = sum(lab_case.finite for lab_case in lab_cases)
+    if run.finite_pending == 0:
+        run.finite_done.set()
+    tasks = [
+        asyncio.create_task(lab_case.execute(), name=lab_case.case.name) for lab_case in lab_cases
+    ]
+    reporter = asyncio.create_task(_report_progress(lab_cases, tasks, progress, progress_every_s))
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        reporter.cancel()
+        for task in tasks:
+            task.cancel()
+        # Let every case run its cleanup, even when this run is being cancelled.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(
+            None, net.remove_namespaces, net.leftover_namespaces(prefix)
+        )
+
+
+async def _report_progress(
+    cases: Sequence[LabCase],
+    tasks: Sequence[asyncio.Task[CaseResult]],
+    progress: Callable[[list[str]], None],
+    every_s: float,
+) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        running = [
+            case.progress() for case, task in zip(cases, tasks, strict=True) if not task.done()
+        ]
+        if running:
+            progress(running)
+
+
+def seconds_or_none(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else round(value, 6)
