@@ -1,0 +1,198 @@
+"""``tcpecho lab`` end to end: the quick matrix against the model, and cleanup on every exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpecho.lab.runner import RUN_PREFIX
+from tcpecho.lab.topology import leftover_namespaces
+from tests.conftest import requires_netns
+
+pytestmark = [requires_netns, pytest.mark.netns]
+
+LAB = [sys.executable, "-m", "tcpecho", "lab"]
+
+
+def _host_ruleset() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def clean_host() -> Iterator[None]:
+    """The lab must leave the host as it found it: no namespaces, no rules, no processes.
+
+    (Another lab run may be under way on the machine: only what appeared is checked.)"""
+    rules_before, namespaces_before = _host_ruleset(), set(leftover_namespaces(RUN_PREFIX))
+    yield
+    assert set(leftover_namespaces(RUN_PREFIX)) <= namespaces_before
+    assert _host_ruleset() == rules_before
+
+
+def _processes_of(run_pid: int) -> list[int]:
+    """tcpecho processes started by the lab run ``run_pid`` (they run in its namespaces)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().split(b"\0")
+            namespace = os.readlink(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if b"tcpecho" in b" ".join(cmdline) and int(entry) != run_pid:
+            for name in leftover_namespaces(f"{RUN_PREFIX}{run_pid}-"):
+                if os.stat(f"/run/netns/{name}").st_ino == int(namespace.split("[")[1][:-1]):
+                    found.append(int(entry))
+    return found
+
+
+def test_quick_matrix_matches_the_kernel_model(tmp_path: Path, clean_host: None) -> None:
+    report = tmp_path / "lab.json"
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            *LAB,
+            "--quick",
+            *("--profile", "default", "--profile", "user-timeout", "--profile", "keepalive"),
+            "--json",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(result.stdout)  # the table, for the record (pytest -s shows it)
+    print(f"wall time: {wall:.1f} s")
+    cases = {case["name"]: case for case in json.loads(report.read_text())["cases"]}
+    assert len(cases) == 5 * 6  # five faults x three profiles x (active, idle)
+    for name, case in cases.items():
+        assert case["error"] is None, (name, case["error"])
+        # The measurement lies in the range the model predicted, with a predicted errno.
+        assert case["matches_model"], (name, case["prediction"], case["measured_s"], case["errno"])
+    # What the comparison is for:
+    assert cases["force-delete/default/active"]["verdict"] == "hang"
+    assert cases["force-delete/default/active"]["quick"] is True
+    assert cases["force-delete/default/active"]["retransmissions"] >= 15
+    assert cases["force-delete/default/idle"]["measured_s"] is None
+    assert cases["force-delete/user-timeout/active"]["verdict"] == "detected"
+    assert cases["force-delete/user-timeout/idle"]["measured_s"] is None  # no data, no timer
+    assert cases["force-delete/keepalive/active"]["verdict"] == "hang"  # probes wait for acks
+    assert cases["force-delete/keepalive/idle"]["verdict"] == "detected"
+    assert cases["unreachable/default/active"]["errno"] == "ENETUNREACH"
+    for fault in ("kill", "graceful"):
+        for mode in ("active", "idle"):
+            assert cases[f"{fault}/default/{mode}"]["verdict"] == "fast"
+    # As in the original reproduction: the pod is gone, its flow is still ESTABLISHED.
+    conntrack = cases["force-delete/default/active"]["conntrack"]
+    assert any("ESTABLISHED" in line and "dst=10.96.0.10" in line for line in conntrack)
+    assert "outside the predicted range" not in result.stdout
+
+
+def _start_and_wait_for_faults(argv: list[str]) -> subprocess.Popen[str]:
+    lab = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert lab.stderr is not None
+    deadline = time.monotonic() + 90
+    for line in lab.stderr:  # progress lines: wait until the cases are under way
+        if "after the fault" in line or time.monotonic() > deadline:
+            break
+    assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-"), "the lab built no namespaces"
+    return lab
+
+
+def test_sigint_stops_the_lab_and_removes_everything(clean_host: None) -> None:
+    lab = _start_and_wait_for_faults([*LAB, "--fault", "node-loss", "--profile", "default"])
+    processes = _processes_of(lab.pid)
+    assert processes, "no server or client running in the lab's namespaces"
+    lab.send_signal(signal.SIGINT)
+    _, stderr = lab.communicate(timeout=60)
+    assert lab.returncode == 128 + signal.SIGINT
+    assert "removed" in stderr
+    assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-") == []
+    for pid in processes:
+        assert not os.path.exists(f"/proc/{pid}"), f"process {pid} survived"
+
+
+def test_after_sigkill_cleanup_removes_what_the_run_left(clean_host: None) -> None:
+    lab = _start_and_wait_for_faults([*LAB, "--fault", "node-loss", "--profile", "default"])
+    processes = _processes_of(lab.pid)
+    lab.kill()
+    lab.communicate(timeout=30)
+    left = leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-")
+    assert left, "SIGKILL leaves the namespaces behind: that is what --cleanup is for"
+    result = subprocess.run([*LAB, "--cleanup"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert f"removed {len(left)} namespace(s)" in result.stdout
+    assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-") == []
+    time.sleep(0.2)  # killed processes may take a moment to be reaped by init
+    for pid in processes:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"process {pid} survived"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--fault", "meteor"], "--fault"),
+        (["--profile", "fast"], "--profile"),
+        (["--rto-max", "500ms"], "below the minimum of 1s"),
+        (["--rto-max", "5"], "not a duration"),
+        (["--tcp-retries2", "0"], "--tcp-retries2"),
+        (["--client-args", "--interval 5s"], "must not set --interval"),
+        (["--client-args", "--user-timeout 30"], "not a duration"),
+        (["--client-args", "--no-such-flag"], "No such option"),
+    ],
+)
+def test_bad_lab_input_is_a_usage_error(args: list[str], expected: str, clean_host: None) -> None:
+    result = subprocess.run([*LAB, *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr
+
+
+def test_missing_requirements_are_named_with_the_way_to_get_them(tmp_path: Path) -> None:
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    result = subprocess.run([*as_nobody, *LAB, "--quick"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "Error: tcpecho lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network "
+        "namespaces): run it with sudo"
+    )
+    only_ip = tmp_path / "bin"
+    only_ip.mkdir()
+    (only_ip / "ip").symlink_to("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip")
+    result = subprocess.run(
+        [*LAB, "--quick"], capture_output=True, text=True, env={**os.environ, "PATH": str(only_ip)}
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "Error: tcpecho lab needs 'nft' on PATH: apt-get install -y nftables"
+    )
+    without_matplotlib = (
+        "import sys; sys.modules['matplotlib'] = None; from tcpecho.cli import main; "
+        f"main(['lab', '--plot', '{tmp_path / 'x.png'}'], prog_name='tcpecho')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", without_matplotlib], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "--plot needs matplotlib: pip install 'tcpecho[plot]'" in result.stderr
