@@ -12,6 +12,7 @@ connection; with no option the kernel retransmits for about 15 minutes.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import time
@@ -43,6 +44,13 @@ def topology() -> Iterator[Topology]:
         yield built
 
 
+def _record(event: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    """Show the measured failure in the test log: the figures are worth keeping."""
+    shown = {key: value for key, value in event.items() if not key.startswith("_")}
+    with capsys.disabled():
+        print(f"\n{json.dumps(shown)}")
+
+
 def _start(topology: Topology, spawn: Spawn, tcpecho: str, *client_args: str) -> LoggedProcess:
     server = spawn(topology.command(topology.server_ns, [tcpecho, "server", "--catch-sigterm"]))
     server.wait_for("server_started")
@@ -54,12 +62,13 @@ def _start(topology: Topology, spawn: Spawn, tcpecho: str, *client_args: str) ->
 
 
 def test_user_timeout_detects_the_black_hole_after_about_the_timeout(
-    topology: Topology, spawn: Spawn, tcpecho: str
+    topology: Topology, spawn: Spawn, tcpecho: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = _start(topology, spawn, tcpecho, "--interval", "300ms", "--user-timeout", "2s")
     client.wait_for("response_received", count=3)
     topology.drop_pod_traffic()
     failed = client.wait_for("connection_failed", timeout=10)
+    _record(failed, capsys)
     assert (failed["errno"], failed["phase"]) == ("ETIMEDOUT", "request")
     # Never before the timeout; the first retransmission adds ~0.41 s, timers a little more.
     assert 2.0 <= failed["detection_s"] <= 3.0
@@ -67,7 +76,7 @@ def test_user_timeout_detects_the_black_hole_after_about_the_timeout(
 
 
 def test_keepalive_detects_the_black_hole_on_an_idle_connection(
-    topology: Topology, spawn: Spawn, tcpecho: str
+    topology: Topology, spawn: Spawn, tcpecho: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = _start(
         topology,
@@ -85,6 +94,7 @@ def test_keepalive_detects_the_black_hole_on_an_idle_connection(
     client.wait_for("response_received")
     topology.drop_pod_traffic()
     failed = client.wait_for("connection_failed", timeout=10)
+    _record(failed, capsys)
     assert (failed["errno"], failed["phase"], failed["detection_s"]) == ("ETIMEDOUT", "idle", None)
     # idle 1 s + 3 probes 1 s apart = 4 s after the last data.
     assert 3.5 <= failed["since_last_response_s"] <= 5.5
