@@ -330,3 +330,42 @@ def test_kindnet_config_keeps_kinds_default_cni() -> None:
     assert not cluster.get("networking", {}).get("disableDefaultCNI", False)
     calico = load_kind_config(kind.CNI_CONFIGS["calico"])
     assert cluster["nodes"] == calico["nodes"], "the comparison differs in the CNI alone"
+
+
+def locked_pins(path: Path) -> dict[str, str]:
+    """``name==version`` lines of a pip-compile file whose every pin carries a hash."""
+    pins: dict[str, str] = {}
+    text = path.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        requirement, _, options = line.partition(" --hash=")
+        name, version = requirement.split(";")[0].strip().split("==")
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", options.split()[0]), line
+        pins[canonical(name)] = version
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    assert match, requirement
+    return canonical(match.group(0))
+
+
+def test_image_requirements_lock_every_dependency_of_pyproject() -> None:
+    """Regenerate with ``scripts/nox -s lock`` when this fails."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime = locked_pins(ROOT / "requirements" / "image.txt")
+    for dependency in pyproject["project"]["dependencies"]:
+        assert requirement_name(dependency) in runtime, f"{dependency} is not locked"
+    build = locked_pins(ROOT / "requirements" / "image-build.txt")
+    for requirement in pyproject["build-system"]["requires"]:
+        assert requirement_name(requirement) in build, f"{requirement} is not locked"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.count("--require-hashes") == 2
