@@ -352,7 +352,9 @@ if fail and fail in " ".join(["{tool}", *args]):
     print("stand-in: told to fail", file=sys.stderr)
     sys.exit(1)
 deleted = os.path.join(state, "server-deleted")
-if "{tool}" == "kubectl" and "get" in args and "pods" in args:
+if "{tool}" == "kind" and args[:2] == ["get", "clusters"]:
+    print(os.environ.get("STAND_IN_CLUSTERS", "kind"))
+elif "{tool}" == "kubectl" and "get" in args and "pods" in args:
     print("server-7d9f-abcde" if "app=server" in args else "client-5c4b-fghij", end="")
 elif "{tool}" == "kubectl" and "delete" in args and "pod" in args:
     open(deleted, "w").close()
@@ -412,9 +414,9 @@ def test_reproduce_runs_the_whole_sequence_and_reports(stand_ins: Path) -> None:
     ]
     made = calls(stand_ins)
     firsts = [" ".join(call[:3]) for call in made]
-    assert firsts[0] == "kind create cluster"
+    assert firsts[:2] == ["kind get clusters", "kind create cluster"]
     assert made[-1] == ["kind", "delete", "cluster", "--name", "tcpecho"]
-    config = made[0][made[0].index("--config") + 1]
+    config = made[1][made[1].index("--config") + 1]
     assert config == str(ROOT / "configs" / "kind-cluster-config.yaml")
     flat = [" ".join(call) for call in made]
     order = [
@@ -445,7 +447,7 @@ def test_kindnet_needs_no_calico(stand_ins: Path) -> None:
     assert result.exit_code == 0, result.output
     flat = [" ".join(call) for call in calls(stand_ins)]
     assert not any("calico" in call for call in flat)
-    assert "kind-cluster-config-kindnet.yaml" in flat[0]
+    assert "kind-cluster-config-kindnet.yaml" in flat[1]
 
 
 def test_a_failed_step_still_deletes_the_cluster(
@@ -458,6 +460,16 @@ def test_a_failed_step_still_deletes_the_cluster(
     assert "exited 1" in result.output
     assert "Traceback" not in result.output
     assert calls(stand_ins)[-1][:3] == ["kind", "delete", "cluster"]
+
+
+def test_an_existing_cluster_is_neither_used_nor_deleted(
+    stand_ins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STAND_IN_CLUSTERS", "dev\ntcpecho")
+    result = CliRunner().invoke(kind.main, ["reproduce", "--project-dir", str(ROOT)])
+    assert result.exit_code == 2
+    assert "a kind cluster 'tcpecho' exists already" in result.output
+    assert calls(stand_ins) == [["kind", "get", "clusters"]]
 
 
 def test_keep_cluster_leaves_it_running(stand_ins: Path) -> None:

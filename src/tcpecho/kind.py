@@ -294,6 +294,9 @@ class Cluster:
             ["kubectl", "--context", self.context, *args], capture=capture, timeout=timeout
         )
 
+    def exists(self) -> bool:
+        return self.name in run_tool(["kind", "get", "clusters"], capture=True).split()
+
     def create(self, config: Path, node_image: str | None) -> None:
         image = ["--image", node_image] if node_image else []
         run_tool(
@@ -492,8 +495,21 @@ def reproduce(
         raise SystemExit(2)
 
     cluster = Cluster(cluster_name)
+    try:
+        taken = cluster.exists()
+    except CommandError as error:
+        click.echo(f"reproduce: {error}", err=True)
+        raise SystemExit(1) from None
+    if taken:  # never run in, nor delete, a cluster this run did not create
+        raise click.BadParameter(
+            f"a kind cluster {cluster_name!r} exists already: "
+            f"delete it (kind delete cluster --name {cluster_name}) or choose another name",
+            param_hint="'--cluster-name'",
+        )
     results: list[CaseResult] = []
     try:
+        # kind removes the nodes of a cluster it failed to create; whatever else happens
+        # from here on, the cluster is deleted below.
         cluster.create(config, node_image)
         if cni == "calico":
             cluster.install_calico(calico_manifest)
