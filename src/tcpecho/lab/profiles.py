@@ -9,7 +9,9 @@ settings the client will run with, and a custom profile gets the client's own er
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -73,7 +75,13 @@ def connection_settings(args: tuple[str, ...]) -> ConnectionSettings:
         context = cli.client.make_context("client", list(args))
     except click.ClickException as error:
         raise click.UsageError(f"--client-args: {error.format_message()}") from None
-    params = context.params
+    return settings_from_params(context.params)
+
+
+def settings_from_params(params: Mapping[str, Any]) -> ConnectionSettings:
+    """The settings in the parameters of a parsed ``tcpecho client`` command line."""
+    from tcpecho import cli
+
     tcp = cli.build_tcp_options(
         user_timeout=params["user_timeout"],
         keepalive=params["keepalive"],
