@@ -202,17 +202,29 @@ def test_catch_sigterm_logs_and_keeps_serving_until_sigint(start_server: StartSe
     assert server.process.wait(5) == 0
 
 
+def _fill_until_the_server_stops_reading(sock: socket.socket) -> int:
+    """Send without reading until sending has been blocked for 0.5 s: by then the server's
+    write buffer is full and it has paused reading. Bounded: 256 MiB or 5 s."""
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 5
+    stalled_since: float | None = None
+    while sent < 256 * 1024 * 1024 and time.monotonic() < deadline:
+        try:
+            sent += sock.send(b"z" * 65536)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 0.5:
+                break
+            time.sleep(0.01)
+    return sent
+
+
 def test_shutdown_timeout_cuts_a_peer_that_never_reads(start_server: StartServer) -> None:
     server = start_server("--shutdown-timeout", "1s")
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.setblocking(False)
-        sent = 0
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and sent < 64 * 1024 * 1024:
-            try:
-                sent += sock.send(b"y" * 65536)
-            except BlockingIOError:
-                break  # buffers full: the server has paused reading from us
+        _fill_until_the_server_stops_reading(sock)
         signalled_at = time.monotonic()
         server.process.signal(signal.SIGTERM)
         assert server.process.wait(10) == 0
@@ -231,20 +243,8 @@ def test_a_peer_that_never_reads_does_not_grow_server_memory(start_server: Start
 
     before = rss_kib()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.setblocking(False)
-        sent = 0
-        deadline = time.monotonic() + 5
-        stalled_since: float | None = None
-        # Bounded: 256 MiB or 5 s. Without backpressure the server would read it all.
-        while sent < 256 * 1024 * 1024 and time.monotonic() < deadline:
-            try:
-                sent += sock.send(b"z" * 65536)
-                stalled_since = None
-            except BlockingIOError:
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 0.5:
-                    break
-                time.sleep(0.01)
+        # Without backpressure the server would read all 256 MiB into memory.
+        sent = _fill_until_the_server_stops_reading(sock)
         grown = rss_kib() - before
     assert sent < 64 * 1024 * 1024, f"the server kept reading: {sent} bytes taken"
     assert grown < 16 * 1024, f"server RSS grew by {grown} KiB"
