@@ -274,6 +274,8 @@ class LabCase:
             self.result.error = f"{self.status}: {error}"
         except TimeoutError:
             self.result.error = f"{self.status}: timed out"
+        except Exception as error:  # netlink, nft, sysctl: one case's failure, not the run's
+            self.result.error = f"{self.status}: {type(error).__name__}: {error}"
         finally:
             self.status = "cleaning up"
             for process in (client, server):
