@@ -18,6 +18,7 @@ import click
 
 from tcpecho import __version__, logs, loops, sockopts
 from tcpecho.durations import Duration
+from tcpecho.sizes import ByteSize
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -295,4 +296,105 @@ def client(
         loop=loop,
     )
     logs.configure(log_format, log_level)
+    raise SystemExit(run(config))
+
+
+@main.command(
+    epilog=_ENVVAR_EPILOG.format(command="BENCH", example="TCPECHO_BENCH_CONNECTIONS=100")
+)
+@click.option("--server", default="127.0.0.1", help="Echo server host name or address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="Server TCP port.")
+@click.option(
+    "--mode",
+    type=click.Choice(["pingpong", "bulk"]),
+    default="pingpong",
+    help="pingpong: send --size bytes, wait for their echo, repeat (requests/s, latency). "
+    "bulk: stream --size chunks both ways at once (MB/s).",
+)
+@click.option(
+    "--connections", type=click.IntRange(1, 100_000), default=10, help="Connections held open."
+)
+@click.option(
+    "--size", type=ByteSize(maximum=16 * 1024 * 1024), default="1KiB", help="Request or chunk size."
+)
+@click.option(
+    "--duration", type=Duration(minimum=0.001), default="10s", help="Length of the measured window."
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many measured ping-pong requests (or at --duration, if sooner).",
+)
+@click.option("--warmup", type=Duration(), default="1s", help="Load before measuring starts.")
+@click.option(
+    "--timeout",
+    type=Duration(minimum=0.001),
+    default="5s",
+    help="A connect or an echo taking longer is counted as an error (and the connection is "
+    "opened anew).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    help="Processes to split the connections between, to use more cores.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--progress/--no-progress", default=True, help="A progress line on stderr every second."
+)
+@tcp_options(connect=True)
+@click.option(
+    "--loop",
+    type=click.Choice(loops.LOOP_NAMES),
+    default="auto",
+    help="Event loop: uvloop when installed (auto), or plain asyncio.",
+)
+def bench(
+    server: str,
+    port: int,
+    mode: str,
+    connections: int,
+    size: int,
+    duration: float,
+    requests: int | None,
+    warmup: float,
+    timeout: float,
+    processes: int,
+    json_output: bool,
+    progress: bool,
+    loop: loops.LoopName,
+    **tcp: Any,
+) -> None:
+    """Load an echo server and measure it: requests/s and latency percentiles, or MB/s.
+
+    Every error (refused, reset, closed, wrong echo, timeout) is counted and reported; the
+    exit status is 1 when there was any."""
+    _check_loop(loop)
+    if processes > connections:
+        raise click.BadParameter(
+            f"{processes} processes need at least as many --connections ({connections})",
+            param_hint="'--processes'",
+        )
+    if requests is not None and mode != "pingpong":
+        raise click.BadParameter("counts ping-pong requests only", param_hint="'--requests'")
+    from tcpecho.bench.runner import BenchConfig, run
+
+    config = BenchConfig(
+        host=server,
+        port=port,
+        mode="pingpong" if mode == "pingpong" else "bulk",
+        connections=connections,
+        size=size,
+        duration_s=duration,
+        requests=requests,
+        warmup_s=warmup,
+        timeout_s=timeout,
+        processes=processes,
+        json_output=json_output,
+        progress=progress,
+        tcp=_build_tcp_options(**tcp),
+        loop=loop,
+    )
     raise SystemExit(run(config))
