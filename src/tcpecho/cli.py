@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from tcpecho import __version__, logs, loops, sockopts
+from tcpecho import logs, loops, sockopts
 from tcpecho.durations import Duration
 from tcpecho.sizes import ByteSize
 
@@ -150,6 +150,16 @@ def _build_tcp_options(
     return options
 
 
+def _print_version(ctx: click.Context, asked: bool) -> None:
+    """--version, looked up only when asked for (the lookup is slow to import)."""
+    if not asked or ctx.resilient_parsing:
+        return
+    from tcpecho import __version__
+
+    click.echo(f"tcpecho, version {__version__}")
+    ctx.exit()
+
+
 def _check_loop(loop: loops.LoopName) -> None:
     try:
         loops.resolve(loop)
@@ -165,7 +175,14 @@ def _check_loop(loop: loops.LoopName) -> None:
         "max_content_width": 100,
     }
 )
-@click.version_option(__version__, prog_name="tcpecho")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, param, value: _print_version(ctx, value),
+    help="Show the version and exit.",
+)
 def main() -> None:
     """A TCP echo server and client for seeing, and fixing, the 15-minute hang after a peer
     vanishes (a force-deleted Kubernetes pod behind a ClusterIP service)."""
@@ -189,6 +206,13 @@ def main() -> None:
     default="10s",
     help="On SIGTERM/SIGINT: time for echoes under way to finish before connections are cut.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    help="Server processes sharing the port (SO_REUSEPORT), for machines with cores to "
+    "spare; no gain on 2 cores.",
+)
 @tcp_options(connect=False)
 @runtime_options
 def server(
@@ -196,6 +220,7 @@ def server(
     port: int,
     catch_sigterm: bool,
     shutdown_timeout: float,
+    workers: int,
     loop: loops.LoopName,
     log_format: logs.LogFormat,
     log_level: str,
@@ -212,6 +237,7 @@ def server(
         catch_sigterm=catch_sigterm,
         shutdown_timeout_s=shutdown_timeout,
         loop=loop,
+        workers=workers,
     )
     logs.configure(log_format, log_level)
     raise SystemExit(run(config))
