@@ -1,4 +1,7 @@
-"""nox sessions: ``nox`` alone runs lint, typecheck and tests; ``nox -s demo`` is the main job."""
+"""nox sessions: ``nox`` alone runs lint, typecheck and tests; ``nox -s demo`` is the main job.
+
+``nox -s bench`` is the benchmark suite (minutes, not part of the default sessions).
+"""
 
 from __future__ import annotations
 
@@ -67,3 +70,11 @@ def demo(session: nox.Session) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(15)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every server under test in interleaved rounds; results in benchmarks/results (~8 min)."""
+    session.run("benchmarks/system-packages", external=True)
+    session.install(".[plot]")
+    session.run("python", "-m", "benchmarks.run", *session.posargs)
