@@ -204,15 +204,26 @@ def test_catch_sigterm_logs_and_keeps_serving_until_sigint(start_server: StartSe
 
 def test_shutdown_timeout_cuts_a_peer_that_never_reads(start_server: StartServer) -> None:
     server = start_server("--shutdown-timeout", "1s")
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+    with socket.socket() as sock:
+        # A small receive buffer: with the kernel's own (up to 32 MiB on Linux >= 6.13)
+        # the server could park every echo in it and have nothing left to send.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", server.port))
         sock.setblocking(False)
         sent = 0
         deadline = time.monotonic() + 5
+        stalled_since: float | None = None
+        # Until sending has stalled for a while (the server has paused reading from us, its
+        # own buffers full), bounded by 64 MiB and 5 s.
         while time.monotonic() < deadline and sent < 64 * 1024 * 1024:
             try:
                 sent += sock.send(b"y" * 65536)
+                stalled_since = None
             except BlockingIOError:
-                break  # buffers full: the server has paused reading from us
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 0.3:
+                    break
+                time.sleep(0.01)
         signalled_at = time.monotonic()
         server.process.signal(signal.SIGTERM)
         assert server.process.wait(10) == 0
