@@ -202,6 +202,11 @@ class _Misbehaving(asyncio.Protocol):
             self.transport.close()
         elif self.behaviour == "corrupt":
             self.transport.write(bytes([data[0] ^ 1]) + data[1:])
+        elif self.behaviour == "split":
+            # The echo in two pieces, the second a moment later.
+            transport = self.transport
+            transport.write(data[:100])
+            asyncio.get_running_loop().call_later(0.005, transport.write, data[100:])
         elif self.behaviour == "repeat":
             self.transport.write(data + data)
         elif self.behaviour == "reset" and self.seen > 10 * 1024:
@@ -245,6 +250,14 @@ async def test_wrong_answers_are_counted_by_kind_and_the_load_goes_on(
     assert set(result.errors) == {kind}
     # Every request sent in the window either completed or failed.
     assert result.failed <= sum(result.errors.values())
+
+
+async def test_an_echo_in_pieces_is_one_request(misbehaving: Callable[[str], Any]) -> None:
+    port = await misbehaving("split")
+    result = await drive(_share(port, requests=200, duration_s=30), LocalControl())
+    assert (result.completed, result.errors) == (200, {})
+    # The second piece came 5 ms later (uvloop's timers may fire up to a millisecond early).
+    assert result.histogram.minimum >= 3_000_000
 
 
 async def test_a_peer_that_resets_is_counted_as_a_reset(

@@ -54,6 +54,22 @@ class LatencyHistogram:
     def empty(cls) -> LatencyHistogram:
         return cls(counts=[0] * BUCKET_COUNT)
 
+    @classmethod
+    def from_counts(cls, counts: list[int]) -> LatencyHistogram:
+        """A histogram from bare bucket counts (the load generator's hot path keeps only
+        those): minimum and maximum are then their buckets' bounds, the sum is taken at
+        bucket midpoints, all within the buckets' precision."""
+        histogram = cls(counts=counts)
+        for index, count in enumerate(counts):
+            if count:
+                low, high = bucket_bounds(index)
+                if histogram.total == 0:
+                    histogram.minimum = low
+                histogram.maximum = high
+                histogram.total += count
+                histogram.sum += count * (low + high) // 2
+        return histogram
+
     def record(self, value: int) -> None:
         if value < 0:
             value = 0

@@ -4,18 +4,20 @@ Each connection slot keeps one connection open for the whole run and opens a new
 failure, so the load stays at ``--connections`` and every failure is counted by name
 (ECONNREFUSED, ECONNRESET, EOF, MISMATCH, TIMEOUT, ...). The protocols are plain
 ``asyncio.Protocol`` callbacks, which on uvloop cost the least per request: a ping-pong
-request is one ``write``, one or more ``data_received`` (each checked against the bytes
-sent with ``bytes.startswith``, no copy), one clock read and a histogram increment.
+request is one ``write``, one ``data_received`` whose bytes are compared with those sent
+(an echo in pieces is checked piece by piece with ``bytes.startswith``, no copy), one
+clock read and one histogram increment, which also counts it.
 
 A run has phases: connect every slot, wait for the start time (shared by every process of
-the run through the monotonic clock), warm up, measure, stop. A ping-pong request counts
-when it was sent and completed inside the measured window; a bulk byte counts when it was
-received inside it.
+the run through the monotonic clock), warm up, measure, stop. A ping-pong request counts when
+its echo completes inside the measured window (with ``--requests``, only requests also sent
+inside it, so exactly that many count); a bulk byte counts when it is received inside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 import time
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Literal, cast
 
-from tcpecho.bench.histogram import SUB_BUCKET_BITS, LatencyHistogram, bucket_bounds
+from tcpecho.bench.histogram import SUB_BUCKET_BITS, LatencyHistogram, bucket_index
 from tcpecho.naming import error_name
 from tcpecho.sockopts import TcpOptions
 
@@ -94,63 +96,69 @@ class Progress:
 
 
 class RunState:
-    """What all connections of one process share: the phase, the counters, the histogram."""
+    """What all connections of one process share: the phase, the counters, the histograms.
+
+    Ping-pong latencies go into ``counts``, which is the warm-up's histogram, then the
+    measured window's, then a discarded one: switching phase is switching that list, and
+    recording a request is one increment, which also counts it.
+    """
 
     __slots__ = (
         "all_requests_done",
         "bytes_received",
         "bytes_sent",
-        "completed",
         "connected",
         "counts",
         "errors",
         "failed",
         "finished",
-        "latency_sum",
-        "max_latency",
+        "measured_counts",
         "measuring",
         "outstanding",
         "progress_bytes",
-        "progress_completed",
+        "quota",
         "running",
         "tickets",
+        "warmup_counts",
     )
 
     def __init__(self, requests: int | None) -> None:
         self.running = False  # connections send while True
         self.finished = False  # after the run: closing connections is no failure then
         self.measuring = False  # inside the measured window
-        # Measured requests still to be sent (--requests), and those sent but not answered.
-        self.tickets = requests
+        # --requests: measured requests still to be sent, and those sent but not answered.
+        self.quota = requests is not None
+        self.tickets = requests or 0
         self.outstanding = 0
         self.all_requests_done = asyncio.Event()
-        self.completed = 0
         self.failed = 0
         self.bytes_sent = 0
         self.bytes_received = 0
-        self.progress_completed = 0
         self.progress_bytes = 0
         self.connected = 0
         self.errors: Counter[str] = Counter()
-        # The latency histogram's parts, kept here for the hot path to reach in one step.
-        self.counts = LatencyHistogram.empty().counts
-        self.max_latency = 0
-        self.latency_sum = 0
+        self.warmup_counts = LatencyHistogram.empty().counts
+        self.measured_counts = LatencyHistogram.empty().counts
+        self.counts = self.warmup_counts
 
-    def histogram(self) -> LatencyHistogram:
-        histogram = LatencyHistogram(
-            counts=self.counts,
-            total=self.completed,
-            maximum=self.max_latency,
-            sum=self.latency_sum,
-        )
-        if self.completed:
-            # The hot path skips tracking the minimum; the lowest non-empty bucket bounds it.
-            index = next(i for i, count in enumerate(self.counts) if count)
-            histogram.minimum = bucket_bounds(index)[0]
-        return histogram
+    def measure(self) -> None:
+        self.counts = self.measured_counts
+        self.measuring = True
 
-    def request_finished(self) -> None:
+    def stop(self) -> None:
+        self.counts = LatencyHistogram.empty().counts  # answers after the window: not counted
+        self.measuring = False
+        self.running = False
+
+    @property
+    def completed(self) -> int:
+        return sum(self.measured_counts)
+
+    @property
+    def progress_completed(self) -> int:
+        return sum(self.warmup_counts) + sum(self.measured_counts)
+
+    def ticketed_request_ended(self) -> None:
         self.outstanding -= 1
         if self.tickets == 0 and self.outstanding == 0:
             self.all_requests_done.set()
@@ -205,82 +213,110 @@ class _Connection(asyncio.Protocol):
 class PingPongConnection(_Connection):
     """Send ``size`` bytes, wait for exactly those bytes back, send again."""
 
-    __slots__ = ("_expected", "_measured", "_payloads", "_received", "_sent_at", "_turn")
+    __slots__ = ("_expected", "_next", "_received", "_sent_at", "_ticketed")
 
     def __init__(self, state: RunState, payloads: tuple[bytes, bytes]) -> None:
         super().__init__(state)
         # Two payloads that differ, sent in turn: a server that answers with a stale or
         # repeated echo is caught, not only one that changes bytes.
-        self._payloads = payloads
-        self._turn = 0
-        self._expected: bytes | None = None  # the request in flight
+        self._next = payloads[0]
+        self._expected: bytes | None = payloads[1]  # the request in flight, None when idle
         self._received = 0
         self._sent_at = 0
-        self._measured = False
+        self._ticketed = False  # --requests: this request counts against the quota
 
     def start(self) -> None:
-        self._send(time.perf_counter_ns())
+        self._send(perf_counter_ns())
+
+    def data_received(self, data: bytes) -> None:
+        # The hot path of the load generator, kept to the fewest operations: the common
+        # case is the whole echo in one read, checked with one comparison; the histogram's
+        # bucket_index is written out inline, and the clock read that ends a request
+        # starts the next.
+        if self._received == 0 and data == self._expected:
+            now = perf_counter_ns()
+            state = self._state
+            if state.quota:
+                self._complete_with_quota(now)
+                return
+            latency = now - self._sent_at
+            if latency >= _SUB_BUCKETS:
+                shift = latency.bit_length() - SUB_BUCKET_BITS
+                latency = (shift << _HALF_BITS) + (latency >> shift)
+            state.counts[latency] += 1
+            if state.running:
+                expected = self._next
+                self._next = self._expected
+                self._expected = expected
+                self._sent_at = now
+                self.transport.write(expected)
+            else:
+                self._expected = None
+            return
+        self._piece_received(data)
+
+    def _piece_received(self, data: bytes) -> None:
+        """Part of an echo, or bytes that are no echo of the request in flight."""
+        expected = self._expected
+        # startswith compares in place; it is False when data runs past the request.
+        if expected is None or not expected.startswith(data, self._received):
+            self.fail("MISMATCH")
+            return
+        received = self._received + len(data)
+        if received < len(expected):
+            self._received = received
+            return
+        self._received = 0
+        self._complete(perf_counter_ns())
+
+    def _complete(self, now_ns: int) -> None:
+        """What data_received's fast path does inline, for an echo that came in pieces."""
+        state = self._state
+        if state.quota:
+            self._complete_with_quota(now_ns)
+            return
+        state.counts[bucket_index(now_ns - self._sent_at)] += 1
+        self._send(now_ns)
 
     def _send(self, now_ns: int) -> None:
         state = self._state
         if not state.running:
             self._expected = None
             return
-        measured = state.measuring
-        if measured:
-            tickets = state.tickets
-            if tickets is not None:
-                if tickets == 0:
-                    self._expected = None
-                    return
-                state.tickets = tickets - 1
+        self._ticketed = False
+        if state.quota and state.measuring:
+            if state.tickets == 0:
+                self._expected = None
+                return
+            state.tickets -= 1
             state.outstanding += 1
-        self._measured = measured
-        self._turn ^= 1
-        expected = self._expected = self._payloads[self._turn]
-        self._received = 0
+            self._ticketed = True
+        expected, previous = self._next, self._expected
+        if previous is not None:
+            self._next = previous
+        self._expected = expected
         self._sent_at = now_ns
         self.transport.write(expected)
 
-    def data_received(self, data: bytes) -> None:
-        # The hot path of the load generator: kept to plain operations on locals, with the
-        # histogram's bucket_index written out inline (a call costs as much as the rest).
-        expected = self._expected
-        received = self._received
-        # startswith compares in place; it is False when data runs past the request.
-        if expected is None or not expected.startswith(data, received):
-            self.fail("MISMATCH")
-            return
-        received += len(data)
-        if received < len(expected):
-            self._received = received
-            return
-        now = perf_counter_ns()
+    def _complete_with_quota(self, now_ns: int) -> None:
+        """--requests: only requests sent inside the window count, and exactly N of them."""
         state = self._state
-        state.progress_completed += 1
-        if self._measured:
-            if state.measuring:
-                latency = now - self._sent_at
-                state.completed += 1
-                if latency < _SUB_BUCKETS:
-                    state.counts[latency] += 1
-                else:
-                    shift = latency.bit_length() - SUB_BUCKET_BITS
-                    state.counts[(shift << _HALF_BITS) + (latency >> shift)] += 1
-                if latency > state.max_latency:
-                    state.max_latency = latency
-                state.latency_sum += latency
-            state.outstanding -= 1
-            if state.outstanding == 0 and state.tickets == 0:
-                state.all_requests_done.set()
-        # The clock read that ended this request also starts the next one.
-        self._send(now)
+        latency = now_ns - self._sent_at
+        counts = state.measured_counts if self._ticketed else state.warmup_counts
+        counts[bucket_index(latency)] += 1
+        if self._ticketed:
+            state.ticketed_request_ended()
+        self._send(now_ns)
 
     def _abandon_request(self) -> None:
-        if self._expected is not None and self._measured:
-            if self._state.measuring:
-                self._state.failed += 1
-            self._state.request_finished()
+        state = self._state
+        if self._expected is not None:
+            if state.quota:
+                if self._ticketed:
+                    state.failed += 1
+                    state.ticketed_request_ended()
+            elif state.measuring:
+                state.failed += 1
         self._expected = None
 
     def check_timeout(self, now_ns: int, timeout_ns: int) -> None:
@@ -491,6 +527,10 @@ async def drive(share: LoadShare, control: Control) -> ProcessResult:
     publisher = asyncio.create_task(publish_and_sweep())
     window_start = window_end = time.monotonic()
     stopped_by: StoppedBy = "duration"
+    # The hot path makes no reference cycles; the collector's passes over what it allocates
+    # would be pure overhead, so it is off for the (bounded) run.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         await asyncio.gather(*(attempt.wait() for attempt in attempts))
         start_at = await control.ready()
@@ -500,7 +540,7 @@ async def drive(share: LoadShare, control: Control) -> ProcessResult:
         publish(Phase.WARMUP)
         await _wait_until(start_at + share.warmup_s, stop)
         window_start = time.monotonic()
-        state.measuring = True
+        state.measure()
         publish(Phase.MEASURING)
         ends = [
             asyncio.create_task(stop.wait()),
@@ -519,10 +559,11 @@ async def drive(share: LoadShare, control: Control) -> ProcessResult:
             stopped_by = "interrupted"
         elif state.all_requests_done.is_set():
             stopped_by = "requests"
-        state.measuring = False
-        state.running = False
+        state.stop()
         publish(Phase.DONE)
     finally:
+        if collecting:
+            gc.enable()
         state.running = False
         state.finished = True
         publisher.cancel()
@@ -540,7 +581,7 @@ async def drive(share: LoadShare, control: Control) -> ProcessResult:
         bytes_sent=state.bytes_sent,
         bytes_received=state.bytes_received,
         errors=dict(state.errors),
-        histogram=state.histogram(),
+        histogram=LatencyHistogram.from_counts(state.measured_counts),
         stopped_by=stopped_by,
     )
 
