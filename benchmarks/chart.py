@@ -65,7 +65,12 @@ def draw(results: dict[str, Any], target: Path) -> None:
     cpu.tick_params(axis="x", labelsize=8)
 
     held = {n: v for n, v in results["idle"].items() if "rss_per_connection_kib" in v}
-    idle.bar([labels[n] for n in held], [held[n]["rss_per_connection_kib"] for n in held],
+    held_labels = [
+        labels[n] if held[n]["connections"] >= 10_000
+        else f"{labels[n]}\n({held[n]['connections']:,} fit)"
+        for n in held
+    ]  # fmt: skip
+    idle.bar(held_labels, [held[n]["rss_per_connection_kib"] for n in held],
              color=[colors[n] for n in held])  # fmt: skip
     idle.axhline(4.0, color="red", linestyle="--", linewidth=1, label="target: 4 KiB")
     idle.set_ylabel("server RSS KiB per connection")
@@ -76,7 +81,8 @@ def draw(results: dict[str, Any], target: Path) -> None:
     machine = results["machine"]
     figure.suptitle(
         f"tcpecho benchmark {results['date'][:10]}: {machine['cores']} cores, {machine['cpu']}, "
-        f"Linux {machine['kernel']}; load average {results['load_average_before'][0]:.2f}",
+        f"Linux {machine['kernel']}; load average {results['load_average_before'][0]:.2f} "
+        f"before, {results['load_average_after'][0]:.2f} after",
         fontsize=10,
     )
     figure.tight_layout()

@@ -28,7 +28,15 @@ from tcpecho.bench.histogram import (
     bucket_bounds,
     bucket_index,
 )
-from tcpecho.bench.load import LoadShare, ProcessResult, bulk_chunk, drive, payloads_for
+from tcpecho.bench.load import (
+    LoadShare,
+    PingPongConnection,
+    ProcessResult,
+    RunState,
+    bulk_chunk,
+    drive,
+    payloads_for,
+)
 from tcpecho.bench.report import BenchReport
 from tcpecho.bench.runner import BenchConfig, LocalControl
 from tcpecho.server import EchoServer, ServerConfig
@@ -84,6 +92,21 @@ def test_merging_histograms_is_recording_into_one() -> None:
             both.record(value)
     one.merge(two)
     assert one == both
+
+
+def test_bare_counts_give_the_same_percentiles_and_bounded_extremes() -> None:
+    rng = random.Random(9)
+    exact = LatencyHistogram.empty()
+    for _ in range(5000):
+        exact.record(rng.randrange(10**4, 10**7))
+    approximate = LatencyHistogram.from_counts(list(exact.counts))
+    assert approximate.total == exact.total
+    for quantile in (0.5, 0.99, 0.999):
+        assert approximate.value_at(quantile) >= exact.value_at(quantile)
+        assert approximate.value_at(quantile) <= exact.value_at(quantile) * (1 + 1 / 128)
+    assert approximate.minimum <= exact.minimum < approximate.minimum * (1 + 1 / 128)
+    assert approximate.maximum >= exact.maximum > approximate.maximum / (1 + 1 / 128)
+    assert approximate.mean == pytest.approx(exact.mean, rel=1 / 128)
 
 
 def test_an_empty_histogram_has_no_percentiles() -> None:
@@ -180,6 +203,34 @@ def test_payloads_differ_between_turns_and_bulk_chunks_have_the_size() -> None:
     assert len(first) == len(second) == 1000
     assert all(a != b for a, b in zip(first, second, strict=True))
     assert len(bulk_chunk(65536)) == 65536
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+@pytest.mark.parametrize("latency_ns", [0, 255, 256, 1000, 65_432, 10**6 + 7, 3 * 10**9])
+async def test_the_hot_path_files_a_latency_where_bucket_index_says(
+    monkeypatch: pytest.MonkeyPatch, latency_ns: int
+) -> None:
+    clock = iter([1_000_000_000, 1_000_000_000 + latency_ns])
+    monkeypatch.setattr("tcpecho.bench.load.perf_counter_ns", lambda: next(clock))
+    state = RunState(requests=None)
+    state.running = True
+    state.measure()
+    first, second = payloads_for(1, 64)
+    connection = PingPongConnection(state, (first, second))
+    transport = _RecordingTransport()
+    connection.transport = transport  # type: ignore[assignment]
+    connection.start()
+    connection.data_received(transport.written[-1])
+    assert state.measured_counts[bucket_index(latency_ns)] == 1
+    assert state.completed == 1
+    assert transport.written == [first, second]  # the next request went out, the other payload
 
 
 class _Misbehaving(asyncio.Protocol):
