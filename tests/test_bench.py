@@ -29,6 +29,7 @@ from tcpecho.bench.histogram import (
     bucket_index,
 )
 from tcpecho.bench.load import (
+    BulkConnection,
     LoadShare,
     PingPongConnection,
     ProcessResult,
@@ -231,6 +232,38 @@ async def test_the_hot_path_files_a_latency_where_bucket_index_says(
     assert state.measured_counts[bucket_index(latency_ns)] == 1
     assert state.completed == 1
     assert transport.written == [first, second]  # the next request went out, the other payload
+
+
+class _AbortableTransport(_RecordingTransport):
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+
+async def test_bulk_checks_reads_of_any_length_against_the_stream() -> None:
+    chunk = bulk_chunk(1000)
+    stream = chunk * 1200  # 1.2 MB: longer than any read the loops make, and its pattern
+    for corrupt_at in (None, 0, 999, 700_123):
+        state = RunState(requests=None)
+        state.running = True
+        state.measure()
+        connection = BulkConnection(state, chunk)
+        transport = _AbortableTransport()
+        connection.transport = transport  # type: ignore[assignment]
+        data = bytearray(stream)
+        if corrupt_at is not None:
+            data[corrupt_at] ^= 0xFF
+        # Pieces of awkward sizes: one byte, part of a chunk, and far more than a read.
+        for start, end in ((0, 1), (1, 1500), (1500, 601_500), (601_500, len(data))):
+            connection.data_received(bytes(data[start:end]))
+        assert transport.aborted == (corrupt_at is not None)
+        assert state.errors == ({} if corrupt_at is None else {"MISMATCH": 1})
+        if corrupt_at is None:
+            assert state.bytes_received == len(stream)
 
 
 class _Misbehaving(asyncio.Protocol):
