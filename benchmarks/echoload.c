@@ -4,7 +4,7 @@
  * server under test with (a client written in C costs the least CPU per request, so the
  * server, not the client, is what a run measures).
  *
- *   echoload HOST PORT MODE CONNECTIONS SIZE WARMUP_S DURATION_S
+ *   echoload HOST PORT MODE CONNECTIONS SIZE WARMUP_S DURATION_S [hold]
  *
  * MODE pingpong: each connection sends SIZE bytes, waits for all SIZE bytes to come back,
  *   compares them (memcmp) and sends again.
@@ -14,7 +14,9 @@
  * One thread, level-triggered epoll, nonblocking sockets with TCP_NODELAY. Prints a JSON
  * line {"event":"measure_start"} when the warm-up ends and {"event":"measure_end"} when
  * the measured window closes (so a harness can read the server's CPU time at exactly those
- * moments), then one JSON result line. A connection that fails, closes or sends back other
+ * moments), then one JSON result line. With "hold" it waits after measure_end for a line (or
+ * EOF) on stdin before closing its connections, so the harness can read the CPU time of
+ * processes that live only as long as a connection (socat's forked children). A connection that fails, closes or sends back other
  * bytes is counted as an error and closed; the exit status is 1 when there was any error.
  */
 #define _GNU_SOURCE
@@ -48,7 +50,7 @@ static double now_s(void) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: echoload HOST PORT pingpong|bulk CONNECTIONS SIZE WARMUP_S DURATION_S\n");
+    fprintf(stderr, "usage: echoload HOST PORT pingpong|bulk CONNECTIONS SIZE WARMUP_S DURATION_S [hold]\n");
     return 2;
 }
 
@@ -66,7 +68,8 @@ static void fail(int epfd, struct conn *c) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8) return usage();
+    if (argc != 8 && !(argc == 9 && strcmp(argv[8], "hold") == 0)) return usage();
+    int hold = argc == 9;
     const char *host = argv[1], *port = argv[2];
     enum mode mode;
     if (strcmp(argv[3], "pingpong") == 0) mode = PINGPONG;
@@ -176,6 +179,11 @@ int main(int argc, char **argv) {
     if (!measuring) { at_start = completed; measure_from = end; }
     printf("{\"event\":\"measure_end\"}\n");
     fflush(stdout);
+    if (hold) {
+        int c;
+        while ((c = getchar()) != EOF && c != '\n') {
+        }
+    }
     double seconds = end - measure_from;
     uint64_t done = completed - at_start;
     printf("{\"event\":\"result\",\"mode\":\"%s\",\"connections\":%d,\"size\":%zu,"

@@ -172,18 +172,17 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError(f"{self.peer.name} did not listen on {self.port} in {timeout} s")
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        """User and system CPU time of the server (and its children, for socat)."""
+    def cpu_seconds(self) -> dict[int, tuple[float, float]]:
+        """User and system CPU time of the server and (socat) each of its children, by pid."""
         pids = [self.pid]
         if self.peer.forks_children:
             pids += children_of(self.pid)
-        user = system = 0.0
+        times: dict[int, tuple[float, float]] = {}
         for pid in pids:
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                user += int(fields[11]) / CLOCK_TICKS
-                system += int(fields[12]) / CLOCK_TICKS
-        return user, system
+                times[pid] = (int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
+        return times
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -271,8 +270,12 @@ def echoload(
 ) -> LoadResult:
     """Run the C load client; read the server's CPU time when the window opens and closes."""
     argv = [tools.echoload, "127.0.0.1", str(port), mode, str(connections), str(size)]
+    argv += [str(warmup_s), str(duration_s)]
+    if server is not None:
+        argv.append("hold")  # keep the connections (and socat's children) until we read
     proc = subprocess.Popen(
-        pinned(cpu, [*argv, str(warmup_s), str(duration_s)]),
+        pinned(cpu, argv),
+        stdin=subprocess.PIPE if server is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -280,7 +283,8 @@ def echoload(
     )
     try:
         assert proc.stdout is not None
-        before = after = (0.0, 0.0)
+        before: dict[int, tuple[float, float]] = {}
+        after: dict[int, tuple[float, float]] = {}
         result: dict[str, Any] = {}
         for line in proc.stdout:
             event = json.loads(line)
@@ -288,21 +292,30 @@ def echoload(
                 before = server.cpu_seconds()
             elif event["event"] == "measure_end" and server is not None:
                 after = server.cpu_seconds()
+                assert proc.stdin is not None
+                proc.stdin.close()  # let it close its connections and report
             elif event["event"] == "result":
                 result = event
         proc.wait(timeout=warmup_s + duration_s + 30)
     finally:
         stop_group(proc)
+        if proc.stdin is not None:
+            proc.stdin.close()
     if not result:
         stderr = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"echoload gave no result (exit {proc.returncode}): {stderr}")
     done = int(result.get("requests", result.get("bytes", 0)))
+    # Processes still there at the end, from their time at the start (or from zero when
+    # forked inside the window); socat children of earlier connections that exited during
+    # the window were idle, and their totals would otherwise come off as negative time.
+    user = sum(times[0] - before.get(pid, (0.0, 0.0))[0] for pid, times in after.items())
+    system = sum(times[1] - before.get(pid, (0.0, 0.0))[1] for pid, times in after.items())
     return LoadResult(
         per_second=float(result["per_second"]),
         requests=done,
         errors=int(result["errors"]),
-        cpu_user_s=after[0] - before[0],
-        cpu_system_s=after[1] - before[1],
+        cpu_user_s=user,
+        cpu_system_s=system,
     )
 
 
