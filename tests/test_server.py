@@ -393,6 +393,40 @@ def test_workers_share_the_port_and_stop_together(start_server: StartServer) -> 
     server.process.assert_no_traceback()
 
 
+def test_workers_log_whole_lines_even_unbuffered(spawn: Spawn, tcpecho: str) -> None:
+    """Workers share stdout: each log line must reach it in one write, or lines interleave.
+
+    PYTHONUNBUFFERED=1 (common in container images) makes print() write the line and its
+    newline separately; eight workers starting at once then mix their lines up.
+    """
+    port = free_port()
+    argv = [tcpecho, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "8"]
+    process = spawn(argv, env={"PYTHONUNBUFFERED": "1"})
+    process.wait_for("workers_started")
+    deadline = time.monotonic() + 10
+    while len(process.named("server_started")) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+    assert process.other_lines == []  # every line was one whole JSON object
+    assert sorted(event["worker"] for event in process.named("server_started")) == list(range(8))
+
+
+def test_workers_with_catch_sigterm_ignore_it_and_stop_on_sigint(
+    start_server: StartServer,
+) -> None:
+    server = start_server("--workers", "2", "--catch-sigterm")
+    server.process.wait_for("server_started", count=2)
+    server.process.signal(signal.SIGTERM)
+    ignored = server.process.wait_for("signal_ignored", count=2)
+    assert ignored["signal"] == "SIGTERM"
+    payload = b"still serving after SIGTERM"
+    assert _echo_once(server.port, payload) == payload
+    server.process.signal(signal.SIGINT)
+    assert server.process.wait(10) == 0
+    assert len(server.process.named("server_stopped")) == 2
+
+
 def test_a_worker_that_dies_stops_the_others_and_fails_the_server(
     start_server: StartServer,
 ) -> None:
@@ -406,7 +440,8 @@ def test_a_worker_that_dies_stops_the_others_and_fails_the_server(
 
 
 def test_workers_do_not_outlive_a_killed_parent(start_server: StartServer) -> None:
-    server = start_server("--workers", "2")
+    # --catch-sigterm is the hard case: the workers must stop although they ignore SIGTERM.
+    server = start_server("--workers", "2", "--catch-sigterm")
     server.process.wait_for("server_started", count=2)
     pids = [event["pid"] for event in server.process.named("server_started")]
     server.process.proc.kill()

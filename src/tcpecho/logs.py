@@ -43,7 +43,9 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line (print() makes two when PYTHONUNBUFFERED is set): the workers
+        # of ``server --workers`` share stdout, and their lines must not interleave.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
 

@@ -10,7 +10,7 @@ run in their own process group, so a terminal's Ctrl-C reaches them once, throug
 parent), and exits once they all have: 0 when every worker exited 0. A worker that exits
 on its own is a failure: the others are stopped too and the parent exits 1, so a pod is
 restarted whole rather than serving with fewer workers than asked for. Workers receive
-SIGTERM if the parent dies (PR_SET_PDEATHSIG), so none outlives it.
+SIGINT if the parent dies (PR_SET_PDEATHSIG), so none outlives it.
 
 This helps only where there are cores to spare: on a 2-core machine the load generator
 needs one, and the benchmark in the README shows no gain.
@@ -112,9 +112,11 @@ def _worker(
 
 
 def _terminate_with_parent() -> None:
+    # SIGINT, not SIGTERM: a worker started with --catch-sigterm ignores SIGTERM, and an
+    # orphaned worker would keep serving with nobody to stop it.
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
 
 
 def _wait(config: ServerConfig, workers: dict[int, int]) -> int:
