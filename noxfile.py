@@ -1,5 +1,5 @@
 """nox sessions: ``nox`` alone runs lint, typecheck, tests, manifests and image;
-``nox -s demo`` is the main job."""
+``nox -s demo`` is the main job, ``nox -s bench`` the benchmark suite (minutes, on demand)."""
 
 from __future__ import annotations
 
@@ -248,3 +248,11 @@ def lock(session: nox.Session) -> None:
         "pyproject.toml",
         env=env,
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every server under test in interleaved rounds; results in benchmarks/results (~8 min)."""
+    session.run("benchmarks/system-packages", external=True)
+    session.install(".[plot]")
+    session.run("python", "-m", "benchmarks.run", *session.posargs)

@@ -223,7 +223,11 @@ def _fill_until_the_server_stops_reading(sock: socket.socket) -> int:
 
 def test_shutdown_timeout_cuts_a_peer_that_never_reads(start_server: StartServer) -> None:
     server = start_server("--shutdown-timeout", "1s")
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+    with socket.socket() as sock:
+        # A small receive buffer: with the kernel's own (up to 32 MiB on Linux >= 6.13)
+        # the server could park every echo in it and have nothing left to send.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.connect(("127.0.0.1", server.port))
         _fill_until_the_server_stops_reading(sock)
         signalled_at = time.monotonic()
         server.process.signal(signal.SIGTERM)
@@ -336,3 +340,123 @@ def test_as_pid1_catch_sigterm_ignores_sigterm_and_stops_on_sigint(
         assert sock.recv(4) == b"ping"
     os.kill(child, signal.SIGINT)
     assert process.wait(10) == 0
+
+
+# -- --workers: processes sharing the port ----------------------------------------------------
+
+
+def _echo_once(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1].startswith("Z")  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_share_the_port_and_stop_together(start_server: StartServer) -> None:
+    server = start_server("--workers", "2")
+    server.process.wait_for("server_started", count=2)
+    started = server.process.named("server_started")
+    assert sorted(event["worker"] for event in started) == [0, 1]
+    assert len({event["pid"] for event in started}) == 2
+    assert server.process.pid not in {event["pid"] for event in started}
+    for number in range(24):
+        payload = f"request {number} ".encode() * 100
+        assert _echo_once(server.port, payload) == payload
+    server.process.wait_for("connection_closed", count=24)
+    # SO_REUSEPORT spreads connections by a hash of their addresses: 24 connections all
+    # landing on one of two workers would happen about once in 8 million runs.
+    serving = {event["worker"] for event in server.process.named("connection_accepted")}
+    assert serving == {0, 1}
+    server.process.signal(signal.SIGTERM)
+    assert server.process.wait(10) == 0
+    assert len(server.process.named("server_stopped")) == 2
+    exits = server.process.named("worker_exited")
+    assert sorted((event["worker"], event["exit_code"]) for event in exits) == [(0, 0), (1, 0)]
+    server.process.assert_no_traceback()
+
+
+def test_workers_log_whole_lines_even_unbuffered(spawn: Spawn, tcpecho: str) -> None:
+    """Workers share stdout: each log line must reach it in one write, or lines interleave.
+
+    PYTHONUNBUFFERED=1 (common in container images) makes print() write the line and its
+    newline separately; eight workers starting at once then mix their lines up.
+    """
+    port = free_port()
+    argv = [tcpecho, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "8"]
+    process = spawn(argv, env={"PYTHONUNBUFFERED": "1"})
+    process.wait_for("workers_started")
+    deadline = time.monotonic() + 10
+    while len(process.named("server_started")) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.signal(signal.SIGTERM)
+    assert process.wait(10) == 0
+    assert process.other_lines == []  # every line was one whole JSON object
+    assert sorted(event["worker"] for event in process.named("server_started")) == list(range(8))
+
+
+def test_workers_with_catch_sigterm_ignore_it_and_stop_on_sigint(
+    start_server: StartServer,
+) -> None:
+    server = start_server("--workers", "2", "--catch-sigterm")
+    server.process.wait_for("server_started", count=2)
+    server.process.signal(signal.SIGTERM)
+    ignored = server.process.wait_for("signal_ignored", count=2)
+    assert ignored["signal"] == "SIGTERM"
+    payload = b"still serving after SIGTERM"
+    assert _echo_once(server.port, payload) == payload
+    server.process.signal(signal.SIGINT)
+    assert server.process.wait(10) == 0
+    assert len(server.process.named("server_stopped")) == 2
+
+
+def test_a_worker_that_dies_stops_the_others_and_fails_the_server(
+    start_server: StartServer,
+) -> None:
+    server = start_server("--workers", "2")
+    server.process.wait_for("server_started", count=2)
+    victim, survivor = (event["pid"] for event in server.process.named("server_started"))
+    os.kill(victim, signal.SIGKILL)
+    assert server.process.wait(10) == 1
+    exits = {event["pid"]: event["exit_code"] for event in server.process.named("worker_exited")}
+    assert exits == {victim: -signal.SIGKILL, survivor: 0}
+
+
+def test_workers_do_not_outlive_a_killed_parent(start_server: StartServer) -> None:
+    # --catch-sigterm is the hard case: the workers must stop although they ignore SIGTERM.
+    server = start_server("--workers", "2", "--catch-sigterm")
+    server.process.wait_for("server_started", count=2)
+    pids = [event["pid"] for event in server.process.named("server_started")]
+    server.process.proc.kill()
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit(spawn: Spawn, tcpecho: str) -> None:
+    port = free_port()
+    process = spawn(
+        ["prlimit", "--nofile=256:4096", tcpecho, "server", "--host", "127.0.0.1",
+         "--port", str(port)]
+    )  # fmt: skip
+    assert process.wait_for("server_started")["max_open_files"] == 4096
+
+
+def test_workers_must_be_at_least_one(tcpecho: str) -> None:
+    result = subprocess.run(
+        [tcpecho, "server", "--workers", "0"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import click
 
-from tcpecho import __version__, logs, loops, sockopts
+from tcpecho import logs, loops, sockopts
 from tcpecho.durations import Duration
+from tcpecho.sizes import ByteSize
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -161,6 +162,16 @@ def build_tcp_options(
     return options
 
 
+def _print_version(ctx: click.Context, asked: bool) -> None:
+    """--version, looked up only when asked for (the lookup is slow to import)."""
+    if not asked or ctx.resilient_parsing:
+        return
+    from tcpecho import __version__
+
+    click.echo(f"tcpecho, version {__version__}")
+    ctx.exit()
+
+
 def _check_loop(loop: loops.LoopName) -> None:
     try:
         loops.resolve(loop)
@@ -176,7 +187,14 @@ def _check_loop(loop: loops.LoopName) -> None:
         "max_content_width": 100,
     }
 )
-@click.version_option(__version__, prog_name="tcpecho")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, param, value: _print_version(ctx, value),
+    help="Show the version and exit.",
+)
 def main() -> None:
     """A TCP echo server and client for seeing, and fixing, the 15-minute hang after a peer
     vanishes (a force-deleted Kubernetes pod behind a ClusterIP service)."""
@@ -200,6 +218,13 @@ def main() -> None:
     default="10s",
     help="On SIGTERM/SIGINT: time for echoes under way to finish before connections are cut.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    help="Server processes sharing the port (SO_REUSEPORT), for machines with cores to "
+    "spare; no gain on 2 cores.",
+)
 @tcp_options(connect=False)
 @runtime_options
 def server(
@@ -207,6 +232,7 @@ def server(
     port: int,
     catch_sigterm: bool,
     shutdown_timeout: float,
+    workers: int,
     loop: loops.LoopName,
     log_format: logs.LogFormat,
     log_level: str,
@@ -223,6 +249,7 @@ def server(
         catch_sigterm=catch_sigterm,
         shutdown_timeout_s=shutdown_timeout,
         loop=loop,
+        workers=workers,
     )
     logs.configure(log_format, log_level)
     raise SystemExit(run(config))
@@ -410,3 +437,104 @@ def lab(
         plot_path=plot_path,
     )
     raise SystemExit(lab_main.run(config))
+
+
+@main.command(
+    epilog=_ENVVAR_EPILOG.format(command="BENCH", example="TCPECHO_BENCH_CONNECTIONS=100")
+)
+@click.option("--server", default="127.0.0.1", help="Echo server host name or address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="Server TCP port.")
+@click.option(
+    "--mode",
+    type=click.Choice(["pingpong", "bulk"]),
+    default="pingpong",
+    help="pingpong: send --size bytes, wait for their echo, repeat (requests/s, latency). "
+    "bulk: stream --size chunks both ways at once (MB/s).",
+)
+@click.option(
+    "--connections", type=click.IntRange(1, 100_000), default=10, help="Connections held open."
+)
+@click.option(
+    "--size", type=ByteSize(maximum=16 * 1024 * 1024), default="1KiB", help="Request or chunk size."
+)
+@click.option(
+    "--duration", type=Duration(minimum=0.001), default="10s", help="Length of the measured window."
+)
+@click.option(
+    "--requests",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many measured ping-pong requests (or at --duration, if sooner).",
+)
+@click.option("--warmup", type=Duration(), default="1s", help="Load before measuring starts.")
+@click.option(
+    "--timeout",
+    type=Duration(minimum=0.001),
+    default="5s",
+    help="A connect or an echo taking longer is counted as an error (and the connection is "
+    "opened anew).",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    help="Processes to split the connections between, to use more cores.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--progress/--no-progress", default=True, help="A progress line on stderr every second."
+)
+@tcp_options(connect=True)
+@click.option(
+    "--loop",
+    type=click.Choice(loops.LOOP_NAMES),
+    default="auto",
+    help="Event loop: uvloop when installed (auto), or plain asyncio.",
+)
+def bench(
+    server: str,
+    port: int,
+    mode: str,
+    connections: int,
+    size: int,
+    duration: float,
+    requests: int | None,
+    warmup: float,
+    timeout: float,
+    processes: int,
+    json_output: bool,
+    progress: bool,
+    loop: loops.LoopName,
+    **tcp: Any,
+) -> None:
+    """Load an echo server and measure it: requests/s and latency percentiles, or MB/s.
+
+    Every error (refused, reset, closed, wrong echo, timeout) is counted and reported; the
+    exit status is 1 when there was any."""
+    _check_loop(loop)
+    if processes > connections:
+        raise click.BadParameter(
+            f"{processes} processes need at least as many --connections ({connections})",
+            param_hint="'--processes'",
+        )
+    if requests is not None and mode != "pingpong":
+        raise click.BadParameter("counts ping-pong requests only", param_hint="'--requests'")
+    from tcpecho.bench.runner import BenchConfig, run
+
+    config = BenchConfig(
+        host=server,
+        port=port,
+        mode="pingpong" if mode == "pingpong" else "bulk",
+        connections=connections,
+        size=size,
+        duration_s=duration,
+        requests=requests,
+        warmup_s=warmup,
+        timeout_s=timeout,
+        processes=processes,
+        json_output=json_output,
+        progress=progress,
+        tcp=build_tcp_options(**tcp),
+        loop=loop,
+    )
+    raise SystemExit(run(config))

@@ -9,7 +9,6 @@ merged first, so it appears on every line logged while it is bound.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,6 +23,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
     """Set up structlog for the whole process; call once, before the first event."""
+    import logging  # here, not at the top: tcpecho --help would pay for it
+
     import structlog
 
     use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
@@ -42,7 +43,9 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line (print() makes two when PYTHONUNBUFFERED is set): the workers
+        # of ``server --workers`` share stdout, and their lines must not interleave.
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
 

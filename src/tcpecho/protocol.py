@@ -46,9 +46,9 @@ class EchoProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_drain_handle",
-        "_draining",
+        "_echoed_at_last_check",
         "_registry",
-        "_saw_data",
+        "_write",
         "bytes_echoed",
         "transport",
     )
@@ -57,22 +57,22 @@ class EchoProtocol(asyncio.Protocol):
 
     def __init__(self, registry: ConnectionRegistry) -> None:
         self._registry = registry
-        self._draining = False
-        self._saw_data = False
         self._drain_handle: asyncio.TimerHandle | None = None
+        self._echoed_at_last_check = 0
         self.bytes_echoed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        # The bound method, looked up once: data_received is the server's hot path.
+        self._write = self.transport.write
         self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         self._registry.opened(self)
 
     def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
+        # Nothing else per message: the byte count also tells the drain whether data came.
+        self._write(data)
         self.bytes_echoed += len(data)
-        if self._draining:
-            self._saw_data = True
 
     def eof_received(self) -> bool:
         # The peer has sent all it will; everything it sent is already queued for writing,
@@ -93,16 +93,17 @@ class EchoProtocol(asyncio.Protocol):
 
     def drain_and_close(self) -> None:
         """Close once quiet: finish the echo under way, accept no new work after it."""
-        self._draining = True
         # Wait one quiet period even when idle now: bytes may be in the kernel's receive
         # buffer that the loop has not handed to data_received yet.
+        self._echoed_at_last_check = self.bytes_echoed
         self._drain_handle = asyncio.get_running_loop().call_later(DRAIN_QUIET_S, self._check_quiet)
 
     def _check_quiet(self) -> None:
         if self.transport.is_closing():
             return
-        if self._saw_data or self.transport.get_write_buffer_size() > 0:
-            self._saw_data = False
+        data_came = self.bytes_echoed != self._echoed_at_last_check
+        if data_came or self.transport.get_write_buffer_size() > 0:
+            self._echoed_at_last_check = self.bytes_echoed
             loop = asyncio.get_running_loop()
             self._drain_handle = loop.call_later(DRAIN_QUIET_S, self._check_quiet)
             return

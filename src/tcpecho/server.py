@@ -11,6 +11,8 @@ a container (the kernel drops default-action signals sent to PID 1).
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import signal
 import socket
 import time
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tcpecho import loops
+from tcpecho.limits import raise_open_file_limit
 from tcpecho.logs import get_logger
 from tcpecho.naming import error_name, format_address
 from tcpecho.protocol import EchoProtocol
@@ -33,9 +36,11 @@ class ServerConfig:
     shutdown_timeout_s: float = 10.0
     backlog: int = 1024
     loop: loops.LoopName = "auto"
+    # Processes sharing the port through SO_REUSEPORT (see tcpecho.workers); 1 = this one.
+    workers: int = 1
 
 
-@dataclass
+@dataclass(slots=True)  # one per open connection: slots keep 10,000 of them small
 class _ConnectionInfo:
     peer: str
     opened_at: float
@@ -44,9 +49,16 @@ class _ConnectionInfo:
 class EchoServer:
     """Serve until a stop signal, then shut down gracefully."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        sockets: list[socket.socket] | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """``sockets``: listening sockets bound already (a worker's); ``worker``: its number."""
         self.config = config
-        self.log = get_logger()
+        self.log = get_logger() if worker is None else get_logger(worker=worker)
+        self._bound = sockets
         self.connections: dict[EchoProtocol, _ConnectionInfo] = {}
         self.addresses: list[str] = []
         self.started = asyncio.Event()
@@ -79,10 +91,29 @@ class EchoServer:
             raise
         return sockets
 
+    def bind_again(self, sockets: list[socket.socket]) -> list[socket.socket]:
+        """New listening sockets on exactly the addresses of ``sockets`` (SO_REUSEPORT)."""
+        again: list[socket.socket] = []
+        try:
+            for sock in sockets:
+                dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+                )
+                again.append(self._listen(sock.family, sock.getsockname(), dual_stack=dual_stack))
+        except BaseException:
+            for sock in again:
+                sock.close()
+            raise
+        return again
+
     def _listen(self, family: int, sockaddr: Any, *, dual_stack: bool) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.config.workers > 1:
+                # Each worker listens on a socket of its own and the kernel spreads new
+                # connections between them.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not dual_stack))
             self.config.tcp.without_connect_options().apply(sock)
@@ -131,7 +162,7 @@ class EchoServer:
         """Serve until stopped; the process exit status."""
         loop = asyncio.get_running_loop()
         try:
-            sockets = self.bind()
+            sockets = self._bound if self._bound is not None else self.bind()
         except OSError as error:
             self.log.error(
                 "server_failed",
@@ -149,6 +180,8 @@ class EchoServer:
         self.log.info(
             "server_started",
             addresses=self.addresses,
+            pid=os.getpid(),
+            max_open_files=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             loop=type(loop).__module__.split(".")[0],
             catch_sigterm=self.config.catch_sigterm,
             options=read_effective(sockets[0]).as_dict(),
@@ -208,6 +241,11 @@ class EchoServer:
 
 def run(config: ServerConfig) -> int:
     """Run the server on the configured loop until it stops; the exit status."""
+    open_files = raise_open_file_limit()
+    if config.workers > 1:
+        from tcpecho.workers import supervise
+
+        return supervise(config, open_files)
 
     async def main() -> int:
         return await EchoServer(config).serve()

@@ -1,0 +1,3 @@
+module tcpecho.bench/echo
+
+go 1.19
