@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 import uvloop
 
+from tcpecho.server import EchoServer, ServerConfig
 from tests.support import LoggedProcess, free_port, tcpecho_executable
 
 
@@ -43,6 +44,17 @@ requires_netns = pytest.mark.skipif(nft_missing() is not None, reason=str(nft_mi
 
 
 Spawn = Callable[..., LoggedProcess]
+
+
+@pytest.fixture
+async def echo_server_port() -> AsyncIterator[int]:
+    """An EchoServer on the test's own event loop, on an ephemeral loopback port."""
+    server = EchoServer(ServerConfig(host="127.0.0.1", port=0))
+    serving = asyncio.create_task(server.serve())
+    await server.started.wait()
+    yield int(server.addresses[0].rsplit(":", 1)[1])
+    server.stop()
+    assert await serving == 0
 
 
 @pytest.fixture

@@ -33,6 +33,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def echo_once(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    """Send ``payload``, half-close, and read until the server closes: its whole echo."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
 class LoggedProcess:
     """A subprocess emitting JSON log lines; non-JSON stdout lines and stderr are kept too."""
 

@@ -40,7 +40,6 @@ from tcpecho.bench.load import (
 )
 from tcpecho.bench.report import BenchReport
 from tcpecho.bench.runner import BenchConfig, LocalControl
-from tcpecho.server import EchoServer, ServerConfig
 from tcpecho.sizes import parse_size
 from tests.conftest import RunningServer
 from tests.support import free_port, tcpecho_executable
@@ -134,16 +133,6 @@ def test_other_sizes_are_refused(text: str) -> None:
 # -- in-process runs on both loops -----------------------------------------------------------
 
 
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    server = EchoServer(ServerConfig(host="127.0.0.1", port=0))
-    serving = asyncio.create_task(server.serve())
-    await server.started.wait()
-    yield int(server.addresses[0].rsplit(":", 1)[1])
-    server.stop()
-    await serving
-
-
 def _share(port: int, **changes: Any) -> LoadShare:
     settings: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -160,8 +149,10 @@ def _share(port: int, **changes: Any) -> LoadShare:
     return LoadShare(**settings)
 
 
-async def test_requests_quota_is_met_exactly_and_every_latency_recorded(echo_port: int) -> None:
-    result = await drive(_share(echo_port, requests=700, duration_s=30), LocalControl())
+async def test_requests_quota_is_met_exactly_and_every_latency_recorded(
+    echo_server_port: int,
+) -> None:
+    result = await drive(_share(echo_server_port, requests=700, duration_s=30), LocalControl())
     assert result.stopped_by == "requests"
     assert (result.completed, result.failed, result.errors) == (700, 0, {})
     assert sum(result.histogram.counts) == result.histogram.total == 700
@@ -170,9 +161,9 @@ async def test_requests_quota_is_met_exactly_and_every_latency_recorded(echo_por
     assert result.window_s < 30
 
 
-async def test_duration_bounds_a_run_and_its_requests_are_counted(echo_port: int) -> None:
+async def test_duration_bounds_a_run_and_its_requests_are_counted(echo_server_port: int) -> None:
     started = time.monotonic()
-    result = await drive(_share(echo_port, duration_s=0.3), LocalControl())
+    result = await drive(_share(echo_server_port, duration_s=0.3), LocalControl())
     assert time.monotonic() - started < 5
     assert result.stopped_by == "duration"
     assert result.window_s == pytest.approx(0.3, abs=0.1)
@@ -181,9 +172,9 @@ async def test_duration_bounds_a_run_and_its_requests_are_counted(echo_port: int
     assert result.errors == {}
 
 
-async def test_bulk_streams_both_ways_and_counts_the_echoed_bytes(echo_port: int) -> None:
+async def test_bulk_streams_both_ways_and_counts_the_echoed_bytes(echo_server_port: int) -> None:
     result = await drive(
-        _share(echo_port, mode="bulk", connections=2, size=64 * 1024, duration_s=0.3),
+        _share(echo_server_port, mode="bulk", connections=2, size=64 * 1024, duration_s=0.3),
         LocalControl(),
     )
     assert result.errors == {}

@@ -9,29 +9,18 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from structlog.testing import capture_logs
 
 from tcpecho.client import ClientConfig, EchoClient, backoff_delay
-from tcpecho.server import EchoServer, ServerConfig
 from tcpecho.sockopts import TcpOptions
 from tests.conftest import RunningServer, Spawn
 from tests.support import free_port
 
 StartServer = Callable[..., RunningServer]
 ClientArgv = Callable[..., list[str]]
-
-
-@pytest.fixture
-async def server_port() -> AsyncIterator[int]:
-    server = EchoServer(ServerConfig(host="127.0.0.1", port=0))
-    serving = asyncio.create_task(server.serve())
-    await server.started.wait()
-    yield int(server.addresses[0].rsplit(":", 1)[1])
-    server.stop()
-    await serving
 
 
 async def _serve(
@@ -50,10 +39,10 @@ def _config(port: int, **overrides: object) -> ClientConfig:
 # -- in-process, on both loops -------------------------------------------------------------
 
 
-async def test_a_counted_run_verifies_each_echo_and_exits_0(server_port: int) -> None:
+async def test_a_counted_run_verifies_each_echo_and_exits_0(echo_server_port: int) -> None:
     options = TcpOptions(user_timeout_ms=5000, keepalive_idle_s=10, keepalive_count=3)
     with capture_logs() as events:
-        status = await EchoClient(_config(server_port, count=3, tcp=options)).run()
+        status = await EchoClient(_config(echo_server_port, count=3, tcp=options)).run()
     assert status == 0
     names = [event["event"] for event in events]
     assert names.count("request_sent") == names.count("response_received") == 3
@@ -61,7 +50,7 @@ async def test_a_counted_run_verifies_each_echo_and_exits_0(server_port: int) ->
     assert connected["options"]["user_timeout_ms"] == 5000
     assert connected["options"]["keepalive"] is True
     assert connected["options"]["keepalive_idle_s"] == 10
-    assert connected["peer"] == f"127.0.0.1:{server_port}"
+    assert connected["peer"] == f"127.0.0.1:{echo_server_port}"
     assert [e["seq"] for e in events if e["event"] == "response_received"] == [1, 2, 3]
     summary = events[-1]
     assert summary["event"] == "summary"

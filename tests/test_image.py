@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import LoggedProcess, free_port
+from tests.support import LoggedProcess, echo_once, free_port
 
 IMAGE = os.environ.get("TCPECHO_TEST_IMAGE", "")
 
@@ -150,16 +149,6 @@ def run(config: dict[str, Any], rootfs: Path) -> Iterator[Run]:
         container.kill()
 
 
-def echo(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
-        connection.sendall(payload)
-        connection.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := connection.recv(4096):
-            received += chunk
-        return received
-
-
 def test_image_config_runs_tcpecho_itself_as_a_numeric_non_root_user(
     config: dict[str, Any],
 ) -> None:
@@ -205,7 +194,7 @@ def test_serves_as_pid1_of_uid_10001_and_exits_0_on_sigterm(run: Run) -> None:
     assert status["NSpid"][-1] == "1", f"not PID 1 in its namespace: {status['NSpid']}"
     assert status["Uid"] == ["10001"] * 4
     assert status["Gid"] == ["10001"] * 4
-    assert echo(port, b"hello from the host\n") == b"hello from the host\n"
+    assert echo_once(port, b"hello from the host\n") == b"hello from the host\n"
     container.signal(signal.SIGTERM)
     assert container.process.wait(15) == 0
     container.process.wait_for("server_stopped")
@@ -223,7 +212,7 @@ def test_catch_sigterm_from_the_environment_ignores_sigterm_as_pid1(run: Run) ->
     container.process.wait_for("signal_ignored")
     time.sleep(0.5)
     assert container.process.proc.poll() is None, "SIGTERM stopped a --catch-sigterm server"
-    assert echo(port, b"still here\n") == b"still here\n"
+    assert echo_once(port, b"still here\n") == b"still here\n"
     container.signal(signal.SIGINT)
     assert container.process.wait(15) == 0
     container.process.assert_no_traceback()

@@ -18,7 +18,7 @@ from tcpecho.protocol import WRITE_BUFFER_HIGH
 from tcpecho.server import EchoServer, ServerConfig
 from tcpecho.sockopts import TcpOptions
 from tests.conftest import RunningServer, Spawn, requires_root
-from tests.support import LoggedProcess, free_port
+from tests.support import LoggedProcess, echo_once, free_port
 
 StartServer = Callable[..., RunningServer]
 
@@ -345,16 +345,6 @@ def test_as_pid1_catch_sigterm_ignores_sigterm_and_stops_on_sigint(
 # -- --workers: processes sharing the port ----------------------------------------------------
 
 
-def _echo_once(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-        return received
-
-
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -372,7 +362,7 @@ def test_workers_share_the_port_and_stop_together(start_server: StartServer) -> 
     assert server.process.pid not in {event["pid"] for event in started}
     for number in range(24):
         payload = f"request {number} ".encode() * 100
-        assert _echo_once(server.port, payload) == payload
+        assert echo_once(server.port, payload) == payload
     server.process.wait_for("connection_closed", count=24)
     # SO_REUSEPORT spreads connections by a hash of their addresses: 24 connections all
     # landing on one of two workers would happen about once in 8 million runs.
@@ -414,7 +404,7 @@ def test_workers_with_catch_sigterm_ignore_it_and_stop_on_sigint(
     ignored = server.process.wait_for("signal_ignored", count=2)
     assert ignored["signal"] == "SIGTERM"
     payload = b"still serving after SIGTERM"
-    assert _echo_once(server.port, payload) == payload
+    assert echo_once(server.port, payload) == payload
     server.process.signal(signal.SIGINT)
     assert server.process.wait(10) == 0
     assert len(server.process.named("server_stopped")) == 2
