@@ -9,9 +9,11 @@ merged first, so it appears on every line logged while it is bound.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger, Processor
@@ -45,7 +47,7 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         # One write per line (print() makes two when PYTHONUNBUFFERED is set): the workers
         # of ``server --workers`` share stdout, and their lines must not interleave.
-        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        logger_factory=lambda *args: _LineWriter(sys.stdout),
         cache_logger_on_first_use=True,
     )
 
@@ -65,3 +67,25 @@ def _lead_with_time_level_event(
         key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict
     }
     return {**lead, **event_dict}
+
+
+class _LineWriter:
+    """Writes each rendered line to a file: one write per line, and never an exception.
+
+    One write keeps lines whole when the workers of ``server --workers`` share stdout. A line
+    that cannot be written is dropped: a server whose stdout went away (``tcpecho server |
+    head -1``, a log collector that died) must go on echoing and, above all, still stop on
+    SIGTERM, whose shutdown logs a line.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock, contextlib.suppress(OSError, ValueError):  # ValueError: file closed
+            self._file.write(message + "\n")
+            self._file.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg

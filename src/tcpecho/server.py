@@ -229,9 +229,6 @@ class EchoServer:
                     connection.transport.abort()
                 # abort() reports connection_lost on the next loop iteration.
                 await asyncio.sleep(0)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         self.log.info(
             "server_stopped",
             duration_s=round(time.monotonic() - started, 6),
@@ -247,7 +244,19 @@ def run(config: ServerConfig) -> int:
 
         return supervise(config, open_files)
 
-    async def main() -> int:
-        return await EchoServer(config).serve()
+    return loops.run(serve_process(EchoServer(config)), config.loop)
 
-    return loops.run(main(), config.loop)
+
+async def serve_process(server: EchoServer) -> int:
+    """Serve as the owner of the process, which exits right after.
+
+    Once the server has stopped, stop signals are ignored: until then the loop's handlers
+    take a second signal as "cut the connections now"; after, a late SIGTERM would kill the
+    exiting process (status 143, not 0) and a late SIGINT would end it in a traceback.
+    """
+    status = await server.serve()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
+    return status

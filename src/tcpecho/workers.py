@@ -28,7 +28,7 @@ import sys
 from tcpecho import loops
 from tcpecho.logs import get_logger
 from tcpecho.naming import error_name, format_address
-from tcpecho.server import EchoServer, ServerConfig
+from tcpecho.server import EchoServer, ServerConfig, serve_process
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -103,7 +103,7 @@ def _worker(
                     sock.close()
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         server = EchoServer(config, sockets=socket_sets[number], worker=number)
-        status = loops.run(server.serve(), config.loop)
+        status = loops.run(serve_process(server), config.loop)
     except BaseException as error:  # a worker must never return into the parent's code
         get_logger(worker=number).error("worker_failed", error=repr(error))
     finally:
