@@ -16,6 +16,7 @@ inside it, so exactly that many count); a bulk byte counts when it is received i
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import gc
 import signal
@@ -164,7 +165,7 @@ class RunState:
             self.all_requests_done.set()
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.Protocol, abc.ABC):
     """What both modes share: the transport, failure accounting, the end of the connection."""
 
     __slots__ = ("_failed", "_state", "closed", "transport")
@@ -203,11 +204,13 @@ class _Connection(asyncio.Protocol):
     def _abandon_request(self) -> None:
         """Account for work in flight that will never complete."""
 
+    @abc.abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Begin this connection's traffic once the measured run may start."""
 
+    @abc.abstractmethod
     def check_timeout(self, now_ns: int, timeout_ns: int) -> None:
-        raise NotImplementedError
+        """Count and cut the connection if its request has waited longer than allowed."""
 
 
 class PingPongConnection(_Connection):
@@ -420,15 +423,16 @@ def _factory(share: LoadShare) -> ConnectionFactory:
     return lambda slot, state: BulkConnection(state, chunk)
 
 
-class Control:
+class Control(abc.ABC):
     """How one process talks to the run: the start barrier and progress publishing."""
 
+    @abc.abstractmethod
     async def ready(self) -> float:
         """Every slot has made its first attempt; the monotonic time at which to start."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def publish(self, progress: Progress) -> None:
-        raise NotImplementedError
+        """Make this process's progress visible to whoever reports it."""
 
 
 async def _open(share: LoadShare, make: Callable[[], _Connection]) -> _Connection:
