@@ -42,15 +42,18 @@ _ENVVAR_EPILOG = (
 )
 
 
+loop_option = click.option(
+    "--loop",
+    type=click.Choice(loops.LOOP_NAMES),
+    default="auto",
+    help="Event loop: uvloop when installed (auto), or plain asyncio.",
+)
+
+
 def runtime_options(command: F) -> F:
-    """--loop, --log-format and --log-level, shared by every command."""
+    """--loop, --log-format and --log-level, shared by the commands that log."""
     decorators = [
-        click.option(
-            "--loop",
-            type=click.Choice(loops.LOOP_NAMES),
-            default="auto",
-            help="Event loop: uvloop when installed (auto), or plain asyncio.",
-        ),
+        loop_option,
         click.option(
             "--log-format",
             type=click.Choice(logs.LOG_FORMATS),
@@ -485,12 +488,7 @@ def lab(
     "--progress/--no-progress", default=True, help="A progress line on stderr every second."
 )
 @tcp_options(connect=True)
-@click.option(
-    "--loop",
-    type=click.Choice(loops.LOOP_NAMES),
-    default="auto",
-    help="Event loop: uvloop when installed (auto), or plain asyncio.",
-)
+@loop_option
 def bench(
     server: str,
     port: int,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 import pytest
 
+from tcpecho import cli
+from tcpecho.lab.faults import Fault
 from tcpecho.lab.profiles import PROFILES, custom_profile
 from tcpecho.timing import Activity, ConnectionSettings
 
@@ -48,3 +50,9 @@ def test_custom_profile_from_client_flags() -> None:
 def test_custom_profile_refuses_what_the_client_or_the_lab_would(args: str, message: str) -> None:
     with pytest.raises(click.UsageError, match=message):
         custom_profile(args)
+
+
+def test_the_command_line_offers_exactly_the_labs_faults_and_profiles() -> None:
+    """cli.py spells the names out so that --help does not import the lab: keep them equal."""
+    assert tuple(fault.value for fault in Fault) == cli.FAULT_NAMES
+    assert tuple(PROFILES) == cli.PROFILE_NAMES

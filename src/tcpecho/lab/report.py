@@ -8,13 +8,14 @@ or from the fault itself (a FIN, RST or ICMP error arrives at once).
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcpecho.lab.runner import CaseResult, seconds_or_none
+from tcpecho.lab.runner import CaseResult
 
 COLUMNS = (
     "fault",
@@ -120,6 +121,11 @@ def render(results: Sequence[CaseResult], info: RunInfo) -> str:
         )
     parts.append("\n".join(notes))
     return "\n\n".join(parts)
+
+
+def seconds_or_none(value: float | None) -> float | None:
+    """Seconds for JSON, where "never" (infinity) has no number: null."""
+    return None if value is None or math.isinf(value) else round(value, 6)
 
 
 def to_json(results: Sequence[CaseResult], info: RunInfo) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
-import math
 import os
 import re
 import sys
@@ -502,7 +501,3 @@ async def _report_progress(
         ]
         if running:
             progress(running)
-
-
-def seconds_or_none(value: float | None) -> float | None:
-    return None if value is None or math.isinf(value) else round(value, 6)
