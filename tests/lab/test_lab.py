@@ -171,13 +171,19 @@ def test_bad_lab_input_is_a_usage_error(args: list[str], expected: str, clean_ho
 
 
 def test_missing_requirements_are_named_with_the_way_to_get_them(tmp_path: Path) -> None:
-    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    result = subprocess.run([*as_nobody, *LAB, "--quick"], capture_output=True, text=True)
-    assert result.returncode == 2
+    # Root without the capabilities that namespaces take, as in a container: the process
+    # keeps uid 0, so it can still read the checkout wherever it lives.
+    without_caps = ["setpriv", "--bounding-set=-net_admin,-sys_admin", "--inh-caps=-all"]
+    result = subprocess.run([*without_caps, *LAB, "--quick"], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
         "Error: tcpecho lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network "
         "namespaces): run it with sudo"
     )
+    only_net_admin = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-all"]
+    result = subprocess.run([*only_net_admin, *LAB, "--quick"], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "needs root (CAP_SYS_ADMIN for network namespaces)" in result.stderr
     only_ip = tmp_path / "bin"
     only_ip.mkdir()
     (only_ip / "ip").symlink_to("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip")

@@ -29,6 +29,7 @@ from tcpecho.lab.runner import (
     rto_max_supported,
     run_cases,
 )
+from tcpecho.streams import write_stdout
 
 
 class MissingRequirement(click.ClickException):
@@ -50,10 +51,11 @@ def check_requirements(*, plot: bool = False, rto_max: bool = False) -> None:
     """Refuse, with what to do about it, before touching anything."""
     if not sys.platform.startswith("linux"):
         raise MissingRequirement("tcpecho lab needs Linux network namespaces")
-    if os.geteuid() != 0:
+    missing_capabilities = [name for name, bit in _CAPABILITIES.items() if not _has_capability(bit)]
+    if missing_capabilities:
         raise MissingRequirement(
-            "tcpecho lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network namespaces): "
-            "run it with sudo"
+            f"tcpecho lab needs root ({' and '.join(missing_capabilities)} for network "
+            "namespaces): run it with sudo"
         )
     for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
         if shutil.which(tool) is None:
@@ -76,6 +78,22 @@ def check_requirements(*, plot: bool = False, rto_max: bool = False) -> None:
             f"--rto-max needs net.ipv4.tcp_rto_max_ms (Linux 6.15 or later; this is "
             f"{platform.release()}): use --tcp-retries2 instead"
         )
+
+
+# What network namespaces take: root without them (a container's root, say) cannot either.
+_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21}
+
+
+def _has_capability(bit: int) -> bool:
+    """Whether this process holds capability ``bit`` in its effective set."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
 
 
 def cleanup() -> int:
@@ -142,7 +160,7 @@ def run(config: LabConfig) -> int:
         sysctl_note=_explicit_note(config.budget),
         kernel_release=platform.release(),
     )
-    click.echo(report.render(results, info))
+    write_stdout(report.render(results, info))
     if config.json_path is not None:
         report.write_json(results, info, config.json_path)
         _note(f"wrote {config.json_path}")
