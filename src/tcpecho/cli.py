@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from tcpecho import logs, loops, sockopts
+from tcpecho import logs, loops, sockopts, streams
 from tcpecho.durations import Duration
 from tcpecho.sizes import ByteSize
 
@@ -182,13 +182,26 @@ def _check_loop(loop: loops.LoopName) -> None:
         raise click.BadParameter(str(error), param_hint="'--loop'") from None
 
 
+class _Tcpecho(click.Group):
+    """The command group, run with standard streams that cannot take a socket's place or
+    turn a finished command's exit status into 120 (see ``streams``)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        streams.secure_standard_streams()
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            streams.discard_unflushed_stdout()
+
+
 @click.group(
+    cls=_Tcpecho,
     context_settings={
         "auto_envvar_prefix": ENVVAR_PREFIX,
         "help_option_names": ["-h", "--help"],
         "show_default": True,
         "max_content_width": 100,
-    }
+    },
 )
 @click.option(
     "--version",

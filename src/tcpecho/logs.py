@@ -9,11 +9,11 @@ merged first, so it appears on every line logged while it is bound.
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import threading
+import os
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal
+
+from tcpecho.streams import STDOUT, STDOUT_OUTPUT
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger, Processor
@@ -29,9 +29,10 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
 
     import structlog
 
-    use_console = log_format == "console" or (log_format == "auto" and sys.stdout.isatty())
+    on_terminal = os.isatty(STDOUT)
+    use_console = log_format == "console" or (log_format == "auto" and on_terminal)
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        structlog.dev.ConsoleRenderer(colors=on_terminal)
         if use_console
         else structlog.processors.JSONRenderer()
     )
@@ -45,9 +46,7 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        # One write per line (print() makes two when PYTHONUNBUFFERED is set): the workers
-        # of ``server --workers`` share stdout, and their lines must not interleave.
-        logger_factory=lambda *args: _LineWriter(sys.stdout),
+        logger_factory=lambda *args: _LOG_SINK,
         cache_logger_on_first_use=True,
     )
 
@@ -69,23 +68,14 @@ def _lead_with_time_level_event(
     return {**lead, **event_dict}
 
 
-class _LineWriter:
-    """Writes each rendered line to a file: one write per line, and never an exception.
-
-    One write keeps lines whole when the workers of ``server --workers`` share stdout. A line
-    that cannot be written is dropped: a server whose stdout went away (``tcpecho server |
-    head -1``, a log collector that died) must go on echoing and, above all, still stop on
-    SIGTERM, whose shutdown logs a line.
-    """
-
-    def __init__(self, file: TextIO) -> None:
-        self._file = file
-        self._lock = threading.Lock()
+class _LogSink:
+    """structlog's logger: every level goes to stdout as one whole line (``streams``)."""
 
     def msg(self, message: str) -> None:
-        with self._lock, contextlib.suppress(OSError, ValueError):  # ValueError: file closed
-            self._file.write(message + "\n")
-            self._file.flush()
+        STDOUT_OUTPUT.line(message)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg
+
+
+_LOG_SINK = _LogSink()

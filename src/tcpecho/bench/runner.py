@@ -18,11 +18,10 @@ import multiprocessing.connection
 import multiprocessing.context
 import os
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from tcpecho import loops
 from tcpecho.bench.load import (
@@ -38,6 +37,7 @@ from tcpecho.bench.report import BenchReport, RunDescription
 from tcpecho.limits import raise_open_file_limit
 from tcpecho.naming import format_address
 from tcpecho.sockopts import TcpOptions
+from tcpecho.streams import STDERR, Output, write_stdout
 
 MAX_SIZE = 16 * 1024 * 1024
 # Slack on top of the configured times before a silent worker is given up on.
@@ -123,12 +123,10 @@ def _split(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
-def run(config: BenchConfig, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+def run(config: BenchConfig) -> int:
     """Run the benchmark, print the report; the exit status (1 when anything failed)."""
-    out = out or sys.stdout
-    err = err or sys.stderr
     raise_open_file_limit()
-    progress = ProgressLine(err, config) if config.progress else None
+    progress = ProgressLine(Output(STDERR), config) if config.progress else None
     failures: dict[str, int] = {}
     if config.processes == 1:
         results = [_run_here(config, progress)]
@@ -140,10 +138,9 @@ def run(config: BenchConfig, out: IO[str] | None = None, err: IO[str] | None = N
     if config.json_output:
         import json
 
-        out.write(json.dumps(report.as_json()) + "\n")
+        write_stdout(json.dumps(report.as_json()))
     else:
-        out.write(report.as_text() + "\n")
-    out.flush()
+        write_stdout(report.as_text())
     return 1 if report.error_count else 0
 
 
@@ -157,14 +154,12 @@ class ProgressLine:
     a line of its own.
     """
 
-    def __init__(self, stream: IO[str], config: BenchConfig) -> None:
-        self.stream = stream
+    def __init__(self, output: Output, config: BenchConfig) -> None:
+        self.output = output
         self.config = config
-        self.tty = stream.isatty()
         self._last_count = 0
         self._last_time = time.monotonic()
         self._started = self._last_time
-        self._written = False
 
     def show(self, snapshots: Sequence[Progress]) -> None:
         now = time.monotonic()
@@ -184,17 +179,10 @@ class ProgressLine:
             f"[{Phase.NAMES[phase]} {now - self._started:5.1f}s] {amount}, "
             f"{errors} errors, {connected}/{self.config.connections} connected"
         )
-        if self.tty:
-            self.stream.write("\r\x1b[K" + line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-        self._written = True
+        self.output.status(line)
 
     def finish(self) -> None:
-        if self.tty and self._written:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.output.end_status()
 
 
 # -- in this process ---------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""The process's standard streams: always open, and output that may go away without harm.
+
+A server or client whose stdout is closed, full (``/dev/full``) or a pipe whose reader left
+(``tcpecho server | head -1``, a log collector that died) must keep doing its job, stop
+cleanly and exit with its documented status. Two things stand in the way, and this module
+removes both:
+
+- A closed descriptor 0, 1 or 2 at start is the next one ``socket()`` returns: the
+  connection would then *be* "stdout", log lines would be written into it, and uvloop
+  aborts the process when it closes a socket numbered 2 or less. ``secure_standard_streams``
+  opens ``/dev/null`` on each closed one before anything else runs.
+- Writes through ``sys.stdout`` keep what they could not write in Python's buffer, and the
+  interpreter's last flush at exit then fails with status 120 (on some 3.11 builds, not
+  others). ``Output`` writes straight to the descriptor instead, and a line that cannot be
+  written is dropped; the first failure is said once on stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+STDIN, STDOUT, STDERR = 0, 1, 2
+
+
+def secure_standard_streams() -> None:
+    """Open ``/dev/null`` on any of descriptors 0-2 that is closed; call first thing."""
+    closed = [fd for fd in (STDIN, STDOUT, STDERR) if not _is_open(fd)]
+    for fd in closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:  # the lowest free descriptor is usually the closed one itself
+            os.dup2(null, fd)
+            os.close(null)
+    # Python leaves a stream that was closed at start as None; give it the null device.
+    if sys.stdout is None:
+        sys.stdout = open(STDOUT, "w", closefd=False)  # noqa: SIM115 - lives with the process
+    if sys.stderr is None:
+        sys.stderr = open(STDERR, "w", closefd=False)  # noqa: SIM115
+    if STDOUT in closed:
+        say_once_on_stderr("stdout is closed: log lines are discarded")
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+class Output:
+    """Writes to a descriptor, never raising: whole lines, or a status line kept in place.
+
+    Each line is one ``write``, which keeps lines whole when the workers of ``server
+    --workers`` share stdout. A line that cannot be written is dropped (later ones are
+    still tried: a full disk may free up); the first failure is said once on stderr.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.tty = os.isatty(fd)
+        self.dropped = 0
+        self._status_shown = False
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        """``text`` as a line of its own (below a status line, which is then redrawn later)."""
+        self._write(("\r\x1b[K" if self._status_shown else "") + text + "\n")
+        self._status_shown = False
+
+    def status(self, text: str) -> None:
+        """On a terminal, replace the status line with ``text``; elsewhere, a line."""
+        if not self.tty:
+            self.line(text)
+            return
+        self._write("\r\x1b[K" + text)
+        self._status_shown = True
+
+    def end_status(self) -> None:
+        """Leave the status line as it is and go on below it."""
+        if self._status_shown:
+            self._write("\n")
+            self._status_shown = False
+
+    def _write(self, text: str) -> None:
+        data = text.encode("utf-8", "backslashreplace")
+        with self._lock:
+            try:
+                while data:
+                    data = data[os.write(self.fd, data) :]
+            except OSError as error:
+                self.dropped += 1
+                if self.dropped == 1:
+                    name = {STDOUT: "stdout", STDERR: "stderr"}.get(self.fd, f"fd {self.fd}")
+                    say_once_on_stderr(
+                        f"{name}: {error.strerror or type(error).__name__}: "
+                        "output that cannot be written is dropped"
+                    )
+
+
+STDOUT_OUTPUT = Output(STDOUT)
+
+
+_said: set[str] = set()
+
+
+def say_once_on_stderr(message: str) -> None:
+    """One line on stderr, at most once per message, ignoring a stderr that is gone too."""
+    if message in _said:
+        return
+    _said.add(message)
+    with contextlib.suppress(OSError):
+        os.write(STDERR, f"tcpecho: {message}\n".encode("utf-8", "backslashreplace"))
+
+
+def write_stdout(text: str) -> None:
+    """A report for the user (the lab's table, the benchmark's figures) on stdout."""
+    STDOUT_OUTPUT.line(text)
+
+
+def discard_unflushed_stdout() -> None:
+    """Flush ``sys.stdout`` now, and drop what cannot be written.
+
+    Python flushes ``sys.stdout`` once more at exit and turns a failure there into exit
+    status 120, whatever the command returned. Called on the way out, this settles the
+    buffer first: its content is written if it can be, and forgotten if it cannot.
+    """
+    stream = sys.stdout
+    if stream is None:
+        return
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        # Point the descriptor at the null device: the buffer then flushes into it, here
+        # and at exit, instead of failing again.
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, stream.fileno())
+            os.close(null)
+            stream.flush()
