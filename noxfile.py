@@ -165,46 +165,9 @@ def image(session: nox.Session) -> None:
     built: list[str] = []
     try:
         started = time.monotonic()
-        rootfs = workdir / "rootfs.tar"
-        session.run(
-            "mmdebstrap",
-            "--quiet",
-            "--variant=apt",
-            "--include=python3,python3-venv,ca-certificates",
-            "bookworm",
-            str(rootfs),
-            external=True,
-        )
-        container = f"tcpecho-base-{run_id}"
-        session.run("buildah", "from", "--quiet", "--name", container, "scratch", external=True)
-        try:
-            session.run("buildah", "add", "--quiet", container, str(rootfs), "/", external=True)
-            session.run("buildah", "commit", "--quiet", container, base, external=True)
-            built.append(base)
-        finally:
-            session.run("buildah", "rm", container, external=True)
+        _build_debian_base(session, workdir, f"tcpecho-base-{run_id}", base, built)
         base_built = time.monotonic()
-        # The machine's package traffic needs its CA bundle: mounted for this build only,
-        # never written into the Dockerfile or the image.
-        ca_mount = (
-            ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
-            if Path(HOST_CA_BUNDLE).is_file()
-            else []
-        )
-        session.run(
-            "buildah",
-            "bud",
-            "--isolation",
-            "chroot",
-            "--quiet",
-            *ca_mount,
-            "--build-arg",
-            f"BASE={base}",
-            "--tag",
-            image_name,
-            ".",
-            external=True,
-        )
+        _build_app_image(session, base, image_name)
         built.append(image_name)
         size = session.run(
             "buildah", "images", "--format", "{{.Size}}", image_name, silent=True, external=True
@@ -224,12 +187,61 @@ def image(session: nox.Session) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _build_debian_base(
+    session: nox.Session, workdir: Path, container: str, tag: str, built: list[str]
+) -> None:
+    """Commit a Debian bookworm root filesystem from mmdebstrap as the image ``tag``.
+
+    ``tag`` joins ``built`` as soon as it exists, so the caller removes it even when removing
+    the build container fails."""
+    rootfs = workdir / "rootfs.tar"
+    session.run(
+        "mmdebstrap",
+        "--quiet",
+        "--variant=apt",
+        "--include=python3,python3-venv,ca-certificates",
+        "bookworm",
+        str(rootfs),
+        external=True,
+    )
+    session.run("buildah", "from", "--quiet", "--name", container, "scratch", external=True)
+    try:
+        session.run("buildah", "add", "--quiet", container, str(rootfs), "/", external=True)
+        session.run("buildah", "commit", "--quiet", container, tag, external=True)
+        built.append(tag)
+    finally:
+        session.run("buildah", "rm", container, external=True)
+
+
+def _build_app_image(session: nox.Session, base: str, tag: str) -> None:
+    """Build the Dockerfile on top of ``base`` as the image ``tag``."""
+    # The machine's package traffic needs its CA bundle: mounted for this build only,
+    # never written into the Dockerfile or the image.
+    ca_mount = (
+        ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"] if Path(HOST_CA_BUNDLE).is_file() else []
+    )
+    session.run(
+        "buildah",
+        "bud",
+        "--isolation",
+        "chroot",
+        "--quiet",
+        *ca_mount,
+        "--build-arg",
+        f"BASE={base}",
+        "--tag",
+        tag,
+        ".",
+        external=True,
+    )
+
+
 @nox.session
 def kind(session: nox.Session) -> None:
-    """The in-cluster reproduction (Docker, kind and kubectl needed): README, "Reproduce in a
-    cluster". Arguments after ``--`` go to ``python -m tcpecho.kind reproduce``."""
+    """The in-cluster reproduction (Docker, kind and kubectl needed): docs/image-and-cluster.md.
+    Arguments after ``--`` go to ``python -m cluster.reproduce``."""
     session.install(".")
-    session.run("python", "-m", "tcpecho.kind", "reproduce", *session.posargs)
+    session.run("python", "-m", "cluster.reproduce", *session.posargs)
 
 
 @nox.session

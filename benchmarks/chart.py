@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def draw(results: dict[str, Any], target: Path) -> None:
@@ -19,11 +22,24 @@ def draw(results: dict[str, Any], target: Path) -> None:
 
     throughput = results["throughput"]
     labels: dict[str, str] = results["labels"]
-    names = list(labels)
-    colors = {name: f"C{index}" for index, name in enumerate(names)}
+    colors = {name: f"C{index}" for index, name in enumerate(labels)}
     figure, axes = plt.subplots(2, 2, figsize=(13, 9))
     (pingpong, bulk), (cpu, idle) = axes
+    _draw_pingpong(pingpong, throughput, labels, colors)
+    _draw_bulk(bulk, throughput["bulk-64KiB-c1"]["peers"], labels, colors)
+    _draw_cpu_per_request(cpu, throughput["pingpong-1KiB-c100"]["peers"], labels)
+    _draw_idle_memory(idle, results["idle"], labels, colors)
+    figure.suptitle(_title(results), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(target, dpi=90)
+    plt.close(figure)
 
+
+def _draw_pingpong(
+    axis: Axes, throughput: dict[str, Any], labels: dict[str, str], colors: dict[str, str]
+) -> None:
+    """Requests per second for each ping-pong case, one bar per server in each group."""
+    names = list(labels)
     cases = [case for case in throughput if case.startswith("pingpong")]
     width = 0.8 / len(names)
     for offset, name in enumerate(names):
@@ -34,60 +50,70 @@ def draw(results: dict[str, Any], target: Path) -> None:
             [(entry["max"] - entry["median"]) / 1000 for entry in entries],
         ]
         positions = [index + (offset - (len(names) - 1) / 2) * width for index in range(len(cases))]
-        pingpong.bar(positions, medians, width, yerr=errors, capsize=2, label=labels[name],
-                     color=colors[name])  # fmt: skip
-    pingpong.set_xticks(range(len(cases)))
-    pingpong.set_xticklabels([case.rsplit("-c", 1)[1] + " connection(s)" for case in cases])
-    pingpong.set_ylabel("thousand requests/s (median, min-max)")
-    pingpong.set_title("1 KiB ping-pong")
-    pingpong.legend(fontsize=8)
+        axis.bar(positions, medians, width, yerr=errors, capsize=2, label=labels[name],
+                 color=colors[name])  # fmt: skip
+    axis.set_xticks(range(len(cases)))
+    axis.set_xticklabels([case.rsplit("-c", 1)[1] + " connection(s)" for case in cases])
+    axis.set_ylabel("thousand requests/s (median, min-max)")
+    axis.set_title("1 KiB ping-pong")
+    axis.legend(fontsize=8)
 
-    bulk_peers = throughput["bulk-64KiB-c1"]["peers"]
-    values = [bulk_peers[name]["median"] / 1e9 for name in names]
-    bulk_errors = [
-        [(bulk_peers[name]["median"] - bulk_peers[name]["min"]) / 1e9 for name in names],
-        [(bulk_peers[name]["max"] - bulk_peers[name]["median"]) / 1e9 for name in names],
+
+def _draw_bulk(
+    axis: Axes, peers: dict[str, Any], labels: dict[str, str], colors: dict[str, str]
+) -> None:
+    names = list(labels)
+    values = [peers[name]["median"] / 1e9 for name in names]
+    errors = [
+        [(peers[name]["median"] - peers[name]["min"]) / 1e9 for name in names],
+        [(peers[name]["max"] - peers[name]["median"]) / 1e9 for name in names],
     ]
-    bulk.bar([labels[n] for n in names], values, yerr=bulk_errors, capsize=3,
+    axis.bar([labels[n] for n in names], values, yerr=errors, capsize=3,
              color=[colors[n] for n in names])  # fmt: skip
-    bulk.set_ylabel("GB/s echoed")
-    bulk.set_title("bulk, 64 KiB writes, 1 connection")
-    bulk.tick_params(axis="x", labelsize=8)
+    axis.set_ylabel("GB/s echoed")
+    axis.set_title("bulk, 64 KiB writes, 1 connection")
+    axis.tick_params(axis="x", labelsize=8)
 
-    per_request = throughput["pingpong-1KiB-c100"]["peers"]
-    user = [per_request[n]["server_cpu_us_per_request"]["user"] for n in names]
-    system = [per_request[n]["server_cpu_us_per_request"]["system"] for n in names]
-    cpu.bar([labels[n] for n in names], user, label="user", color="C0")
-    cpu.bar([labels[n] for n in names], system, bottom=user, label="system", color="C7")
-    cpu.set_ylabel("server CPU us per request")
-    cpu.set_title("server CPU per request, 100 connections")
-    cpu.legend(fontsize=8)
-    cpu.tick_params(axis="x", labelsize=8)
 
-    held = {n: v for n, v in results["idle"].items() if "rss_per_connection_kib" in v}
+def _draw_cpu_per_request(axis: Axes, peers: dict[str, Any], labels: dict[str, str]) -> None:
+    names = list(labels)
+    user = [peers[n]["server_cpu_us_per_request"]["user"] for n in names]
+    system = [peers[n]["server_cpu_us_per_request"]["system"] for n in names]
+    axis.bar([labels[n] for n in names], user, label="user", color="C0")
+    axis.bar([labels[n] for n in names], system, bottom=user, label="system", color="C7")
+    axis.set_ylabel("server CPU us per request")
+    axis.set_title("server CPU per request, 100 connections")
+    axis.legend(fontsize=8)
+    axis.tick_params(axis="x", labelsize=8)
+
+
+def _draw_idle_memory(
+    axis: Axes, idle: dict[str, Any], labels: dict[str, str], colors: dict[str, str]
+) -> None:
+    """Memory per idle connection, for the servers that measured it."""
+    held = {n: v for n, v in idle.items() if "rss_per_connection_kib" in v}
     held_labels = [
         labels[n] if held[n]["connections"] >= 10_000
         else f"{labels[n]}\n({held[n]['connections']:,} fit)"
         for n in held
     ]  # fmt: skip
-    idle.bar(held_labels, [held[n]["rss_per_connection_kib"] for n in held],
+    axis.bar(held_labels, [held[n]["rss_per_connection_kib"] for n in held],
              color=[colors[n] for n in held])  # fmt: skip
-    idle.axhline(4.0, color="red", linestyle="--", linewidth=1, label="target: 4 KiB")
-    idle.set_ylabel("server RSS KiB per connection")
-    idle.set_title("10,000 idle connections held")
-    idle.legend(fontsize=8)
-    idle.tick_params(axis="x", labelsize=8)
+    axis.axhline(4.0, color="red", linestyle="--", linewidth=1, label="target: 4 KiB")
+    axis.set_ylabel("server RSS KiB per connection")
+    axis.set_title("10,000 idle connections held")
+    axis.legend(fontsize=8)
+    axis.tick_params(axis="x", labelsize=8)
 
+
+def _title(results: dict[str, Any]) -> str:
+    """The date, the machine and its load: what to know before comparing two charts."""
     machine = results["machine"]
-    figure.suptitle(
+    return (
         f"tcpecho benchmark {results['date'][:10]}: {machine['cores']} cores, {machine['cpu']}, "
         f"Linux {machine['kernel']}; load average {results['load_average_before'][0]:.2f} "
-        f"before, {results['load_average_after'][0]:.2f} after",
-        fontsize=10,
+        f"before, {results['load_average_after'][0]:.2f} after"
     )
-    figure.tight_layout()
-    figure.savefig(target, dpi=90)
-    plt.close(figure)
 
 
 if __name__ == "__main__":

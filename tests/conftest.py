@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from tcpecho.server import EchoServer, ServerConfig
+from tcpecho.server.server import EchoServer, ServerConfig
 from tests.support import LoggedProcess, free_port, tcpecho_executable
 
 

@@ -14,6 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tcpecho.process import free_port
+
+__all__ = ["Event", "LoggedProcess", "echo_once", "free_port", "tcpecho_executable"]
+
 Event = dict[str, Any]
 
 
@@ -23,14 +27,6 @@ def tcpecho_executable() -> str:
     if path is None:
         raise RuntimeError("the tcpecho console script is not on PATH: pip install the project")
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def echo_once(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:

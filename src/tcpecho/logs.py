@@ -1,7 +1,9 @@
 """Structured logs: one event name per line, JSON lines for machines, a console for people.
 
 JSON is the default whenever stdout is not a terminal (containers, the lab, tests), so
-every line can be parsed; the console renderer is used on a TTY. Timestamps are UTC.
+every line can be parsed; the console renderer is used on a TTY, in colour unless
+``NO_COLOR`` is set (no-color.org), with nested values written as ``{key=value ...}`` and unset
+values left out. Timestamps are UTC.
 structlog is imported on first use, so ``tcpecho --help`` does not pay for it.
 Context bound with ``structlog.contextvars`` (such as the client's connection number) is
 merged first, so it appears on every line logged while it is bound.
@@ -31,11 +33,10 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
 
     on_terminal = os.isatty(STDOUT)
     use_console = log_format == "console" or (log_format == "auto" and on_terminal)
-    renderer: Processor = (
-        structlog.dev.ConsoleRenderer(colors=on_terminal)
-        if use_console
-        else structlog.processors.JSONRenderer()
-    )
+    for_people: list[Processor] = []
+    if use_console:
+        colors = on_terminal and not os.environ.get("NO_COLOR")
+        for_people = [_readable_values, structlog.dev.ConsoleRenderer(colors=colors)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -43,7 +44,7 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _lead_with_time_level_event,
-            renderer,
+            *(for_people or [structlog.processors.JSONRenderer()]),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=lambda *args: _LOG_SINK,
@@ -66,6 +67,40 @@ def _lead_with_time_level_event(
         key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict
     }
     return {**lead, **event_dict}
+
+
+def _readable_values(
+    logger: object, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """For the console: no unset values, and nested ones as ``key=value`` rather than reprs."""
+    return {
+        key: _readable(value)
+        for key, value in event_dict.items()
+        if value is not None or key in ("timestamp", "level", "event")
+    }
+
+
+def _readable(value: Any) -> Any:
+    if isinstance(value, dict):
+        inner = " ".join(f"{k}={_readable(v)}" for k, v in value.items() if v is not None)
+        return _Shown(f"{{{inner}}}")
+    if isinstance(value, list | tuple):
+        return _Shown(" ".join(str(_readable(item)) for item in value))
+    if isinstance(value, bool):
+        return _Shown("true" if value else "false")
+    return value
+
+
+class _Shown:
+    """Text the console renderer shows as it is (it quotes plain strings holding '=')."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
 
 
 class _LogSink:

@@ -5,25 +5,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tcpecho.lab.faults import Fault
+from tcpecho.experiment import Case, Fault, Result
 from tcpecho.lab.profiles import PROFILES
 from tcpecho.lab.report import RunInfo, plot, render, render_table, row, to_json, write_json
-from tcpecho.lab.runner import Case, CaseResult
-from tcpecho.timing import Activity, Prediction
+from tcpecho.model import Activity, Mechanism, Prediction
 
 INFO = RunInfo(wall_s=41.5, quick_note="shortened", sysctl_note=None, kernel_release="6.18")
 
 
-def _result(**changes: object) -> CaseResult:
-    result = CaseResult(
-        Case(0, Fault.FORCE_DELETE, PROFILES["user-timeout"], Activity.ACTIVE),
-        prediction=Prediction(5.39, 6.04, "request", "TCP_USER_TIMEOUT", ("ETIMEDOUT",)),
+def _result(**changes: object) -> Result:
+    result = Result(
+        Case(Fault.FORCE_DELETE, PROFILES["user-timeout"], Activity.ACTIVE),
+        prediction=Prediction(5.39, 6.04, "request", Mechanism.USER_TIMEOUT, ("ETIMEDOUT",)),
         measured_s=5.43,
         measured_clock="request",
         errno="ETIMEDOUT",
         retransmissions=5,
-        verdict="detected",
-        matches=True,
         observed_s=5.9,
         fault_at=1.0,
     )
@@ -45,13 +42,14 @@ def test_a_row_says_what_was_expected_and_measured() -> None:
         "verdict": "detected",
         "model": "ok",
     }
-    hang = row(_result(measured_s=None, errno=None, verdict="hang", observed_s=17.8, quick=True))
+    hang = row(_result(measured_s=None, errno=None, observed_s=17.8, quick=True))
     assert (hang["measured"], hang["from"], hang["expected"]) == (
         "none in 17.8 s",
         "-",
         "5.39-6.04 s *",
     )
-    assert row(_result(matches=False))["model"] == "MISS"
+    assert row(_result(measured_s=9.0))["model"] == "MISS"
+    assert row(_result(errno="ECONNRESET"))["model"] == "MISS"
     assert row(_result(measured_s=929.4))["measured"] == "929 s (15 m 29 s)"
 
 
@@ -61,7 +59,7 @@ def test_table_columns_line_up() -> None:
 
 
 def test_report_flags_misses_and_shows_conntrack() -> None:
-    text = render([_result(), _result(matches=False, conntrack=["tcp ESTABLISHED ..."])], INFO)
+    text = render([_result(), _result(measured_s=9.0, conntrack=["tcp ESTABLISHED ..."])], INFO)
     assert "1 case(s) outside the predicted range" in text
     assert "tcp ESTABLISHED ..." in text
     assert "* shortened" in text
@@ -73,16 +71,24 @@ def test_json_has_every_case_with_its_prediction(tmp_path: Path) -> None:
     document = json.loads(path.read_text())
     assert document == to_json([_result(client_events=[{"event": "connected"}])], INFO)
     (case,) = document["cases"]
-    assert case["prediction"]["mechanism"] == "TCP_USER_TIMEOUT"
+    assert case["prediction"]["mechanism"] == "user_timeout"
+    assert case["client_args"] == ["--user-timeout", "5s"]
     assert case["client_events"] == [{"event": "connected"}]
     never = to_json(
-        [_result(prediction=Prediction(float("inf"), float("inf"), "last-data", "none", ()))], INFO
+        [
+            _result(
+                prediction=Prediction(
+                    float("inf"), float("inf"), "last-data", Mechanism.NOTHING, ()
+                )
+            )
+        ],
+        INFO,
     )
     assert never["cases"][0]["prediction"]["high_s"] is None
 
 
 def test_plot_draws_a_png(tmp_path: Path) -> None:
     path = tmp_path / "lab.png"
-    plot([_result(), _result(measured_s=None, verdict="hang")], INFO, path)
+    plot([_result(), _result(measured_s=None)], INFO, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000

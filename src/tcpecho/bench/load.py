@@ -19,8 +19,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import gc
-import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,8 +27,10 @@ from time import perf_counter_ns
 from typing import Literal, cast
 
 from tcpecho.bench.histogram import SUB_BUCKET_BITS, LatencyHistogram, bucket_index
-from tcpecho.naming import error_name
-from tcpecho.sockopts import TcpOptions
+from tcpecho.process import forget_stop_signals, on_stop_signals
+from tcpecho.tcp.connect import connect
+from tcpecho.tcp.names import error_name
+from tcpecho.tcp.options import TcpOptions
 
 Mode = Literal["pingpong", "bulk"]
 StoppedBy = Literal["duration", "requests", "interrupted"]
@@ -436,15 +436,9 @@ class Control(abc.ABC):
 
 
 async def _open(share: LoadShare, make: Callable[[], _Connection]) -> _Connection:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(share.host, share.port, type=socket.SOCK_STREAM)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = await connect(share.host, share.port, share.tcp)
     try:
-        share.tcp.apply(sock)
-        sock.setblocking(False)
-        await loop.sock_connect(sock, address)
-        _, protocol = await loop.create_connection(make, sock=sock)
+        _, protocol = await asyncio.get_running_loop().create_connection(make, sock=sock)
     except BaseException:
         sock.close()
         raise
@@ -484,109 +478,170 @@ async def _keep_connected(
         await asyncio.sleep(RECONNECT_DELAY_S)
 
 
-async def drive(share: LoadShare, control: Control) -> ProcessResult:
-    """Run this process's share of the load and return its counts for the window."""
-    loop = asyncio.get_running_loop()
-    state = RunState(share.requests)
-    make = _factory(share)
-    started = asyncio.Event()
-    stop = asyncio.Event()
-    interrupted = False
+class _StopRequest:
+    """A stop signal: ends whichever phase is running, and marks the run interrupted."""
 
-    def on_signal() -> None:
-        nonlocal interrupted
-        interrupted = True
-        stop.set()
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.interrupted = False
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
-    live: dict[int, _Connection] = {}
-    attempts = [asyncio.Event() for _ in range(share.connections)]
-    slots = [
-        asyncio.create_task(
-            _keep_connected(slot, share, state, make, started, attempts[slot], live)
-        )
-        for slot in range(share.connections)
-    ]
-    progress = Progress()
+    def on_signal(self, signum: int) -> None:
+        self.interrupted = True
+        self.event.set()
 
-    def publish(phase: int) -> None:
+
+class _Slots:
+    """Every connection slot's task, and the connections open right now."""
+
+    def __init__(self, share: LoadShare, state: RunState, make: ConnectionFactory) -> None:
+        self.started = asyncio.Event()  # the run has started: connections begin their traffic
+        self.live: dict[int, _Connection] = {}
+        self._attempts = [asyncio.Event() for _ in range(share.connections)]
+        self.tasks = [
+            asyncio.create_task(
+                _keep_connected(
+                    slot, share, state, make, self.started, self._attempts[slot], self.live
+                )
+            )
+            for slot in range(share.connections)
+        ]
+
+    async def all_attempted(self) -> None:
+        """Wait until every slot has made its first connection attempt."""
+        await asyncio.gather(*(attempt.wait() for attempt in self._attempts))
+
+
+class _ProgressPublisher:
+    """Publishes this process's progress, and cuts connections whose request is overdue."""
+
+    def __init__(self, state: RunState, control: Control) -> None:
+        self._state = state
+        self._control = control
+        self._progress = Progress()
+
+    def publish(self, phase: int) -> None:
+        state, progress = self._state, self._progress
         progress.phase = phase
         progress.completed = state.progress_completed
         progress.bytes_received = state.progress_bytes
         progress.errors = sum(state.errors.values())
         progress.connected = state.connected
-        control.publish(progress)
+        self._control.publish(progress)
 
-    async def publish_and_sweep() -> None:
-        timeout_ns = round(share.timeout_s * 1e9)
+    async def publish_and_sweep(self, timeout_s: float, live: dict[int, _Connection]) -> None:
+        state = self._state
+        timeout_ns = round(timeout_s * 1e9)
         while True:
             await asyncio.sleep(0.1)
             if state.running:
                 now = time.perf_counter_ns()
                 for connection in list(live.values()):
                     connection.check_timeout(now, timeout_ns)
-            publish(Phase.MEASURING if state.measuring else progress.phase)
+            self.publish(Phase.MEASURING if state.measuring else self._progress.phase)
 
-    publisher = asyncio.create_task(publish_and_sweep())
-    window_start = window_end = time.monotonic()
-    stopped_by: StoppedBy = "duration"
+
+@dataclass(frozen=True)
+class _Window:
+    """The measured window, on the monotonic clock, and what ended it."""
+
+    start: float
+    end: float
+    stopped_by: StoppedBy
+
+
+async def drive(share: LoadShare, control: Control) -> ProcessResult:
+    """Run this process's share of the load and return its counts for the window."""
+    loop = asyncio.get_running_loop()
+    state = RunState(share.requests)
+    make = _factory(share)
+    stop = _StopRequest()
+    on_stop_signals(loop, stop.on_signal)
+    slots = _Slots(share, state, make)
+    progress = _ProgressPublisher(state, control)
+    publisher = asyncio.create_task(progress.publish_and_sweep(share.timeout_s, slots.live))
     # The hot path makes no reference cycles; the collector's passes over what it allocates
     # would be pure overhead, so it is off for the (bounded) run.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        await asyncio.gather(*(attempt.wait() for attempt in attempts))
-        start_at = await control.ready()
-        await _wait_until(start_at, stop)
-        state.running = True
-        started.set()
-        publish(Phase.WARMUP)
-        await _wait_until(start_at + share.warmup_s, stop)
-        window_start = time.monotonic()
-        state.measure()
-        publish(Phase.MEASURING)
-        ends = [
-            asyncio.create_task(stop.wait()),
-            asyncio.create_task(state.all_requests_done.wait()),
-        ]
-        if not stop.is_set():
-            await asyncio.wait(
-                ends,
-                timeout=max(0.0, window_start + share.duration_s - time.monotonic()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        for end in ends:
-            end.cancel()
-        window_end = time.monotonic()
-        if interrupted:
-            stopped_by = "interrupted"
-        elif state.all_requests_done.is_set():
-            stopped_by = "requests"
-        state.stop()
-        publish(Phase.DONE)
+        window = await _run_phases(share, control, state, slots, stop, progress)
     finally:
         if collecting:
             gc.enable()
-        state.running = False
-        state.finished = True
-        publisher.cancel()
-        for task in slots:
-            task.cancel()
-        for connection in list(live.values()):
-            connection.transport.abort()
-        await asyncio.gather(publisher, *slots, return_exceptions=True)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+        await _tear_down(state, publisher, slots)
+        forget_stop_signals(loop)
+    return _result(state, window)
+
+
+async def _run_phases(
+    share: LoadShare,
+    control: Control,
+    state: RunState,
+    slots: _Slots,
+    stop: _StopRequest,
+    progress: _ProgressPublisher,
+) -> _Window:
+    """Connect every slot, wait for the start time, warm up, measure, stop."""
+    await slots.all_attempted()
+    start_at = await control.ready()
+    await _wait_until(start_at, stop.event)
+    state.running = True
+    slots.started.set()
+    progress.publish(Phase.WARMUP)
+    await _wait_until(start_at + share.warmup_s, stop.event)
+    window_start = time.monotonic()
+    state.measure()
+    progress.publish(Phase.MEASURING)
+    await _wait_for_window_end(window_start + share.duration_s, state, stop.event)
+    window_end = time.monotonic()
+    stopped_by: StoppedBy = "duration"
+    if stop.interrupted:
+        stopped_by = "interrupted"
+    elif state.all_requests_done.is_set():
+        stopped_by = "requests"
+    state.stop()
+    progress.publish(Phase.DONE)
+    return _Window(window_start, window_end, stopped_by)
+
+
+async def _wait_for_window_end(deadline: float, state: RunState, stop: asyncio.Event) -> None:
+    """Wait until the monotonic ``deadline``, the last ``--requests`` answer, or ``stop``."""
+    ends = [
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(state.all_requests_done.wait()),
+    ]
+    if not stop.is_set():
+        await asyncio.wait(
+            ends,
+            timeout=max(0.0, deadline - time.monotonic()),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+    for end in ends:
+        end.cancel()
+
+
+async def _tear_down(state: RunState, publisher: asyncio.Task[None], slots: _Slots) -> None:
+    """Stop the publisher and every slot, and cut the connections still open."""
+    state.running = False
+    state.finished = True
+    publisher.cancel()
+    for task in slots.tasks:
+        task.cancel()
+    for connection in list(slots.live.values()):
+        connection.transport.abort()
+    await asyncio.gather(publisher, *slots.tasks, return_exceptions=True)
+
+
+def _result(state: RunState, window: _Window) -> ProcessResult:
     return ProcessResult(
-        window_s=max(window_end - window_start, 0.0),
+        window_s=max(window.end - window.start, 0.0),
         completed=state.completed,
         failed=state.failed,
         bytes_sent=state.bytes_sent,
         bytes_received=state.bytes_received,
         errors=dict(state.errors),
         histogram=LatencyHistogram.from_counts(state.measured_counts),
-        stopped_by=stopped_by,
+        stopped_by=window.stopped_by,
     )
 
 

@@ -34,12 +34,16 @@ from tcpecho.bench.load import (
     drive,
 )
 from tcpecho.bench.report import BenchReport, RunDescription
-from tcpecho.limits import raise_open_file_limit
-from tcpecho.naming import format_address
-from tcpecho.sockopts import TcpOptions
+from tcpecho.process import die_with_parent, raise_open_file_limit
+from tcpecho.settings import SettingError, check_duration, check_range
+from tcpecho.sizes import format_size
 from tcpecho.streams import STDERR, Output, write_stdout
+from tcpecho.tcp.names import format_address
+from tcpecho.tcp.options import TcpOptions
 
 MAX_SIZE = 16 * 1024 * 1024
+MAX_CONNECTIONS = 100_000
+MAX_PROCESSES = 256
 # Slack on top of the configured times before a silent worker is given up on.
 _WORKER_GRACE_S = 10.0
 _PROGRESS_FIELDS = 5
@@ -63,25 +67,28 @@ class BenchConfig:
     loop: loops.LoopName = "auto"
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.connections < 1:
-            problems.append("connections must be at least 1")
-        if not 1 <= self.size <= MAX_SIZE:
-            problems.append(f"size must be between 1 and {MAX_SIZE} bytes")
-        if self.duration_s <= 0:
-            problems.append("duration must be more than 0")
-        if self.timeout_s <= 0:
-            problems.append("timeout must be more than 0")
-        if self.warmup_s < 0:
-            problems.append("warmup must not be negative")
-        if self.requests is not None and self.requests < 1:
-            problems.append("requests must be at least 1")
+        check_range("port", self.port, 1, 65535)
+        check_range("connections", self.connections, 1, MAX_CONNECTIONS)
+        if self.size < 1:
+            raise SettingError("size", f"{self.size} is below the minimum of 1 byte")
+        if self.size > MAX_SIZE:
+            maximum = format_size(MAX_SIZE)
+            raise SettingError(
+                "size", f"{format_size(self.size)} is above the maximum of {maximum}"
+            )
+        check_duration("duration", self.duration_s, minimum=0.001)
+        check_duration("warmup", self.warmup_s)
+        check_duration("timeout", self.timeout_s, minimum=0.001)
+        check_range("requests", self.requests, 1)
         if self.requests is not None and self.mode != "pingpong":
-            problems.append("requests counts ping-pong requests: use duration for bulk")
-        if not 1 <= self.processes <= self.connections:
-            problems.append("processes must be between 1 and the number of connections")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingError("requests", "counts ping-pong requests only: use --duration")
+        check_range("processes", self.processes, 1, MAX_PROCESSES)
+        if self.processes > self.connections:
+            raise SettingError(
+                "processes",
+                f"{self.processes} processes need at least as many --connections "
+                f"({self.connections})",
+            )
 
     def shares(self) -> list[LoadShare]:
         """Each process's connections and request quota: as even as whole numbers allow."""
@@ -261,16 +268,9 @@ def _worker_main(
     slots: Any,
     index: int,
 ) -> None:
-    _die_with_parent()
+    die_with_parent(signal.SIGTERM)
     result = loops.run(drive(share, _WorkerControl(pipe, slots, index)), loop_name)
     pipe.send(("result", result))
-
-
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this worker if the parent dies first (PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _progress_from(slots: Any, index: int) -> Progress:
@@ -284,27 +284,20 @@ def _progress_from(slots: Any, index: int) -> Progress:
     )
 
 
-def _run_workers(
-    config: BenchConfig, progress: ProgressLine | None
-) -> tuple[list[ProcessResult], dict[str, int]]:
-    context = multiprocessing.get_context("fork")
-    shares = config.shares()
-    slots = context.RawArray(ctypes.c_double, len(shares) * _PROGRESS_FIELDS)
-    workers: list[multiprocessing.context.ForkProcess] = []
-    pipes: list[multiprocessing.connection.Connection] = []
-    failures: dict[str, int] = {}
-    results: dict[int, ProcessResult] = {}
+class _WorkerPool:
+    """The forked worker processes and this process's ends of their pipes."""
 
-    def forward(signum: int, frame: object) -> None:
-        for worker in workers:
-            if worker.pid is not None and worker.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGTERM)
+    def __init__(self) -> None:
+        self.processes: list[multiprocessing.context.ForkProcess] = []
+        self.pipes: list[multiprocessing.connection.Connection] = []
 
-    previous = {
-        signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    def start(
+        self,
+        context: multiprocessing.context.ForkContext,
+        config: BenchConfig,
+        shares: Sequence[LoadShare],
+        slots: Any,
+    ) -> None:
         for index, share in enumerate(shares):
             ours, theirs = context.Pipe()
             worker = context.Process(
@@ -315,8 +308,42 @@ def _run_workers(
             )
             worker.start()
             theirs.close()
-            workers.append(worker)
-            pipes.append(ours)
+            self.processes.append(worker)
+            self.pipes.append(ours)
+
+    def forward_stop(self, signum: int, frame: object) -> None:
+        """A signal handler: pass a stop on to every worker still running."""
+        for worker in self.processes:
+            if worker.pid is not None and worker.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+
+    def reap(self) -> None:
+        """Wait a moment for each worker to exit, kill those that do not, close the pipes."""
+        for worker in self.processes:
+            worker.join(timeout=0.5)
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
+        for pipe in self.pipes:
+            pipe.close()
+
+
+def _run_workers(
+    config: BenchConfig, progress: ProgressLine | None
+) -> tuple[list[ProcessResult], dict[str, int]]:
+    context = multiprocessing.get_context("fork")
+    shares = config.shares()
+    slots = context.RawArray(ctypes.c_double, len(shares) * _PROGRESS_FIELDS)
+    pool = _WorkerPool()
+    failures: dict[str, int] = {}
+    previous = {
+        signum: signal.signal(signum, pool.forward_stop)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        pool.start(context, config, shares, slots)
+        pipes = pool.pipes
         ready = _receive_all(pipes, "ready", time.monotonic() + config.timeout_s + _WORKER_GRACE_S)
         start_at = time.monotonic() + 0.05
         for index in ready:
@@ -325,39 +352,51 @@ def _run_workers(
             start_at + config.warmup_s + config.duration_s + config.timeout_s + _WORKER_GRACE_S
         )
         waiting = {index: pipes[index] for index in ready}
-        next_show = time.monotonic() + 1.0
-        while waiting and time.monotonic() < deadline:
-            ready_pipes = multiprocessing.connection.wait(
-                list(waiting.values()),
-                timeout=max(0.0, min(next_show, deadline) - time.monotonic()),
-            )
-            for index, pipe in list(waiting.items()):
-                if pipe not in ready_pipes:
-                    continue
-                del waiting[index]
-                with contextlib.suppress(EOFError, OSError):
-                    kind, payload = pipe.recv()
-                    if kind == "result":
-                        results[index] = payload
-            if progress is not None and time.monotonic() >= next_show:
-                progress.show([_progress_from(slots, i) for i in range(len(shares))])
-                next_show += 1.0
-        if progress is not None:
-            progress.show([_progress_from(slots, i) for i in range(len(shares))])
+        results = _collect_results(waiting, deadline, slots, len(shares), progress)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for worker in workers:
-            worker.join(timeout=0.5)
-            if worker.is_alive():
-                worker.kill()
-                worker.join(timeout=5)
-        for pipe in pipes:
-            pipe.close()
+        pool.reap()
     lost = len(shares) - len(results)
     if lost:
         failures["WORKER_FAILED"] = lost
     return [results[index] for index in sorted(results)], failures
+
+
+def _collect_results(
+    waiting: dict[int, multiprocessing.connection.Connection],
+    deadline: float,
+    slots: Any,
+    workers: int,
+    progress: ProgressLine | None,
+) -> dict[int, ProcessResult]:
+    """The results of the ``waiting`` workers that send one by the deadline, by worker index;
+    the progress line shows every second meanwhile."""
+    results: dict[int, ProcessResult] = {}
+    next_show = time.monotonic() + 1.0
+    while waiting and time.monotonic() < deadline:
+        ready_pipes = multiprocessing.connection.wait(
+            list(waiting.values()),
+            timeout=max(0.0, min(next_show, deadline) - time.monotonic()),
+        )
+        for index, pipe in list(waiting.items()):
+            if pipe not in ready_pipes:
+                continue
+            del waiting[index]
+            with contextlib.suppress(EOFError, OSError):
+                kind, payload = pipe.recv()
+                if kind == "result":
+                    results[index] = payload
+        if progress is not None and time.monotonic() >= next_show:
+            progress.show(_all_progress(slots, workers))
+            next_show += 1.0
+    if progress is not None:
+        progress.show(_all_progress(slots, workers))
+    return results
+
+
+def _all_progress(slots: Any, workers: int) -> list[Progress]:
+    return [_progress_from(slots, index) for index in range(workers)]
 
 
 def _receive_all(

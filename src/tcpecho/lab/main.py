@@ -16,19 +16,18 @@ from pathlib import Path
 import click
 
 from tcpecho import loops
+from tcpecho.experiment import Fault, Profile, Result
 from tcpecho.lab import report
-from tcpecho.lab.faults import Fault
-from tcpecho.lab.profiles import Profile
 from tcpecho.lab.runner import (
     QUICK_RETRIES2,
     QUICK_RTO_MAX_MS,
-    CaseResult,
     KernelBudget,
     plan,
     remove_stale,
     rto_max_supported,
     run_cases,
 )
+from tcpecho.process import on_stop_signals
 from tcpecho.streams import write_stdout
 
 
@@ -131,7 +130,7 @@ def run(config: LabConfig) -> int:
     started = time.monotonic()
     stopped_by: list[str] = []
 
-    async def main() -> list[CaseResult]:
+    async def main() -> list[Result]:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
@@ -144,8 +143,7 @@ def run(config: LabConfig) -> int:
             _note(f"{stopped_by[0]}: stopping every case and removing its namespaces")
             task.cancel()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+        on_stop_signals(loop, on_signal)
         every = 1.0 if sys.stderr.isatty() else 5.0
         return await run_cases(cases, config.budget, _show_progress, every)
 

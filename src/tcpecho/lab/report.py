@@ -1,4 +1,5 @@
-"""The lab's report: a table of expected and measured detection times, JSON, and a chart.
+"""The report of an experiment: a table of expected and measured detection times, JSON, and a
+chart. The lab and the cluster run print the same table.
 
 Times are on the clock the kernel model names for each case: from the request that was
 never answered (active clients), from the last data received (idle clients, keepalive),
@@ -13,9 +14,12 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tcpecho.lab.runner import CaseResult
+from tcpecho.experiment import Result, Verdict
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 COLUMNS = (
     "fault",
@@ -51,12 +55,14 @@ def format_seconds(value: float) -> str:
     return f"{value:.0f} s ({int(minutes)} m {seconds:02.0f} s)"
 
 
-def row(result: CaseResult) -> dict[str, str]:
+def row(result: Result) -> dict[str, str]:
     case, prediction = result.case, result.prediction
     if result.error is not None:
         measured = f"error: {result.error}"
-    elif result.measured_s is None:
+    elif result.measured_s is None and result.observed_s is not None:
         measured = f"none in {format_seconds(result.observed_s)}"
+    elif result.measured_s is None:
+        measured = "none"
     else:
         measured = format_seconds(result.measured_s)
     clock = result.measured_clock or (prediction.clock if prediction else None)
@@ -72,8 +78,8 @@ def row(result: CaseResult) -> dict[str, str]:
         "from": CLOCK_NAMES.get(clock or "", "-") if result.measured_s is not None else "-",
         "error": result.errno or "-",
         "retrans": "-" if result.retransmissions is None else str(result.retransmissions),
-        "verdict": result.verdict,
-        "model": "ok" if result.matches else "MISS",
+        "verdict": str(result.verdict),
+        "model": "?" if prediction is None else ("ok" if result.matches else "MISS"),
     }
 
 
@@ -91,7 +97,7 @@ def render_table(rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMN
     return "\n".join(lines)
 
 
-def render(results: Sequence[CaseResult], info: RunInfo) -> str:
+def render(results: Sequence[Result], info: RunInfo) -> str:
     parts = [
         f"tcpecho lab: {len(results)} cases in {info.wall_s:.1f} s wall, "
         f"kernel {info.kernel_release}",
@@ -128,7 +134,7 @@ def seconds_or_none(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else round(value, 6)
 
 
-def to_json(results: Sequence[CaseResult], info: RunInfo) -> dict[str, Any]:
+def to_json(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
     cases = []
     for result in results:
         prediction = result.prediction
@@ -138,7 +144,7 @@ def to_json(results: Sequence[CaseResult], info: RunInfo) -> dict[str, Any]:
                 "fault": str(result.case.fault),
                 "fault_description": result.case.fault.description,
                 "profile": result.case.profile.name,
-                "client_args": list(result.case.profile.args),
+                "client_args": list(result.case.profile.client_flags()),
                 "mode": str(result.case.activity),
                 "sysctls": result.sysctls,
                 "quick": result.quick,
@@ -149,16 +155,16 @@ def to_json(results: Sequence[CaseResult], info: RunInfo) -> dict[str, Any]:
                     "high_s": seconds_or_none(prediction.high_s),
                     "never": prediction.never,
                     "clock": prediction.clock,
-                    "mechanism": prediction.mechanism,
+                    "mechanism": str(prediction.mechanism),
                     "errnos": list(prediction.errnos),
                 },
                 "fault_at": result.fault_at,
                 "measured_s": result.measured_s,
                 "measured_clock": result.measured_clock,
-                "observed_s": round(result.observed_s, 6),
+                "observed_s": seconds_or_none(result.observed_s),
                 "errno": result.errno,
                 "retransmissions": result.retransmissions,
-                "verdict": result.verdict,
+                "verdict": str(result.verdict),
                 "matches_model": result.matches,
                 "error": result.error,
                 "conntrack": result.conntrack,
@@ -175,14 +181,23 @@ def to_json(results: Sequence[CaseResult], info: RunInfo) -> dict[str, Any]:
     }
 
 
-def write_json(results: Sequence[CaseResult], info: RunInfo, path: Path) -> None:
+def write_json(results: Sequence[Result], info: RunInfo, path: Path) -> None:
     path.write_text(json.dumps(to_json(results, info), indent=2) + "\n")
 
 
-_COLORS = {"fast": "#2a9d8f", "detected": "#4c78a8", "hang": "#e76f51", "error": "#999999"}
+_COLORS = {
+    Verdict.FAST: "#2a9d8f",
+    Verdict.DETECTED: "#4c78a8",
+    Verdict.HANG: "#e76f51",
+    Verdict.ERROR: "#999999",
+}
 
 
-def plot(results: Sequence[CaseResult], info: RunInfo, path: Path) -> None:
+# The log axis has no zero: a time shorter than this (or none at all) is drawn at this height.
+_LOG_FLOOR_S = 0.01
+
+
+def plot(results: Sequence[Result], info: RunInfo, path: Path) -> None:
     """A bar chart of detection time per profile and mode, one panel per fault, log axis."""
     import matplotlib
 
@@ -194,44 +209,8 @@ def plot(results: Sequence[CaseResult], info: RunInfo, path: Path) -> None:
     figure, axes = plt.subplots(
         len(faults), 1, figsize=(11, 2.6 * len(faults) + 1), squeeze=False, sharey=True
     )
-    floor = 0.01
     for axis, fault in zip(axes[:, 0], faults, strict=True):
-        chosen = [result for result in results if str(result.case.fault) == fault]
-        labels, heights, colors, hatches = [], [], [], []
-        for result in chosen:
-            labels.append(f"{result.case.profile.name}\n{result.case.activity}")
-            value = result.measured_s if result.measured_s is not None else result.observed_s
-            heights.append(max(value, floor))
-            colors.append(_COLORS.get(result.verdict, "#999999"))
-            hatches.append("//" if result.measured_s is None else "")
-        positions = range(len(chosen))
-        bars = axis.bar(positions, heights, color=colors)
-        for bar, hatch, result in zip(bars, hatches, chosen, strict=True):
-            bar.set_hatch(hatch)
-            text = "none" if result.measured_s is None else format_seconds(result.measured_s)
-            if result.quick:
-                text += " *"
-            axis.annotate(
-                text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
-        for position, result in zip(positions, chosen, strict=True):
-            prediction = result.prediction
-            if prediction is not None and not prediction.never:
-                axis.plot(
-                    [position, position],
-                    [max(prediction.low_s, floor), max(prediction.high_s, floor)],
-                    color="black",
-                    linewidth=3,
-                    alpha=0.6,
-                )
-        axis.set_yscale("log")
-        axis.set_xticks(list(positions), labels, fontsize=7, rotation=15)
-        axis.set_title(f"{fault}", fontsize=9, loc="left")
-        axis.set_ylabel("seconds to detection")
+        _plot_fault(axis, fault, [result for result in results if str(result.case.fault) == fault])
     legend = [Patch(color=color, label=verdict) for verdict, color in _COLORS.items()]
     legend.append(
         Patch(facecolor="white", edgecolor="black", hatch="//", label="not detected (watched)")
@@ -244,3 +223,42 @@ def plot(results: Sequence[CaseResult], info: RunInfo, path: Path) -> None:
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _plot_fault(axis: Axes, fault: str, chosen: Sequence[Result]) -> None:
+    """One fault's panel: a bar per case, labelled with its time, and the model's range."""
+    labels, heights, colors, hatches = [], [], [], []
+    for result in chosen:
+        labels.append(f"{result.case.profile.name}\n{result.case.activity}")
+        value = result.measured_s if result.measured_s is not None else result.observed_s or 0
+        heights.append(max(value, _LOG_FLOOR_S))
+        colors.append(_COLORS.get(result.verdict, "#999999"))
+        hatches.append("//" if result.measured_s is None else "")
+    positions = range(len(chosen))
+    bars = axis.bar(positions, heights, color=colors)
+    for bar, hatch, result in zip(bars, hatches, chosen, strict=True):
+        bar.set_hatch(hatch)
+        text = "none" if result.measured_s is None else format_seconds(result.measured_s)
+        if result.quick:
+            text += " *"
+        axis.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    for position, result in zip(positions, chosen, strict=True):
+        prediction = result.prediction
+        if prediction is not None and not prediction.never:
+            axis.plot(
+                [position, position],
+                [max(prediction.low_s, _LOG_FLOOR_S), max(prediction.high_s, _LOG_FLOOR_S)],
+                color="black",
+                linewidth=3,
+                alpha=0.6,
+            )
+    axis.set_yscale("log")
+    axis.set_xticks(list(positions), labels, fontsize=7, rotation=15)
+    axis.set_title(f"{fault}", fontsize=9, loc="left")
+    axis.set_ylabel("seconds to detection")

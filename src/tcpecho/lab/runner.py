@@ -17,19 +17,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
+from tcpecho import events
+from tcpecho.experiment import Case, Fault, Profile, Result
 from tcpecho.lab import topology as net
-from tcpecho.lab.faults import Fault, inject
-from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL, Profile
-from tcpecho.timing import FAST_S, Activity, KernelSettings, Prediction, predict
+from tcpecho.lab.faults import inject
+from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL
+from tcpecho.model import Activity, KernelSettings, Mechanism, predict
+from tcpecho.settings import check_duration, check_range
 
 RUN_PREFIX = f"{net.PREFIX}lab-"
 QUICK_RTO_MAX_MS = 1000  # with tcp_retries2=15: ~15 s instead of ~15.5 min, 16 retransmissions
@@ -37,20 +39,10 @@ QUICK_RETRIES2 = 5  # for kernels before 6.15, which have no tcp_rto_max_ms: ~13
 STARTUP_TIMEOUT_S = 60.0  # a whole matrix starts ~100 Python processes on a small machine
 NEVER_OBSERVED_S = 15.0  # how long a case the model says never ends is watched at least
 WARMUP_ECHOES = {Activity.ACTIVE: 2, Activity.IDLE: 1}
+TCP_RETRIES2_MAX = 100
+RTO_MAX_RANGE_S = (1.0, 120.0)  # what the kernel takes for tcp_rto_max_ms
 
-Event = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Case:
-    number: int
-    fault: Fault
-    profile: Profile
-    activity: Activity
-
-    @property
-    def name(self) -> str:
-        return f"{self.fault}/{self.profile.name}/{self.activity}"
+E = TypeVar("E", bound=events.Event)
 
 
 @dataclass(frozen=True)
@@ -60,6 +52,12 @@ class KernelBudget:
     quick: bool = False
     tcp_retries2: int | None = None
     rto_max_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        check_range("tcp_retries2", self.tcp_retries2, 1, TCP_RETRIES2_MAX)
+        rto_max_s = None if self.rto_max_ms is None else self.rto_max_ms / 1000
+        low, high = RTO_MAX_RANGE_S
+        check_duration("rto_max", rto_max_s, minimum=low, maximum=high, step=0.001)
 
     def sysctls(self, baseline: bool) -> dict[str, int]:
         values: dict[str, int] = {}
@@ -75,26 +73,6 @@ class KernelBudget:
         return values
 
 
-@dataclass
-class CaseResult:
-    case: Case
-    prediction: Prediction | None = None
-    sysctls: dict[str, int] = field(default_factory=dict)
-    quick: bool = False  # this case's kernel budget was shortened by --quick
-    fault_at: float | None = None  # wall clock, to set beside the logs' timestamps
-    measured_s: float | None = None
-    measured_clock: str | None = None
-    errno: str | None = None
-    retransmissions: int | None = None
-    observed_s: float = 0.0  # how long the case was watched after the fault
-    verdict: str = "error"
-    matches: bool = False
-    conntrack: list[str] = field(default_factory=list)
-    client_events: list[Event] = field(default_factory=list)
-    server_events: list[Event] = field(default_factory=list)
-    error: str | None = None
-
-
 def rto_max_supported() -> bool:
     """Whether this kernel has tcp_rto_max_ms (6.15 and later): new namespaces get it too."""
     return os.path.exists("/proc/sys/net/ipv4/tcp_rto_max_ms")
@@ -105,7 +83,7 @@ def plan(faults: Sequence[Fault], profiles: Sequence[Profile]) -> list[Case]:
     for fault in faults:
         for profile in profiles:
             for activity in profile.activities:
-                cases.append(Case(len(cases), fault, profile, activity))
+                cases.append(Case(fault, profile, activity, number=len(cases)))
     return cases
 
 
@@ -148,16 +126,20 @@ def remove_stale() -> list[str]:
 
 
 class _Process:
-    """A tcpecho subprocess in a namespace whose JSON log lines are collected."""
+    """A tcpecho subprocess in a namespace whose JSON log lines are collected.
 
-    def __init__(self, process: asyncio.subprocess.Process, events: list[Event]) -> None:
+    ``raw`` keeps each line as it was, for the report's JSON; ``logged`` holds them read
+    back as events."""
+
+    def __init__(self, process: asyncio.subprocess.Process, raw: list[dict[str, object]]) -> None:
         self.process = process
-        self.events = events
+        self.raw = raw
+        self.logged: list[events.Logged] = []
         self.changed = asyncio.Event()
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, argv: Sequence[str], events: list[Event]) -> _Process:
+    async def start(cls, argv: Sequence[str], raw: list[dict[str, object]]) -> _Process:
         env = {key: value for key, value in os.environ.items() if not key.startswith("TCPECHO_")}
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -166,29 +148,34 @@ class _Process:
             stderr=asyncio.subprocess.DEVNULL,
             env=env,
         )
-        return cls(process, events)
+        return cls(process, raw)
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
         async for line in self.process.stdout:
-            with contextlib.suppress(json.JSONDecodeError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    self.events.append(event)
-                    self.changed.set()
+            logged = events.parse_line(line)
+            if logged is not None:
+                self.raw.append(logged.raw)
+                self.logged.append(logged)
+                self.changed.set()
         self.changed.set()
 
-    def named(self, name: str) -> list[Event]:
-        return [event for event in self.events if event.get("event") == name]
+    def named(self, kind: type[E]) -> list[tuple[E, float]]:
+        """Every ``kind`` event so far, with the wall time it was logged at."""
+        return [(e.event, e.timestamp) for e in self.logged if isinstance(e.event, kind)]
 
-    async def wait_for(self, name: str, count: int = 1, timeout: float | None = None) -> Event:
+    async def wait_for(
+        self, kind: type[E], count: int = 1, timeout: float | None = None
+    ) -> tuple[E, float]:
         async with asyncio.timeout(timeout):
-            while len(self.named(name)) < count:
+            while len(self.named(kind)) < count:
                 if self.reader.done():
-                    raise LabCaseError(f"exited before {name!r} (status {self.process.returncode})")
+                    raise LabCaseError(
+                        f"exited before {kind.name!r} (status {self.process.returncode})"
+                    )
                 self.changed.clear()
                 await self.changed.wait()
-        return self.named(name)[count - 1]
+        return self.named(kind)[count - 1]
 
     async def stop(self) -> None:
         if self.process.returncode is None:
@@ -222,16 +209,16 @@ class LabCase:
     def __init__(self, case: Case, run: _Run) -> None:
         self.case = case
         self.run = run
-        self.result = CaseResult(case)
+        self.result = Result(case)
         self.topology = net.Topology(f"{run.prefix}{case.number}")
         self.status = "building"
         self.fault_monotonic: float | None = None
-        self.connection = case.profile.connection_settings()
+        profile = case.profile
         with_defaults = predict(
-            KernelSettings(), self.connection, case.fault.failure, case.activity
+            KernelSettings(), profile.tcp, case.fault.failure, case.activity, profile.deadlines
         )
         # The baseline: only the kernel's retransmission budget ends it (--quick shortens it).
-        self.baseline = with_defaults.mechanism == "tcp_retries2"
+        self.baseline = with_defaults.mechanism is Mechanism.TCP_RETRIES2
         # Cases the model says never end are watched until the finite ones are done.
         self.finite = not with_defaults.never
         self._counted_finite = self.finite
@@ -244,7 +231,7 @@ class LabCase:
         waited = time.monotonic() - self.fault_monotonic
         return f"{self.case.name:42} waiting {waited:6.1f} s after the fault (expected {expected})"
 
-    async def execute(self) -> CaseResult:
+    async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
         server: _Process | None = None
         client: _Process | None = None
@@ -256,16 +243,16 @@ class LabCase:
             kernel = await loop.run_in_executor(None, self._kernel_settings)
             self.status = "starting"
             server = await _Process.start(self._server_argv(), self.result.server_events)
-            await server.wait_for("server_started", timeout=STARTUP_TIMEOUT_S)
+            await server.wait_for(events.ServerStarted, timeout=STARTUP_TIMEOUT_S)
             client = await _Process.start(self._client_argv(), self.result.client_events)
             self.status = "warming up"
             warmup = WARMUP_ECHOES[self.case.activity]
-            last_echo = await client.wait_for(
-                "response_received", count=warmup, timeout=STARTUP_TIMEOUT_S
+            last_echo, last_echo_at = await client.wait_for(
+                events.ResponseReceived, count=warmup, timeout=STARTUP_TIMEOUT_S
             )
             self._predict(kernel, last_echo)
             await self._inject(server)
-            self._check_idle_gap(last_echo)
+            self._check_idle_gap(last_echo_at)
             await self._observe(client)
             if self.case.fault is Fault.FORCE_DELETE:
                 self.result.conntrack = await loop.run_in_executor(None, self.topology.conntrack)
@@ -282,7 +269,6 @@ class LabCase:
                     await process.stop()
             await loop.run_in_executor(None, self.topology.destroy)
             self._finish_finite()
-        self._judge()
         return self.result
 
     # -- steps ---------------------------------------------------------------------------
@@ -326,18 +312,20 @@ class LabCase:
             "0",
             "--log-format",
             "json",
-            *self.case.profile.args,
+            *self.case.profile.client_flags(),
         ]
         return self.topology.command(self.topology.client_ns, args)
 
-    def _predict(self, kernel: KernelSettings, last_echo: Event) -> None:
-        rto_ms = last_echo.get("rto_ms")
+    def _predict(self, kernel: KernelSettings, last_echo: events.ResponseReceived) -> None:
+        profile = self.case.profile
+        rto_ms = last_echo.rto_ms
         self.result.prediction = predict(
             kernel,
-            self.connection,
+            profile.tcp,
             self.case.fault.failure,
             self.case.activity,
-            first_rto_s=rto_ms / 1000 if isinstance(rto_ms, int | float) else None,
+            profile.deadlines,
+            first_rto_s=None if rto_ms is None else rto_ms / 1000,
         )
 
     async def _inject(self, server: _Process) -> None:
@@ -348,15 +336,15 @@ class LabCase:
             None, inject, self.case.fault, self.topology, server.process.pid
         )
 
-    def _check_idle_gap(self, last_echo: Event) -> None:
+    def _check_idle_gap(self, last_echo_at: float) -> None:
         """An idle case needs the fault before the first keepalive probe: a probe answered
         before the fault would restart the kernel's idle clock, and the prediction with it."""
         assert self.result.fault_at is not None
-        connection = self.connection
-        if self.case.activity is not Activity.IDLE or not connection.keepalive:
+        tcp = self.case.profile.tcp
+        if self.case.activity is not Activity.IDLE or not tcp.keepalive_enabled:
             return
-        idle = connection.keepalive_idle_s or KernelSettings().tcp_keepalive_time_s
-        gap = self.result.fault_at - _timestamp(last_echo["timestamp"])
+        idle = tcp.keepalive_idle_s or KernelSettings().tcp_keepalive_time_s
+        gap = self.result.fault_at - last_echo_at
         if gap >= idle:
             raise LabCaseError(
                 f"the fault came {gap:.2f} s after the last echo, after the first keepalive "
@@ -368,7 +356,7 @@ class LabCase:
         assert prediction is not None
         assert self.fault_monotonic is not None
         self.status = "waiting"
-        failure = asyncio.create_task(client.wait_for("connection_failed"))
+        failure = asyncio.create_task(client.wait_for(events.ConnectionFailed))
         try:
             if prediction.never:
                 await self._watch_never(failure)
@@ -385,11 +373,15 @@ class LabCase:
             failure.cancel()
             with contextlib.suppress(asyncio.CancelledError, LabCaseError):
                 await failure
-        failed = client.named("connection_failed")
+        failed = client.named(events.ConnectionFailed)
         if failed:
-            self._measure(failed[0], prediction)
+            event, logged_at = failed[0]
+            assert self.result.fault_at is not None
+            self.result.record(event, since_fault_s=logged_at - self.result.fault_at)
 
-    async def _watch_never(self, failure: asyncio.Task[Event]) -> None:
+    async def _watch_never(
+        self, failure: asyncio.Task[tuple[events.ConnectionFailed, float]]
+    ) -> None:
         """Watch until every finite case of the run is done, and at least a while."""
         assert self.fault_monotonic is not None
         self._finish_finite()
@@ -404,50 +396,10 @@ class LabCase:
         finally:
             watched.cancel()
 
-    def _measure(self, failed: Event, prediction: Prediction) -> None:
-        assert self.result.fault_at is not None
-        self.result.errno = failed.get("errno")
-        tcp_info = failed.get("tcp_info") or {}
-        self.result.retransmissions = tcp_info.get("total_retrans")
-        since_fault = _timestamp(failed["timestamp"]) - self.result.fault_at
-        clocks = {
-            "request": failed.get("detection_s"),
-            "last-data": failed.get("since_last_response_s"),
-            "fault": since_fault,
-        }
-        measured = clocks.get(prediction.clock)
-        self.result.measured_s = measured if measured is not None else since_fault
-        self.result.measured_clock = prediction.clock if measured is not None else "fault"
-
     def _finish_finite(self) -> None:
         if self._counted_finite:
             self._counted_finite = False
             self.run.finite_case_finished()
-
-    def _judge(self) -> None:
-        result = self.result
-        prediction = result.prediction
-        if result.error is not None or prediction is None:
-            result.verdict = "error"
-            return
-        detected = result.measured_s is not None
-        result.matches = prediction.contains(result.measured_s) and (
-            not detected or result.errno in prediction.errnos
-        )
-        if not detected:
-            result.verdict = "hang"
-        elif result.measured_s is not None and result.measured_s < FAST_S:
-            result.verdict = "fast"
-        elif prediction.mechanism == "tcp_retries2":
-            result.verdict = "hang"  # only the kernel's retransmission budget ended it
-        else:
-            result.verdict = "detected"
-
-
-def _timestamp(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 # -- the whole run -----------------------------------------------------------------------------
@@ -458,7 +410,7 @@ async def run_cases(
     budget: KernelBudget,
     progress: Callable[[list[str]], None],
     progress_every_s: float,
-) -> list[CaseResult]:
+) -> list[Result]:
     """Run every case in parallel; cancelling this cleans every case up before it returns."""
     prefix = f"{RUN_PREFIX}{os.getpid()}-"
     # Every case blocks a thread at times (netlink, sysctls, nft); a fault must not wait
@@ -490,7 +442,7 @@ async def run_cases(
 
 async def _report_progress(
     cases: Sequence[LabCase],
-    tasks: Sequence[asyncio.Task[CaseResult]],
+    tasks: Sequence[asyncio.Task[Result]],
     progress: Callable[[list[str]], None],
     every_s: float,
 ) -> None:

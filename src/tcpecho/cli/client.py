@@ -1,0 +1,86 @@
+"""``tcpecho client``: parse the options into a ``ClientConfig`` and run it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from tcpecho import logs, loops
+from tcpecho.cli.options import (
+    check_loop,
+    deadline_options,
+    runtime_options,
+    server_endpoint_options,
+    settings_errors,
+    tcp_options,
+)
+from tcpecho.cli.params import Duration, option
+
+if TYPE_CHECKING:
+    from tcpecho.settings import Deadlines
+    from tcpecho.tcp.options import TcpOptions
+
+EPILOG = (
+    "Every option can also be set in the environment as TCPECHO_CLIENT_<OPTION>, "
+    "for example TCPECHO_CLIENT_USER_TIMEOUT=30s."
+)
+
+
+@click.command(epilog=EPILOG)
+@server_endpoint_options(default_host="server")
+@option("--interval", type=Duration(), default="5s", help="Pause between requests.")
+@option("--count", type=int, default=0, help="Echoes to complete; 0 = forever.")
+@option("--message", default="ping", help="Text sent in each request, after its number.")
+@deadline_options
+@option(
+    "--retries",
+    type=int,
+    default=0,
+    help="Reconnect attempts after a failure; -1 = forever; 0 = exit on the first failure.",
+)
+@option(
+    "--retry-backoff",
+    type=Duration(),
+    default="1s",
+    help="First reconnect delay; doubles per attempt, with jitter.",
+)
+@option("--retry-backoff-max", type=Duration(), default="30s", help="Longest reconnect delay.")
+@tcp_options(connect=True)
+@runtime_options
+def client(
+    server: str,
+    port: int,
+    interval: float,
+    count: int,
+    message: str,
+    deadlines: Deadlines,
+    retries: int,
+    retry_backoff: float,
+    retry_backoff_max: float,
+    tcp: TcpOptions,
+    loop: loops.LoopName,
+    log_format: logs.LogFormat,
+    log_level: str,
+) -> None:
+    """Send a numbered request every --interval and check each echo; log how failures are
+    detected and how long it took."""
+    check_loop(loop)
+    from tcpecho.client.client import ClientConfig, run
+
+    with settings_errors():
+        config = ClientConfig(
+            server=server,
+            port=port,
+            interval_s=interval,
+            count=count,
+            message=message,
+            tcp=tcp,
+            deadlines=deadlines,
+            retries=retries,
+            retry_backoff_s=retry_backoff,
+            retry_backoff_max_s=retry_backoff_max,
+            loop=loop,
+        )
+    logs.configure(log_format, log_level)
+    raise SystemExit(run(config))

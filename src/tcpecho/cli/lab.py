@@ -1,0 +1,181 @@
+"""``tcpecho lab``: parse the matrix (faults, profiles, kernel budget) into a ``LabConfig``.
+
+A custom profile comes as client flags (``--client-args``); they are parsed once, here, by
+the client's own TCP and deadline declarations, into the same data as the named profiles.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from tcpecho.cli.options import deadline_options, settings_errors, tcp_options
+from tcpecho.cli.params import BOOLEAN, Duration, LazyChoice, option
+
+if TYPE_CHECKING:
+    from tcpecho.experiment import Profile
+    from tcpecho.settings import Deadlines
+    from tcpecho.tcp.options import TcpOptions
+
+EPILOG = """\b
+Examples:
+  sudo tcpecho lab --quick --json out/lab.json --plot out/lab.png
+  sudo tcpecho lab --fault force-delete --client-args "--user-timeout 10s --keepalive"
+
+Every option can also be set in the environment as TCPECHO_LAB_<OPTION>, for example
+TCPECHO_LAB_QUICK=true."""
+
+
+def _fault_names() -> Sequence[str]:
+    from tcpecho.experiment import Fault
+
+    return [str(fault) for fault in Fault]
+
+
+def _profile_names() -> Sequence[str]:
+    from tcpecho.lab.profiles import PROFILES
+
+    return list(PROFILES)
+
+
+@click.command(epilog=EPILOG)
+@option(
+    "--fault",
+    "faults",
+    multiple=True,
+    type=LazyChoice(_fault_names),
+    help="Fault to inject (repeat for several; default: all).",
+)
+@option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    type=LazyChoice(_profile_names),
+    help="Client profile (repeat for several; default: all, or none with --client-args).",
+)
+@option(
+    "--client-args",
+    default=None,
+    help="A custom profile: the client's TCP and deadline options, quoted as one argument "
+    "(see the examples below).",
+)
+@option(
+    "--quick",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Shorten only the baseline's ~15.5 min kernel budget (tcp_rto_max_ms, or "
+    "tcp_retries2 on kernels before 6.15) so the whole matrix takes under a minute.",
+)
+@option(
+    "--tcp-retries2",
+    type=int,
+    default=None,
+    help="Set net.ipv4.tcp_retries2 in every client namespace (1-100).",
+)
+@option(
+    "--rto-max",
+    type=Duration(),
+    default=None,
+    help="Set net.ipv4.tcp_rto_max_ms in every client namespace (1s-2m; Linux >= 6.15).",
+)
+@option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Write every case, prediction and log event to this file.",
+)
+@option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Draw detection times as a PNG bar chart (needs tcpecho[plot]).",
+)
+@option(
+    "--cleanup",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Only remove what killed lab runs left behind (namespaces, their rules and processes).",
+)
+def lab(
+    faults: tuple[str, ...],
+    profiles: tuple[str, ...],
+    client_args: str | None,
+    quick: bool,
+    tcp_retries2: int | None,
+    rto_max: float | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+    cleanup: bool,
+) -> None:
+    """Reproduce the vanished-peer hang in network namespaces and compare the mitigations.
+
+    Each case builds a client pod, a node with kube-proxy-style DNAT and a server pod in
+    fresh network namespaces, runs the real server and client, injects the fault and
+    measures when the client notices, next to what the kernel model predicts. Needs root,
+    ip and nft."""
+    from tcpecho.experiment import Fault
+    from tcpecho.lab import main as lab_main
+    from tcpecho.lab.profiles import PROFILES
+    from tcpecho.lab.runner import KernelBudget
+
+    chosen = [PROFILES[name] for name in (profiles or (() if client_args else PROFILES))]
+    if client_args is not None:
+        chosen.append(custom_profile(client_args))
+    with settings_errors():
+        budget = KernelBudget(
+            quick=quick,
+            tcp_retries2=tcp_retries2,
+            rto_max_ms=None if rto_max is None else round(rto_max * 1000),
+        )
+    lab_main.check_requirements(plot=plot_path is not None, rto_max=rto_max is not None)
+    if cleanup:
+        raise SystemExit(lab_main.cleanup())
+    config = lab_main.LabConfig(
+        faults=tuple(Fault(name) for name in faults) or tuple(Fault),
+        profiles=tuple(chosen),
+        budget=budget,
+        json_path=json_path,
+        plot_path=plot_path,
+    )
+    raise SystemExit(lab_main.run(config))
+
+
+def custom_profile(text: str) -> Profile:
+    """The profile ``--client-args`` describes; a usage error for what the client refuses."""
+    from tcpecho.experiment import Profile
+    from tcpecho.lab.profiles import LAB_OWNED_OPTIONS
+
+    try:
+        parts = shlex.split(text)
+    except ValueError as error:
+        raise click.UsageError(f"--client-args: {error}") from None
+    for part in parts:
+        flag = part.split("=", 1)[0]
+        if flag in LAB_OWNED_OPTIONS:
+            raise click.UsageError(
+                f"--client-args must not set {flag}: the lab sets "
+                f"{', '.join(LAB_OWNED_OPTIONS)} for every client"
+            )
+    try:
+        tcp, deadlines = _client_settings.main(
+            parts, prog_name="--client-args", standalone_mode=False
+        )
+    except click.ClickException as error:
+        raise click.UsageError(f"--client-args: {error.format_message()}") from None
+    return Profile("custom", tcp, deadlines)
+
+
+@click.command(add_help_option=False)
+@tcp_options(connect=True)
+@deadline_options
+def _client_settings(tcp: TcpOptions, deadlines: Deadlines) -> tuple[TcpOptions, Deadlines]:
+    """The client's TCP and deadline options alone: what a lab profile is made of."""
+    return tcp, deadlines

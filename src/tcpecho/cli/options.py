@@ -1,0 +1,263 @@
+"""Options that several commands share, each declared once and handed over as a typed value.
+
+``tcp_options`` gives a command one ``TcpOptions`` (server, client, bench), and
+``deadline_options`` one ``Deadlines`` (client, and any command that predicts what a client
+will do): the commands never see the separate flags. ``server_endpoint_options`` gives the
+server a client talks to (client, bench); ``runtime_options`` are the event loop and logs.
+``settings_errors`` turns a setting the domain refuses into click's usage error on the
+option, or the environment variable, that gave it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
+
+import click
+from click.core import ParameterSource
+
+from tcpecho import logs, loops
+from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, option
+
+# The settings' modules are imported when a command runs, not for ``--help``.
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_TCP_SETTINGS = (
+    "user_timeout",
+    "keepalive",
+    "keepalive_idle",
+    "keepalive_interval",
+    "keepalive_count",
+    "syn_retries",
+    "recverr",
+)
+
+
+@contextlib.contextmanager
+def settings_errors() -> Iterator[None]:
+    """Refusals of the settings built inside, as usage errors on the options that gave them."""
+    from tcpecho.settings import SettingError
+
+    try:
+        yield
+    except SettingError as error:
+        ctx = click.get_current_context()
+        param = next((p for p in ctx.command.params if p.name == error.setting), None)
+        if param is None:
+            raise click.UsageError(str(error), ctx) from None
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def _apply(decorators: Sequence[Callable[[Any], Any]], command: Callable[..., Any]) -> Any:
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+loop_option = option(
+    "--loop",
+    type=click.Choice(loops.LOOP_NAMES),
+    default="auto",
+    help="Event loop: uvloop when installed (auto), or plain asyncio.",
+)
+
+
+def runtime_options(command: F) -> F:
+    """--loop, --log-format and --log-level, for the commands that log."""
+    return cast(
+        F,
+        _apply(
+            [
+                loop_option,
+                option(
+                    "--log-format",
+                    type=click.Choice(logs.LOG_FORMATS),
+                    default="auto",
+                    help="JSON lines, a console view, or auto: console on a terminal, "
+                    "JSON otherwise.",
+                ),
+                option(
+                    "--log-level",
+                    type=click.Choice(logs.LOG_LEVELS, case_sensitive=False),
+                    default="info",
+                    help="Lowest level logged.",
+                ),
+            ],
+            command,
+        ),
+    )
+
+
+def check_loop(loop: loops.LoopName) -> None:
+    """A usage error when the chosen loop is not installed here."""
+    try:
+        loops.resolve(loop)
+    except LookupError as error:
+        raise click.BadParameter(str(error), param_hint="'--loop'") from None
+
+
+# The socket options, in the order --help shows them; TCP_SYNCNT only where a command connects.
+_TCP_OPTIONS = (
+    option(
+        "--user-timeout",
+        type=Duration(),
+        default=None,
+        help="TCP_USER_TIMEOUT: give up when sent data stays unacknowledged this long "
+        "(0s: kernel default). Bounds the ~15 min retransmission hang.",
+    ),
+    option(
+        "--keepalive/--no-keepalive",
+        type=BOOLEAN,
+        default=None,
+        help="SO_KEEPALIVE: probe an idle connection. Detects a dead peer only while "
+        "no data is unacknowledged. Default: the socket's default (off).",
+    ),
+    option(
+        "--keepalive-idle",
+        type=Duration(),
+        default=None,
+        help="TCP_KEEPIDLE: idle time before the first probe (whole seconds).",
+    ),
+    option(
+        "--keepalive-interval",
+        type=Duration(),
+        default=None,
+        help="TCP_KEEPINTVL: time between probes (whole seconds).",
+    ),
+    option(
+        "--keepalive-count",
+        type=int,
+        default=None,
+        help="TCP_KEEPCNT: unanswered probes before giving up (1-127).",
+    ),
+)
+_SYN_RETRIES_OPTION = option(
+    "--syn-retries",
+    type=int,
+    default=None,
+    help="TCP_SYNCNT: SYN retransmissions before connect gives up (1-255).",
+)
+_RECVERR_OPTION = option(
+    "--recverr/--no-recverr",
+    type=BOOLEAN,
+    default=False,
+    help="IP_RECVERR: an ICMP unreachable ends the connection at once "
+    "instead of after the retransmissions.",
+)
+
+
+def tcp_options(*, connect: bool) -> Callable[[F], F]:
+    """The TCP socket options, given to the command as ``tcp: TcpOptions``.
+
+    ``connect`` adds those that only matter when connecting (TCP_SYNCNT)."""
+    declarations = [
+        *_TCP_OPTIONS,
+        *([_SYN_RETRIES_OPTION] if connect else []),
+        _RECVERR_OPTION,
+    ]
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def with_tcp_options(*args: Any, **kwargs: Any) -> Any:
+            from tcpecho.tcp.options import TcpOptions
+
+            given = {name: kwargs.pop(name, None) for name in _TCP_SETTINGS}
+            with settings_errors():
+                tcp = TcpOptions.from_durations(
+                    user_timeout_s=given["user_timeout"],
+                    keepalive=given["keepalive"],
+                    keepalive_idle_s=given["keepalive_idle"],
+                    keepalive_interval_s=given["keepalive_interval"],
+                    keepalive_count=given["keepalive_count"],
+                    syn_retries=given["syn_retries"],
+                    recverr=bool(given["recverr"]),
+                )
+            return command(*args, tcp=tcp, **kwargs)
+
+        return cast(F, _apply(declarations, with_tcp_options))
+
+    return decorate
+
+
+def deadline_options(command: F) -> F:
+    """The client's own deadlines, given to the command as ``deadlines: Deadlines``."""
+
+    @functools.wraps(command)
+    def with_deadlines(*args: Any, **kwargs: Any) -> Any:
+        from tcpecho.settings import Deadlines
+
+        with settings_errors():
+            deadlines = Deadlines(
+                connect_timeout_s=kwargs.pop("connect_timeout"),
+                read_timeout_s=kwargs.pop("read_timeout"),
+            )
+        return command(*args, deadlines=deadlines, **kwargs)
+
+    return cast(
+        F,
+        _apply(
+            [
+                option(
+                    "--connect-timeout",
+                    type=Duration(),
+                    default=None,
+                    help="Deadline for each connection attempt (default: the kernel's "
+                    "SYN retries).",
+                ),
+                option(
+                    "--read-timeout",
+                    type=Duration(),
+                    default=None,
+                    help="Deadline for each echo: the application-level bound, whatever the "
+                    "kernel does.",
+                ),
+            ],
+            with_deadlines,
+        ),
+    )
+
+
+def server_endpoint_options(*, default_host: str) -> Callable[[F], F]:
+    """--server HOST[:PORT] and --port, given to the command as ``server: str, port: int``.
+
+    ``--server`` takes what the logs print (``10.96.0.10:8000``, ``[::1]:8000``); a port in
+    it that disagrees with an explicit ``--port`` is a usage error."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def with_endpoint(*args: Any, **kwargs: Any) -> Any:
+            host, port_in_server = kwargs.pop("server")
+            port: int = kwargs.pop("port")
+            if port_in_server is not None:
+                ctx = click.get_current_context()
+                explicit = ctx.get_parameter_source("port") is not ParameterSource.DEFAULT
+                if explicit and port != port_in_server:
+                    raise click.BadParameter(
+                        f"{port} disagrees with the port in --server ({port_in_server})",
+                        ctx,
+                        next(p for p in ctx.command.params if p.name == "port"),
+                    )
+                port = port_in_server
+            return command(*args, server=host, port=port, **kwargs)
+
+        return cast(
+            F,
+            _apply(
+                [
+                    option(
+                        "--server",
+                        type=Endpoint(),
+                        default=default_host,
+                        help="Echo server: a host name or address, with :PORT if you like "
+                        "(10.96.0.10:8000, [::1]:8000).",
+                    ),
+                    option("--port", type=int, default=8000, help="Echo server's TCP port."),
+                ],
+                with_endpoint,
+            ),
+        )
+
+    return decorate

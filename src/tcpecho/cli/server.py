@@ -1,0 +1,78 @@
+"""``tcpecho server``: parse the options into a ``ServerConfig`` and run one process or many."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from tcpecho import logs, loops
+from tcpecho.cli.options import check_loop, runtime_options, settings_errors, tcp_options
+from tcpecho.cli.params import BOOLEAN, Duration, option
+
+if TYPE_CHECKING:
+    from tcpecho.tcp.options import TcpOptions
+
+EPILOG = (
+    "Every option can also be set in the environment as TCPECHO_SERVER_<OPTION>, "
+    "for example TCPECHO_SERVER_CATCH_SIGTERM=true."
+)
+
+
+@click.command(epilog=EPILOG)
+@option("--host", default="0.0.0.0", help="Address to listen on; '::' takes IPv6 and IPv4.")  # noqa: S104
+@option("--port", type=int, default=8000, help="TCP port (0: any free port).")
+@option(
+    "--catch-sigterm",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Ignore SIGTERM (logging each one), as the original reproduction's server does; "
+    "SIGINT still stops the server.",
+)
+@option(
+    "--shutdown-timeout",
+    type=Duration(),
+    default="10s",
+    help="On SIGTERM/SIGINT: time for echoes under way to finish before connections are cut.",
+)
+@option(
+    "--workers",
+    type=int,
+    default=1,
+    help="Server processes sharing the port (SO_REUSEPORT), for machines with cores to "
+    "spare; no gain on 2 cores.",
+)
+@tcp_options(connect=False)
+@runtime_options
+def server(
+    host: str,
+    port: int,
+    catch_sigterm: bool,
+    shutdown_timeout: float,
+    workers: int,
+    tcp: TcpOptions,
+    loop: loops.LoopName,
+    log_format: logs.LogFormat,
+    log_level: str,
+) -> None:
+    """Echo every byte back (RFC 862), with backpressure and graceful shutdown."""
+    check_loop(loop)
+    from tcpecho.server import server as one_process
+
+    with settings_errors():
+        config = one_process.ServerConfig(
+            host=host,
+            port=port,
+            tcp=tcp,
+            catch_sigterm=catch_sigterm,
+            shutdown_timeout_s=shutdown_timeout,
+            loop=loop,
+            workers=workers,
+        )
+    logs.configure(log_format, log_level)
+    if config.workers == 1:
+        raise SystemExit(one_process.run(config))
+    from tcpecho.server import supervisor
+
+    raise SystemExit(supervisor.run(config))

@@ -1,0 +1,443 @@
+"""EchoClient: the periodic request/verify loop, its deadlines and retries, and detection timing.
+
+The client sends a numbered request every ``interval``, reads back exactly the bytes it
+sent and compares them. Between requests it keeps watching the connection, so a failure
+on an idle connection (keepalive giving up, a FIN, a reset) is noticed when it happens
+rather than at the next request. Each failure is logged once, as ``connection_failed``,
+with the errno name and two clocks users compare across settings:
+
+- ``detection_s``: from sending the request that was never answered (or from starting
+  the connect) to the moment the failure surfaced; ``None`` when the connection was idle;
+- ``since_last_response_s``: from the last echo received to the failure.
+
+Both are measured with the monotonic clock around the exact send and the exact failure.
+``tcp_info`` adds the kernel's counters at that moment (retransmissions, backoff, RTO).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from tcpecho import events, loops
+from tcpecho.events import CONNECT_TIMEOUT, MISMATCH, READ_TIMEOUT, UNEXPECTED_DATA, Phase
+from tcpecho.logs import get_logger
+from tcpecho.process import forget_stop_signals, on_stop_signals
+from tcpecho.settings import Deadlines, SettingError, check_duration, check_range
+from tcpecho.tcp.connect import connect
+from tcpecho.tcp.info import TcpInfo, read_tcp_info
+from tcpecho.tcp.names import EOF, error_name, format_address
+from tcpecho.tcp.options import TcpOptions, read_effective
+
+FOREVER = -1  # --retries value that never gives up, like the original reproduction's client
+
+
+def encode_request(seq: int, message: str) -> bytes:
+    """The bytes sent for request ``seq``: ``"<seq> <message>\\n"``. Any RFC 862 server sends
+    them back unchanged, and the echo must match them exactly."""
+    return f"{seq} {message}\n".encode()
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    server: str = "server"
+    port: int = 8000
+    interval_s: float = 5.0
+    count: int = 0  # 0: forever
+    message: str = "ping"
+    tcp: TcpOptions = field(default_factory=TcpOptions)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    retries: int = 0  # reconnect attempts after a failure; FOREVER never gives up
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 30.0
+    loop: loops.LoopName = "auto"
+
+    def __post_init__(self) -> None:
+        check_range("port", self.port, 1, 65535)
+        check_duration("interval", self.interval_s)
+        check_range("count", self.count, 0)
+        check_range("retries", self.retries, FOREVER)
+        check_duration("retry_backoff", self.retry_backoff_s, minimum=0.001)
+        check_duration("retry_backoff_max", self.retry_backoff_max_s, minimum=0.001)
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise SettingError("retry_backoff_max", "must not be shorter than --retry-backoff")
+
+
+@dataclass
+class Summary:
+    sent: int = 0
+    received: int = 0
+    failures: int = 0
+    reconnects: int = 0
+    longest_detection_s: float | None = None
+
+
+class ConnectionFailedError(Exception):
+    """A failure of the connection or of the echo, named the way the logs name it."""
+
+    def __init__(
+        self,
+        name: str,
+        error: str,
+        *,
+        phase: Phase,
+        unanswered_since: float | None,
+        seq: int | None = None,
+        fatal: bool = False,
+    ) -> None:
+        super().__init__(f"{name}: {error}")
+        self.name = name
+        self.error = error
+        self.phase = phase
+        self.unanswered_since = unanswered_since
+        self.seq = seq
+        self.fatal = fatal  # retrying cannot help (the echo did not match)
+        self.detected_at = time.monotonic()
+
+
+@dataclass
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    # A duplicate descriptor of the same kernel socket: it outlives the event loop's own
+    # descriptor, so TCP_INFO can still be read after the loop has closed the connection.
+    kernel_view: socket.socket | None = None
+    echoed: int = 0
+
+    def last_tcp_info(self) -> TcpInfo | None:
+        """The kernel's counters for this connection, then release the duplicate."""
+        if self.kernel_view is None:
+            return None
+        try:
+            return read_tcp_info(self.kernel_view)
+        except OSError:
+            return None
+        finally:
+            self.release()
+
+    def rto_ms(self) -> float | None:
+        """The kernel's retransmission timeout now: what a lost request would wait first."""
+        if self.kernel_view is None:
+            return None
+        return read_tcp_info(self.kernel_view).rto_ms
+
+    def release(self) -> None:
+        if self.kernel_view is not None:
+            self.kernel_view.close()
+            self.kernel_view = None
+
+
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": a delay in [d/2, d], d = min(cap, base * 2^(n-1)).
+
+    Half the delay is fixed, so retries keep backing off; half is random, so many clients
+    that lost the same server do not come back in lockstep.
+    """
+    nominal = min(cap_s, base_s * 2.0 ** (attempt - 1))
+    return nominal / 2 + rng.uniform(0, nominal / 2)
+
+
+class EchoClient:
+    """Run the echo loop until ``count`` echoes, a failure beyond the retries, or a signal."""
+
+    def __init__(self, config: ClientConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.summary = Summary()
+        self.log = get_logger()
+        self._rng = rng or random.Random()
+        self._seq = 0
+        self._connection_number = 0
+        self._last_response_at: float | None = None
+        self._failure_outstanding = False
+        self._stopped_by: str | None = None
+
+    async def run(self) -> int:
+        """The exit status: 0 when the echoes were answered, 1 on a failure left standing."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        on_stop_signals(loop, lambda signum: self._on_signal(signum, task))
+        config = self.config
+        events.emit(
+            self.log,
+            events.ClientStarted(
+                server=config.server,
+                port=config.port,
+                interval_s=config.interval_s,
+                count=config.count,
+                retries=config.retries,
+                loop=type(loop).__module__.split(".")[0],
+            ),
+        )
+        try:
+            status = await self._run()
+        except asyncio.CancelledError:
+            if self._stopped_by is None:
+                raise
+            task.uncancel()
+            status = 1 if self._failure_outstanding else 0
+        finally:
+            forget_stop_signals(loop)
+            structlog.contextvars.unbind_contextvars("connection")
+        summary = self.summary
+        events.emit(
+            self.log,
+            events.Summary(
+                sent=summary.sent,
+                received=summary.received,
+                failures=summary.failures,
+                reconnects=summary.reconnects,
+                longest_detection_s=summary.longest_detection_s,
+                stopped_by=self._stopped_by,
+                exit_code=status,
+            ),
+        )
+        return status
+
+    def _on_signal(self, signum: int, task: asyncio.Task[int]) -> None:
+        self._stopped_by = signal.Signals(signum).name
+        events.emit(self.log, events.Stopping(signal=self._stopped_by))
+        task.cancel()
+
+    async def _run(self) -> int:
+        attempt = 0
+        while True:
+            connection: _Connection | None = None
+            try:
+                connection = await self._connect(attempt)
+                await self._exchange(connection)
+                await self._close(connection)
+                return 0
+            except ConnectionFailedError as failure:
+                tcp_info = None
+                if connection is not None:
+                    connection.writer.transport.abort()
+                    tcp_info = connection.last_tcp_info()
+                    if connection.echoed:
+                        attempt = 0  # the connection worked: count retries afresh
+                self._report(failure, tcp_info)
+                if failure.fatal:
+                    return 1
+                if self.config.retries != FOREVER and attempt >= self.config.retries:
+                    return 1
+                attempt += 1
+                await self._back_off(attempt)
+            except BaseException:
+                if connection is not None:
+                    connection.writer.transport.abort()
+                    connection.release()
+                raise
+
+    async def _back_off(self, attempt: int) -> None:
+        config = self.config
+        delay = backoff_delay(
+            attempt, config.retry_backoff_s, config.retry_backoff_max_s, self._rng
+        )
+        events.emit(
+            self.log,
+            events.Reconnecting(attempt=attempt, retries=config.retries, delay_s=round(delay, 6)),
+        )
+        self.summary.reconnects += 1
+        await asyncio.sleep(delay)
+
+    # -- connecting ----------------------------------------------------------------------
+
+    async def _connect(self, attempt: int) -> _Connection:
+        self._connection_number += 1
+        structlog.contextvars.bind_contextvars(connection=self._connection_number)
+        config = self.config
+        events.emit(
+            self.log, events.Connecting(server=config.server, port=config.port, attempt=attempt)
+        )
+        started = time.monotonic()
+        timeout = config.deadlines.connect_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                sock = await self._open_socket(started)
+        except TimeoutError:
+            raise ConnectionFailedError(
+                CONNECT_TIMEOUT,
+                f"no connection within {timeout}s",
+                phase="connect",
+                unanswered_since=started,
+            ) from None
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        connection_socket = writer.get_extra_info("socket")
+        kernel_view = socket.socket(fileno=os.dup(connection_socket.fileno()))
+        events.emit(
+            self.log,
+            events.Connected(
+                local=format_address(writer.get_extra_info("sockname")),
+                peer=format_address(writer.get_extra_info("peername")),
+                connect_s=round(time.monotonic() - started, 6),
+                options=read_effective(connection_socket),
+            ),
+        )
+        return _Connection(reader, writer, kernel_view)
+
+    async def _open_socket(self, started: float) -> socket.socket:
+        """A connected socket, options applied before connect; failures as ConnectionFailedError."""
+        try:
+            return await connect(self.config.server, self.config.port, self.config.tcp)
+        except socket.gaierror as error:
+            # Nothing was waiting for an answer: no detection time (it is not a vanished peer).
+            raise ConnectionFailedError(
+                error_name(error), str(error), phase="resolve", unanswered_since=None
+            ) from None
+        except OSError as error:
+            raise ConnectionFailedError(
+                error_name(error), str(error), phase="connect", unanswered_since=started
+            ) from None
+
+    async def _close(self, connection: _Connection) -> None:
+        connection.release()
+        connection.writer.close()
+        with contextlib.suppress(OSError):
+            # The echoes are all in; how the peer takes the close does not matter.
+            await connection.writer.wait_closed()
+
+    # -- exchanging ----------------------------------------------------------------------
+
+    async def _exchange(self, connection: _Connection) -> None:
+        count = self.config.count
+        while count == 0 or self.summary.received < count:
+            self._seq += 1
+            seq = self._seq
+            request = encode_request(seq, self.config.message)
+            sent_at = time.monotonic()
+            connection.writer.write(request)
+            self.summary.sent += 1
+            events.emit(self.log, events.RequestSent(seq=seq, bytes=len(request)))
+            echo = await self._await_echo(connection, len(request), seq, sent_at)
+            received_at = time.monotonic()
+            if echo != request:
+                raise ConnectionFailedError(
+                    MISMATCH,
+                    f"sent {request!r}, got back {echo!r}",
+                    phase="request",
+                    unanswered_since=sent_at,
+                    seq=seq,
+                    fatal=True,
+                )
+            self.summary.received += 1
+            connection.echoed += 1
+            self._last_response_at = received_at
+            self._failure_outstanding = False
+            events.emit(
+                self.log,
+                events.ResponseReceived(
+                    seq=seq,
+                    rtt_ms=round((received_at - sent_at) * 1000, 3),
+                    rto_ms=connection.rto_ms(),
+                ),
+            )
+            if count and self.summary.received >= count:
+                return
+            await self._idle(connection, self.config.interval_s)
+
+    async def _await_echo(
+        self, connection: _Connection, size: int, seq: int, sent_at: float
+    ) -> bytes:
+        timeout = self.config.deadlines.read_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._read_echo(connection, size, seq, sent_at)
+        except TimeoutError:
+            raise ConnectionFailedError(
+                READ_TIMEOUT,
+                f"no echo within {timeout}s",
+                phase="request",
+                unanswered_since=sent_at,
+                seq=seq,
+            ) from None
+
+    async def _read_echo(
+        self, connection: _Connection, size: int, seq: int, sent_at: float
+    ) -> bytes:
+        try:
+            await connection.writer.drain()
+            return await connection.reader.readexactly(size)
+        except (OSError, asyncio.IncompleteReadError) as error:
+            raise ConnectionFailedError(
+                error_name(error),
+                str(error) or "connection closed by peer",
+                phase="request",
+                unanswered_since=sent_at,
+                seq=seq,
+            ) from None
+
+    async def _idle(self, connection: _Connection, seconds: float) -> None:
+        """Wait ``seconds`` while watching the idle connection for a close or an error."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._watch_idle(connection)
+        except TimeoutError:
+            return  # the interval passed and the connection is still up
+
+    async def _watch_idle(self, connection: _Connection) -> None:
+        try:
+            unexpected = await connection.reader.read(1)
+        except OSError as error:
+            raise ConnectionFailedError(
+                error_name(error), str(error), phase="idle", unanswered_since=None
+            ) from None
+        if not unexpected:
+            raise ConnectionFailedError(
+                EOF, "connection closed by peer", phase="idle", unanswered_since=None
+            )
+        raise ConnectionFailedError(
+            UNEXPECTED_DATA,
+            f"the server sent {unexpected!r} that no request asked for",
+            phase="idle",
+            unanswered_since=None,
+            fatal=True,
+        )
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _report(self, failure: ConnectionFailedError, tcp_info: TcpInfo | None) -> None:
+        self.summary.failures += 1
+        self._failure_outstanding = True
+        detection_s = None
+        if failure.unanswered_since is not None:
+            detection_s = round(failure.detected_at - failure.unanswered_since, 6)
+            longest = self.summary.longest_detection_s
+            self.summary.longest_detection_s = (
+                detection_s if longest is None else max(longest, detection_s)
+            )
+        since_last_response_s = None
+        if self._last_response_at is not None:
+            since_last_response_s = round(failure.detected_at - self._last_response_at, 6)
+        events.emit(
+            self.log,
+            events.ConnectionFailed(
+                phase=failure.phase,
+                errno=failure.name,
+                error=failure.error,
+                seq=failure.seq,
+                detection_s=detection_s,
+                since_last_response_s=since_last_response_s,
+                tcp_info=tcp_info,
+            ),
+        )
+
+
+def run(config: ClientConfig) -> int:
+    """Run the client on the configured loop; the exit status."""
+
+    async def main() -> int:
+        return await EchoClient(config).run()
+
+    return loops.run(main(), config.loop)

@@ -1,0 +1,317 @@
+"""The kernel model: when Linux gives up on a peer that failed, for given sysctls and options.
+
+Everything here is arithmetic on the kernel's rules, checked against measurements on this
+project's machines (``docs/kernel-facts.md``); the lab and the cluster run print it next
+to what they measure. It takes the client's settings as they are (``TcpOptions`` and its
+``Deadlines``) and the network namespace's sysctls (``KernelSettings``).
+
+The rules, for a small request that is never acknowledged (an *active* connection):
+
+- a tail-loss probe goes out after about 200 ms, the first RTO retransmission after
+  another RTO (``max(TCP_RTO_MIN, srtt + 4 rttvar)``, about 204 ms on a fast link); that
+  first retransmission starts the give-up clock;
+- each expiry doubles the RTO, up to ``tcp_rto_max_ms`` (120 s, per namespace from 6.15);
+- ``tcp_retries2`` becomes a time budget: the sum of an RTO series that starts at
+  TCP_RTO_MIN and has ``tcp_retries2 + 1`` terms (924.6 s for 15). The kernel gives up at
+  the first expiry at or after the budget; with TCP_USER_TIMEOUT set, the budget is the
+  user timeout instead and the timer is clamped to end exactly there;
+- keepalive sends nothing while data is unacknowledged.
+
+For an *idle* connection only keepalive can notice anything: the first probe goes out
+after the idle time, then one per interval; the kernel gives up after ``count`` unanswered
+probes, or, with TCP_USER_TIMEOUT set, at the first probe time past it.
+
+Kernel timers fire a few percent late (timer-wheel granularity), so predictions are
+ranges. Each states which clock it runs on: from the unanswered request, from the last
+data received, or from the fault itself (a FIN or RST arrives at once).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from tcpecho.settings import Deadlines
+from tcpecho.tcp.options import TcpOptions
+
+TCP_RTO_MIN_S = 0.2  # the RTO floor, and the unit of tcp_retries2's budget
+TLP_S = (0.19, 0.21)  # tail-loss probe for a lone segment: 2 srtt + 200 ms delayed-ACK allowance
+# The first RTO: srtt + 4 rttvar, at least TCP_RTO_MIN, rounded up to whole jiffies: 204 ms
+# on this project's machines (HZ=250), a little more on slower links. The exact value
+# matters: the budget is a sum of 200 ms steps, so an RTO of exactly 200 ms would reach it
+# one (doubled) step later. Callers that know the connection's RTO pass it instead.
+FIRST_RTO_S = (0.204, 0.212)
+TIMER_SLACK = (1.0, 1.06)  # how late the kernel's timers fire, as a factor
+APP_TIMER_S = (-0.015, 0.05)  # the client's own deadlines: event-loop timers, ms resolution
+# The client is a process: on a loaded machine it sees an error a little after the kernel
+# raised it. Added to the late end of every kernel-driven range.
+SCHEDULING_S = 0.3
+FAST_S = 1.0  # a FIN, RST or hard ICMP error is noticed within this
+
+
+class Failure(StrEnum):
+    """What the peer's failure looks like from the client."""
+
+    SILENT = "silent"  # nothing comes back: a black-holed route, a dropped node
+    UNREACHABLE = "unreachable"  # a router answers with ICMP destination unreachable
+    CLOSED = "closed"  # the peer's kernel sends FIN or RST (process killed, network intact)
+
+
+class Activity(StrEnum):
+    ACTIVE = "active"  # a request is sent and waits for its echo
+    IDLE = "idle"  # nothing is sent: only keepalive can notice
+
+
+class Mechanism(StrEnum):
+    """What ends the wait: the one thing a verdict depends on."""
+
+    TCP_RETRIES2 = "tcp_retries2"  # only the kernel's retransmission budget: the hang
+    USER_TIMEOUT = "user_timeout"
+    READ_TIMEOUT = "read_timeout"  # the client's own deadline
+    RECVERR = "recverr"  # an ICMP error taken as a hard error
+    KEEPALIVE = "keepalive"
+    KEEPALIVE_USER_TIMEOUT = "keepalive_user_timeout"
+    PEER_CLOSED = "peer_closed"
+    NOTHING = "nothing"
+
+    @property
+    def description(self) -> str:
+        return _MECHANISM_DESCRIPTIONS[self]
+
+
+_MECHANISM_DESCRIPTIONS = {
+    Mechanism.TCP_RETRIES2: "the kernel's retransmission budget (tcp_retries2)",
+    Mechanism.USER_TIMEOUT: "TCP_USER_TIMEOUT",
+    Mechanism.READ_TIMEOUT: "--read-timeout (the client's deadline)",
+    Mechanism.RECVERR: "IP_RECVERR (ICMP as a hard error)",
+    Mechanism.KEEPALIVE: "keepalive",
+    Mechanism.KEEPALIVE_USER_TIMEOUT: "keepalive, ended by TCP_USER_TIMEOUT",
+    Mechanism.PEER_CLOSED: "FIN/RST from the peer",
+    Mechanism.NOTHING: "nothing (no keepalive on an idle connection)",
+}
+
+
+Clock = Literal["request", "last-data", "fault"]
+
+
+@dataclass(frozen=True)
+class KernelSettings:
+    """The per-namespace sysctls that decide the timers (kernel defaults by default)."""
+
+    tcp_retries2: int = 15
+    tcp_rto_max_s: float = 120.0
+    tcp_keepalive_time_s: int = 7200
+    tcp_keepalive_intvl_s: int = 75
+    tcp_keepalive_probes: int = 9
+
+    @classmethod
+    def read(cls, read_sysctl: Callable[[str], int | None]) -> KernelSettings:
+        """From sysctls; ``read_sysctl`` returns None for one this kernel lacks."""
+        defaults = cls()
+
+        def value(key: str, default: int) -> int:
+            found = read_sysctl(key)
+            return default if found is None else found
+
+        rto_max_ms = value("net.ipv4.tcp_rto_max_ms", round(defaults.tcp_rto_max_s * 1000))
+        return cls(
+            tcp_retries2=value("net.ipv4.tcp_retries2", defaults.tcp_retries2),
+            tcp_rto_max_s=rto_max_ms / 1000,
+            tcp_keepalive_time_s=value(
+                "net.ipv4.tcp_keepalive_time", defaults.tcp_keepalive_time_s
+            ),
+            tcp_keepalive_intvl_s=value(
+                "net.ipv4.tcp_keepalive_intvl", defaults.tcp_keepalive_intvl_s
+            ),
+            tcp_keepalive_probes=value(
+                "net.ipv4.tcp_keepalive_probes", defaults.tcp_keepalive_probes
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """When the failure is detected: a range of seconds on a stated clock, or never."""
+
+    low_s: float
+    high_s: float
+    clock: Clock
+    mechanism: Mechanism
+    errnos: tuple[str, ...]
+
+    @property
+    def never(self) -> bool:
+        return math.isinf(self.low_s)
+
+    def contains(self, seconds: float | None) -> bool:
+        """Whether a measurement fits; ``None`` (not detected) fits only "never"."""
+        if seconds is None:
+            return self.never
+        return self.low_s <= seconds <= self.high_s
+
+    def describe(self) -> str:
+        if self.never:
+            return "never"
+        if self.high_s <= FAST_S and self.low_s == 0:
+            return f"< {self.high_s:g} s"
+        return f"{_seconds(self.low_s)}-{_seconds(self.high_s)} s"
+
+
+NEVER = math.inf
+
+
+def retries2_budget(kernel: KernelSettings) -> float:
+    """The give-up budget ``tcp_retries2`` stands for (the kernel's tcp_model_timeout)."""
+    rto, total = TCP_RTO_MIN_S, 0.0
+    for _ in range(kernel.tcp_retries2 + 1):
+        total += rto
+        rto = min(rto * 2, kernel.tcp_rto_max_s)
+    return total
+
+
+def retransmission_expiries(
+    kernel: KernelSettings, first_rto_s: float, tlp_s: float, slack: float
+) -> Iterator[float]:
+    """Times (from the unanswered send) at which the retransmission timer fires, forever."""
+    t = tlp_s + first_rto_s * slack
+    yield t
+    rto = first_rto_s
+    while True:
+        rto = min(rto * 2, kernel.tcp_rto_max_s)
+        t += rto * slack
+        yield t
+
+
+def give_up_after_send(
+    kernel: KernelSettings, first_rto_s: float, tlp_s: float, slack: float
+) -> tuple[float, float]:
+    """(give-up time, the RTO step that ended there) for tcp_retries2 alone."""
+    budget = retries2_budget(kernel)
+    expiries = retransmission_expiries(kernel, first_rto_s, tlp_s, slack)
+    start = previous = next(expiries)
+    for t in expiries:
+        if t - start >= budget - 1e-9:
+            return t, t - previous
+        previous = t
+    raise AssertionError("unreachable: the expiries never end")  # pragma: no cover
+
+
+def predict(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    failure: Failure,
+    activity: Activity,
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+    first_rto_s: float | None = None,
+) -> Prediction:
+    """When and how a client with ``tcp`` and ``deadlines`` detects ``failure`` while
+    ``activity``.
+
+    ``first_rto_s`` is the connection's RTO before the failure (TCP_INFO's ``rto``), when
+    known; otherwise the range this project measured is assumed.
+    """
+    if failure is Failure.CLOSED:
+        return Prediction(0.0, FAST_S, "fault", Mechanism.PEER_CLOSED, ("EOF", "ECONNRESET"))
+    if activity is Activity.IDLE:
+        return _idle(kernel, tcp)
+    rto_range = FIRST_RTO_S if first_rto_s is None else (first_rto_s, first_rto_s)
+    by_kernel = _unacknowledged(kernel, tcp, failure, rto_range)
+    deadline = deadlines.read_timeout_s
+    if deadline is not None and deadline + APP_TIMER_S[1] < by_kernel.low_s:
+        return Prediction(
+            deadline + APP_TIMER_S[0],
+            deadline + APP_TIMER_S[1],
+            "request",
+            Mechanism.READ_TIMEOUT,
+            ("READ_TIMEOUT",),
+        )
+    return by_kernel
+
+
+def _unacknowledged(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    failure: Failure,
+    rto_range: tuple[float, float],
+) -> Prediction:
+    errnos = ("ETIMEDOUT",) if failure is Failure.SILENT else ("ENETUNREACH", "EHOSTUNREACH")
+    if failure is Failure.UNREACHABLE and tcp.recverr:
+        # A hard error at the first ICMP that finds the socket free: the one answering the
+        # original send arrives while the sender still holds the socket, so it is usually
+        # the tail-loss probe's, ~0.2 s later.
+        return Prediction(0.0, 0.5, "request", Mechanism.RECVERR, errnos)
+    lead_low = TLP_S[0] + rto_range[0]
+    lead_high = (TLP_S[1] + rto_range[1]) * TIMER_SLACK[1]
+    grid = [
+        give_up_after_send(kernel, rto, tlp, slack)
+        for rto in _steps(*rto_range, count=5)
+        for tlp in TLP_S
+        for slack in _steps(*TIMER_SLACK, count=13)
+    ]
+    if tcp.user_timeout_s > 0:
+        limit = tcp.user_timeout_s
+        low, high = lead_low + limit, lead_high + limit * TIMER_SLACK[1] + SCHEDULING_S
+        mechanism = Mechanism.USER_TIMEOUT
+        step = _step_at(kernel, rto_range[1], lead_high + limit)
+    else:
+        low = min(t for t, _ in grid)
+        high = max(t for t, _ in grid) + SCHEDULING_S
+        mechanism = Mechanism.TCP_RETRIES2
+        step = max(s for _, s in grid)
+    if failure is Failure.UNREACHABLE:
+        # Each ICMP error reverts one RTO backoff (RFC 6069) and re-arms the timer without
+        # the user-timeout clamp; the node rate-limits its ICMP. The give-up still comes at
+        # the first expiry past the budget, but that expiry can be a backed-off step later.
+        high += 2 * step * TIMER_SLACK[1]
+    return Prediction(low, high, "request", mechanism, errnos)
+
+
+def _idle(kernel: KernelSettings, tcp: TcpOptions) -> Prediction:
+    if not tcp.keepalive_enabled:
+        return Prediction(NEVER, NEVER, "last-data", Mechanism.NOTHING, ())
+    idle = tcp.keepalive_idle_s or kernel.tcp_keepalive_time_s
+    interval = tcp.keepalive_interval_s or kernel.tcp_keepalive_intvl_s
+    count = tcp.keepalive_count or kernel.tcp_keepalive_probes
+    if tcp.user_timeout_s > 0:
+        # Probing then stops at the first probe time past the user timeout (KEEPCNT unused).
+        probes = max(1, math.ceil((tcp.user_timeout_s - idle) / interval))
+        mechanism = Mechanism.KEEPALIVE_USER_TIMEOUT
+    else:
+        probes = count
+        mechanism = Mechanism.KEEPALIVE
+    nominal = idle + probes * interval
+    # ICMP errors for keepalive probes are ignored (the probe is out of the window), so an
+    # unreachable peer times out like a silent one.
+    return Prediction(
+        nominal,
+        nominal * TIMER_SLACK[1] + SCHEDULING_S,
+        "last-data",
+        mechanism,
+        ("ETIMEDOUT",),
+    )
+
+
+def _step_at(kernel: KernelSettings, first_rto_s: float, seconds: float) -> float:
+    """The RTO step under way ``seconds`` after the send (for the latest timers)."""
+    expiries = retransmission_expiries(kernel, first_rto_s, TLP_S[1], TIMER_SLACK[1])
+    previous = 0.0
+    for t in expiries:
+        if t >= seconds:
+            return t - previous
+        previous = t
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _steps(low: float, high: float, count: int) -> list[float]:
+    if low == high:
+        return [low]
+    return [low + (high - low) * i / (count - 1) for i in range(count)]
+
+
+def _seconds(value: float) -> str:
+    if value < 10:
+        return f"{value:.2f}"
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"

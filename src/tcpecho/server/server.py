@@ -1,0 +1,278 @@
+"""EchoServer: the listening sockets, signal handling and graceful shutdown of the echo server.
+
+The per-connection hot path lives in ``protocol.EchoProtocol``; this module binds the
+sockets (with the TCP options applied, so accepted connections inherit them), tracks open
+connections for the logs, and turns SIGTERM/SIGINT into a shutdown that stops accepting,
+lets the echoes under way finish, and exits 0 within the shutdown timeout. The handlers are
+installed explicitly, which is also what makes the signals work when the server is PID 1 of
+a container (the kernel drops default-action signals sent to PID 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcpecho import events, loops
+from tcpecho.logs import get_logger
+from tcpecho.process import forget_stop_signals, on_stop_signals, raise_open_file_limit
+from tcpecho.server.protocol import EchoProtocol
+from tcpecho.settings import check_duration, check_range
+from tcpecho.tcp.names import error_name, format_address
+from tcpecho.tcp.options import TcpOptions, read_effective
+
+MAX_WORKERS = 256
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"  # noqa: S104 - an echo server in a pod listens on every address
+    port: int = 8000  # 0: any free port
+    tcp: TcpOptions = field(default_factory=TcpOptions)
+    catch_sigterm: bool = False
+    shutdown_timeout_s: float = 10.0
+    backlog: int = 1024
+    loop: loops.LoopName = "auto"
+    # Processes sharing the port through SO_REUSEPORT (server.supervisor); 1 = this one.
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        check_range("port", self.port, 0, 65535)
+        check_duration("shutdown_timeout", self.shutdown_timeout_s)
+        check_range("backlog", self.backlog, 1)
+        check_range("workers", self.workers, 1, MAX_WORKERS)
+
+
+@dataclass(slots=True)  # one per open connection: slots keep 10,000 of them small
+class _ConnectionInfo:
+    peer: str
+    opened_at: float
+
+
+class EchoServer:
+    """Serve until a stop signal, then shut down gracefully."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        sockets: list[socket.socket] | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """``sockets``: listening sockets bound already (a worker's); ``worker``: its number."""
+        self.config = config
+        self.log = get_logger() if worker is None else get_logger(worker=worker)
+        self._bound = sockets
+        self.connections: dict[EchoProtocol, _ConnectionInfo] = {}
+        self.addresses: list[str] = []
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+        self._aborted = 0  # connections cut by a second signal or the shutdown timeout
+
+    # -- sockets -----------------------------------------------------------------------
+
+    def bind(self) -> list[socket.socket]:
+        """Listening sockets for the configured host, options applied before listen."""
+        host, port = self.config.host, self.config.port
+        if host == "::" and socket.has_dualstack_ipv6():
+            # Like Go's net.Listen on "[::]": one socket for both IPv6 and IPv4 clients.
+            return [self._listen(socket.AF_INET6, ("::", port), dual_stack=True)]
+        sockets: list[socket.socket] = []
+        seen: set[tuple[int, str]] = set()
+        try:
+            for family, _, _, _, sockaddr in socket.getaddrinfo(
+                host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+            ):
+                key = (family, str(sockaddr[0]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                sockets.append(self._listen(family, sockaddr, dual_stack=False))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def bind_again(self, sockets: list[socket.socket]) -> list[socket.socket]:
+        """New listening sockets on exactly the addresses of ``sockets`` (SO_REUSEPORT)."""
+        again: list[socket.socket] = []
+        try:
+            for sock in sockets:
+                dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
+                    socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
+                )
+                again.append(self._listen(sock.family, sock.getsockname(), dual_stack=dual_stack))
+        except BaseException:
+            for sock in again:
+                sock.close()
+            raise
+        return again
+
+    def _listen(self, family: int, sockaddr: Any, *, dual_stack: bool) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.config.workers > 1:
+                # Each worker listens on a socket of its own and the kernel spreads new
+                # connections between them.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not dual_stack))
+            self.config.tcp.without_connect_options().apply(sock)
+            sock.bind(sockaddr)
+            sock.listen(self.config.backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # -- connection registry (called by EchoProtocol) ------------------------------------
+
+    def opened(self, connection: EchoProtocol) -> None:
+        transport = connection.transport
+        peer = format_address(transport.get_extra_info("peername"))
+        self.connections[connection] = _ConnectionInfo(peer=peer, opened_at=time.monotonic())
+        self._all_closed.clear()
+        sock = transport.get_extra_info("socket")
+        events.emit(
+            self.log,
+            events.ConnectionAccepted(
+                peer=peer,
+                local=format_address(transport.get_extra_info("sockname")),
+                options=read_effective(sock) if sock is not None else None,
+                connections=len(self.connections),
+            ),
+        )
+
+    def closed(self, connection: EchoProtocol, error: Exception | None) -> None:
+        info = self.connections.pop(connection, None)
+        if not self.connections:
+            self._all_closed.set()
+        if info is None:
+            return
+        events.emit(
+            self.log,
+            events.ConnectionClosed(
+                peer=info.peer,
+                bytes_echoed=connection.bytes_echoed,
+                duration_s=round(time.monotonic() - info.opened_at, 6),
+                error=error_name(error) if error is not None else None,
+                connections=len(self.connections),
+            ),
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def serve(self) -> int:
+        """Serve until stopped; the process exit status."""
+        loop = asyncio.get_running_loop()
+        try:
+            sockets = self._bound if self._bound is not None else self.bind()
+        except OSError as error:
+            events.emit(self.log, failed_to_bind(self.config, error))
+            return 1
+        for sock in sockets:
+            # The backlog again: the loop listens anew on a socket it is given, with its own
+            # default (100) unless told.
+            server = await loop.create_server(
+                lambda: EchoProtocol(self), sock=sock, backlog=self.config.backlog
+            )
+            self._servers.append(server)
+            self.addresses.append(format_address(sock.getsockname()))
+        on_stop_signals(loop, self._on_signal)
+        events.emit(
+            self.log,
+            events.ServerStarted(
+                addresses=self.addresses,
+                pid=os.getpid(),
+                max_open_files=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                backlog=self.config.backlog,
+                loop=type(loop).__module__.split(".")[0],
+                catch_sigterm=self.config.catch_sigterm,
+                options=read_effective(sockets[0]),
+            ),
+        )
+        self.started.set()
+        await self._stop.wait()
+        await self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM and SIGINT do)."""
+        self._stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGTERM and self.config.catch_sigterm:
+            events.emit(self.log, events.SignalIgnored(signal=name, reason="--catch-sigterm"))
+            return
+        if self._stop.is_set():
+            events.emit(
+                self.log, events.ShutdownForced(signal=name, connections=len(self.connections))
+            )
+            self._abort_all()
+            return
+        events.emit(
+            self.log, events.ShutdownStarted(signal=name, connections=len(self.connections))
+        )
+        self._stop.set()
+
+    def _abort_all(self) -> None:
+        self._aborted += len(self.connections)
+        for connection in list(self.connections):
+            connection.transport.abort()
+
+    async def _shutdown(self) -> None:
+        started = time.monotonic()
+        for server in self._servers:
+            server.close()
+        for connection in list(self.connections):
+            connection.drain_and_close()
+        if self.connections:
+            try:
+                async with asyncio.timeout(self.config.shutdown_timeout_s):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                self._abort_all()
+                # abort() reports connection_lost on the next loop iteration.
+                await asyncio.sleep(0)
+        events.emit(
+            self.log,
+            events.ServerStopped(
+                duration_s=round(time.monotonic() - started, 6),
+                aborted_connections=self._aborted,
+            ),
+        )
+
+
+def failed_to_bind(config: ServerConfig, error: OSError) -> events.ServerFailed:
+    return events.ServerFailed(
+        host=config.host, port=config.port, errno=error_name(error), error=str(error)
+    )
+
+
+def run(config: ServerConfig) -> int:
+    """Run one server process on the configured loop until it stops; the exit status."""
+    raise_open_file_limit()
+    return loops.run(serve_process(EchoServer(config)), config.loop)
+
+
+async def serve_process(server: EchoServer) -> int:
+    """Serve as the owner of the process, which exits right after.
+
+    Once the server has stopped, stop signals are ignored: until then the loop's handlers
+    take a second signal as "cut the connections now"; after, a late SIGTERM would kill the
+    exiting process (status 143, not 0) and a late SIGINT would end it in a traceback.
+    """
+    status = await server.serve()
+    forget_stop_signals(asyncio.get_running_loop(), ignore=True)
+    return status

@@ -1,0 +1,81 @@
+"""How settings are validated, and the client's own deadlines.
+
+Every setting is checked where it is defined, in the typed value that holds it
+(``TcpOptions``, ``Deadlines``, the commands' configs), not in the command line's parameter
+types, which only parse: a value built in code, in the lab or from a manifest is refused
+the same way as one typed by a user. A refusal is a ``SettingError`` that names the setting
+(``user_timeout``, ``interval``), so the command line can point at the option, or the
+environment variable, that gave it.
+
+``Deadlines`` are the client's application-level bounds. They sit here, beside the checks,
+because the kernel model needs them as much as the client does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpecho.durations import format_duration
+
+_UNIT_NAMES = {0.000001: "microseconds", 0.001: "milliseconds", 1.0: "seconds"}
+
+
+class SettingError(ValueError):
+    """A setting with a value it cannot take; ``setting`` names it (``user_timeout``)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+def check_range(setting: str, value: int | None, low: int, high: int | None = None) -> None:
+    """A whole number within [low, high]."""
+    if value is None:
+        return
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise SettingError(setting, f"must be {bounds}, not {value}")
+
+
+def check_duration(
+    setting: str,
+    seconds: float | None,
+    *,
+    minimum: float = 0.0,
+    maximum: float | None = None,
+    step: float = 0.000001,
+) -> None:
+    """A duration within [minimum, maximum] and a whole number of ``step`` (1e-6, 1e-3 or 1)."""
+    if seconds is None:
+        return
+    shown = format_duration(seconds)
+    if seconds < 0:
+        raise SettingError(setting, f"{shown} is negative: a duration must be 0 or more")
+    steps = round(seconds * 1_000_000) / round(step * 1_000_000)
+    if steps != int(steps):
+        raise SettingError(setting, f"{shown} must be a whole number of {_UNIT_NAMES[step]}")
+    if seconds < minimum:
+        raise SettingError(setting, f"{shown} is below the minimum of {format_duration(minimum)}")
+    if maximum is not None and seconds > maximum:
+        raise SettingError(setting, f"{shown} is above the maximum of {format_duration(maximum)}")
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """The client's own bounds, whatever the kernel does; ``None`` sets none."""
+
+    connect_timeout_s: float | None = None  # each connection attempt
+    read_timeout_s: float | None = None  # each echo, from its send
+
+    def __post_init__(self) -> None:
+        check_duration("connect_timeout", self.connect_timeout_s, minimum=0.001)
+        check_duration("read_timeout", self.read_timeout_s, minimum=0.001)
+
+    def as_flags(self) -> tuple[str, ...]:
+        """The ``tcpecho client`` flags that give these deadlines."""
+        flags: list[str] = []
+        if self.connect_timeout_s is not None:
+            flags += ["--connect-timeout", format_duration(self.connect_timeout_s)]
+        if self.read_timeout_s is not None:
+            flags += ["--read-timeout", format_duration(self.read_timeout_s)]
+        return tuple(flags)

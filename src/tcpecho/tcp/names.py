@@ -1,0 +1,71 @@
+"""Names for what TCP reports: failures by errno name, socket addresses as ``host:port``.
+
+Users compare runs by these names (ETIMEDOUT after a silent peer, ECONNRESET or EOF after
+a crash, ENETUNREACH with IP_RECVERR, EAI_NONAME for a name that does not resolve), so
+server, client and lab all name them here. Addresses are printed as ``10.96.0.10:8000``
+or ``[::1]:8000`` and read back in the same forms, so a user can paste what a log shows.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+EOF = "EOF"
+
+_GAI_NAMES = {
+    getattr(socket, name): name
+    for name in dir(socket)
+    if name.startswith("EAI_") and isinstance(getattr(socket, name), int)
+}
+
+
+def error_name(error: BaseException) -> str:
+    """ETIMEDOUT, ECONNRESET, EAI_NONAME, EOF, ...: the name users look for."""
+    if isinstance(error, EOFError):  # asyncio.IncompleteReadError is one
+        return EOF
+    if isinstance(error, socket.gaierror):
+        return _GAI_NAMES.get(error.errno, f"EAI_{error.errno}")
+    if isinstance(error, OSError) and error.errno is not None:
+        return errno.errorcode.get(error.errno, f"errno {error.errno}")
+    return type(error).__name__
+
+
+def format_address(sockaddr: Any) -> str:
+    """``10.96.0.10:8000`` or ``[::1]:8000`` from a socket address tuple."""
+    if not isinstance(sockaddr, tuple) or len(sockaddr) < 2:
+        return str(sockaddr)
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def parse_endpoint(text: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` as (host, port or None).
+
+    The forms the logs print (``format_address``) read back; a bare IPv6 address (``::1``)
+    is a host without a port. ``ValueError`` says what is wrong."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host:
+            raise ValueError(f"{text!r}: an IPv6 address in brackets needs its closing ']'")
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise ValueError(f"{text!r}: after ']' comes ':PORT' or nothing")
+        return host, _port(text, rest[1:])
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        if not host:
+            raise ValueError(f"{text!r}: the host is missing before ':'")
+        return host, _port(text, port)
+    if not text:
+        raise ValueError("the host is empty")
+    return text, None
+
+
+def _port(text: str, port: str) -> int:
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+    return int(port)

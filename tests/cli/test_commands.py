@@ -1,0 +1,220 @@
+"""The command line: bad input ends in one clear usage error (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tcpecho.tcp.names import format_address
+from tests.support import free_port, tcpecho_executable
+
+BAD_INPUT = [
+    # (arguments, environment, words the error must contain)
+    (["client", "--user-timeout", "30"], {}, "not a duration"),
+    (["client", "--user-timeout", "-1s"], {}, "negative"),
+    (["client", "--user-timeout", "abc"], {}, "not a duration"),
+    (["client", "--user-timeout", "2147484s"], {}, "above the maximum"),
+    (["client", "--user-timeout", "1500us"], {}, "whole number of milliseconds"),
+    (["client", "--interval", "5"], {}, "not a duration"),
+    (["client", "--keepalive-idle", "500ms"], {}, "whole number of seconds"),
+    (["client", "--keepalive-idle", "1.5s"], {}, "whole number of seconds"),
+    (["client", "--keepalive-idle", "32768s"], {}, "above the maximum"),
+    (["client", "--keepalive-interval", "0s"], {}, "below the minimum"),
+    (["client", "--keepalive-count", "0"], {}, "--keepalive-count"),
+    (["client", "--keepalive-count", "128"], {}, "--keepalive-count"),
+    (["client", "--no-keepalive", "--keepalive-idle", "5s"], {}, "need keepalive"),
+    (["client", "--syn-retries", "0"], {}, "--syn-retries"),
+    (["client", "--syn-retries", "256"], {}, "--syn-retries"),
+    (["client", "--port", "0"], {}, "--port"),
+    (["client", "--port", "65536"], {}, "--port"),
+    (["client", "--count", "-1"], {}, "--count"),
+    (["client", "--retries", "-2"], {}, "--retries"),
+    (["client", "--read-timeout", "0s"], {}, "below the minimum"),
+    (["client", "--connect-timeout", "10"], {}, "not a duration"),
+    (["client", "--retry-backoff", "5s", "--retry-backoff-max", "1s"], {}, "--retry-backoff-max"),
+    (["client", "--loop", "tokio"], {}, "--loop"),
+    (["client", "--log-format", "xml"], {}, "--log-format"),
+    (["client", "--log-level", "loud"], {}, "--log-level"),
+    (["client"], {"TCPECHO_CLIENT_USER_TIMEOUT": "30"}, "not a duration"),
+    (["client"], {"TCPECHO_CLIENT_COUNT": "many"}, "TCPECHO_CLIENT_COUNT"),
+    (["client"], {"TCPECHO_CLIENT_PORT": "abc"}, "TCPECHO_CLIENT_PORT"),
+    (["client"], {"TCPECHO_CLIENT_KEEPALIVE": "maybe"}, "'maybe' is not true or false"),
+    (["client", "--server", "[::1"], {}, "closing ']'"),
+    (["client", "--server", "server:http"], {}, "the port must be a number"),
+    (["client", "--server", "127.0.0.1:8000", "--port", "9000"], {}, "disagrees"),
+    (["server", "--port", "70000"], {}, "--port"),
+    (["server", "--shutdown-timeout", "-5s"], {}, "negative"),
+    (["server", "--keepalive-count", "200"], {}, "--keepalive-count"),
+    (["server", "--syn-retries", "3"], {}, "No such option"),
+    (["serve"], {}, "No such command"),
+    (["bench", "--server", "127.0.0.1:8000", "--port", "9000"], {}, "disagrees"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    BAD_INPUT,
+    ids=[" ".join(a) + (f" {next(iter(e))}" if e else "") for a, e, _ in BAD_INPUT],
+)
+def test_bad_input_is_a_one_line_usage_error(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = subprocess.run(
+        [tcpecho_executable(), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=30,
+    )
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1, result.stderr
+    assert expected in error_lines[0]
+    assert result.stdout == ""  # nothing started, nothing logged
+
+
+def test_environment_variables_set_options() -> None:
+    port = free_port()
+    result = subprocess.run(
+        [tcpecho_executable(), "client"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "TCPECHO_CLIENT_SERVER": "127.0.0.1",
+            "TCPECHO_CLIENT_PORT": str(port),
+            "TCPECHO_CLIENT_USER_TIMEOUT": "1500ms",
+            "TCPECHO_CLIENT_KEEPALIVE": "true",
+        },
+        timeout=30,
+    )
+    assert result.returncode == 1  # nothing listens: a runtime failure, not a usage error
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    started = next(e for e in events if e["event"] == "client_started")
+    assert (started["server"], started["port"]) == ("127.0.0.1", port)
+    failed = next(e for e in events if e["event"] == "connection_failed")
+    assert failed["errno"] == "ECONNREFUSED"
+
+
+def test_python_dash_m_runs_the_same_command_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tcpecho", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("tcpecho, version ")
+
+
+def test_console_format_is_for_people_json_is_the_default_off_a_terminal() -> None:
+    port = free_port()
+    base = [tcpecho_executable(), "client", "--server", "127.0.0.1", "--port", str(port)]
+    piped = subprocess.run(base, capture_output=True, text=True, timeout=30)
+    assert all(json.loads(line)["timestamp"].endswith("Z") for line in piped.stdout.splitlines())
+    console = subprocess.run(
+        [*base, "--log-format", "console"], capture_output=True, text=True, timeout=30
+    )
+    first = console.stdout.splitlines()[0]
+    assert "client_started" in first
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(first)
+
+
+def test_an_environment_variable_with_a_bad_value_is_named() -> None:
+    result = subprocess.run(
+        [tcpecho_executable(), "client"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCPECHO_CLIENT_PORT": "abc", "TCPECHO_CLIENT_KEEPALIVE": "yes"},
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert (
+        "Error: Invalid value for TCPECHO_CLIENT_PORT (the environment variable for '--port'): "
+        "'abc' is not a valid integer." in result.stderr
+    )
+    refused = subprocess.run(
+        [tcpecho_executable(), "client"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCPECHO_CLIENT_KEEPALIVE": "maybe"},
+        timeout=30,
+    )
+    assert "Recognized values" not in refused.stderr
+    assert "TCPECHO_CLIENT_KEEPALIVE (the environment variable for" in refused.stderr
+
+
+@pytest.mark.parametrize("form", ["{host}:{port}", "[{host}]:{port}"])
+def test_the_server_may_carry_its_port_in_the_forms_the_logs_print(
+    form: str, start_server: Any
+) -> None:
+    host = "::1" if form.startswith("[") else "127.0.0.1"
+    server = start_server(host=host)
+    endpoint = form.format(host=host, port=server.port)
+    for extra in ([], ["--port", str(server.port)]):  # an agreeing --port is fine
+        result = subprocess.run(
+            [tcpecho_executable(), "client", "--server", endpoint, "--count", "1", *extra],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        connected = next(e for e in events if e["event"] == "connected")
+        assert connected["peer"] == format_address((host, server.port))
+
+
+def test_a_name_that_does_not_resolve_is_no_detection_time() -> None:
+    result = subprocess.run(
+        [tcpecho_executable(), "client", "--server", "no-such-host.invalid", "--count", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    events = {e["event"]: e for e in map(json.loads, result.stdout.splitlines())}
+    failed = events["connection_failed"]
+    assert failed["phase"] == "resolve"
+    assert failed["errno"].startswith("EAI_")
+    assert failed["detection_s"] is None  # nothing was waiting for an answer
+    assert events["summary"]["longest_detection_s"] is None
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
+    """What ``argv`` writes to a pseudo-terminal as its stdout."""
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(argv, stdout=terminal, env={**os.environ, **env})
+    finally:
+        os.close(terminal)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the program has closed its side
+        while chunk := os.read(controller, 65536):
+            output += chunk
+    os.close(controller)
+    assert process.wait(30) == 0
+    return output.decode()
+
+
+def test_the_console_view_is_readable_and_no_color_is_respected(start_server: Any) -> None:
+    server = start_server()
+    argv = [tcpecho_executable(), "client", "--server", f"127.0.0.1:{server.port}", "--count", "1"]
+    coloured = _on_a_terminal(argv, {})
+    assert "\x1b[" in coloured  # a terminal gets colour by default...
+    plain = _on_a_terminal(argv, {"NO_COLOR": "1"})
+    assert "\x1b[" not in plain  # ...and none with NO_COLOR
+    connected = next(line for line in plain.splitlines() if "connected " in line)
+    assert "options={nodelay=true user_timeout_ms=0 keepalive=false " in connected
+    for python_repr in ("{'", "None", "True"):
+        assert python_repr not in plain
+
+
+def test_the_labs_examples_are_not_broken_across_lines() -> None:
+    result = subprocess.run(
+        [tcpecho_executable(), "lab", "--help"], capture_output=True, text=True, check=True
+    )
+    assert '--client-args "--user-timeout 10s --keepalive"' in result.stdout

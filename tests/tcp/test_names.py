@@ -1,0 +1,60 @@
+"""Names: errno names for failures, and addresses in the forms the logs print and users paste."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+
+import pytest
+
+from tcpecho.tcp.names import EOF, error_name, format_address, parse_endpoint
+
+
+@pytest.mark.parametrize(
+    ("text", "endpoint"),
+    [
+        ("server", ("server", None)),
+        ("10.96.0.10", ("10.96.0.10", None)),
+        ("10.96.0.10:8000", ("10.96.0.10", 8000)),
+        ("server.ns.svc:8080", ("server.ns.svc", 8080)),
+        ("::1", ("::1", None)),
+        ("[::1]", ("::1", None)),
+        ("[::1]:8000", ("::1", 8000)),
+        ("[fd00::2]:65535", ("fd00::2", 65535)),
+    ],
+)
+def test_an_endpoint_reads_back_what_the_logs_print(
+    text: str, endpoint: tuple[str, int | None]
+) -> None:
+    assert parse_endpoint(text) == endpoint
+    host, port = endpoint
+    if port is not None:
+        assert parse_endpoint(format_address((host, port))) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the host is empty"),
+        (":8000", "the host is missing"),
+        ("server:", "the port must be a number"),
+        ("server:http", "the port must be a number"),
+        ("server:0", "from 1 to 65535"),
+        ("server:65536", "from 1 to 65535"),
+        ("[::1", "closing ']'"),
+        ("[]:80", "closing ']'"),
+        ("[::1]8000", "after ']' comes ':PORT'"),
+    ],
+)
+def test_a_bad_endpoint_says_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_endpoint(text)
+
+
+def test_failures_are_named_as_users_look_them_up() -> None:
+    assert error_name(TimeoutError(errno.ETIMEDOUT, "timed out")) == "ETIMEDOUT"
+    assert error_name(ConnectionResetError(errno.ECONNRESET, "reset")) == "ECONNRESET"
+    assert error_name(asyncio.IncompleteReadError(b"", 5)) == EOF
+    assert error_name(socket.gaierror(socket.EAI_NONAME, "unknown")) == "EAI_NONAME"
+    assert error_name(ValueError("odd")) == "ValueError"

@@ -1,0 +1,223 @@
+"""The kernel model against the measurements in the kernel facts (docs/kernel-facts.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tcpecho.model import (
+    Activity,
+    Failure,
+    KernelSettings,
+    Mechanism,
+    predict,
+    retries2_budget,
+)
+from tcpecho.settings import Deadlines
+from tcpecho.tcp.options import TcpOptions
+
+DEFAULTS = KernelSettings()
+ACTIVE, IDLE = Activity.ACTIVE, Activity.IDLE
+KEEPALIVE_1_1_3 = TcpOptions(
+    keepalive=True, keepalive_idle_s=1, keepalive_interval_s=1, keepalive_count=3
+)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "budget"),
+    [
+        (DEFAULTS, 924.6),  # 0.2 * (2^10 - 1) + 6 * 120
+        (KernelSettings(tcp_retries2=5), 12.6),
+        (KernelSettings(tcp_retries2=6), 25.4),
+        (KernelSettings(tcp_rto_max_s=1.0), 14.4),
+    ],
+)
+def test_retries2_budget_is_the_kernels_model_timeout(
+    kernel: KernelSettings, budget: float
+) -> None:
+    assert retries2_budget(kernel) == pytest.approx(budget)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "connection", "failure", "activity", "measured", "errno"),
+    [
+        # (settings, fault, mode) -> seconds measured on this machine (kernel facts table)
+        (
+            KernelSettings(tcp_retries2=5),
+            TcpOptions(),
+            Failure.SILENT,
+            ACTIVE,
+            13.3,
+            "ETIMEDOUT",
+        ),
+        (
+            KernelSettings(tcp_retries2=6),
+            TcpOptions(),
+            Failure.SILENT,
+            ACTIVE,
+            26.6,
+            "ETIMEDOUT",
+        ),
+        (
+            KernelSettings(tcp_rto_max_s=1.0),
+            TcpOptions(),
+            Failure.SILENT,
+            ACTIVE,
+            15.0,
+            "ETIMEDOUT",
+        ),
+        (
+            DEFAULTS,
+            TcpOptions(user_timeout_ms=3000),
+            Failure.SILENT,
+            ACTIVE,
+            3.42,
+            "ETIMEDOUT",
+        ),
+        (DEFAULTS, KEEPALIVE_1_1_3, Failure.SILENT, IDLE, 4.1, "ETIMEDOUT"),
+        (
+            DEFAULTS,
+            TcpOptions(
+                user_timeout_ms=3000,
+                keepalive=True,
+                keepalive_idle_s=1,
+                keepalive_interval_s=1,
+                keepalive_count=3,
+            ),
+            Failure.SILENT,
+            IDLE,
+            3.1,
+            "ETIMEDOUT",
+        ),
+        (
+            KernelSettings(tcp_retries2=5),
+            TcpOptions(),
+            Failure.UNREACHABLE,
+            ACTIVE,
+            15.1,
+            "ENETUNREACH",
+        ),
+        (
+            DEFAULTS,
+            TcpOptions(recverr=True),
+            Failure.UNREACHABLE,
+            ACTIVE,
+            0.21,
+            "ENETUNREACH",
+        ),
+        (DEFAULTS, TcpOptions(), Failure.CLOSED, ACTIVE, 0.01, "EOF"),
+        (
+            DEFAULTS,
+            TcpOptions(),
+            Failure.SILENT,
+            ACTIVE,
+            939.0,
+            "ETIMEDOUT",
+        ),  # the field report
+    ],
+)
+def test_predictions_contain_what_was_measured(
+    kernel: KernelSettings,
+    connection: TcpOptions,
+    failure: Failure,
+    activity: Activity,
+    measured: float,
+    errno: str,
+) -> None:
+    prediction = predict(kernel, connection, failure, activity)
+    assert prediction.contains(measured), (prediction, measured)
+    assert errno in prediction.errnos
+
+
+def test_the_default_hang_is_about_fifteen_and_a_half_minutes() -> None:
+    prediction = predict(DEFAULTS, TcpOptions(), Failure.SILENT, ACTIVE)
+    assert prediction.mechanism is Mechanism.TCP_RETRIES2
+    # Never before the budget plus the first retransmission's lead...
+    assert prediction.low_s >= 924.6 + 0.39
+    # ...and at most one capped (120 s) step after it.
+    assert prediction.high_s <= 924.6 + 0.5 + 120
+    assert not prediction.contains(900.0)
+
+
+def test_the_user_timeout_bounds_the_hang() -> None:
+    prediction = predict(DEFAULTS, TcpOptions(user_timeout_ms=30000), Failure.SILENT, ACTIVE)
+    assert prediction.mechanism is Mechanism.USER_TIMEOUT
+    assert 30.39 <= prediction.low_s <= prediction.high_s <= 33.0
+
+
+def test_keepalive_does_nothing_while_data_is_unacknowledged() -> None:
+    with_keepalive = predict(DEFAULTS, KEEPALIVE_1_1_3, Failure.SILENT, ACTIVE)
+    without = predict(DEFAULTS, TcpOptions(), Failure.SILENT, ACTIVE)
+    assert (with_keepalive.low_s, with_keepalive.high_s) == (without.low_s, without.high_s)
+    assert with_keepalive.mechanism is Mechanism.TCP_RETRIES2
+
+
+def test_only_keepalive_notices_an_idle_connection() -> None:
+    for connection, deadlines in (
+        (TcpOptions(), Deadlines()),
+        (TcpOptions(user_timeout_ms=5000), Deadlines()),
+        (TcpOptions(), Deadlines(read_timeout_s=3.0)),
+        (TcpOptions(recverr=True), Deadlines()),
+    ):
+        for failure in (Failure.SILENT, Failure.UNREACHABLE):
+            prediction = predict(DEFAULTS, connection, failure, IDLE, deadlines)
+            assert prediction.never
+            assert prediction.contains(None)
+            assert not prediction.contains(60.0)
+    keepalive = predict(DEFAULTS, KEEPALIVE_1_1_3, Failure.SILENT, IDLE)
+    assert keepalive.clock == "last-data"
+    assert not keepalive.contains(None)
+
+
+def test_keepalive_uses_the_namespace_sysctls_for_what_the_socket_leaves_unset() -> None:
+    kernel = KernelSettings(
+        tcp_keepalive_time_s=10, tcp_keepalive_intvl_s=2, tcp_keepalive_probes=4
+    )
+    prediction = predict(kernel, TcpOptions(keepalive=True), Failure.SILENT, IDLE)
+    assert prediction.low_s == 18.0  # 10 + 4 * 2
+
+
+def test_the_read_timeout_wins_when_it_is_shorter() -> None:
+    prediction = predict(
+        DEFAULTS, TcpOptions(), Failure.SILENT, ACTIVE, Deadlines(read_timeout_s=3.0)
+    )
+    assert prediction.errnos == ("READ_TIMEOUT",)
+    assert prediction.mechanism is Mechanism.READ_TIMEOUT
+    assert prediction.contains(3.0)
+    longer = predict(
+        DEFAULTS,
+        TcpOptions(user_timeout_ms=5000),
+        Failure.SILENT,
+        ACTIVE,
+        Deadlines(read_timeout_s=60.0),
+    )
+    assert longer.mechanism is Mechanism.USER_TIMEOUT
+
+
+def test_a_known_rto_narrows_the_range_and_an_rto_of_exactly_200ms_costs_a_step() -> None:
+    kernel = KernelSettings(tcp_retries2=5)
+    known = predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE, first_rto_s=0.204)
+    assumed = predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE)
+    assert assumed.low_s <= known.low_s <= known.high_s <= assumed.high_s
+    # 200 ms * (2 + 4 + ... + 32) = 12.4 s falls short of the 12.6 s budget: unless the
+    # timers run late enough to make up the 0.2 s, the kernel waits one more (doubled) step.
+    exact = predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE, first_rto_s=0.2)
+    assert exact.high_s > 25
+
+
+def test_settings_come_from_sysctls_and_the_socket_options() -> None:
+    sysctls = {"net.ipv4.tcp_retries2": 5, "net.ipv4.tcp_rto_max_ms": 1000}
+    kernel = KernelSettings.read(sysctls.get)
+    assert (kernel.tcp_retries2, kernel.tcp_rto_max_s, kernel.tcp_keepalive_probes) == (5, 1.0, 9)
+    # Tuning keepalive switches it on, for the model as for the socket.
+    tuned = predict(kernel, TcpOptions(keepalive_idle_s=3), Failure.SILENT, IDLE)
+    assert tuned.mechanism is Mechanism.KEEPALIVE
+    assert tuned.low_s == 3 + 9 * 75  # the namespace's interval and count
+
+
+def test_descriptions_read_like_the_report() -> None:
+    assert predict(DEFAULTS, TcpOptions(), Failure.CLOSED, ACTIVE).describe() == "< 1 s"
+    assert predict(DEFAULTS, TcpOptions(), Failure.SILENT, IDLE).describe() == "never"
+    assert (
+        predict(DEFAULTS, TcpOptions(user_timeout_ms=3000), Failure.SILENT, ACTIVE).describe()
+        == "3.39-3.93 s"
+    )
