@@ -9,6 +9,7 @@ import click
 from tcpecho import loops
 from tcpecho.cli.options import (
     check_loop,
+    environment_epilog,
     loop_option,
     server_endpoint_options,
     settings_errors,
@@ -19,10 +20,7 @@ from tcpecho.cli.params import BOOLEAN, ByteSize, Duration, option
 if TYPE_CHECKING:
     from tcpecho.tcp.options import TcpOptions
 
-EPILOG = (
-    "Every option can also be set in the environment as TCPECHO_BENCH_<OPTION>, "
-    "for example TCPECHO_BENCH_CONNECTIONS=100."
-)
+EPILOG = environment_epilog("bench", "CONNECTIONS=100")
 
 
 @click.command(epilog=EPILOG)

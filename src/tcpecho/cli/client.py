@@ -10,6 +10,7 @@ from tcpecho import logs, loops
 from tcpecho.cli.options import (
     check_loop,
     deadline_options,
+    environment_epilog,
     runtime_options,
     server_endpoint_options,
     settings_errors,
@@ -21,10 +22,7 @@ if TYPE_CHECKING:
     from tcpecho.settings import Deadlines
     from tcpecho.tcp.options import TcpOptions
 
-EPILOG = (
-    "Every option can also be set in the environment as TCPECHO_CLIENT_<OPTION>, "
-    "for example TCPECHO_CLIENT_USER_TIMEOUT=30s."
-)
+EPILOG = environment_epilog("client", "USER_TIMEOUT=30s")
 
 
 @click.command(epilog=EPILOG)

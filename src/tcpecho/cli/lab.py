@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tcpecho.cli.options import deadline_options, settings_errors, tcp_options
+from tcpecho.cli.options import (
+    deadline_options,
+    environment_epilog,
+    settings_errors,
+    tcp_options,
+)
 from tcpecho.cli.params import BOOLEAN, Duration, LazyChoice, option
 
 if TYPE_CHECKING:
@@ -26,8 +31,7 @@ Examples:
   sudo tcpecho lab --quick --json out/lab.json --plot out/lab.png
   sudo tcpecho lab --fault force-delete --client-args "--user-timeout 10s --keepalive"
 
-Every option can also be set in the environment as TCPECHO_LAB_<OPTION>, for example
-TCPECHO_LAB_QUICK=true."""
+""" + environment_epilog("lab", "QUICK=true")
 
 
 def _fault_names() -> Sequence[str]:

@@ -51,6 +51,15 @@ def settings_errors() -> Iterator[None]:
         raise click.BadParameter(str(error), ctx, param) from None
 
 
+def environment_epilog(command: str, example: str) -> str:
+    """The help's closing line: every option is also an environment variable."""
+    prefix = f"TCPECHO_{command.upper()}"
+    return (
+        f"Every option can also be set in the environment as {prefix}_<OPTION>, "
+        f"for example {prefix}_{example}."
+    )
+
+
 def _apply(decorators: Sequence[Callable[[Any], Any]], command: Callable[..., Any]) -> Any:
     for decorator in reversed(decorators):
         command = decorator(command)

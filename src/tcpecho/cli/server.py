@@ -7,16 +7,19 @@ from typing import TYPE_CHECKING
 import click
 
 from tcpecho import logs, loops
-from tcpecho.cli.options import check_loop, runtime_options, settings_errors, tcp_options
+from tcpecho.cli.options import (
+    check_loop,
+    environment_epilog,
+    runtime_options,
+    settings_errors,
+    tcp_options,
+)
 from tcpecho.cli.params import BOOLEAN, Duration, option
 
 if TYPE_CHECKING:
     from tcpecho.tcp.options import TcpOptions
 
-EPILOG = (
-    "Every option can also be set in the environment as TCPECHO_SERVER_<OPTION>, "
-    "for example TCPECHO_SERVER_CATCH_SIGTERM=true."
-)
+EPILOG = environment_epilog("server", "CATCH_SIGTERM=true")
 
 
 @click.command(epilog=EPILOG)
