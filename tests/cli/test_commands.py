@@ -54,6 +54,9 @@ BAD_INPUT = [
     (["server", "--syn-retries", "3"], {}, "No such option"),
     (["serve"], {}, "No such command"),
     (["bench", "--server", "127.0.0.1:8000", "--port", "9000"], {}, "disagrees"),
+    # Variables are named after the flag: --json is TCPECHO_BENCH_JSON, --fault TCPECHO_LAB_FAULT.
+    (["bench"], {"TCPECHO_BENCH_JSON": "maybe"}, "TCPECHO_BENCH_JSON (the environment"),
+    (["lab"], {"TCPECHO_LAB_FAULT": "meteor"}, "TCPECHO_LAB_FAULT (the environment"),
 ]
 
 

@@ -9,6 +9,7 @@ environment variable when the bad value came from one, since that is what the us
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,7 +24,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Option(click.Option):
-    """A click option whose errors name the environment variable that gave a bad value."""
+    """A click option whose environment variable is named after its flag, and whose errors
+    name that variable when it gave the bad value.
+
+    click names the variable after the Python parameter: ``--json`` stored as ``json_path``
+    would read ``TCPECHO_LAB_JSON_PATH``. Users read the flag, so ``--json`` is
+    ``TCPECHO_LAB_JSON`` and ``--fault`` is ``TCPECHO_LAB_FAULT``."""
+
+    def environment_variable(self, ctx: click.Context) -> str | None:
+        if isinstance(self.envvar, str):
+            return self.envvar
+        if ctx.auto_envvar_prefix is None:
+            return None
+        flag = next((opt for opt in self.opts if opt.startswith("--")), None)
+        name = flag.removeprefix("--") if flag else (self.name or "")
+        return f"{ctx.auto_envvar_prefix}_{name.replace('-', '_').upper()}"
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        variable = self.environment_variable(ctx)
+        if variable is None or not self.allow_from_autoenv:
+            return None
+        return os.environ.get(variable) or None
 
     def get_error_hint(self, ctx: click.Context | None) -> str:
         hint = super().get_error_hint(ctx)
@@ -32,12 +53,6 @@ class Option(click.Option):
         if ctx.get_parameter_source(self.name) is not ParameterSource.ENVIRONMENT:
             return hint
         return f"{self.environment_variable(ctx)} (the environment variable for {hint})"
-
-    def environment_variable(self, ctx: click.Context) -> str:
-        if isinstance(self.envvar, str):
-            return self.envvar
-        assert self.name is not None
-        return f"{ctx.auto_envvar_prefix}_{self.name.upper()}"
 
 
 def option(*declarations: str, **attributes: Any) -> Callable[[F], F]:
