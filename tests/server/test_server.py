@@ -443,10 +443,11 @@ def test_workers_with_catch_sigterm_ignore_it_and_stop_on_sigint(
     assert len(server.process.named("server_stopped")) == 2
 
 
+@pytest.mark.parametrize("catching", [[], ["--catch-sigterm"]], ids=["plain", "catch-sigterm"])
 def test_a_worker_that_dies_stops_the_others_and_fails_the_server(
-    start_server: StartServer,
+    start_server: StartServer, catching: list[str]
 ) -> None:
-    server = start_server("--workers", "2")
+    server = start_server("--workers", "2", *catching)
     server.process.wait_for("server_started", count=2)
     victim, survivor = (event["pid"] for event in server.process.named("server_started"))
     os.kill(victim, signal.SIGKILL)

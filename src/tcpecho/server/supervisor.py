@@ -16,7 +16,7 @@ restarted whole rather than serving with fewer workers than asked for. Workers r
 SIGINT if the parent dies (PR_SET_PDEATHSIG), so none outlives it.
 
 This helps only where there are cores to spare: on a 2-core machine the load generator
-needs one, and the benchmark in the README shows no gain.
+needs one, and the benchmark (docs/performance.md) shows no gain.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def _wait(config: ServerConfig, workers: dict[int, int]) -> int:
                     failed = True
                 if not stopping:
                     stopping = True
-                    signal_all(workers, signal.SIGTERM)
+                    # SIGINT: workers started with --catch-sigterm would ignore a SIGTERM.
+                    signal_all(workers, signal.SIGINT)
             continue
         signum = signal.Signals(info.si_signo)
         if not (signum == signal.SIGTERM and config.catch_sigterm):
