@@ -161,6 +161,8 @@ def _is_zombie(pid: int) -> bool:
         (["--client-args", "--interval 5s"], "must not set --interval"),
         (["--client-args", "--user-timeout 30"], "not a duration"),
         (["--client-args", "--no-such-flag"], "No such option"),
+        (["--json", "/nonexistent/lab.json"], "the directory /nonexistent does not exist"),
+        (["--plot", "/nonexistent/lab.png"], "the directory /nonexistent does not exist"),
     ],
 )
 def test_bad_lab_input_is_a_usage_error(args: list[str], expected: str, clean_host: None) -> None:

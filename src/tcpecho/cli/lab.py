@@ -139,16 +139,16 @@ def lab(
             tcp_retries2=tcp_retries2,
             rto_max_ms=None if rto_max is None else round(rto_max * 1000),
         )
+        config = lab_main.LabConfig(
+            faults=tuple(Fault(name) for name in faults) or tuple(Fault),
+            profiles=tuple(chosen),
+            budget=budget,
+            json_path=json_path,
+            plot_path=plot_path,
+        )
     lab_main.check_requirements(plot=plot_path is not None, rto_max=rto_max is not None)
     if cleanup:
         raise SystemExit(lab_main.cleanup())
-    config = lab_main.LabConfig(
-        faults=tuple(Fault(name) for name in faults) or tuple(Fault),
-        profiles=tuple(chosen),
-        budget=budget,
-        json_path=json_path,
-        plot_path=plot_path,
-    )
     raise SystemExit(lab_main.run(config))
 
 

@@ -28,6 +28,7 @@ from tcpecho.lab.runner import (
     run_cases,
 )
 from tcpecho.process import on_stop_signals
+from tcpecho.settings import SettingError
 from tcpecho.streams import write_stdout
 
 
@@ -44,6 +45,13 @@ class LabConfig:
     budget: KernelBudget
     json_path: Path | None = None
     plot_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Checked before the run: a report that cannot be written is found out now, not after
+        # minutes of cases.
+        for setting, path in (("json_path", self.json_path), ("plot_path", self.plot_path)):
+            if path is not None and not path.absolute().parent.is_dir():
+                raise SettingError(setting, f"{path}: the directory {path.parent} does not exist")
 
 
 def check_requirements(*, plot: bool = False, rto_max: bool = False) -> None:
@@ -159,13 +167,27 @@ def run(config: LabConfig) -> int:
         kernel_release=platform.release(),
     )
     write_stdout(report.render(results, info))
-    if config.json_path is not None:
-        report.write_json(results, info, config.json_path)
-        _note(f"wrote {config.json_path}")
-    if config.plot_path is not None:
-        report.plot(results, info, config.plot_path)
-        _note(f"wrote {config.plot_path}")
-    return 1 if any(result.error for result in results) else 0
+    written = _write_files(results, info, config)
+    return 1 if not written or any(result.error for result in results) else 0
+
+
+def _write_files(results: Sequence[Result], info: report.RunInfo, config: LabConfig) -> bool:
+    """The JSON and the chart, where asked for; False when one could not be written."""
+    written = True
+    for path, write in (
+        (config.json_path, report.write_json),
+        (config.plot_path, report.plot),
+    ):
+        if path is None:
+            continue
+        try:
+            write(results, info, path)
+        except OSError as error:
+            _note(f"could not write {path}: {error.strerror or error}")
+            written = False
+        else:
+            _note(f"wrote {path}")
+    return written
 
 
 def _note(text: str) -> None:
