@@ -202,7 +202,8 @@ def test_every_container_has_requests_within_limits(overlay: str, deployment: st
         requested = quantity(resources["requests"][resource])
         limit = quantity(resources["limits"][resource])
         assert 0 < requested <= limit, (resource, resources)
-    # Measured peak RSS of either process is ~29 MiB (README): the request must hold it.
+    # Measured peak RSS of either process is ~29 MiB (docs/image-and-cluster.md): the
+    # request must hold it.
     assert quantity(resources["requests"]["memory"]) >= 32 * 2**20
 
 
