@@ -221,3 +221,65 @@ def test_descriptions_read_like_the_report() -> None:
         predict(DEFAULTS, TcpOptions(user_timeout_ms=3000), Failure.SILENT, ACTIVE).describe()
         == "3.39-3.93 s"
     )
+
+
+# Connecting to an address that never answers (docs/kernel-facts.md, measured here on
+# Linux 6.18 with tcp_syn_linear_timeouts=4): the budget is the SYN RTO series in time,
+# 1 s doubling, and the kernel gives up at the first SYN timer past it.
+@pytest.mark.parametrize(
+    ("tcp", "measured", "mechanism"),
+    [
+        (TcpOptions(syn_retries=1), 3.05, Mechanism.SYN_RETRIES),
+        (TcpOptions(syn_retries=2), 7.14, Mechanism.SYN_RETRIES),
+        (TcpOptions(syn_retries=3), 19.45, Mechanism.SYN_RETRIES),
+        (TcpOptions(syn_retries=4), 35.55, Mechanism.SYN_RETRIES),
+        (TcpOptions(), 133.65, Mechanism.SYN_RETRIES),  # tcp_syn_retries=6
+        (TcpOptions(user_timeout_ms=3000), 3.01, Mechanism.USER_TIMEOUT),
+        (TcpOptions(user_timeout_ms=20000), 20.01, Mechanism.USER_TIMEOUT),
+    ],
+)
+def test_connect_predictions_contain_what_was_measured(
+    tcp: TcpOptions, measured: float, mechanism: Mechanism
+) -> None:
+    prediction = predict(DEFAULTS, tcp, Failure.SILENT, Activity.CONNECTING)
+    assert prediction.contains(measured), (prediction, measured)
+    assert (prediction.mechanism, prediction.errnos) == (mechanism, ("ETIMEDOUT",))
+
+
+def test_the_connect_budget_does_not_depend_on_the_linear_syn_timeouts() -> None:
+    """Linear SYN timeouts send more SYNs within the budget; they do not lengthen it."""
+    older = KernelSettings(tcp_syn_linear_timeouts=0)
+    plain = predict(older, TcpOptions(), Failure.SILENT, Activity.CONNECTING)
+    assert 127.0 <= plain.low_s <= 128.0  # 1 + 2 + ... + 64, the classic figure
+    deadline = Deadlines(connect_timeout_s=5.0)
+    bounded = predict(DEFAULTS, TcpOptions(), Failure.SILENT, Activity.CONNECTING, deadline)
+    assert (bounded.mechanism, bounded.errnos) == (Mechanism.CONNECT_TIMEOUT, ("CONNECT_TIMEOUT",))
+    assert bounded.contains(5.0)
+
+
+def test_a_peer_that_acknowledges_but_never_answers_is_bounded_only_by_the_read_timeout() -> None:
+    # Measured (kernel facts): TCP_USER_TIMEOUT 3 s, server SIGSTOPped: nothing after 12 s.
+    stalled = predict(DEFAULTS, TcpOptions(user_timeout_ms=3000), Failure.STALLED, ACTIVE)
+    assert stalled.never
+    assert not stalled.contains(12.0)
+    bounded = predict(DEFAULTS, TcpOptions(), Failure.STALLED, ACTIVE, Deadlines(read_timeout_s=2))
+    assert bounded.mechanism is Mechanism.READ_TIMEOUT
+    assert bounded.contains(2.0)
+    assert predict(DEFAULTS, KEEPALIVE_1_1_3, Failure.STALLED, IDLE).never  # probes are answered
+
+
+def test_sysctls_a_kernel_lacks_keep_their_fixed_values() -> None:
+    present = {"net.ipv4.tcp_retries2": 8, "net.ipv4.tcp_keepalive_time": 60}
+    kernel = KernelSettings.read(present.get)
+    assert (kernel.tcp_retries2, kernel.tcp_keepalive_time_s) == (8, 60)
+    assert kernel.tcp_rto_max_s == 120.0  # TCP_RTO_MAX, fixed before tcp_rto_max_ms existed
+    assert kernel.tcp_syn_linear_timeouts == 0  # without the sysctl every SYN timeout doubles
+    assert "net.ipv4.tcp_rto_max_ms" in kernel.absent
+    assert "net.ipv4.tcp_retries2" not in kernel.absent
+    here = KernelSettings.here()  # this test's own namespace, read from /proc/sys
+    assert here.sysctls()["net.ipv4.tcp_retries2"] == _read("/proc/sys/net/ipv4/tcp_retries2")
+
+
+def _read(path: str) -> int:
+    with open(path) as handle:
+        return int(handle.read())

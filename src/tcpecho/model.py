@@ -38,6 +38,7 @@ from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
 
 TCP_RTO_MIN_S = 0.2  # the RTO floor, and the unit of tcp_retries2's budget
+TCP_TIMEOUT_INIT_S = 1.0  # the SYN's first RTO, and the unit of tcp_syn_retries' budget
 TLP_S = (0.19, 0.21)  # tail-loss probe for a lone segment: 2 srtt + 200 ms delayed-ACK allowance
 # The first RTO: srtt + 4 rttvar, at least TCP_RTO_MIN, rounded up to whole jiffies: 204 ms
 # on this project's machines (HZ=250), a little more on slower links. The exact value
@@ -58,11 +59,13 @@ class Failure(StrEnum):
     SILENT = "silent"  # nothing comes back: a black-holed route, a dropped node
     UNREACHABLE = "unreachable"  # a router answers with ICMP destination unreachable
     CLOSED = "closed"  # the peer's kernel sends FIN or RST (process killed, network intact)
+    STALLED = "stalled"  # the peer's kernel still acknowledges, its program never answers
 
 
 class Activity(StrEnum):
     ACTIVE = "active"  # a request is sent and waits for its echo
     IDLE = "idle"  # nothing is sent: only keepalive can notice
+    CONNECTING = "connecting"  # the SYN is sent and waits for its SYN-ACK
 
 
 class Mechanism(StrEnum):
@@ -75,6 +78,8 @@ class Mechanism(StrEnum):
     KEEPALIVE = "keepalive"
     KEEPALIVE_USER_TIMEOUT = "keepalive_user_timeout"
     PEER_CLOSED = "peer_closed"
+    SYN_RETRIES = "tcp_syn_retries"  # the kernel's SYN retransmission budget
+    CONNECT_TIMEOUT = "connect_timeout"  # the client's own deadline on connecting
     NOTHING = "nothing"
 
     @property
@@ -90,7 +95,9 @@ _MECHANISM_DESCRIPTIONS = {
     Mechanism.KEEPALIVE: "keepalive",
     Mechanism.KEEPALIVE_USER_TIMEOUT: "keepalive, ended by TCP_USER_TIMEOUT",
     Mechanism.PEER_CLOSED: "FIN/RST from the peer",
-    Mechanism.NOTHING: "nothing (no keepalive on an idle connection)",
+    Mechanism.SYN_RETRIES: "the kernel's SYN retransmission budget (tcp_syn_retries)",
+    Mechanism.CONNECT_TIMEOUT: "--connect-timeout (the client's deadline)",
+    Mechanism.NOTHING: "nothing notices it",
 }
 
 
@@ -103,33 +110,61 @@ class KernelSettings:
 
     tcp_retries2: int = 15
     tcp_rto_max_s: float = 120.0
+    tcp_syn_retries: int = 6
+    # SYN retransmissions at a fixed 1 s before the doubling starts (0 where the kernel
+    # lacks the sysctl). They do not lengthen the connect: its budget is set in time.
+    tcp_syn_linear_timeouts: int = 4
     tcp_keepalive_time_s: int = 7200
     tcp_keepalive_intvl_s: int = 75
     tcp_keepalive_probes: int = 9
+    absent: tuple[str, ...] = ()  # sysctls this kernel does not have: their fixed values hold
 
     @classmethod
     def read(cls, read_sysctl: Callable[[str], int | None]) -> KernelSettings:
         """From sysctls; ``read_sysctl`` returns None for one this kernel lacks."""
-        defaults = cls()
-
-        def value(key: str, default: int) -> int:
-            found = read_sysctl(key)
-            return default if found is None else found
-
-        rto_max_ms = value("net.ipv4.tcp_rto_max_ms", round(defaults.tcp_rto_max_s * 1000))
+        found = {key: read_sysctl(key) for key in _SYSCTLS}
+        defaults = cls().sysctls()
+        defaults["net.ipv4.tcp_syn_linear_timeouts"] = 0  # lacking it: all SYN timeouts double
+        values = {key: defaults[key] if value is None else value for key, value in found.items()}
         return cls(
-            tcp_retries2=value("net.ipv4.tcp_retries2", defaults.tcp_retries2),
-            tcp_rto_max_s=rto_max_ms / 1000,
-            tcp_keepalive_time_s=value(
-                "net.ipv4.tcp_keepalive_time", defaults.tcp_keepalive_time_s
-            ),
-            tcp_keepalive_intvl_s=value(
-                "net.ipv4.tcp_keepalive_intvl", defaults.tcp_keepalive_intvl_s
-            ),
-            tcp_keepalive_probes=value(
-                "net.ipv4.tcp_keepalive_probes", defaults.tcp_keepalive_probes
-            ),
+            tcp_retries2=values["net.ipv4.tcp_retries2"],
+            tcp_rto_max_s=values["net.ipv4.tcp_rto_max_ms"] / 1000,
+            tcp_syn_retries=values["net.ipv4.tcp_syn_retries"],
+            tcp_syn_linear_timeouts=values["net.ipv4.tcp_syn_linear_timeouts"],
+            tcp_keepalive_time_s=values["net.ipv4.tcp_keepalive_time"],
+            tcp_keepalive_intvl_s=values["net.ipv4.tcp_keepalive_intvl"],
+            tcp_keepalive_probes=values["net.ipv4.tcp_keepalive_probes"],
+            absent=tuple(key for key, value in found.items() if value is None),
         )
+
+    @classmethod
+    def here(cls) -> KernelSettings:
+        """This process's network namespace's sysctls (from /proc/sys)."""
+        return cls.read(read_own_sysctl)
+
+    def sysctls(self) -> dict[str, int]:
+        """The values by sysctl name, in the sysctls' own units."""
+        return {
+            "net.ipv4.tcp_retries2": self.tcp_retries2,
+            "net.ipv4.tcp_rto_max_ms": round(self.tcp_rto_max_s * 1000),
+            "net.ipv4.tcp_syn_retries": self.tcp_syn_retries,
+            "net.ipv4.tcp_syn_linear_timeouts": self.tcp_syn_linear_timeouts,
+            "net.ipv4.tcp_keepalive_time": self.tcp_keepalive_time_s,
+            "net.ipv4.tcp_keepalive_intvl": self.tcp_keepalive_intvl_s,
+            "net.ipv4.tcp_keepalive_probes": self.tcp_keepalive_probes,
+        }
+
+
+_SYSCTLS = tuple(KernelSettings().sysctls())
+
+
+def read_own_sysctl(key: str) -> int | None:
+    """A sysctl of this process's network namespace; None when the kernel lacks it."""
+    try:
+        with open("/proc/sys/" + key.replace(".", "/")) as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -165,11 +200,37 @@ NEVER = math.inf
 
 def retries2_budget(kernel: KernelSettings) -> float:
     """The give-up budget ``tcp_retries2`` stands for (the kernel's tcp_model_timeout)."""
-    rto, total = TCP_RTO_MIN_S, 0.0
-    for _ in range(kernel.tcp_retries2 + 1):
+    return _model_timeout(TCP_RTO_MIN_S, kernel.tcp_retries2, kernel.tcp_rto_max_s)
+
+
+def syn_budget(kernel: KernelSettings, tcp: TcpOptions) -> float:
+    """The connect's budget: TCP_SYNCNT (or tcp_syn_retries) doublings of a 1 s RTO."""
+    retries = tcp.syn_retries or kernel.tcp_syn_retries
+    return _model_timeout(TCP_TIMEOUT_INIT_S, retries, kernel.tcp_rto_max_s)
+
+
+def _model_timeout(base_s: float, retries: int, cap_s: float) -> float:
+    """The sum of an RTO series that starts at ``base_s``, doubles up to ``cap_s`` and has
+    ``retries + 1`` terms: how the kernel turns a retry count into a time budget."""
+    rto, total = base_s, 0.0
+    for _ in range(retries + 1):
         total += rto
-        rto = min(rto * 2, kernel.tcp_rto_max_s)
+        rto = min(rto * 2, cap_s)
     return total
+
+
+def syn_expiries(kernel: KernelSettings, slack: float) -> Iterator[float]:
+    """Times (from the connect) at which the SYN retransmission timer fires, forever.
+
+    The first ``tcp_syn_linear_timeouts + 1`` RTOs stay at 1 s, then they double: with the
+    default 4, SYNs leave at 0, 1, 2, 3, 4, 5, 7, 11, 19, 35, 67 s (measured here)."""
+    t, rto, fired = 0.0, TCP_TIMEOUT_INIT_S, 0
+    while True:
+        t += rto * slack
+        fired += 1
+        yield t
+        if fired > kernel.tcp_syn_linear_timeouts:
+            rto = min(rto * 2, kernel.tcp_rto_max_s)
 
 
 def retransmission_expiries(
@@ -216,7 +277,14 @@ def predict(
     if failure is Failure.CLOSED:
         return Prediction(0.0, FAST_S, "fault", Mechanism.PEER_CLOSED, ("EOF", "ECONNRESET"))
     if activity is Activity.IDLE:
-        return _idle(kernel, tcp)
+        return _idle(kernel, tcp) if failure is not Failure.STALLED else _never("last-data")
+    if activity is Activity.CONNECTING:
+        return _connecting(kernel, tcp, deadlines)
+    if failure is Failure.STALLED:
+        # The peer's kernel acknowledges every request: no retransmission timer runs, so
+        # neither tcp_retries2 nor TCP_USER_TIMEOUT ever start (the latter only once the
+        # peer's receive window is full), and keepalive probes are answered.
+        return _deadline_or_never(deadlines.read_timeout_s)
     rto_range = FIRST_RTO_S if first_rto_s is None else (first_rto_s, first_rto_s)
     by_kernel = _unacknowledged(kernel, tcp, failure, rto_range)
     deadline = deadlines.read_timeout_s
@@ -269,9 +337,52 @@ def _unacknowledged(
     return Prediction(low, high, "request", mechanism, errnos)
 
 
+def _never(clock: Clock) -> Prediction:
+    return Prediction(NEVER, NEVER, clock, Mechanism.NOTHING, ())
+
+
+def _deadline_or_never(read_timeout_s: float | None) -> Prediction:
+    if read_timeout_s is None:
+        return _never("request")
+    return Prediction(
+        read_timeout_s + APP_TIMER_S[0],
+        read_timeout_s + APP_TIMER_S[1],
+        "request",
+        Mechanism.READ_TIMEOUT,
+        ("READ_TIMEOUT",),
+    )
+
+
+def _connecting(kernel: KernelSettings, tcp: TcpOptions, deadlines: Deadlines) -> Prediction:
+    """A SYN that is never answered: the budget is in time, the give-up at the first SYN
+    timer past it; TCP_USER_TIMEOUT clamps it (measured: 3.01 s for 3 s, 20.01 s for 20 s)."""
+    budget = syn_budget(kernel, tcp)
+    # The budget is kernel time; late timers move the expiries, not the budget.
+    give_ups = [
+        next(t for t in syn_expiries(kernel, slack) if t >= budget - 1e-9)
+        for slack in _steps(*TIMER_SLACK, count=13)
+    ]
+    low, high = min(give_ups), max(give_ups) + SCHEDULING_S
+    mechanism = Mechanism.SYN_RETRIES
+    if 0 < tcp.user_timeout_s < low:
+        limit = tcp.user_timeout_s
+        low, high = limit, limit * TIMER_SLACK[1] + SCHEDULING_S
+        mechanism = Mechanism.USER_TIMEOUT
+    deadline = deadlines.connect_timeout_s
+    if deadline is not None and deadline + APP_TIMER_S[1] < low:
+        return Prediction(
+            deadline + APP_TIMER_S[0],
+            deadline + APP_TIMER_S[1],
+            "request",
+            Mechanism.CONNECT_TIMEOUT,
+            ("CONNECT_TIMEOUT",),
+        )
+    return Prediction(low, high, "request", mechanism, ("ETIMEDOUT",))
+
+
 def _idle(kernel: KernelSettings, tcp: TcpOptions) -> Prediction:
     if not tcp.keepalive_enabled:
-        return Prediction(NEVER, NEVER, "last-data", Mechanism.NOTHING, ())
+        return _never("last-data")
     idle = tcp.keepalive_idle_s or kernel.tcp_keepalive_time_s
     interval = tcp.keepalive_interval_s or kernel.tcp_keepalive_intvl_s
     count = tcp.keepalive_count or kernel.tcp_keepalive_probes
