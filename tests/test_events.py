@@ -19,7 +19,7 @@ from tests.conftest import RunningServer
 from tests.support import tcpecho_executable
 
 OPTIONS = EffectiveOptions(True, 2000, True, 10, 1, 3, 6, False)
-INFO = TcpInfo("CLOSE", 3, 0, 0, 1632.0, 0, 1, 4, 0.2, 0.1, 768, 2748)
+INFO = TcpInfo("CLOSE", 3, 0, 0, 1632.0, 0, 1, 4, 0.2, 0.1, 768, 2748, 2748)
 
 
 def test_an_event_is_logged_at_its_level_with_exactly_its_fields() -> None:
@@ -54,12 +54,21 @@ def test_a_json_line_reads_back_into_its_event() -> None:
             "peer": "127.0.0.1:18000",
             "connect_s": 0.003,
             "options": dataclasses.asdict(OPTIONS),
+            "expected_busy": {"low_s": 2.394, "high_s": 2.95, "limited_by": "user_timeout"},
+            "expected_idle": {"low_s": 13.0, "high_s": 14.08, "limited_by": "keepalive"},
             "connection": 1,
         }
     )
     logged = events.parse_line(line)
     assert logged is not None
-    assert logged.event == events.Connected("127.0.0.1:44304", "127.0.0.1:18000", 0.003, OPTIONS)
+    assert logged.event == events.Connected(
+        "127.0.0.1:44304",
+        "127.0.0.1:18000",
+        0.003,
+        OPTIONS,
+        events.Expected(2.394, 2.95, "user_timeout"),
+        events.Expected(13.0, 14.08, "keepalive"),
+    )
     assert logged.context == {"connection": 1}
     at = dt.datetime(2026, 11, 27, 21, 54, 44, 198152, tzinfo=dt.UTC)
     assert logged.timestamp == pytest.approx(at.timestamp())
@@ -122,7 +131,7 @@ def test_every_line_the_programs_write_is_a_declared_event(
 
 
 def test_the_registry_names_every_event_once() -> None:
-    assert len(events.EVENTS) == 20
+    assert len(events.EVENTS) == 21
     for name, cls in events.EVENTS.items():
         assert cls.name == name
         assert dataclasses.is_dataclass(cls)

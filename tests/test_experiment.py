@@ -89,7 +89,7 @@ def test_record_takes_the_predictions_clock() -> None:
 
 def test_record_falls_back_to_the_fault_and_keeps_the_retransmissions() -> None:
     killed = _result(DEFAULT, Fault.KILL)  # predicted on the fault's clock
-    info = TcpInfo("CLOSE", 0, 0, 0, 204.0, 0, 0, 2, 0.1, 0.1, 10, 20)
+    info = TcpInfo("CLOSE", 0, 0, 0, 204.0, 0, 0, 2, 0.1, 0.1, 10, 20, 20)
     killed.record(_failed(errno="EOF", phase="idle", detection_s=None, tcp_info=info), 0.05)
     assert (killed.measured_s, killed.measured_clock, killed.retransmissions) == (0.05, "fault", 2)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from tcpecho.model import Prediction
 from tcpecho.tcp.info import TcpInfo
 from tcpecho.tcp.options import EffectiveOptions
 
@@ -164,6 +165,27 @@ class WorkerFailed(Event):
 
 
 @dataclass(frozen=True)
+class Expected:
+    """When the kernel model expects a vanished peer to be noticed, for one situation."""
+
+    low_s: float | None  # None: never
+    high_s: float | None
+    limited_by: str  # model.Mechanism: tcp_retries2, user_timeout, read_timeout, keepalive, ...
+
+    @classmethod
+    def of(cls, prediction: Prediction) -> Expected:
+        never = prediction.never
+        return cls(
+            low_s=None if never else round(prediction.low_s, 3),
+            high_s=None if never else round(prediction.high_s, 3),
+            limited_by=str(prediction.mechanism),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class ClientStarted(Event):
     name = "client_started"
     server: str
@@ -189,6 +211,10 @@ class Connected(Event):
     peer: str
     connect_s: float
     options: EffectiveOptions
+    # From the send of a request the peer never answers, under the options in effect and
+    # this namespace's sysctls; and from the last data, for a connection that idles.
+    expected_busy: Expected
+    expected_idle: Expected
 
 
 @dataclass(frozen=True)
@@ -204,6 +230,20 @@ class ResponseReceived(Event):
     seq: int
     rtt_ms: float
     rto_ms: float | None  # the kernel's retransmission timeout after this echo
+
+
+@dataclass(frozen=True)
+class WaitingForResponse(Event):
+    """A request unanswered for longer than --tcp-info-interval: what the kernel is doing."""
+
+    name = "waiting_for_response"
+    level = "warning"
+    seq: int
+    waiting_s: float  # since the send
+    tcp_info: TcpInfo
+    gives_up_after_s: float | None  # from the send, as the model expects; None: never
+    gives_up_in_s: float | None  # what is left of it
+    limited_by: str  # tcp_retries2, user_timeout or read_timeout
 
 
 @dataclass(frozen=True)
@@ -244,6 +284,8 @@ class Summary(Event):
     failures: int
     reconnects: int
     longest_detection_s: float | None
+    unanswered_seq: int | None  # a request still waiting for its echo at the stop
+    unanswered_for_s: float | None  # and since when
     stopped_by: str | None
     exit_code: int
 
@@ -267,6 +309,7 @@ EVENTS: dict[str, type[Event]] = {
         Connected,
         RequestSent,
         ResponseReceived,
+        WaitingForResponse,
         ConnectionFailed,
         Reconnecting,
         Stopping,

@@ -12,7 +12,7 @@ merged first, so it appears on every line logged while it is bound.
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from tcpecho.streams import STDOUT, STDOUT_OUTPUT
@@ -36,7 +36,11 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
     for_people: list[Processor] = []
     if use_console:
         colors = on_terminal and not os.environ.get("NO_COLOR")
-        for_people = [_readable_values, structlog.dev.ConsoleRenderer(colors=colors)]
+        for_people = [
+            _waiting_as_status_line,
+            _readable_values,
+            structlog.dev.ConsoleRenderer(colors=colors),
+        ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -67,6 +71,35 @@ def _lead_with_time_level_event(
         key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict
     }
     return {**lead, **event_dict}
+
+
+def _waiting_as_status_line(
+    logger: object, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """For the console: ``waiting_for_response`` as one sentence that a terminal shows in
+    place, updated every interval, instead of a new line each time."""
+    if event_dict.get("event") != "waiting_for_response":
+        return event_dict
+    import structlog
+
+    STDOUT_OUTPUT.status(f"{event_dict.get('timestamp', '')} {describe_waiting(event_dict)}")
+    raise structlog.DropEvent
+
+
+def describe_waiting(event: Mapping[str, Any]) -> str:
+    """``waiting 312 s for #17: 9 retransmissions, RTO 102 s, the kernel gives up in about
+    612 s (tcp_retries2)``."""
+    info = event.get("tcp_info") or {}
+    rto_ms = float(info.get("rto_ms") or 0)
+    rto = f"{rto_ms / 1000:.3g} s" if rto_ms >= 1000 else f"{rto_ms:.0f} ms"
+    limited_by = event.get("limited_by", "")
+    who = "the client" if limited_by == "read_timeout" else "the kernel"
+    left = event.get("gives_up_in_s")
+    ending = "nothing ends the wait" if left is None else f"{who} gives up in about {left:.0f} s"
+    return (
+        f"waiting {event.get('waiting_s', 0):.0f} s for #{event.get('seq')}: "
+        f"{info.get('retransmits', 0)} retransmissions, RTO {rto}, {ending} ({limited_by})"
+    )
 
 
 def _readable_values(

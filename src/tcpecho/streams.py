@@ -66,8 +66,8 @@ class Output:
         self._lock = threading.Lock()
 
     def line(self, text: str) -> None:
-        """``text`` as a line of its own (below a status line, which is then redrawn later)."""
-        self._write(("\r\x1b[K" if self._status_shown else "") + text + "\n")
+        """``text`` as a line of its own; a status line on show stays, as it last read."""
+        self._write(("\n" if self._status_shown else "") + text + "\n")
         self._status_shown = False
 
     def status(self, text: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tcpecho.client.client import ClientConfig, EchoClient, backoff_delay
+from tcpecho.model import KernelSettings
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
 from tests.conftest import RunningServer, Spawn
@@ -52,10 +53,20 @@ async def test_a_counted_run_verifies_each_echo_and_exits_0(echo_server_port: in
     assert connected["options"]["keepalive"] is True
     assert connected["options"]["keepalive_idle_s"] == 10
     assert connected["peer"] == f"127.0.0.1:{echo_server_port}"
+    # What the model expects under the options the socket really carries: the user timeout
+    # bounds a lost request; keepalive (idle 10 s, the namespace's interval) an idle peer,
+    # ended by the user timeout at the first probe past it, here the first probe itself.
+    busy, idle = connected["expected_busy"], connected["expected_idle"]
+    assert busy["limited_by"] == "user_timeout"
+    assert 5.39 <= busy["low_s"] <= 5.45
+    assert idle["limited_by"] == "keepalive_user_timeout"
+    assert idle["low_s"] == 10 + KernelSettings.here().tcp_keepalive_intvl_s
     assert [e["seq"] for e in events if e["event"] == "response_received"] == [1, 2, 3]
+    assert not any(e["event"] == "waiting_for_response" for e in events)  # none waited 1 s
     summary = events[-1]
     assert summary["event"] == "summary"
     assert (summary["sent"], summary["received"], summary["failures"]) == (3, 3, 0)
+    assert (summary["unanswered_seq"], summary["unanswered_for_s"]) == (None, None)
 
 
 async def test_a_wrong_echo_is_an_error_without_retry() -> None:

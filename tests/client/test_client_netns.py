@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -64,15 +65,50 @@ def _start(topology: Topology, spawn: Spawn, tcpecho: str, *client_args: str) ->
 def test_user_timeout_detects_the_black_hole_after_about_the_timeout(
     topology: Topology, spawn: Spawn, tcpecho: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client = _start(topology, spawn, tcpecho, "--interval", "300ms", "--user-timeout", "2s")
+    client = _start(
+        topology,
+        spawn,
+        tcpecho,
+        *("--interval", "300ms", "--user-timeout", "3s", "--tcp-info-interval", "500ms"),
+    )
+    connected = client.wait_for("connected")
     client.wait_for("response_received", count=3)
     topology.drop_pod_traffic()
     failed = client.wait_for("connection_failed", timeout=10)
     _record(failed, capsys)
     assert (failed["errno"], failed["phase"]) == ("ETIMEDOUT", "request")
     # Never before the timeout; the first retransmission adds ~0.41 s, timers a little more.
-    assert 2.0 <= failed["detection_s"] <= 3.0
+    assert 3.0 <= failed["detection_s"] <= 4.0
     assert client.wait(5) == 1
+    # What `connected` expected beforehand holds, and so does the live view's give-up time.
+    busy = connected["expected_busy"]
+    assert busy["limited_by"] == "user_timeout"
+    assert busy["low_s"] <= failed["detection_s"] <= busy["high_s"]
+    waiting = [e for e in client.named("waiting_for_response") if e["seq"] == failed["seq"]]
+    _check_live_view(waiting, interval=0.5, until=failed["detection_s"])
+    assert {e["limited_by"] for e in waiting} == {"user_timeout"}
+    assert 3.3 <= waiting[0]["gives_up_after_s"] <= 3.5  # the timeout plus the first RTO
+    assert waiting[0]["gives_up_after_s"] <= failed["detection_s"] + 0.1
+
+
+def _check_live_view(waiting: list[dict[str, Any]], interval: float, until: float) -> None:
+    """An event every interval from the first interval on, with the kernel's retransmissions
+    rising and the time left shrinking."""
+    assert len(waiting) >= int(until / interval) - 1, waiting
+    times = [event["waiting_s"] for event in waiting]
+    assert interval - 0.05 <= times[0] <= interval + 0.25
+    for earlier, later in itertools.pairwise(times):
+        assert interval - 0.05 <= later - earlier <= interval + 0.25
+    retransmissions = [event["tcp_info"]["total_retrans"] for event in waiting]
+    assert retransmissions == sorted(retransmissions)
+    assert retransmissions[-1] > retransmissions[0] >= 1
+    left = [event["gives_up_in_s"] for event in waiting]
+    assert left == sorted(left, reverse=True)
+    for event in waiting:
+        assert event["tcp_info"]["unacked"] >= 1
+        assert event["gives_up_in_s"] == pytest.approx(
+            max(0.0, event["gives_up_after_s"] - event["waiting_s"]), abs=0.002
+        )
 
 
 def test_keepalive_detects_the_black_hole_on_an_idle_connection(
@@ -101,12 +137,14 @@ def test_keepalive_detects_the_black_hole_on_an_idle_connection(
     assert client.wait(5) == 1
 
 
-def test_without_options_the_client_is_still_waiting(
+def test_without_options_the_client_is_still_waiting_and_says_on_what(
     topology: Topology, spawn: Spawn, tcpecho: str
 ) -> None:
     client = _start(topology, spawn, tcpecho, "--interval", "300ms")
+    connected = client.wait_for("connected")
     client.wait_for("response_received", count=3)
     topology.drop_pod_traffic()
+    dropped_at = time.monotonic()
     # Longer than either mitigation above takes; the kernel's budget is ~924.6 s.
     time.sleep(8)
     assert client.named("connection_failed") == []
@@ -116,3 +154,12 @@ def test_without_options_the_client_is_still_waiting(
     summary = client.wait_for("summary")
     assert summary["sent"] == summary["received"] + 1  # one request is still unanswered
     assert summary["stopped_by"] == "SIGTERM"
+    assert summary["unanswered_seq"] == summary["sent"]
+    assert 7.5 <= summary["unanswered_for_s"] <= time.monotonic() - dropped_at + 0.5
+    # The live view says the kernel's budget is what ends it: ~924.6 s plus the first RTO.
+    waiting = client.named("waiting_for_response")
+    _check_live_view(waiting, interval=1.0, until=summary["unanswered_for_s"])
+    assert {e["limited_by"] for e in waiting} == {"tcp_retries2"}
+    assert 925.0 <= waiting[0]["gives_up_after_s"] <= 935.0
+    assert connected["expected_busy"]["limited_by"] == "tcp_retries2"
+    assert connected["expected_idle"] == {"low_s": None, "high_s": None, "limited_by": "nothing"}

@@ -44,6 +44,13 @@ EPILOG = environment_epilog("client", "USER_TIMEOUT=30s")
     help="First reconnect delay; doubles per attempt, with jitter.",
 )
 @option("--retry-backoff-max", type=Duration(), default="30s", help="Longest reconnect delay.")
+@option(
+    "--tcp-info-interval",
+    type=Duration(),
+    default="1s",
+    help="While a request waits longer than this, log the kernel's counters and when it "
+    "will give up (waiting_for_response), every interval; 0s: never.",
+)
 @tcp_options(connect=True)
 @runtime_options
 def client(
@@ -56,6 +63,7 @@ def client(
     retries: int,
     retry_backoff: float,
     retry_backoff_max: float,
+    tcp_info_interval: float,
     tcp: TcpOptions,
     loop: loops.LoopName,
     log_format: logs.LogFormat,
@@ -78,6 +86,7 @@ def client(
             retries=retries,
             retry_backoff_s=retry_backoff,
             retry_backoff_max_s=retry_backoff_max,
+            tcp_info_interval_s=tcp_info_interval,
             loop=loop,
         )
     logs.configure(log_format, log_level)

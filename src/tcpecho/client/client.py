@@ -12,6 +12,11 @@ with the errno name and two clocks users compare across settings:
 
 Both are measured with the monotonic clock around the exact send and the exact failure.
 ``tcp_info`` adds the kernel's counters at that moment (retransmissions, backoff, RTO).
+
+While a request waits longer than ``tcp_info_interval``, the client logs
+``waiting_for_response`` every interval: the kernel's counters now, and when the kernel
+model (this namespace's sysctls, this socket's options) expects the wait to end.
+``connected`` says the same beforehand, for a busy and for an idle connection.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import structlog
 from tcpecho import events, loops
 from tcpecho.events import CONNECT_TIMEOUT, MISMATCH, READ_TIMEOUT, UNEXPECTED_DATA, Phase
 from tcpecho.logs import get_logger
+from tcpecho.model import Activity, Failure, KernelSettings, Prediction, predict
 from tcpecho.process import forget_stop_signals, on_stop_signals
 from tcpecho.settings import Deadlines, SettingError, check_duration, check_range
 from tcpecho.tcp.connect import connect
@@ -58,6 +64,7 @@ class ClientConfig:
     retries: int = 0  # reconnect attempts after a failure; FOREVER never gives up
     retry_backoff_s: float = 1.0
     retry_backoff_max_s: float = 30.0
+    tcp_info_interval_s: float = 1.0  # waiting_for_response's pace; 0: none
     loop: loops.LoopName = "auto"
 
     def __post_init__(self) -> None:
@@ -67,6 +74,7 @@ class ClientConfig:
         check_range("retries", self.retries, FOREVER)
         check_duration("retry_backoff", self.retry_backoff_s, minimum=0.001)
         check_duration("retry_backoff_max", self.retry_backoff_max_s, minimum=0.001)
+        check_duration("tcp_info_interval", self.tcp_info_interval_s)
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise SettingError("retry_backoff_max", "must not be shorter than --retry-backoff")
 
@@ -110,6 +118,9 @@ class _Connection:
     # A duplicate descriptor of the same kernel socket: it outlives the event loop's own
     # descriptor, so TCP_INFO can still be read after the loop has closed the connection.
     kernel_view: socket.socket | None = None
+    # The options the socket really carries, and the RTO a lost request would wait first.
+    tcp: TcpOptions = field(default_factory=TcpOptions)
+    rto_ms: float | None = None
     echoed: int = 0
 
     def last_tcp_info(self) -> TcpInfo | None:
@@ -123,11 +134,17 @@ class _Connection:
         finally:
             self.release()
 
-    def rto_ms(self) -> float | None:
-        """The kernel's retransmission timeout now: what a lost request would wait first."""
+    def tcp_info(self) -> TcpInfo | None:
+        """The kernel's counters for this connection now."""
         if self.kernel_view is None:
             return None
-        return read_tcp_info(self.kernel_view).rto_ms
+        return read_tcp_info(self.kernel_view)
+
+    def note_rto(self) -> float | None:
+        """Read the RTO now (after an echo: what the next lost request would wait first)."""
+        info = self.tcp_info()
+        self.rto_ms = None if info is None else info.rto_ms
+        return self.rto_ms
 
     def release(self) -> None:
         if self.kernel_view is not None:
@@ -158,6 +175,8 @@ class EchoClient:
         self._last_response_at: float | None = None
         self._failure_outstanding = False
         self._stopped_by: str | None = None
+        self._unanswered: tuple[int, float] | None = None  # (seq, sent at) of the request waiting
+        self._kernel = KernelSettings()  # this namespace's, read when the client runs
 
     async def run(self) -> int:
         """The exit status: 0 when the echoes were answered, 1 on a failure left standing."""
@@ -165,6 +184,7 @@ class EchoClient:
         assert task is not None
         loop = asyncio.get_running_loop()
         on_stop_signals(loop, lambda signum: self._on_signal(signum, task))
+        self._kernel = KernelSettings.here()
         config = self.config
         events.emit(
             self.log,
@@ -187,7 +207,15 @@ class EchoClient:
         finally:
             forget_stop_signals(loop)
             structlog.contextvars.unbind_contextvars("connection")
+        self._emit_summary(status)
+        return status
+
+    def _emit_summary(self, status: int) -> None:
         summary = self.summary
+        unanswered_seq = unanswered_for_s = None
+        if self._unanswered is not None:
+            unanswered_seq, sent_at = self._unanswered
+            unanswered_for_s = round(time.monotonic() - sent_at, 6)
         events.emit(
             self.log,
             events.Summary(
@@ -196,11 +224,12 @@ class EchoClient:
                 failures=summary.failures,
                 reconnects=summary.reconnects,
                 longest_detection_s=summary.longest_detection_s,
+                unanswered_seq=unanswered_seq,
+                unanswered_for_s=unanswered_for_s,
                 stopped_by=self._stopped_by,
                 exit_code=status,
             ),
         )
-        return status
 
     def _on_signal(self, signum: int, task: asyncio.Task[int]) -> None:
         self._stopped_by = signal.Signals(signum).name
@@ -276,16 +305,37 @@ class EchoClient:
             raise
         connection_socket = writer.get_extra_info("socket")
         kernel_view = socket.socket(fileno=os.dup(connection_socket.fileno()))
+        effective = read_effective(connection_socket)
+        connection = _Connection(
+            reader, writer, kernel_view, tcp=TcpOptions.from_effective(effective)
+        )
+        connection.note_rto()
         events.emit(
             self.log,
             events.Connected(
                 local=format_address(writer.get_extra_info("sockname")),
                 peer=format_address(writer.get_extra_info("peername")),
                 connect_s=round(time.monotonic() - started, 6),
-                options=read_effective(connection_socket),
+                options=effective,
+                expected_busy=events.Expected.of(self._busy_prediction(connection)),
+                expected_idle=events.Expected.of(
+                    predict(self._kernel, connection.tcp, Failure.SILENT, Activity.IDLE)
+                ),
             ),
         )
-        return _Connection(reader, writer, kernel_view)
+        return connection
+
+    def _busy_prediction(self, connection: _Connection) -> Prediction:
+        """When a request sent now and never answered would end in a failure."""
+        rto_ms = connection.rto_ms
+        return predict(
+            self._kernel,
+            connection.tcp,
+            Failure.SILENT,
+            Activity.ACTIVE,
+            self.config.deadlines,
+            first_rto_s=None if rto_ms is None else rto_ms / 1000,
+        )
 
     async def _open_socket(self, started: float) -> socket.socket:
         """A connected socket, options applied before connect; failures as ConnectionFailedError."""
@@ -319,9 +369,11 @@ class EchoClient:
             sent_at = time.monotonic()
             connection.writer.write(request)
             self.summary.sent += 1
+            self._unanswered = (seq, sent_at)
             events.emit(self.log, events.RequestSent(seq=seq, bytes=len(request)))
             echo = await self._await_echo(connection, len(request), seq, sent_at)
             received_at = time.monotonic()
+            self._unanswered = None
             if echo != request:
                 raise ConnectionFailedError(
                     MISMATCH,
@@ -340,7 +392,7 @@ class EchoClient:
                 events.ResponseReceived(
                     seq=seq,
                     rtt_ms=round((received_at - sent_at) * 1000, 3),
-                    rto_ms=connection.rto_ms(),
+                    rto_ms=connection.note_rto(),
                 ),
             )
             if count and self.summary.received >= count:
@@ -351,6 +403,9 @@ class EchoClient:
         self, connection: _Connection, size: int, seq: int, sent_at: float
     ) -> bytes:
         timeout = self.config.deadlines.read_timeout_s
+        watcher = None
+        if self.config.tcp_info_interval_s > 0:
+            watcher = asyncio.create_task(self._report_waiting(connection, seq, sent_at))
         try:
             async with asyncio.timeout(timeout):
                 return await self._read_echo(connection, size, seq, sent_at)
@@ -362,6 +417,42 @@ class EchoClient:
                 unanswered_since=sent_at,
                 seq=seq,
             ) from None
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _report_waiting(self, connection: _Connection, seq: int, sent_at: float) -> None:
+        """Every interval the request stays unanswered: the kernel's counters, and when the
+        model expects the wait to end (the live view of a hang)."""
+        interval = self.config.tcp_info_interval_s
+        await asyncio.sleep(interval)
+        # Only now, for the rare request that waits: the RTO it began with has not changed.
+        prediction = self._busy_prediction(connection)
+        gives_up_after = None if prediction.never else round(prediction.low_s, 3)
+        while True:
+            try:
+                info = connection.tcp_info()
+            except OSError:
+                return  # the connection is being torn down: its failure is reported
+            if info is None:
+                return
+            waiting = time.monotonic() - sent_at
+            events.emit(
+                self.log,
+                events.WaitingForResponse(
+                    seq=seq,
+                    waiting_s=round(waiting, 3),
+                    tcp_info=info,
+                    gives_up_after_s=gives_up_after,
+                    gives_up_in_s=(
+                        None
+                        if gives_up_after is None
+                        else round(max(0.0, gives_up_after - waiting), 3)
+                    ),
+                    limited_by=str(prediction.mechanism),
+                ),
+            )
+            await asyncio.sleep(interval)
 
     async def _read_echo(
         self, connection: _Connection, size: int, seq: int, sent_at: float
@@ -410,6 +501,7 @@ class EchoClient:
     def _report(self, failure: ConnectionFailedError, tcp_info: TcpInfo | None) -> None:
         self.summary.failures += 1
         self._failure_outstanding = True
+        self._unanswered = None  # no longer waiting: it failed
         detection_s = None
         if failure.unanswered_since is not None:
             detection_s = round(failure.detected_at - failure.unanswered_since, 6)

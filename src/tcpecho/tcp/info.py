@@ -55,8 +55,9 @@ class TcpInfo:
     total_retrans: int  # every retransmission over the connection's life
     rtt_ms: float
     rttvar_ms: float
-    last_data_sent_ms: int
-    last_data_recv_ms: int
+    last_data_sent_ms: int  # since the last data segment left
+    last_data_recv_ms: int  # since the last data arrived
+    last_ack_recv_ms: int  # since the peer last acknowledged anything
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -67,7 +68,7 @@ def read_tcp_info(sock: InfoSocket) -> TcpInfo:
     fields = _LAYOUT.unpack(raw.ljust(_LAYOUT.size, b"\0")[: _LAYOUT.size])
     state, _ca_state, retransmits, probes, backoff = fields[:5]
     rto, _ato, _snd_mss, _rcv_mss, unacked, _sacked, lost, _retrans, _fackets = fields[8:17]
-    last_data_sent, _last_ack_sent, last_data_recv, _last_ack_recv = fields[17:21]
+    last_data_sent, _last_ack_sent, last_data_recv, last_ack_recv = fields[17:21]
     rtt, rttvar = fields[23:25]
     total_retrans = fields[31]
     return TcpInfo(
@@ -83,4 +84,5 @@ def read_tcp_info(sock: InfoSocket) -> TcpInfo:
         rttvar_ms=rttvar / 1000,
         last_data_sent_ms=last_data_sent,
         last_data_recv_ms=last_data_recv,
+        last_ack_recv_ms=last_ack_recv,
     )

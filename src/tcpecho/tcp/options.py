@@ -123,6 +123,23 @@ class TcpOptions:
             recverr=recverr,
         )
 
+    @classmethod
+    def from_effective(cls, effective: EffectiveOptions) -> TcpOptions:
+        """What a socket really carries, as options (the model predicts from these).
+
+        A socket reports keepalive times even with keepalive off; they matter only when on."""
+        keepalive = effective.keepalive
+        return cls(
+            user_timeout_ms=effective.user_timeout_ms or None,
+            keepalive=keepalive,
+            keepalive_idle_s=effective.keepalive_idle_s if keepalive else None,
+            keepalive_interval_s=effective.keepalive_interval_s if keepalive else None,
+            keepalive_count=effective.keepalive_count if keepalive else None,
+            syn_retries=effective.syn_retries,
+            recverr=bool(effective.recverr),
+            nodelay=effective.nodelay,
+        )
+
     def as_flags(self) -> tuple[str, ...]:
         """The ``tcpecho client`` flags that ask for exactly these options."""
         flags: list[str] = []
