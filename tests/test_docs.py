@@ -21,6 +21,7 @@ DOCS = ROOT / "docs"
 COMMAND_PAGES = {
     "client": "client.md",
     "server": "server.md",
+    "explain": "explain.md",
     "lab": "lab.md",
     "bench": "performance.md",
 }

@@ -1,7 +1,7 @@
 """The ``tcpecho`` command line: each command parses its options into a typed config and runs it.
 
-One module per command (``server``, ``client``, ``lab``, ``bench``). Options that several
-commands share are declared once (``options``) and handed to the command as typed values
+One module per command (``server``, ``client``, ``explain``, ``lab``, ``bench``). Options that
+several commands share are declared once (``options``) and handed to the command as typed values
 (``TcpOptions``, ``Deadlines``); the parameter types only parse (``params``), and the
 settings check themselves. Every option is also an environment variable,
 ``TCPECHO_<COMMAND>_<OPTION>``, which is how the Kubernetes manifests set them. Bad values
@@ -19,6 +19,7 @@ import click
 from tcpecho import streams
 from tcpecho.cli.bench import bench
 from tcpecho.cli.client import client
+from tcpecho.cli.explain import explain
 from tcpecho.cli.lab import lab
 from tcpecho.cli.server import server
 
@@ -69,5 +70,5 @@ def main() -> None:
     vanishes (a force-deleted Kubernetes pod behind a ClusterIP service)."""
 
 
-for _command in (server, client, lab, bench):
+for _command in (server, client, explain, lab, bench):
     main.add_command(_command)

@@ -63,9 +63,9 @@ def _profile_names() -> Sequence[str]:
 )
 @option(
     "--client-args",
-    default=None,
+    multiple=True,
     help="A custom profile: the client's TCP and deadline options, quoted as one argument "
-    "(see the examples below).",
+    "(see the examples below); repeat for several.",
 )
 @option(
     "--quick",
@@ -111,7 +111,7 @@ def _profile_names() -> Sequence[str]:
 def lab(
     faults: tuple[str, ...],
     profiles: tuple[str, ...],
-    client_args: str | None,
+    client_args: tuple[str, ...],
     quick: bool,
     tcp_retries2: int | None,
     rto_max: float | None,
@@ -131,8 +131,10 @@ def lab(
     from tcpecho.lab.runner import KernelBudget
 
     chosen = [PROFILES[name] for name in (profiles or (() if client_args else PROFILES))]
-    if client_args is not None:
-        chosen.append(custom_profile(client_args))
+    for number, args in enumerate(client_args, start=1):
+        chosen.append(
+            custom_profile(args, "custom" if len(client_args) == 1 else f"custom-{number}")
+        )
     with settings_errors():
         budget = KernelBudget(
             quick=quick,
@@ -152,7 +154,7 @@ def lab(
     raise SystemExit(lab_main.run(config))
 
 
-def custom_profile(text: str) -> Profile:
+def custom_profile(text: str, name: str = "custom") -> Profile:
     """The profile ``--client-args`` describes; a usage error for what the client refuses."""
     from tcpecho.experiment import Profile
     from tcpecho.lab.profiles import LAB_OWNED_OPTIONS
@@ -174,7 +176,7 @@ def custom_profile(text: str) -> Profile:
         )
     except click.ClickException as error:
         raise click.UsageError(f"--client-args: {error.format_message()}") from None
-    return Profile("custom", tcp, deadlines)
+    return Profile(name, tcp, deadlines)
 
 
 @click.command(add_help_option=False)

@@ -1,0 +1,210 @@
+"""``tcpecho explain``: the scenarios and traps it names, its output, and its ranges against
+what the lab measures for the same options and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tcpecho.explain import explain
+from tcpecho.model import KernelSettings
+from tcpecho.settings import Deadlines
+from tcpecho.tcp.options import TcpOptions
+from tests.conftest import requires_netns
+from tests.support import tcpecho_executable
+
+DEFAULTS = KernelSettings()
+KEEPALIVE = TcpOptions(keepalive_idle_s=10, keepalive_interval_s=5, keepalive_count=3)
+
+
+def _codes(tcp: TcpOptions, deadlines: Deadlines, **kernel: Any) -> set[str]:
+    return {trap.code for trap in explain(KernelSettings(**kernel), tcp, deadlines).traps}
+
+
+PROTECTED = replace(KEEPALIVE, user_timeout_ms=20_000)  # bounded busy and idle
+NONE = Deadlines()
+TRAPS = [
+    (TcpOptions(), NONE, {}, {"no-bound", "slow-connect"}),
+    (
+        TcpOptions(keepalive=True),
+        NONE,
+        {},
+        {"keepalive-without-user-timeout", "keepalive-default-idle", "slow-connect"},
+    ),
+    (TcpOptions(user_timeout_ms=30_000), NONE, {}, {"user-timeout-without-keepalive"}),
+    (replace(PROTECTED, user_timeout_ms=30_000), NONE, {}, {"user-timeout-exceeds-keepalive"}),
+    (PROTECTED, NONE, {}, set()),
+    (replace(PROTECTED, user_timeout_ms=2000), NONE, {}, {"user-timeout-too-short"}),
+    (PROTECTED, Deadlines(read_timeout_s=0.5), {}, {"read-timeout-too-short"}),
+    (
+        TcpOptions(recverr=True),
+        NONE,
+        {},
+        {"no-bound", "recverr-without-user-timeout", "slow-connect"},
+    ),
+    (TcpOptions(user_timeout_ms=20_000, keepalive=True), NONE, {}, {"keepalive-default-idle"}),
+    (PROTECTED, NONE, {"tcp_retries2": 5}, {"tcp-retries2-sysctl"}),
+]
+
+
+@pytest.mark.parametrize(("tcp", "deadlines", "kernel", "expected"), TRAPS)
+def test_each_trap_is_named_where_it_is(
+    tcp: TcpOptions, deadlines: Deadlines, kernel: dict[str, Any], expected: set[str]
+) -> None:
+    assert _codes(tcp, deadlines, **kernel) == expected
+
+
+def test_every_trap_comes_with_its_fix() -> None:
+    explanation = explain(
+        DEFAULTS, TcpOptions(user_timeout_ms=1000, keepalive=True, recverr=True), Deadlines()
+    )
+    assert explanation.traps
+    for trap in explanation.traps:
+        assert trap.message
+        assert trap.fix
+
+
+def test_the_scenarios_come_from_the_model() -> None:
+    tcp = replace(KEEPALIVE, user_timeout_ms=30_000)
+    explanation = explain(DEFAULTS, tcp, Deadlines())
+    names = [outcome.scenario.name for outcome in explanation.outcomes]
+    assert names == ["busy", "idle", "unreachable", "connect", "stalled-reader"]
+    assert explanation.outcome("busy").prediction.contains(30.43)
+    assert explanation.outcome("idle").prediction.contains(30.2)  # first probe past 30 s
+    assert explanation.outcome("connect").prediction.contains(30.01)
+    assert explanation.outcome("stalled-reader").prediction.never
+    assert "TCP_USER_TIMEOUT" in explanation.outcome("busy").reasoning
+
+
+def _explain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tcpecho_executable(), "explain", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_command_prints_scenarios_and_warnings() -> None:
+    result = _explain()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "options: none (the kernel's defaults)"
+    assert "tcp_retries2=" in result.stdout
+    busy = next(line for line in lines if line.startswith("busy "))
+    assert "ETIMEDOUT" in busy
+    assert "929-994 s" in busy  # ~924.6 s plus the first retransmission's lead
+    assert "  no-bound: " in result.stdout
+    assert "    fix: " in result.stdout
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_json_has_settings_sysctls_scenarios_and_warnings() -> None:
+    result = _explain("--json", "--user-timeout", "30s", "--keepalive-idle", "10s")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document) >= {"settings", "sysctls", "scenarios", "warnings"}
+    assert document["settings"]["flags"] == ["--user-timeout", "30s", "--keepalive-idle", "10s"]
+    assert document["sysctls"]["net.ipv4.tcp_retries2"] == int(
+        Path("/proc/sys/net/ipv4/tcp_retries2").read_text()
+    )
+    scenarios = {scenario["name"]: scenario for scenario in document["scenarios"]}
+    busy = scenarios["busy"]
+    assert busy["mechanism"] == "user_timeout"
+    assert busy["errno"] == "ETIMEDOUT"
+    assert 30.3 <= busy["detected_after_s"]["low"] <= 30.5
+    assert scenarios["stalled-reader"]["detected_after_s"] is None
+    assert set(scenarios["idle"]) >= {"name", "description", "detected_after_s", "mechanism"}
+    codes = {warning["code"] for warning in document["warnings"]}
+    assert "keepalive-default-idle" not in codes  # the idle time was given
+    assert all(set(w) == {"code", "message", "fix"} for w in document["warnings"])
+
+
+def test_bad_options_are_the_clients_usage_errors() -> None:
+    result = _explain("--user-timeout", "30")
+    assert result.returncode == 2
+    assert "not a duration" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- against the lab -------------------------------------------------------------------------
+
+# Each profile with the lab cases that correspond to explain's scenarios.
+LAB_PROFILES = (
+    "--user-timeout 5s",
+    "--keepalive-idle 10s --keepalive-interval 1s --keepalive-count 3",
+    "--keepalive-idle 10s --keepalive-interval 1s --keepalive-count 3 --user-timeout 5s",
+    "--recverr",
+)
+SCENARIO_OF = {
+    ("force-delete", "active"): "busy",
+    ("force-delete", "idle"): "idle",
+    ("unreachable", "active"): "unreachable",
+    ("unreachable", "idle"): "idle",
+}
+
+
+@pytest.fixture
+def fresh_namespace() -> Iterator[str]:
+    """A new network namespace: kernel defaults, as the lab's client pods have."""
+    name = f"tcpecho-test-explain-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+@requires_netns
+@pytest.mark.netns
+def test_explains_ranges_contain_what_the_lab_measures(
+    tmp_path: Path, fresh_namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "lab.json"
+    lab = subprocess.run(
+        [
+            *(tcpecho_executable(), "lab", "--quick"),
+            *("--fault", "force-delete", "--fault", "unreachable", "--json", str(report)),
+            *(arg for profile in LAB_PROFILES for arg in ("--client-args", profile)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert lab.returncode == 0, lab.stderr[-3000:]
+    compared = []
+    for case in json.loads(report.read_text())["cases"]:
+        if case["quick"]:
+            continue  # its kernel budget was shortened: explain speaks of the real one
+        profile = LAB_PROFILES[int(case["profile"].rsplit("-", 1)[1]) - 1]
+        explained = subprocess.run(
+            [
+                *("ip", "netns", "exec", fresh_namespace),
+                *(tcpecho_executable(), "explain", "--json", *profile.split()),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        scenarios = {s["name"]: s for s in json.loads(explained.stdout)["scenarios"]}
+        scenario = scenarios[SCENARIO_OF[case["fault"], case["mode"]]]
+        measured, expected = case["measured_s"], scenario["detected_after_s"]
+        compared.append(f"{case['name']:58} {profile:80} {measured} in {expected}")
+        if expected is None:
+            assert measured is None, compared[-1]
+        else:
+            assert measured is not None, compared[-1]
+            assert expected["low"] <= measured <= expected["high"], compared[-1]
+        assert case["matches_model"], compared[-1]  # the errno too
+    with capsys.disabled():  # how close: the figures go into the test log
+        print("\n" + "\n".join(compared))
+    assert len(compared) >= 10
