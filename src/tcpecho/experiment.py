@@ -63,13 +63,15 @@ _DESCRIPTIONS = {
 @dataclass(frozen=True)
 class Profile:
     """A named set of client settings to compare: plain data, rendered to flags when a
-    client is started or a manifest written."""
+    client is started or a manifest written. With ``command``, the client is any program
+    instead of ``tcpecho client``: its settings are what its socket is found to carry."""
 
     name: str
     tcp: TcpOptions = field(default_factory=TcpOptions)
     deadlines: Deadlines = field(default_factory=Deadlines)
     # Active: a request waits for its echo when the peer vanishes. Idle: nothing is sent.
     activities: tuple[Activity, ...] = (Activity.ACTIVE, Activity.IDLE)
+    command: str | None = None  # a shell command line, {host} and {port} filled in
 
     def client_flags(self) -> tuple[str, ...]:
         """The ``tcpecho client`` flags for these settings."""
@@ -85,6 +87,8 @@ class Case:
 
     @property
     def name(self) -> str:
+        if self.profile.command is not None:  # a program is busy or idle as it pleases
+            return f"{self.fault}/{self.profile.name}"
         return f"{self.fault}/{self.profile.name}/{self.activity}"
 
 
@@ -114,6 +118,16 @@ class Result:
     conntrack: list[str] = field(default_factory=list)
     client_events: list[dict[str, Any]] = field(default_factory=list)
     server_events: list[dict[str, Any]] = field(default_factory=list)
+    # For a program's case: what the kernel showed of it (the lab watches the socket).
+    observed_activity: Activity | None = None  # what the program was doing at the fault
+    options: dict[str, Any] | None = None  # the options its socket carried
+    exit_status: int | None = None  # the program's, when it exited during the case
+    exited_after_s: float | None = None  # from the fault
+
+    @property
+    def activity(self) -> Activity:
+        """What the client was doing when the peer vanished: planned, or seen."""
+        return self.observed_activity or self.case.activity
 
     def record(self, failed: ConnectionFailed, since_fault_s: float | None = None) -> None:
         """Take the measurement from the client's ``connection_failed``, on the clock the
@@ -149,7 +163,9 @@ def judge(result: Result) -> tuple[Verdict, bool]:
         return Verdict.ERROR, False
     measured = result.measured_s
     detected = measured is not None
-    matches = prediction.contains(measured) and (not detected or result.errno in prediction.errnos)
+    # A program's error is its own business: the lab sees only the socket, and no errno.
+    errno_fits = not detected or result.errno is None or result.errno in prediction.errnos
+    matches = prediction.contains(measured) and errno_fits
     if measured is None:
         return Verdict.HANG, matches
     if measured < FAST_S:

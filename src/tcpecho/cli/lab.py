@@ -30,6 +30,8 @@ EPILOG = """\b
 Examples:
   sudo tcpecho lab --quick --json out/lab.json --plot out/lab.png
   sudo tcpecho lab --fault force-delete --client-args "--user-timeout 10s --keepalive"
+  sudo tcpecho lab --fault force-delete \\
+      --client-cmd 'pinger=while :; do echo ping; sleep 1; done | socat - TCP:{host}:{port}'
 
 """ + environment_epilog("lab", "QUICK=true")
 
@@ -66,6 +68,20 @@ def _profile_names() -> Sequence[str]:
     multiple=True,
     help="A custom profile: the client's TCP and deadline options, quoted as one argument "
     "(see the examples below); repeat for several.",
+)
+@option(
+    "--client-cmd",
+    "client_commands",
+    multiple=True,
+    help="Any program as the client, a shell command line ({host} and {port}: the service; "
+    "also $TCPECHO_LAB_HOST, $TCPECHO_LAB_PORT), named NAME=CMD or after itself; repeatable. "
+    "The lab watches its socket, not its output.",
+)
+@option(
+    "--server-cmd",
+    "server_command",
+    default=None,
+    help="Any program as the server, in every case: a shell command line listening on {port}.",
 )
 @option(
     "--quick",
@@ -112,6 +128,8 @@ def lab(
     faults: tuple[str, ...],
     profiles: tuple[str, ...],
     client_args: tuple[str, ...],
+    client_commands: tuple[str, ...],
+    server_command: str | None,
     quick: bool,
     tcp_retries2: int | None,
     rto_max: float | None,
@@ -130,11 +148,13 @@ def lab(
     from tcpecho.lab.profiles import PROFILES
     from tcpecho.lab.runner import KernelBudget
 
-    chosen = [PROFILES[name] for name in (profiles or (() if client_args else PROFILES))]
+    custom = client_args or client_commands
+    chosen = [PROFILES[name] for name in (profiles or (() if custom else PROFILES))]
     for number, args in enumerate(client_args, start=1):
         chosen.append(
             custom_profile(args, "custom" if len(client_args) == 1 else f"custom-{number}")
         )
+    chosen += program_profiles(client_commands)
     with settings_errors():
         budget = KernelBudget(
             quick=quick,
@@ -147,6 +167,7 @@ def lab(
             budget=budget,
             json_path=json_path,
             plot_path=plot_path,
+            server_command=server_command,
         )
     lab_main.check_requirements(plot=plot_path is not None, rto_max=rto_max is not None)
     if cleanup:
@@ -177,6 +198,20 @@ def custom_profile(text: str, name: str = "custom") -> Profile:
     except click.ClickException as error:
         raise click.UsageError(f"--client-args: {error.format_message()}") from None
     return Profile(name, tcp, deadlines)
+
+
+def program_profiles(commands: tuple[str, ...]) -> list[Profile]:
+    """A profile for each ``--client-cmd``: the program, watched busy or idle as it runs."""
+    from tcpecho.experiment import Profile
+    from tcpecho.lab.programs import program_names
+    from tcpecho.model import Activity
+
+    profiles = []
+    for name, command in program_names(commands):
+        if not command.strip():
+            raise click.BadParameter("is empty", param_hint="'--client-cmd'")
+        profiles.append(Profile(name, command=command, activities=(Activity.ACTIVE,)))
+    return profiles
 
 
 @click.command(add_help_option=False)

@@ -18,18 +18,21 @@ from tcpecho.lab.topology import Topology
 
 
 def inject(fault: Fault, topology: Topology, server_pid: int) -> float:
-    """Break the path (blocking: run it in a worker thread); the wall time it broke."""
+    """Break the path (blocking: run it in a worker thread); the wall time it broke.
+
+    ``server_pid`` leads a process group of its own: a server program started from a shell
+    line is killed whole, children included."""
     broke_at = time.time()
     if fault is Fault.FORCE_DELETE:
         topology.blackhole_pod_route()
         topology.pod_link_down()
-        os.kill(server_pid, signal.SIGKILL)
+        os.killpg(server_pid, signal.SIGKILL)
     elif fault is Fault.NODE_LOSS:
         topology.drop_pod_traffic()
     elif fault is Fault.UNREACHABLE:
         topology.remove_pod_link()
     elif fault is Fault.KILL:
-        os.kill(server_pid, signal.SIGKILL)
+        os.killpg(server_pid, signal.SIGKILL)
     elif fault is Fault.GRACEFUL:
-        os.kill(server_pid, signal.SIGTERM)
+        os.killpg(server_pid, signal.SIGTERM)
     return broke_at

@@ -45,6 +45,7 @@ class LabConfig:
     budget: KernelBudget
     json_path: Path | None = None
     plot_path: Path | None = None
+    server_command: str | None = None  # a program in the server pod instead of tcpecho's
 
     def __post_init__(self) -> None:
         # Checked before the run: a report that cannot be written is found out now, not after
@@ -153,7 +154,9 @@ def run(config: LabConfig) -> int:
 
         on_stop_signals(loop, on_signal)
         every = 1.0 if sys.stderr.isatty() else 5.0
-        return await run_cases(cases, config.budget, _show_progress, every)
+        return await run_cases(
+            cases, config.budget, _show_progress, every, server_command=config.server_command
+        )
 
     try:
         results = loops.run(main(), "auto")

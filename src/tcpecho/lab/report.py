@@ -58,7 +58,7 @@ def format_seconds(value: float) -> str:
 def row(result: Result) -> dict[str, str]:
     case, prediction = result.case, result.prediction
     if result.error is not None:
-        measured = f"error: {result.error}"
+        measured = f"error: {_shortened(result.error)}"
     elif result.measured_s is None and result.observed_s is not None:
         measured = f"none in {format_seconds(result.observed_s)}"
     elif result.measured_s is None:
@@ -72,7 +72,7 @@ def row(result: Result) -> dict[str, str]:
     return {
         "fault": str(case.fault),
         "profile": case.profile.name,
-        "mode": str(case.activity),
+        "mode": str(result.activity),
         "expected": expected,
         "measured": measured,
         "from": CLOCK_NAMES.get(clock or "", "-") if result.measured_s is not None else "-",
@@ -81,6 +81,11 @@ def row(result: Result) -> dict[str, str]:
         "verdict": str(result.verdict),
         "model": "?" if prediction is None else ("ok" if result.matches else "MISS"),
     }
+
+
+def _shortened(text: str, length: int = 60) -> str:
+    """A case's error in the table (the JSON keeps it whole)."""
+    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def render_table(rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMNS) -> str:
@@ -113,12 +118,15 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         "or the fault (FIN/RST/ICMP). verdict: fast < 1 s; detected by a mitigation; "
         "hang = not detected, or only by the kernel's retransmission budget."
     )
-    misses = [result for result in results if not result.matches]
+    misses = [result for result in results if not result.matches and result.error is None]
     notes.append(
         "model: every measurement within its predicted range"
         if not misses
         else f"model: {len(misses)} case(s) outside the predicted range (MISS)"
     )
+    failed = [result for result in results if result.error is not None]
+    for result in failed:
+        notes.append(f"could not run {result.case.name}: {result.error}")
     conntrack = next((r for r in results if r.conntrack), None)
     if conntrack is not None:
         notes.append(
@@ -145,7 +153,11 @@ def to_json(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
                 "fault_description": result.case.fault.description,
                 "profile": result.case.profile.name,
                 "client_args": list(result.case.profile.client_flags()),
-                "mode": str(result.case.activity),
+                "command": result.case.profile.command,
+                "mode": str(result.activity),
+                "options": result.options,
+                "exit_status": result.exit_status,
+                "exited_after_s": result.exited_after_s,
                 "sysctls": result.sysctls,
                 "quick": result.quick,
                 "prediction": None
@@ -229,7 +241,7 @@ def _plot_fault(axis: Axes, fault: str, chosen: Sequence[Result]) -> None:
     """One fault's panel: a bar per case, labelled with its time, and the model's range."""
     labels, heights, colors, hatches = [], [], [], []
     for result in chosen:
-        labels.append(f"{result.case.profile.name}\n{result.case.activity}")
+        labels.append(f"{result.case.profile.name}\n{result.activity}")
         value = result.measured_s if result.measured_s is not None else result.observed_s or 0
         heights.append(max(value, _LOG_FLOOR_S))
         colors.append(_COLORS.get(result.verdict, "#999999"))

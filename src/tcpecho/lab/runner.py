@@ -30,6 +30,7 @@ from tcpecho.experiment import Case, Fault, Profile, Result
 from tcpecho.lab import topology as net
 from tcpecho.lab.faults import inject
 from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL
+from tcpecho.lab.programs import Program, ProgramClient, ProgramError, wait_until_listening
 from tcpecho.model import Activity, KernelSettings, Mechanism, predict
 from tcpecho.settings import check_duration, check_range
 
@@ -147,6 +148,7 @@ class _Process:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
             env=env,
+            start_new_session=True,  # its own process group, as a fault kills a group
         )
         return cls(process, raw)
 
@@ -197,6 +199,7 @@ class _Run:
     python: Sequence[str]
     budget: KernelBudget
     finite_pending: int
+    server_command: str | None = None  # a program in the server pod instead of tcpecho's
     finite_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def finite_case_finished(self) -> None:
@@ -218,9 +221,11 @@ class LabCase:
             KernelSettings(), profile.tcp, case.fault.failure, case.activity, profile.deadlines
         )
         # The baseline: only the kernel's retransmission budget ends it (--quick shortens it).
-        self.baseline = with_defaults.mechanism is Mechanism.TCP_RETRIES2
-        # Cases the model says never end are watched until the finite ones are done.
-        self.finite = not with_defaults.never
+        # A program's options are known only once it runs: it counts as one.
+        self.baseline = with_defaults.mechanism is Mechanism.TCP_RETRIES2 or bool(profile.command)
+        # Cases the model says never end are watched until the finite ones are done; a
+        # program's case decides its own patience, and nobody waits for it.
+        self.finite = not with_defaults.never and not profile.command
         self._counted_finite = self.finite
 
     def progress(self) -> str:
@@ -233,8 +238,7 @@ class LabCase:
 
     async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
-        server: _Process | None = None
-        client: _Process | None = None
+        started: list[_Process | Program | ProgramClient] = []
         try:
             await loop.run_in_executor(None, self.topology.build)
             self._plan_kernel()
@@ -242,21 +246,14 @@ class LabCase:
             await loop.run_in_executor(None, self._write_sysctls, sysctls)
             kernel = await loop.run_in_executor(None, self._kernel_settings)
             self.status = "starting"
-            server = await _Process.start(self._server_argv(), self.result.server_events)
-            await server.wait_for(events.ServerStarted, timeout=STARTUP_TIMEOUT_S)
-            client = await _Process.start(self._client_argv(), self.result.client_events)
-            self.status = "warming up"
-            warmup = WARMUP_ECHOES[self.case.activity]
-            last_echo, last_echo_at = await client.wait_for(
-                events.ResponseReceived, count=warmup, timeout=STARTUP_TIMEOUT_S
-            )
-            self._predict(kernel, last_echo)
-            await self._inject(server)
-            self._check_idle_gap(last_echo_at)
-            await self._observe(client)
+            server_pid = await self._start_server(started)
+            if self.case.profile.command is not None:
+                await self._run_program(kernel, server_pid, started)
+            else:
+                await self._run_tcpecho_client(kernel, server_pid, started)
             if self.case.fault is Fault.FORCE_DELETE:
                 self.result.conntrack = await loop.run_in_executor(None, self.topology.conntrack)
-        except LabCaseError as error:
+        except (LabCaseError, ProgramError) as error:
             self.result.error = f"{self.status}: {error}"
         except TimeoutError:
             self.result.error = f"{self.status}: timed out"
@@ -264,12 +261,68 @@ class LabCase:
             self.result.error = f"{self.status}: {type(error).__name__}: {error}"
         finally:
             self.status = "cleaning up"
-            for process in (client, server):
-                if process is not None:
-                    await process.stop()
+            for process in reversed(started):
+                await process.stop()
             await loop.run_in_executor(None, self.topology.destroy)
             self._finish_finite()
         return self.result
+
+    async def _start_server(self, started: list[_Process | Program | ProgramClient]) -> int:
+        """tcpecho's server, or the program asked for; its pid (and process group)."""
+        command = self.run.server_command
+        if command is None:
+            server = await _Process.start(self._server_argv(), self.result.server_events)
+            started.append(server)
+            await server.wait_for(events.ServerStarted, timeout=STARTUP_TIMEOUT_S)
+            return server.process.pid
+        program = await Program.start(
+            self.topology, self.topology.server_ns, command, net.SERVER_IP, net.SERVICE_PORT
+        )
+        started.append(program)
+        await wait_until_listening(program, self.topology, net.SERVICE_PORT, STARTUP_TIMEOUT_S)
+        return program.process.pid
+
+    async def _run_tcpecho_client(
+        self,
+        kernel: KernelSettings,
+        server_pid: int,
+        started: list[_Process | Program | ProgramClient],
+    ) -> None:
+        client = await _Process.start(self._client_argv(), self.result.client_events)
+        started.append(client)
+        self.status = "warming up"
+        warmup = WARMUP_ECHOES[self.case.activity]
+        last_echo, last_echo_at = await client.wait_for(
+            events.ResponseReceived, count=warmup, timeout=STARTUP_TIMEOUT_S
+        )
+        self._predict(kernel, last_echo)
+        await self._inject(server_pid)
+        self._check_idle_gap(last_echo_at)
+        await self._observe(client)
+
+    async def _run_program(
+        self,
+        kernel: KernelSettings,
+        server_pid: int,
+        started: list[_Process | Program | ProgramClient],
+    ) -> None:
+        """A client program: watched through the kernel, not through its output."""
+        command = self.case.profile.command
+        assert command is not None
+        client = ProgramClient(self.topology, command, self.result)
+        started.append(client)
+        await client.start()
+        self.status = "warming up"
+        await client.wait_until_talking(STARTUP_TIMEOUT_S)
+        await client.read_options()
+        predictions = client.predictions(kernel, self.case.fault.failure)
+        self.result.prediction = predictions[Activity.ACTIVE]  # until the kernel shows more
+        await self._inject(server_pid)
+        assert self.fault_monotonic is not None
+        self.status = "waiting"
+        await client.observe(self.fault_monotonic, predictions, NEVER_OBSERVED_S)
+        self.result.observed_s = time.monotonic() - self.fault_monotonic
+        await client.note_exit(self.fault_monotonic)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -328,12 +381,12 @@ class LabCase:
             first_rto_s=None if rto_ms is None else rto_ms / 1000,
         )
 
-    async def _inject(self, server: _Process) -> None:
+    async def _inject(self, server_pid: int) -> None:
         self.status = "injecting the fault"
         loop = asyncio.get_running_loop()
         self.fault_monotonic = time.monotonic()
         self.result.fault_at = await loop.run_in_executor(
-            None, inject, self.case.fault, self.topology, server.process.pid
+            None, inject, self.case.fault, self.topology, server_pid
         )
 
     def _check_idle_gap(self, last_echo_at: float) -> None:
@@ -410,6 +463,7 @@ async def run_cases(
     budget: KernelBudget,
     progress: Callable[[list[str]], None],
     progress_every_s: float,
+    server_command: str | None = None,
 ) -> list[Result]:
     """Run every case in parallel; cancelling this cleans every case up before it returns."""
     prefix = f"{RUN_PREFIX}{os.getpid()}-"
@@ -418,7 +472,13 @@ async def run_cases(
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=2 * len(cases) + 4)
     )
-    run = _Run(prefix, [sys.executable, "-m", "tcpecho"], budget, finite_pending=0)
+    run = _Run(
+        prefix,
+        [sys.executable, "-m", "tcpecho"],
+        budget,
+        finite_pending=0,
+        server_command=server_command,
+    )
     lab_cases = [LabCase(case, run) for case in cases]
     run.finite_pending = sum(lab_case.finite for lab_case in lab_cases)
     if run.finite_pending == 0:

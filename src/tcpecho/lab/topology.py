@@ -226,7 +226,7 @@ def _link_up(ipr: object, ifname: str) -> None:
     ipr.link("set", index=index, state="up")  # type: ignore[attr-defined]
 
 
-def _in_namespace(namespace: str, action: Callable[[], T]) -> T:
+def in_namespace(namespace: str, action: Callable[[], T]) -> T:
     """Run ``action()`` in a thread that has entered ``namespace``; return its result."""
     from pyroute2 import netns
 
@@ -257,7 +257,7 @@ def write_sysctl(namespace: str, key: str, value: int) -> None:
         with open(_sysctl_path(key), "w") as handle:
             handle.write(str(value))
 
-    _in_namespace(namespace, write)
+    in_namespace(namespace, write)
 
 
 def read_sysctl(namespace: str, key: str) -> int:
@@ -265,7 +265,7 @@ def read_sysctl(namespace: str, key: str) -> int:
         with open(_sysctl_path(key)) as handle:
             return int(handle.read().split()[0])
 
-    return _in_namespace(namespace, read)
+    return in_namespace(namespace, read)
 
 
 def leftover_namespaces(prefix: str = PREFIX) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Protocol
 _LAYOUT = struct.Struct("=8B24I")
 TCP_INFO: int = getattr(socket, "TCP_INFO", 11)
 
-_STATES = {
+STATE_NAMES = {
     1: "ESTABLISHED",
     2: "SYN_SENT",
     3: "SYN_RECV",
@@ -72,7 +72,7 @@ def read_tcp_info(sock: InfoSocket) -> TcpInfo:
     rtt, rttvar = fields[23:25]
     total_retrans = fields[31]
     return TcpInfo(
-        state=_STATES.get(state, str(state)),
+        state=STATE_NAMES.get(state, str(state)),
         retransmits=retransmits,
         probes=probes,
         backoff=backoff,

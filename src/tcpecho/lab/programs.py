@@ -1,0 +1,332 @@
+"""Any program in the lab: a client or server that is not tcpecho, started from a shell
+command line in a pod's namespace, and judged by what the kernel shows of its socket.
+
+A program's logs mean nothing to the lab, so it watches the kernel instead, through the
+same socket diagnostics as ``tcpecho watch``: the client is talking once its connection to
+the service is ESTABLISHED with data acknowledged both ways; the fault is noticed the
+moment that connection leaves ESTABLISHED or disappears. Whether the program was busy (a
+request unacknowledged) or idle when the peer vanished is seen too, and the two clocks the
+model speaks of are read off ``tcp_info``: the unanswered send (``last_data_sent``) and the
+last data received (``last_data_recv``). The prediction comes from the options the
+program's socket really carries, read as ``watch`` reads them.
+
+``{host}`` and ``{port}`` in a command are the service's address (for a server: its pod
+address and listen port); the same values are in ``TCPECHO_LAB_HOST`` and
+``TCPECHO_LAB_PORT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tcpecho.experiment import Result
+from tcpecho.lab import topology as net
+from tcpecho.model import Activity, Clock, Failure, KernelSettings, Prediction, predict
+from tcpecho.tcp import diag
+from tcpecho.tcp.options import TcpOptions
+
+HOST_ENV, PORT_ENV = "TCPECHO_LAB_HOST", "TCPECHO_LAB_PORT"
+POLL_S = 0.05  # how often the kernel is asked: the measurement's resolution
+OUTPUT_LINES_KEPT = 20
+
+
+class ProgramError(RuntimeError):
+    """A program that did not start, never connected, or exited before its time."""
+
+
+def fill(command: str, host: str, port: int) -> str:
+    return command.replace("{host}", host).replace("{port}", str(port))
+
+
+class Program:
+    """A shell command line running in a namespace, in a session of its own (so a fault can
+    kill it whole), with the last lines it wrote and how it ended."""
+
+    def __init__(self, process: asyncio.subprocess.Process, command: str) -> None:
+        self.process = process
+        self.command = command
+        self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES_KEPT)
+        self.exited_at: float | None = None  # monotonic
+        self._reader = asyncio.create_task(self._read())
+        self.ended = asyncio.create_task(self._wait())
+
+    @classmethod
+    async def start(
+        cls, topology: net.Topology, namespace: str, command: str, host: str, port: int
+    ) -> Program:
+        filled = fill(command, host, port)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("TCPECHO_")}
+        env.update({HOST_ENV: host, PORT_ENV: str(port)})
+        process = await asyncio.create_subprocess_exec(
+            *topology.command(namespace, ["sh", "-c", filled]),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        return cls(process, filled)
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.output.append(line.decode(errors="replace").rstrip())
+
+    async def _wait(self) -> None:
+        await self.process.wait()
+        self.exited_at = time.monotonic()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.exited_at is not None else None
+
+    def ending(self) -> str:
+        """How it ended, for a case's error: its status and its last words."""
+        last = f": {self.output[-1]}" if self.output else ""
+        return f"{self.command!r} exited with status {self.process.returncode}{last}"
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # the group, children that outlive it too
+            os.killpg(self.process.pid, signal.SIGKILL)
+        await self.ended
+        await self._reader
+
+
+class SocketWatch:
+    """A thread inside a namespace that lists, every POLL_S, the connections to one peer."""
+
+    def __init__(self, namespace: str, peer: str) -> None:
+        self.namespace = namespace
+        self.peer = peer
+        self.latest: tuple[float, list[diag.Connection]] = (0.0, [])
+        self.changed = asyncio.Event()
+        self._stop = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._poll, name=f"watch-{namespace}", daemon=True)
+        self.failure: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _poll(self) -> None:
+        from pyroute2 import netns
+
+        try:
+            netns.setns(self.namespace, flags=0)  # this thread only: setns is per thread
+            while not self._stop.is_set():
+                found = [c for c in diag.connections() if c.peer == self.peer]
+                self._loop.call_soon_threadsafe(self._receive, time.monotonic(), found)
+                self._stop.wait(POLL_S)
+        except BaseException as error:  # reported to the case, which ends
+            self.failure = error
+            with contextlib.suppress(RuntimeError):  # the loop may be gone already
+                self._loop.call_soon_threadsafe(self.changed.set)
+
+    def _receive(self, at: float, found: list[diag.Connection]) -> None:
+        self.latest = (at, found)
+        self.changed.set()
+
+    async def next(self) -> tuple[float, list[diag.Connection]]:
+        """The next listing (at most POLL_S away)."""
+        self.changed.clear()
+        await self.changed.wait()
+        if self.failure is not None:
+            raise ProgramError(f"socket diagnostics in {self.namespace}: {self.failure}")
+        return self.latest
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
+
+
+async def wait_until_listening(
+    program: Program, topology: net.Topology, port: int, timeout_s: float
+) -> None:
+    """Until a socket listens on ``port`` in the server's namespace."""
+
+    def listening() -> bool:
+        found = net.in_namespace(topology.server_ns, lambda: diag.connections(listening=True))
+        return any(c.state == "LISTEN" and c.local_port == port for c in found)
+
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout_s
+    while not await loop.run_in_executor(None, listening):
+        if program.returncode is not None:
+            raise ProgramError(f"the server {program.ending()}")
+        if time.monotonic() > deadline:
+            raise ProgramError(f"the server {program.command!r} listened on no port {port}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Talking:
+    """The program's connection once it is talking, and what it was at the fault."""
+
+    connection: diag.Connection
+    seen_at: float  # monotonic
+
+
+class ProgramClient:
+    """A client program in the lab: started, watched through the kernel, and measured."""
+
+    def __init__(self, topology: net.Topology, command: str, result: Result) -> None:
+        self.topology = topology
+        self.command = command
+        self.result = result
+        self.program: Program | None = None
+        self.watch: SocketWatch | None = None
+        self.talking: Talking | None = None
+        self.tcp = TcpOptions()
+
+    async def start(self) -> None:
+        self.program = await Program.start(
+            self.topology, self.topology.client_ns, self.command, net.CLUSTER_IP, net.SERVICE_PORT
+        )
+        peer = f"{net.CLUSTER_IP}:{net.SERVICE_PORT}"
+        self.watch = SocketWatch(self.topology.client_ns, peer)
+        self.watch.start()
+
+    async def wait_until_talking(self, timeout_s: float) -> None:
+        """Until the program's connection is ESTABLISHED with data acknowledged both ways."""
+        assert self.program is not None
+        assert self.watch is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            at, found = await self.watch.next()
+            for connection in found:
+                # bytes_acked counts the SYN: more than 1 is data.
+                both_ways = connection.bytes_acked > 1 and connection.bytes_received > 0
+                if connection.state == "ESTABLISHED" and both_ways:
+                    self.talking = Talking(connection, at)
+                    return
+            if self.program.returncode is not None:
+                raise ProgramError(f"{self.program.ending()}, before it talked to the service")
+        raise ProgramError(
+            f"{self.command!r} had no connection to the service with data both ways "
+            f"within {timeout_s:.0f} s"
+        )
+
+    async def read_options(self) -> None:
+        """The options the program's socket really carries (root reads them)."""
+        assert self.talking is not None
+        inode = self.talking.connection.inode
+        loop = asyncio.get_running_loop()
+        owners = await loop.run_in_executor(None, diag.owners, {inode})
+        owner = owners.get(inode)
+        options = None if owner is None else diag.socket_options(owner)
+        if options is not None:
+            self.result.options = options.as_dict()
+            self.tcp = TcpOptions.from_effective(options)
+
+    def predictions(self, kernel: KernelSettings, failure: Failure) -> dict[Activity, Prediction]:
+        """What the model expects, busy and idle, from the options read."""
+        info = self.talking.connection.info if self.talking else None
+        first_rto_s = None if info is None else info.rto_ms / 1000
+        return {
+            activity: predict(kernel, self.tcp, failure, activity, first_rto_s=first_rto_s)
+            for activity in (Activity.ACTIVE, Activity.IDLE)
+        }
+
+    async def observe(
+        self,
+        fault_at: float,
+        predictions: dict[Activity, Prediction],
+        watch_never_s: float,
+    ) -> None:
+        """Until the connection leaves ESTABLISHED, or the expected time has long passed."""
+        assert self.watch is not None
+        assert self.talking is not None
+        before = self.talking.connection
+        last_data_at: float | None = None
+        sent_at: float | None = None
+        while True:
+            at, found = await self.watch.next()
+            current = next((c for c in found if c.inode == before.inode), None)
+            info = current.info if current is not None else None
+            if info is not None and last_data_at is None:
+                # The idle clock: nothing arrives once the peer is gone, so the first look
+                # after the fault still shows the last data received before it.
+                last_data_at = at - info.last_data_recv_ms / 1000
+            if info is not None and sent_at is None and info.unacked > 0:
+                # The first unanswered send after the fault (or the one in flight at it).
+                sent_at = at - info.last_data_sent_ms / 1000
+            if info is not None:  # the last look before the socket went holds the count
+                self.result.retransmissions = info.total_retrans
+            activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
+            prediction = predictions[activity]
+            if current is None or current.state != "ESTABLISHED":
+                self._record(at, fault_at, sent_at, last_data_at, activity, prediction)
+                return
+            if at - fault_at > self._patience(prediction, watch_never_s):
+                self._record(None, fault_at, sent_at, last_data_at, activity, prediction)
+                return
+
+    @staticmethod
+    def _patience(prediction: Prediction, watch_never_s: float) -> float:
+        if prediction.never:
+            return watch_never_s
+        # Room for the program's next request (up to a few seconds after the fault) and
+        # for timers later than the model's latest.
+        return prediction.high_s * 1.25 + 10.0
+
+    def _record(
+        self,
+        detected_at: float | None,
+        fault_at: float,
+        sent_at: float | None,
+        last_data_at: float | None,
+        activity: Activity,
+        prediction: Prediction,
+    ) -> None:
+        result = self.result
+        result.observed_activity = activity
+        result.prediction = prediction
+        if detected_at is None:
+            return
+        clocks: dict[Clock, float | None] = {
+            "request": sent_at,
+            "last-data": last_data_at,
+            "fault": fault_at,
+        }
+        start = clocks[prediction.clock]
+        result.measured_clock = prediction.clock if start is not None else "fault"
+        result.measured_s = round(detected_at - (start if start is not None else fault_at), 6)
+
+    async def note_exit(self, fault_at: float, grace_s: float = 2.0) -> None:
+        """The program's own end, when it comes during the case or just after its socket
+        failed (a program usually exits on the error; the lab gives it a moment)."""
+        program = self.program
+        if program is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(program.ended), grace_s)
+        if program.exited_at is not None:
+            self.result.exit_status = program.returncode
+            self.result.exited_after_s = round(program.exited_at - fault_at, 6)
+
+    async def stop(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
+        if self.program is not None:
+            await self.program.stop()
+
+
+def program_names(commands: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, command) for each ``--client-cmd``: ``NAME=CMD``, or the command shortened."""
+    named = []
+    for command in commands:
+        head, equals, rest = command.partition("=")
+        if equals and head and " " not in head and rest.strip():
+            named.append((head, rest))
+        else:
+            short = " ".join(command.split())
+            named.append((short if len(short) <= 24 else short[:23] + "~", command))
+    return named

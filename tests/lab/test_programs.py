@@ -1,0 +1,147 @@
+"""Any program in the lab: real clients and servers tcpecho did not write, judged by what the
+kernel shows of their sockets, against the model's prediction from the options they set."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tcpecho.experiment import Result
+from tcpecho.lab.programs import ProgramClient, ProgramError, program_names
+from tcpecho.lab.topology import Topology
+from tests.conftest import requires_netns
+from tests.support import tcpecho_executable
+
+PING_EVERY_SECOND = "while :; do echo ping; sleep 1; done"
+SOCAT = f"{PING_EVERY_SECOND} | socat - TCP:{{host}}:{{port}}"
+# TCP_USER_TIMEOUT through socat's generic option: level 6 (IPPROTO_TCP), option 18.
+SOCAT_USER_TIMEOUT = f"{SOCAT},setsockopt-int=6:18:5000"
+BASH_DEV_TCP = (
+    'bash -c "exec 3<>/dev/tcp/$TCPECHO_LAB_HOST/$TCPECHO_LAB_PORT; '
+    'while echo ping >&3 && read -t 60 reply <&3; do sleep 1; done"'
+)
+SOCAT_KEEPALIVE = (
+    "(echo hello; sleep 3600) | socat - "
+    "TCP:{host}:{port},keepalive,keepidle=10,keepintvl=1,keepcnt=3"
+)
+
+
+def test_a_program_is_named_by_its_name_or_its_command() -> None:
+    assert program_names(["socat=socat - TCP:{host}:{port}", "nc {host} {port}"]) == [
+        ("socat", "socat - TCP:{host}:{port}"),
+        ("nc {host} {port}", "nc {host} {port}"),
+    ]
+    (long,) = program_names(["while :; do echo ping; sleep 1; done | socat - TCP:x:1"])
+    assert long[0] == "while :; do echo ping; ~"
+
+
+def _lab(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    report = tmp_path / "lab.json"
+    result = subprocess.run(
+        [tcpecho_executable(), "lab", "--quick", "--json", str(report), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    cases = json.loads(report.read_text())["cases"] if report.exists() else []
+    return result, {case["name"]: case for case in cases}
+
+
+@requires_netns
+@pytest.mark.netns
+def test_real_clients_are_measured_through_their_sockets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result, cases = _lab(
+        tmp_path,
+        *("--fault", "force-delete", "--fault", "kill"),
+        *("--client-cmd", f"socat={SOCAT}"),
+        *("--client-cmd", f"socat-user-timeout={SOCAT_USER_TIMEOUT}"),
+        *("--client-cmd", f"bash={BASH_DEV_TCP}"),
+        *("--client-cmd", f"socat-keepalive={SOCAT_KEEPALIVE}"),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    with capsys.disabled():  # the table goes into the test log, for the record
+        print("\n" + result.stdout)
+    assert set(cases) == {
+        f"{fault}/{name}"
+        for fault in ("force-delete", "kill")
+        for name in ("socat", "socat-user-timeout", "bash", "socat-keepalive")
+    }
+    for name, case in cases.items():
+        assert case["error"] is None, (name, case["error"])
+        assert case["matches_model"], (name, case["prediction"], case["measured_s"])
+    # The options the lab read are the ones each program set on its socket.
+    assert cases["force-delete/socat-user-timeout"]["options"]["user_timeout_ms"] == 5000
+    assert cases["force-delete/socat"]["options"]["user_timeout_ms"] == 0
+    assert cases["force-delete/bash"]["options"]["keepalive"] is False
+    keepalive = cases["force-delete/socat-keepalive"]["options"]
+    assert (keepalive["keepalive"], keepalive["keepalive_idle_s"]) == (True, 10)
+    # Busy programs against the black hole: the user timeout ends it, nothing else does.
+    bounded = cases["force-delete/socat-user-timeout"]
+    assert (bounded["mode"], bounded["verdict"]) == ("active", "detected")
+    assert bounded["prediction"]["mechanism"] == "user_timeout"
+    for hanging in ("force-delete/socat", "force-delete/bash"):
+        assert cases[hanging]["mode"] == "active"
+        assert cases[hanging]["verdict"] == "hang"  # only the (shortened) kernel budget
+        assert cases[hanging]["prediction"]["mechanism"] == "tcp_retries2"
+    idle = cases["force-delete/socat-keepalive"]
+    assert (idle["mode"], idle["measured_clock"], idle["verdict"]) == (
+        "idle",
+        "last-data",
+        "detected",
+    )
+    # The bash client ends its loop when its read fails: the lab records its exit.
+    assert cases["force-delete/bash"]["exit_status"] == 0
+    for name in ("socat", "socat-user-timeout", "bash", "socat-keepalive"):
+        assert cases[f"kill/{name}"]["verdict"] == "fast"  # the FIN came
+
+
+@requires_netns
+@pytest.mark.netns
+def test_a_real_server_and_programs_that_fail_are_clear_case_errors(tmp_path: Path) -> None:
+    result, cases = _lab(
+        tmp_path,
+        *("--fault", "graceful", "--server-cmd", "socat TCP-LISTEN:{port},fork,reuseaddr PIPE"),
+        *("--client-cmd", f"socat={SOCAT}"),
+        *("--client-cmd", "exits=exit 3"),
+        *("--client-cmd", "refused=socat - TCP:{host}:1"),
+    )
+    assert result.returncode == 1  # a case could not run
+    assert "Traceback" not in result.stderr
+    served = cases["graceful/socat"]
+    assert served["error"] is None
+    assert (served["verdict"], served["measured_clock"]) == ("fast", "fault")
+    assert "exited with status 3" in cases["graceful/exits"]["error"]
+    refused = cases["graceful/refused"]["error"]
+    assert "exited with status 1" in refused
+    assert "before it talked to the service" in refused
+    assert "could not run graceful/exits" in result.stdout
+
+
+@requires_netns
+@pytest.mark.netns
+def test_a_program_that_never_connects_is_an_error_not_a_hang() -> None:
+    from tcpecho.experiment import Case, Fault, Profile
+    from tcpecho.model import Activity
+
+    async def run(topology: Topology) -> None:
+        case = Case(Fault.KILL, Profile("sleeper", command="sleep 30"), Activity.ACTIVE)
+        client = ProgramClient(topology, "sleep 30", Result(case))
+        await client.start()
+        try:
+            with pytest.raises(ProgramError, match="no connection to the service"):
+                await client.wait_until_talking(timeout_s=1.0)
+        finally:
+            await client.stop()
+
+    # Built outside the event loop, as the lab does: pyroute2 runs a loop of its own.
+    with Topology(f"tcpecho-test-programs-{os.getpid()}") as topology:
+        asyncio.run(run(topology))
