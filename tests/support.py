@@ -16,7 +16,14 @@ from typing import Any
 
 from tcpecho.process import free_port
 
-__all__ = ["Event", "LoggedProcess", "echo_once", "free_port", "tcpecho_executable"]
+__all__ = [
+    "Event",
+    "LoggedProcess",
+    "abandoned_namespaces",
+    "echo_once",
+    "free_port",
+    "tcpecho_executable",
+]
 
 Event = dict[str, Any]
 
@@ -136,3 +143,20 @@ class LoggedProcess:
     def assert_no_traceback(self) -> None:
         joined = "\n".join(self.stderr_lines + self.other_lines)
         assert "Traceback" not in joined, joined
+
+
+def abandoned_namespaces(prefix: str) -> list[str]:
+    """Namespaces of earlier test runs that were killed: named ``PREFIX<pid>-...`` after a
+    process that is gone. A run going on beside this one keeps its own."""
+    from tcpecho.lab.topology import leftover_namespaces
+
+    abandoned = []
+    for name in leftover_namespaces(prefix):
+        pid = name.removeprefix(prefix).split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            abandoned.append(name)
+        except (ValueError, PermissionError):
+            continue
+    return abandoned

@@ -22,6 +22,7 @@ COMMAND_PAGES = {
     "client": "client.md",
     "server": "server.md",
     "explain": "explain.md",
+    "watch": "watch.md",
     "lab": "lab.md",
     "bench": "performance.md",
 }

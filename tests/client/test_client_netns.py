@@ -23,7 +23,7 @@ import pytest
 
 from tcpecho.lab.topology import CLUSTER_IP, Topology, leftover_namespaces, remove_namespaces
 from tests.conftest import Spawn, requires_netns
-from tests.support import LoggedProcess
+from tests.support import LoggedProcess, abandoned_namespaces
 
 pytestmark = [requires_netns, pytest.mark.netns]
 
@@ -33,10 +33,11 @@ _numbers = itertools.count()
 
 @pytest.fixture(scope="module", autouse=True)
 def _no_leftovers() -> Iterator[None]:
-    """Remove namespaces of an earlier run that was killed, and check none remain after."""
-    remove_namespaces(leftover_namespaces(TEST_PREFIX))
+    """Remove namespaces of an earlier run that was killed, and check none of this run's
+    remain after (a run going on beside this one keeps its own)."""
+    remove_namespaces(abandoned_namespaces(TEST_PREFIX))
     yield
-    assert leftover_namespaces(TEST_PREFIX) == []
+    assert leftover_namespaces(f"{TEST_PREFIX}{os.getpid()}-") == []
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """The ``tcpecho`` command line: each command parses its options into a typed config and runs it.
 
-One module per command (``server``, ``client``, ``explain``, ``lab``, ``bench``). Options that
-several commands share are declared once (``options``) and handed to the command as typed values
-(``TcpOptions``, ``Deadlines``); the parameter types only parse (``params``), and the
-settings check themselves. Every option is also an environment variable,
+One module per command (``server``, ``client``, ``explain``, ``watch``, ``lab``, ``bench``).
+Options that several commands share are declared once (``options``) and handed to the
+command as typed values (``TcpOptions``, ``Deadlines``); the parameter types only parse
+(``params``), and the settings check themselves. Every option is also an environment variable,
 ``TCPECHO_<COMMAND>_<OPTION>``, which is how the Kubernetes manifests set them. Bad values
 end in click's usage error and exit status 2; runtime failures (refused, unreachable,
 timed out) are logged and end in exit status 1. The server, client, lab and bench
@@ -22,6 +22,7 @@ from tcpecho.cli.client import client
 from tcpecho.cli.explain import explain
 from tcpecho.cli.lab import lab
 from tcpecho.cli.server import server
+from tcpecho.cli.watch import watch
 
 ENVVAR_PREFIX = "TCPECHO"
 
@@ -70,5 +71,5 @@ def main() -> None:
     vanishes (a force-deleted Kubernetes pod behind a ClusterIP service)."""
 
 
-for _command in (server, client, explain, lab, bench):
+for _command in (server, client, explain, watch, lab, bench):
     main.add_command(_command)

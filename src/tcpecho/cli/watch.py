@@ -1,0 +1,69 @@
+"""``tcpecho watch``: parse the options into a ``WatchConfig`` and run it."""
+
+from __future__ import annotations
+
+import click
+
+from tcpecho.cli.options import environment_epilog, settings_errors
+from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, option
+
+EPILOG = environment_epilog("watch", "STUCK=true")
+
+
+@click.command(epilog=EPILOG)
+@option(
+    "--peer",
+    type=Endpoint(),
+    default=None,
+    help="Only connections to this peer: an address or a name, with :PORT if you like "
+    "(10.96.0.10:8000, [::1]:8000, postgres).",
+)
+@option("--port", type=int, default=None, help="Only connections with this local or peer port.")
+@option("--pid", type=int, default=None, help="Only connections owned by this process.")
+@option(
+    "--stuck",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Only connections the kernel is retransmitting on, or probing without an answer.",
+)
+@option("--interval", type=Duration(), default="1s", help="Time between snapshots.")
+@option("--once", is_flag=True, type=BOOLEAN, default=False, help="One snapshot, then exit.")
+@option(
+    "--json",
+    "json_output",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="One JSON object per snapshot, one per line.",
+)
+def watch(
+    peer: tuple[str, int | None] | None,
+    port: int | None,
+    pid: int | None,
+    stuck: bool,
+    interval: float,
+    once: bool,
+    json_output: bool,
+) -> None:
+    """Is a program stuck in the hang right now, and when will the kernel give up?
+
+    Lists the TCP connections of this network namespace with the process that owns each,
+    its socket options, what the kernel is doing about it (retransmissions, backoff,
+    keepalive probes), how long it has been stuck and when the kernel will give up, from
+    the same model as `tcpecho explain`. Refreshes in place on a terminal; Ctrl-C stops."""
+    from tcpecho.watch import WatchConfig, run
+
+    peer_host, peer_port = peer if peer is not None else (None, None)
+    with settings_errors():
+        config = WatchConfig(
+            peer_host=peer_host,
+            peer_port=peer_port,
+            port=port,
+            pid=pid,
+            stuck=stuck,
+            interval_s=interval,
+            once=once,
+            json=json_output,
+        )
+    raise SystemExit(run(config))

@@ -1,0 +1,540 @@
+"""``tcpecho watch`` on programs tcpecho did not write: socat and bash clients of the lab's
+ClusterIP, black-holed as a force-deleted pod is, and a connection of the test's own.
+
+What a user relies on is checked against the kernel, not against the code: the options it
+reads are the ones the program set; the owner is the program; a black-holed connection is
+listed stuck with its retransmissions rising; the give-up time is the kernel model's (about
+5.4 s for a 5 s TCP_USER_TIMEOUT: the timeout after a tail-loss probe and a first RTO;
+about 929 s for tcp_retries2; 131 s for an unanswered connect); the time it has been stuck,
+rebuilt from the kernel's timers, agrees with the time since the request was sent; and
+where the options cannot be read the watch says what it assumed instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tcpecho.lab.topology import (
+    CLUSTER_IP,
+    SERVICE_PORT,
+    Topology,
+    leftover_namespaces,
+    remove_namespaces,
+)
+from tests.conftest import Spawn, requires_netns
+from tests.support import LoggedProcess, abandoned_namespaces, tcpecho_executable
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_PREFIX = "tcpecho-test-watch-"
+CLUSTER = f"{CLUSTER_IP}:{SERVICE_PORT}"
+# socat 1.7's EXEC splits its command at spaces without honouring quotes, so the loop that
+# sends a line every second goes through SYSTEM (sh -c).
+PINGER = "SYSTEM:while true; do echo ping; sleep 1; done"
+BASH_CLIENT = (
+    f"exec 3<>/dev/tcp/{CLUSTER_IP}/{SERVICE_PORT}; "
+    "while echo ping >&3 && read -t 30 r <&3; do sleep 1; done"
+)
+USER_TIMEOUT_5S = f"TCP:{CLUSTER},setsockopt-int=6:18:5000"  # IPPROTO_TCP, TCP_USER_TIMEOUT
+# Root without CAP_SYS_PTRACE (removed from the bounding and inheritable sets, so an exec
+# as root cannot get it back).
+NO_PTRACE = ["setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace"]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# Runs its arguments with pidfd_getfd refused (EPERM) by a seccomp filter: what Docker's and
+# containerd's default profiles do to a container without CAP_SYS_PTRACE.
+REFUSE_PIDFD_GETFD = """
+import ctypes, errno, os, struct, sys
+program = [
+    (0x20, 0, 0, 0),  # load the system call's number
+    (0x15, 0, 1, 438),  # pidfd_getfd?
+    (0x06, 0, 0, 0x00050000 | errno.EPERM),  # then fail it with EPERM
+    (0x06, 0, 0, 0x7FFF0000),  # else allow
+]
+code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+class Program(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+filter_program = Program(len(program), ctypes.addressof(code))
+assert libc.prctl(22, 2, ctypes.byref(filter_program), 0, 0) == 0  # seccomp, filter mode
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+# Until the command group registers ``watch``, it is run as the group would run it.
+# How far the rebuilt stuck_for_s may be from the time since the send, for the first ~20 s.
+# The retransmissions done by then (steps of 0.2 s to 6.5 s) each fired late by part of the
+# timer wheel's granularity (4, 32, 32, 32, 256, 256 ms at HZ=250), which the estimate takes
+# at a mean of 3 %: the error stays within about 0.3 s; the rest is a process's reaction.
+STUCK_TOLERANCE_S = 0.5
+# A SYN's timers are 1 s, 1 s, ... 2 s, 4 s (32 ms granularity): it drifts far less.
+CONNECT_TOLERANCE_S = 0.3
+# The pinging programs send once a second (plus a fork of sleep): their first unanswered
+# request leaves within this of the fault.
+PING_PERIOD_S = 1.2
+
+Row = dict[str, Any]
+_numbers = itertools.count()
+
+
+def watch_argv(*args: str) -> list[str]:
+    """``tcpecho watch ARGS``, as users run it."""
+    return [tcpecho_executable(), "watch", *args]
+
+
+def run_watch(
+    argv: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=30
+    )
+
+
+def snapshot_of(result: subprocess.CompletedProcess[str]) -> list[Row]:
+    """The connections of the one JSON snapshot ``--once --json`` printed."""
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, lines
+    connections: list[Row] = json.loads(lines[0])["connections"]
+    return connections
+
+
+# -- on loopback: no namespace needed -----------------------------------------------------
+
+
+@pytest.fixture
+def own_connection() -> Iterator[tuple[int, int]]:
+    """A loopback connection of this test process: (listening port, client's local port);
+    the client side carries TCP_USER_TIMEOUT 7 s."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 7000)
+            accepted, _ = listener.accept()
+            with accepted:
+                yield port, client.getsockname()[1]
+
+
+def test_once_json_lists_a_connection_of_this_test_with_its_owner(
+    own_connection: tuple[int, int],
+) -> None:
+    port, client_port = own_connection
+    rows = snapshot_of(run_watch(watch_argv("--once", "--json", "--port", str(port))))
+    assert len(rows) == 2  # both ends: the listener itself is no connection
+    assert {row["pid"] for row in rows} == {os.getpid()}
+    client = next(row for row in rows if row["local"] == f"127.0.0.1:{client_port}")
+    server = next(row for row in rows if row["peer"] == f"127.0.0.1:{client_port}")
+    for row in rows:
+        assert row["state"] == "ESTABLISHED"
+        assert "pytest" in (row["command"] or "")
+        assert (row["stuck"], row["stuck_for_s"], row["gives_up_in_s"]) == (False, None, None)
+    if os.geteuid() == 0:  # a process may always read its parent's sockets as root
+        assert client["options_source"] == server["options_source"] == "socket"
+        assert client["options"]["user_timeout_ms"] == 7000
+        assert server["options"]["user_timeout_ms"] == 0
+        # Healthy: what a request lost now would take, from the socket's own options.
+        assert client["limited_by"] == "user_timeout"
+        assert 7.3 <= client["gives_up_after_s"] <= 7.6
+        assert server["limited_by"] == "tcp_retries2"
+        assert 925 <= server["gives_up_after_s"] <= 935
+
+
+def test_stuck_on_a_healthy_machine_lists_nothing_of_ours(own_connection: tuple[int, int]) -> None:
+    port, _ = own_connection
+    rows = snapshot_of(run_watch(watch_argv("--once", "--json", "--stuck")))
+    assert [row for row in rows if row["pid"] == os.getpid()] == []
+    assert [row for row in rows if port in (_port(row["local"]), _port(row["peer"]))] == []
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def test_the_options_may_come_from_the_environment(own_connection: tuple[int, int]) -> None:
+    port, _ = own_connection
+    env = {"TCPECHO_WATCH_ONCE": "true", "TCPECHO_WATCH_JSON": "1", "TCPECHO_WATCH_PORT": str(port)}
+    rows = snapshot_of(run_watch(watch_argv(), env))
+    assert len(rows) == 2
+
+
+def test_off_a_terminal_each_snapshot_is_a_table(own_connection: tuple[int, int]) -> None:
+    port, client_port = own_connection
+    result = run_watch(watch_argv("--once", "--port", str(port)))
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tcpecho watch")
+    assert "2 connection(s), 0 stuck" in lines[0]
+    assert lines[1].split()[:4] == ["PID", "COMMAND", "PEER", "STATE"]
+    assert "\x1b" not in result.stdout  # no terminal, no redrawing
+    row = next(line for line in lines if line.rstrip().endswith(f"127.0.0.1:{client_port}"))
+    assert row.split()[0] == str(os.getpid())
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--interval", "abc"], {}, "not a duration"),
+        (["--interval", "0s"], {}, "below the minimum"),
+        (["--port", "0"], {}, "--port"),
+        (["--pid", "-1"], {}, "--pid"),
+        (["--peer", "[::1"], {}, "--peer"),
+        ([], {"TCPECHO_WATCH_INTERVAL": "soon"}, "TCPECHO_WATCH_INTERVAL"),
+        ([], {"TCPECHO_WATCH_PORT": "70000"}, "TCPECHO_WATCH_PORT"),
+    ],
+)
+def test_bad_input_is_a_one_line_usage_error(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = run_watch(watch_argv(*args), env)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_the_watch_with_status_0(spawn: Spawn, signum: int) -> None:
+    watcher = spawn(watch_argv("--interval", "200ms"))
+    _wait_until(lambda: len(_headers(watcher)) >= 2, timeout=15, what="two snapshots")
+    watcher.signal(signum)
+    assert watcher.wait(5) == 0
+    watcher.assert_no_traceback()
+    assert watcher.stderr_lines == []
+
+
+def _headers(process: LoggedProcess) -> list[str]:
+    return [line for line in list(process.other_lines) if line.startswith("tcpecho watch")]
+
+
+def _wait_until(
+    condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what if isinstance(what, str) else what()} in {timeout}s")
+        time.sleep(0.05)
+
+
+# -- in network namespaces: real programs, a real black hole --------------------------------
+
+
+class Lab:
+    """A topology with ``tcpecho server`` in its server pod, and programs in its client pod
+    that are killed, with the namespaces, whatever the test did."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.programs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], *, stdin: bool = False) -> subprocess.Popen[bytes]:
+        program = subprocess.Popen(
+            self.topology.command(self.topology.client_ns, argv),
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.programs.append(program)
+        return program
+
+    def in_client(self, argv: list[str]) -> list[str]:
+        return self.topology.command(self.topology.client_ns, argv)
+
+    def watch_once(self, *args: str, prefix: tuple[str, ...] = ()) -> list[Row]:
+        return snapshot_of(
+            run_watch(self.in_client([*prefix, *watch_argv("--once", "--json", *args)]))
+        )
+
+    def wait_for_owners(self, pids: set[int], timeout: float = 10.0) -> dict[int, Row]:
+        """The watch's row of each program, once each has connected and the watch sees it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = {row["pid"]: row for row in self.watch_once("--port", str(SERVICE_PORT))}
+            if pids <= rows.keys():
+                return {pid: rows[pid] for pid in pids}
+            assert time.monotonic() < deadline, f"no connection of {pids} within {timeout}s"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for program in self.programs:
+            if program.poll() is None:
+                program.kill()
+            try:
+                program.wait(5)
+            finally:
+                if program.stdin is not None:
+                    program.stdin.close()
+
+
+@pytest.fixture
+def lab(spawn: Spawn, tcpecho: str) -> Iterator[Lab]:
+    remove_namespaces(abandoned_namespaces(TEST_PREFIX))
+    try:
+        with Topology(f"{TEST_PREFIX}{os.getpid()}-{next(_numbers)}") as topology:
+            built = Lab(topology)
+            try:
+                server = spawn(topology.command(topology.server_ns, [tcpecho, "server"]))
+                server.wait_for("server_started")
+                yield built
+            finally:
+                built.stop()
+    finally:
+        assert leftover_namespaces(f"{TEST_PREFIX}{os.getpid()}-") == []
+
+
+def _send(program: subprocess.Popen[bytes], line: bytes) -> float:
+    """Write a line for ``program`` to send; the (monotonic) time it was handed over."""
+    assert program.stdin is not None
+    program.stdin.write(line)
+    program.stdin.flush()
+    return time.monotonic()
+
+
+@requires_netns
+@pytest.mark.netns
+def test_it_reads_each_programs_own_options_and_owner(lab: Lab) -> None:
+    plain = lab.start(["socat", PINGER, f"TCP:{CLUSTER}"])
+    pinger = lab.start(["socat", PINGER, USER_TIMEOUT_5S])
+    bash = lab.start(["bash", "-c", BASH_CLIENT])
+    rows = lab.wait_for_owners({plain.pid, pinger.pid, bash.pid})
+    for row in rows.values():
+        assert (row["peer"], row["state"], row["options_source"]) == (
+            CLUSTER,
+            "ESTABLISHED",
+            "socket",
+        )
+        assert (row["stuck"], row["stuck_for_s"], row["gives_up_in_s"]) == (False, None, None)
+        assert row["assumption"] is None
+    assert rows[pinger.pid]["options"]["user_timeout_ms"] == 5000
+    assert rows[pinger.pid]["command"].startswith("socat SYSTEM:")
+    assert rows[pinger.pid]["limited_by"] == "user_timeout"
+    # The timeout plus the tail-loss probe (~0.2 s) and the first RTO (~0.2 s).
+    assert 5.3 <= rows[pinger.pid]["gives_up_after_s"] <= 5.6
+    assert rows[bash.pid]["command"].startswith("bash -c exec 3<>/dev/tcp/")
+    for pid in (plain.pid, bash.pid):
+        assert rows[pid]["options"]["user_timeout_ms"] == 0
+        assert rows[pid]["options"]["keepalive"] is False
+        assert rows[pid]["limited_by"] == "tcp_retries2"
+        assert 925 <= rows[pid]["gives_up_after_s"] <= 935  # the 924.6 s budget, and its lead
+    _check_filters(lab, rows, pinger.pid, bash.pid)
+
+
+def _check_filters(lab: Lab, rows: dict[int, Row], pinger: int, bash: int) -> None:
+    def pids(*args: str, env: dict[str, str] | None = None) -> set[int]:
+        argv = lab.in_client(watch_argv("--once", "--json", *args))
+        return {row["pid"] for row in snapshot_of(run_watch(argv, env))}
+
+    everyone = set(rows)
+    assert pids("--pid", str(pinger)) == {pinger}
+    assert pids("--port", str(_port(rows[pinger]["local"]))) == {pinger}
+    assert pids("--port", str(SERVICE_PORT)) == everyone  # the peer's port counts too
+    assert pids("--peer", CLUSTER) == everyone
+    assert pids("--peer", CLUSTER_IP) == everyone
+    assert pids("--peer", f"{CLUSTER_IP}:{SERVICE_PORT + 1}") == set()
+    assert pids("--peer", "10.96.0.11") == set()
+    assert pids("--stuck") == set()
+    assert pids(env={"TCPECHO_WATCH_PID": str(bash)}) == {bash}
+
+
+@requires_netns
+@pytest.mark.netns
+def test_black_holed_programs_are_stuck_until_the_kernel_gives_up(
+    lab: Lab, spawn: Spawn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    timed = lab.start(["socat", "-", f"TCP:{CLUSTER}"], stdin=True)  # sends what the test writes
+    pinger = lab.start(["socat", PINGER, USER_TIMEOUT_5S])
+    bash = lab.start(["bash", "-c", BASH_CLIENT])
+    lab.wait_for_owners({timed.pid, pinger.pid, bash.pid})
+    _send(timed, b"hello\n")  # one echo first, so its RTO is the path's
+    time.sleep(0.5)
+    lab.topology.drop_pod_traffic()
+    fault_at = time.monotonic()
+    watcher = spawn(lab.in_client(watch_argv("--json", "--stuck", "--interval", "1s")))
+    sent_at = _send(timed, b"ping\n")
+    connecting = lab.start(["socat", "-", f"TCP:{CLUSTER}"], stdin=True)  # its SYNs vanish
+    connect_at = time.monotonic()
+    time.sleep(3)
+    table = run_watch(lab.in_client(watch_argv("--once")))
+    _record(table.stdout, capsys)
+    _wait_until(
+        lambda: _latest(watcher) >= sent_at + 21,
+        timeout=40,
+        what=lambda: f"21 s of snapshots: exit {watcher.proc.poll()}, {watcher.stderr_lines[-5:]}",
+    )
+    watcher.signal(signal.SIGTERM)
+    assert watcher.wait(5) == 0
+    watcher.assert_no_traceback()
+    snapshots = [event for event in list(watcher.events) if "connections" in event]
+    _check_timed(_rows_of(snapshots, timed.pid, since=sent_at), capsys)
+    _check_pinger(_rows_of(snapshots, pinger.pid, since=fault_at), table.stdout, pinger)
+    _check_bash(_rows_of(snapshots, bash.pid, since=fault_at))
+    _check_connecting(_rows_of(snapshots, connecting.pid, since=connect_at))
+
+
+def _latest(watcher: LoggedProcess) -> float:
+    """When the latest snapshot arrived (monotonic: a snapshot reaches the test a few
+    milliseconds after it was taken, which only makes the measured wait look longer)."""
+    arrivals = [event["_received_at"] for event in list(watcher.events) if "connections" in event]
+    return max(arrivals, default=0.0)
+
+
+def _rows_of(snapshots: list[dict[str, Any]], pid: int, since: float) -> list[tuple[float, Row]]:
+    """(seconds since ``since``, row) for each snapshot that lists a connection of ``pid``."""
+    return [
+        (snapshot["_received_at"] - since, row)
+        for snapshot in snapshots
+        for row in snapshot["connections"]
+        if row["pid"] == pid
+    ]
+
+
+def _record(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Show what was measured in the test log: the figures are worth keeping."""
+    with capsys.disabled():
+        print(f"\n{text}")
+
+
+def _check_timed(rows: list[tuple[float, Row]], capsys: pytest.CaptureFixture[str]) -> None:
+    """The request whose send time the test knows: stuck_for_s must be that time."""
+    early = [(elapsed, row) for elapsed, row in rows if elapsed <= 21]
+    assert len(early) >= 18, [elapsed for elapsed, _ in rows]
+    _record(json.dumps(min(early, key=lambda pair: abs(pair[0] - 10))[1]), capsys)
+    errors = [row["stuck_for_s"] - elapsed for elapsed, row in early]
+    _record(
+        f"stuck_for_s - time since the send: {min(errors):+.3f} .. {max(errors):+.3f} s", capsys
+    )
+    assert max(abs(error) for error in errors) <= STUCK_TOLERANCE_S, errors
+    retransmissions = [row["tcp_info"]["total_retrans"] for _, row in rows]
+    assert retransmissions == sorted(retransmissions)
+    assert retransmissions[-1] > retransmissions[0] >= 1
+    # The give-up time holds still (the RTO the wait began with) while the time left shrinks.
+    assert len({row["gives_up_after_s"] for _, row in rows}) == 1
+    assert 925 <= rows[0][1]["gives_up_after_s"] <= 935
+    for _, row in rows:
+        assert (row["state"], row["stuck"], row["limited_by"]) == (
+            "ESTABLISHED",
+            True,
+            "tcp_retries2",
+        )
+        assert row["clock"] == "request"
+        assert row["tcp_info"]["unacked"] >= 1
+        assert row["gives_up_in_s"] == pytest.approx(
+            row["gives_up_after_s"] - row["stuck_for_s"], abs=0.002
+        )
+
+
+def _check_pinger(
+    rows: list[tuple[float, Row]], table: str, pinger: subprocess.Popen[bytes]
+) -> None:
+    """TCP_USER_TIMEOUT 5 s: stuck for about 5.4 s, then gone (socat saw ETIMEDOUT)."""
+    assert len(rows) >= 3, rows
+    for since_fault, row in rows:
+        assert row["limited_by"] == "user_timeout"
+        assert row["options"]["user_timeout_ms"] == 5000
+        assert 5.3 <= row["gives_up_after_s"] <= 5.6
+        _assert_between_fault_and_ping(row["stuck_for_s"], since_fault)
+    # Listed only while the kernel still waits: at most one snapshot interval past it.
+    assert rows[-1][0] <= PING_PERIOD_S + 5.6 + 1.0 + STUCK_TOLERANCE_S
+    assert pinger.wait(5) != 0  # socat ended on the error
+    row_line = next(line for line in table.splitlines() if line.split()[:1] == [str(pinger.pid)])
+    assert "user_timeout" in row_line
+    assert "5.4s" in row_line
+
+
+def _assert_between_fault_and_ping(stuck_for_s: float, since_fault: float) -> None:
+    """A pinging program's unanswered request left after the fault, within a ping period."""
+    assert since_fault - PING_PERIOD_S - STUCK_TOLERANCE_S <= stuck_for_s
+    assert stuck_for_s <= since_fault + STUCK_TOLERANCE_S
+
+
+def _check_bash(rows: list[tuple[float, Row]]) -> None:
+    assert len(rows) >= 15, rows
+    for since_fault, row in rows:
+        assert row["limited_by"] == "tcp_retries2"
+        assert 925 <= row["gives_up_after_s"] <= 935
+        if since_fault <= 21:
+            _assert_between_fault_and_ping(row["stuck_for_s"], since_fault)
+    assert rows[-1][1]["tcp_info"]["total_retrans"] > rows[0][1]["tcp_info"]["total_retrans"]
+
+
+def _check_connecting(rows: list[tuple[float, Row]]) -> None:
+    """A connect into the black hole: the SYN budget (127 s, given up at the SYN timer past
+    it, 131 s), counted from the connect."""
+    assert len(rows) >= 15, rows
+    for since_connect, row in rows:
+        assert (row["state"], row["limited_by"]) == ("SYN_SENT", "tcp_syn_retries")
+        assert 127 <= row["gives_up_after_s"] <= 140
+        assert abs(row["stuck_for_s"] - since_connect) <= CONNECT_TOLERANCE_S
+
+
+@requires_netns
+@pytest.mark.netns
+def test_without_the_right_to_read_them_the_options_are_assumed(lab: Lab) -> None:
+    pinger = lab.start(["socat", PINGER, USER_TIMEOUT_5S])  # root, every capability
+    confined = lab.start([*NO_PTRACE, "socat", PINGER, f"TCP:{CLUSTER},setsockopt-int=6:18:4000"])
+    lab.wait_for_owners({pinger.pid, confined.pid})
+    # Root without CAP_SYS_PTRACE may ptrace (read /proc/PID/fd, pidfd_getfd) only a process
+    # whose capabilities it holds too: not the full-powered socat, but the confined one.
+    rows = lab.watch_once(prefix=tuple(NO_PTRACE))
+    hidden = [row for row in rows if row["pid"] is None]
+    assert len(hidden) == 1
+    _assert_assumed(hidden[0])
+    assert "/proc/PID/fd" in hidden[0]["assumption"]
+    confined_row = next(row for row in rows if row["pid"] == confined.pid)
+    assert confined_row["options_source"] == "socket"
+    assert confined_row["options"]["user_timeout_ms"] == 4000
+    # A seccomp profile that refuses pidfd_getfd: the owner is seen, its options are not.
+    rows = lab.watch_once(prefix=(sys.executable, "-c", REFUSE_PIDFD_GETFD))
+    by_pid = {row["pid"]: row for row in rows}
+    assert set(by_pid) == {pinger.pid, confined.pid}
+    for pid, row in by_pid.items():
+        _assert_assumed(row)
+        assert f"pid {pid}" in row["assumption"]
+
+
+def _assert_assumed(row: Row) -> None:
+    """Options unknown: predicted with the kernel's defaults, as the assumption says, and
+    how to get the real ones."""
+    assert (row["options_source"], row["options"]) == ("unknown", None)
+    assert "no TCP_USER_TIMEOUT" in row["assumption"]
+    assert "keepalive off" in row["assumption"]
+    assert "CAP_SYS_PTRACE" in row["assumption"]
+    # What the defaults imply, whatever the program really set.
+    assert row["limited_by"] == "tcp_retries2"
+    assert 925 <= row["gives_up_after_s"] <= 935
+
+
+def _runs_as_nobody() -> bool:
+    """Whether this interpreter and the project can be run by another user here (a checkout
+    under a private home cannot)."""
+    check = [*NOBODY, sys.executable, "-c", "import tcpecho.watch, pyroute2"]
+    return subprocess.run(check, capture_output=True, timeout=30, check=False).returncode == 0
+
+
+@requires_netns
+@pytest.mark.netns
+def test_another_user_sees_the_connections_and_its_own_programs_options(lab: Lab) -> None:
+    if not _runs_as_nobody():
+        pytest.skip("the interpreter or the project is not readable by uid 65534")
+    roots = lab.start(["socat", PINGER, USER_TIMEOUT_5S])
+    nobodys = lab.start([*NOBODY, "socat", PINGER, f"TCP:{CLUSTER},setsockopt-int=6:18:3000"])
+    lab.wait_for_owners({roots.pid, nobodys.pid})
+    rows = lab.watch_once(prefix=tuple(NOBODY))
+    assert len(rows) == 2  # the kernel lists every connection of the namespace to anyone
+    own = next(row for row in rows if row["pid"] == nobodys.pid)
+    assert (own["options_source"], own["options"]["user_timeout_ms"]) == ("socket", 3000)
+    other = next(row for row in rows if row["pid"] is None)
+    _assert_assumed(other)
