@@ -17,13 +17,13 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from tcpecho import events, loops
 from tcpecho.logs import get_logger
 from tcpecho.process import forget_stop_signals, on_stop_signals, raise_open_file_limit
 from tcpecho.server.protocol import EchoProtocol
 from tcpecho.settings import check_duration, check_range
+from tcpecho.tcp.listen import listen, listening_socket
 from tcpecho.tcp.names import error_name, format_address
 from tcpecho.tcp.options import TcpOptions, read_effective
 
@@ -80,26 +80,9 @@ class EchoServer:
 
     def bind(self) -> list[socket.socket]:
         """Listening sockets for the configured host, options applied before listen."""
-        host, port = self.config.host, self.config.port
-        if host == "::" and socket.has_dualstack_ipv6():
-            # Like Go's net.Listen on "[::]": one socket for both IPv6 and IPv4 clients.
-            return [self._listen(socket.AF_INET6, ("::", port), dual_stack=True)]
-        sockets: list[socket.socket] = []
-        seen: set[tuple[int, str]] = set()
-        try:
-            for family, _, _, _, sockaddr in socket.getaddrinfo(
-                host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-            ):
-                key = (family, str(sockaddr[0]))
-                if key in seen:
-                    continue
-                seen.add(key)
-                sockets.append(self._listen(family, sockaddr, dual_stack=False))
-        except BaseException:
-            for sock in sockets:
-                sock.close()
-            raise
-        return sockets
+        return listen(
+            self.config.host, self.config.port, backlog=self.config.backlog, prepare=self._prepare
+        )
 
     def bind_again(self, sockets: list[socket.socket]) -> list[socket.socket]:
         """New listening sockets on exactly the addresses of ``sockets`` (SO_REUSEPORT)."""
@@ -109,31 +92,27 @@ class EchoServer:
                 dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
                     socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
                 )
-                again.append(self._listen(sock.family, sock.getsockname(), dual_stack=dual_stack))
+                again.append(
+                    listening_socket(
+                        sock.family,
+                        sock.getsockname(),
+                        dual_stack,
+                        self.config.backlog,
+                        self._prepare,
+                    )
+                )
         except BaseException:
             for sock in again:
                 sock.close()
             raise
         return again
 
-    def _listen(self, family: int, sockaddr: Any, *, dual_stack: bool) -> socket.socket:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.config.workers > 1:
-                # Each worker listens on a socket of its own and the kernel spreads new
-                # connections between them.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not dual_stack))
-            self.config.tcp.without_connect_options().apply(sock)
-            sock.bind(sockaddr)
-            sock.listen(self.config.backlog)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    def _prepare(self, sock: socket.socket) -> None:
+        if self.config.workers > 1:
+            # Each worker listens on a socket of its own and the kernel spreads new
+            # connections between them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.config.tcp.without_connect_options().apply(sock)
 
     # -- connection registry (called by EchoProtocol) ------------------------------------
 
