@@ -225,9 +225,9 @@ def test_every_container_has_requests_within_limits(overlay: str, deployment: st
         requested = quantity(resources["requests"][resource])
         limit = quantity(resources["limits"][resource])
         assert 0 < requested <= limit, (resource, resources)
-    # Measured peak RSS of either process is ~29 MiB (docs/image-and-cluster.md): the
-    # request must hold it.
-    assert quantity(resources["requests"]["memory"]) >= 32 * 2**20
+    # Measured peak RSS of either process is ~32-34 MiB with /metrics on, as the pods run
+    # (docs/image-and-cluster.md): the request must hold it.
+    assert quantity(resources["requests"]["memory"]) >= 40 * 2**20
 
 
 @requires_kubectl
