@@ -4,7 +4,8 @@
 
 Runs a real ``tcpecho server`` under load and a real ``tcpecho client`` on loopback and
 reports their CPU (millicores) and peak memory (VmHWM): the figures the manifests'
-``resources`` come from (docs/image-and-cluster.md).
+``resources`` come from (docs/image-and-cluster.md). Both serve ``/metrics``, scraped every
+second, as the pods do (``--no-metrics`` leaves them out).
 """
 
 from __future__ import annotations
@@ -95,6 +96,31 @@ async def echo_load(port: int, connections: int, interval_s: float, duration_s: 
     return completed
 
 
+async def scrape_every_second(ports: list[int], duration_s: float) -> int:
+    """GET /metrics from each port once a second for ``duration_s``; the scrapes answered."""
+    answered = 0
+    stop_at = asyncio.get_running_loop().time() + duration_s
+    while asyncio.get_running_loop().time() < stop_at:
+        for port in ports:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: measure\r\n\r\n")
+            answered += (await reader.read()).startswith(b"HTTP/1.1 200 ")
+            writer.close()
+        await asyncio.sleep(1.0)
+    return answered
+
+
+async def load_and_scrape(
+    port: int, connections: int, interval_s: float, duration_s: float, metrics_ports: list[int]
+) -> int:
+    """The echo load, with the scrapes beside it; the echoes completed."""
+    echoes, _ = await asyncio.gather(
+        echo_load(port, connections, interval_s, duration_s),
+        scrape_every_second(metrics_ports, duration_s),
+    )
+    return echoes
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--duration", type=Duration(), default="30s", help="Measured window (at least 1s).")
 @click.option(
@@ -115,8 +141,13 @@ async def echo_load(port: int, connections: int, interval_s: float, duration_s: 
     default="10ms",
     help="The measured tcpecho client's --interval (the pods use 5s: this is 500x busier).",
 )
+@click.option(
+    "--metrics/--no-metrics",
+    default=True,
+    help="Run both with --metrics-port and scrape them every second, as the pods do.",
+)
 def measure_resources(
-    duration: float, connections: int, load_interval: float, client_interval: float
+    duration: float, connections: int, load_interval: float, client_interval: float, metrics: bool
 ) -> None:
     """Measure a real tcpecho server under load and a real tcpecho client, on loopback."""
     with settings_errors():
@@ -126,19 +157,28 @@ def measure_resources(
     port = free_port()
     command = [sys.executable, "-m", "tcpecho"]
     quiet = ["--log-level", "warning", "--log-format", "json"]
+    metrics_ports = [free_port(), free_port()] if metrics else []
+    server_metrics, client_metrics = (
+        (["--metrics-port", str(number)] for number in metrics_ports) if metrics else ([], [])
+    )
     server = subprocess.Popen(
-        [*command, "server", "--host", "127.0.0.1", "--port", str(port), *quiet]
+        [*command, "server", "--host", "127.0.0.1", "--port", str(port), *quiet, *server_metrics]
     )
     client: subprocess.Popen[bytes] | None = None
     try:
         wait_until_listening("127.0.0.1", port)
         interval = ["--interval", format_duration(client_interval)]
         client = subprocess.Popen(
-            [*command, "client", "--server", "127.0.0.1", "--port", str(port), *interval, *quiet]
-        )
+            [*command, "client", "--server", "127.0.0.1", "--port", str(port), *interval, *quiet,
+             *client_metrics]
+        )  # fmt: skip
+        for metrics_port in metrics_ports:
+            wait_until_listening("127.0.0.1", metrics_port)
         server_meter, client_meter = UsageMeter(server.pid), UsageMeter(client.pid)
         try:
-            echoes = asyncio.run(echo_load(port, connections, load_interval, duration))
+            echoes = asyncio.run(
+                load_and_scrape(port, connections, load_interval, duration, metrics_ports)
+            )
         except OSError as error:
             raise click.ClickException(f"the load lost its server: {error}") from None
         for name, measured in (("server", server), ("client", client)):

@@ -7,8 +7,10 @@ case runs in rounds A B C D E A B C D E ..., so a slow spell of the machine hits
 peer alike; medians and min-max are reported, and ratios only between numbers of this run.
 Cases: 1 KiB ping-pong at 1, 10 and 100 connections; bulk 64 KiB on one connection; 10,000
 idle connections held (server RSS per connection, while the server keeps echoing on
-others); ``tcpecho bench`` against the C load client; ``--workers 2`` against 1;
-``tcpecho --help``'s start-up. Writes ``bench.json``, ``bench.md`` and ``bench.png``.
+others); ``tcpecho bench`` against the C load client; ``--workers 2`` against 1; tcpecho
+with ``--metrics-port`` (scraped every second) against without; ``tcpecho --help``'s
+start-up. Writes ``bench.json``, ``bench.md`` and ``bench.png``; ``--only CASE`` runs one
+case and prints its figures, leaving the results alone.
 
 The issue's targets are checked and reported; an unmet target does not fail the run (the
 machine's noise is 20-40 %) unless ``--strict``. A failed measurement (a server that does
@@ -28,8 +30,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,9 @@ PINGPONG_CONNECTIONS = (1, 10, 100)
 IDLE_CONNECTIONS = 10_000
 SAMPLE_CONNECTIONS = 100  # opened first, to learn the descriptors a connection costs
 HELP_RUNS = 21
+# Once a second: 15-30 times as often as a Prometheus usually scrapes, so a cost would show.
+SCRAPE_INTERVAL_S = 1.0
+METRICS_CONNECTIONS = (10, 100)
 
 
 def log(message: str) -> None:
@@ -266,6 +272,69 @@ class Harness:
         log(f"workers 2 / 1 = {results['ratio']:.2f}")
         return results
 
+    # -- --metrics-port ---------------------------------------------------------------------
+
+    def metrics(self) -> dict[str, Any]:
+        """tcpecho with --metrics-port, scraped every second, against tcpecho without: 1 KiB
+        ping-pong at 10 and 100 connections, both servers on the server core, interleaved."""
+        tcpecho = self.peers[0]
+        metrics_port = p.free_port()
+        results: dict[str, Any] = {"scrape_interval_s": SCRAPE_INTERVAL_S}
+        with contextlib.ExitStack() as stack:
+            servers = {
+                "without": stack.enter_context(
+                    p.servers([tcpecho], self.server_cpu, self.log_dir / "metrics-without")
+                )[tcpecho.name],
+                "with": stack.enter_context(
+                    p.servers(
+                        [tcpecho],
+                        self.server_cpu,
+                        self.log_dir / "metrics-with",
+                        "--metrics-port",
+                        str(metrics_port),
+                    )
+                )[tcpecho.name],
+            }
+            for connections in METRICS_CONNECTIONS:
+                results[f"pingpong-1KiB-c{connections}"] = self._metrics_case(
+                    servers, metrics_port, connections
+                )
+        return results
+
+    def _metrics_case(
+        self, servers: dict[str, p.Server], metrics_port: int, connections: int
+    ) -> dict[str, Any]:
+        rounds: dict[str, list[p.LoadResult]] = {name: [] for name in servers}
+        scrapes: list[float] = []
+        for number in range(self.args.rounds):
+            for name, server in servers.items():
+                with scraping(metrics_port if name == "with" else None) as scraped:
+                    result = p.echoload(
+                        self.tools, self.client_cpu, server.port, "pingpong", connections, KIB,
+                        self.args.warmup, self.args.duration, server,
+                    )  # fmt: skip
+                if result.errors:
+                    raise RuntimeError(f"metrics {name} c={connections}: {result.errors} errors")
+                rounds[name].append(result)
+                scrapes += scraped
+            log(f"metrics c={connections} round {number + 1}/{self.args.rounds}: " + ", ".join(
+                f"{name} {r[-1].per_second:,.0f}" for name, r in rounds.items()
+            ))  # fmt: skip
+        case: dict[str, Any] = {}
+        for name, runs in rounds.items():
+            case[name] = summary([run.per_second for run in runs])
+            case[name]["server_cpu_us_per_request"] = statistics.median(
+                (run.cpu_user_s + run.cpu_system_s) / run.requests * 1e6 for run in runs
+            )
+        case["ratio"] = case["with"]["median"] / case["without"]["median"]
+        case["scrapes"] = len(scrapes)
+        case["scrape_ms"] = summary([seconds * 1000 for seconds in scrapes])
+        log(
+            f"metrics c={connections}: with / without = {case['ratio']:.3f}, {len(scrapes)} "
+            f"scrapes under load, {case['scrape_ms']['median']:.2f} ms each (median)"
+        )
+        return case
+
     # -- start-up ---------------------------------------------------------------------------
 
     def help_time(self) -> dict[str, Any]:
@@ -276,6 +345,44 @@ class Harness:
             times.append((time.perf_counter() - started) * 1000)
         log(f"tcpecho --help: median {statistics.median(times):.0f} ms")
         return summary(times)
+
+
+@contextlib.contextmanager
+def scraping(port: int | None) -> Iterator[list[float]]:
+    """GET /metrics on ``port`` every SCRAPE_INTERVAL_S while the block runs (nothing when
+    None); the scrapes' durations in seconds. A scrape that is not a 200 fails the run."""
+    durations: list[float] = []
+    if port is None:
+        yield durations
+        return
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def scrape_until_stopped() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    answer = b"".join(iter(lambda: sock.recv(65536), b""))
+            except OSError as error:
+                failures.append(str(error))
+                return
+            if not answer.startswith(b"HTTP/1.1 200 "):
+                failures.append(answer[:80].decode(errors="replace"))
+                return
+            durations.append(time.perf_counter() - started)
+            stop.wait(SCRAPE_INTERVAL_S)
+
+    scraper = threading.Thread(target=scrape_until_stopped, name="scraper", daemon=True)
+    scraper.start()
+    try:
+        yield durations
+    finally:
+        stop.set()
+        scraper.join(10)
+    if failures:
+        raise RuntimeError(f"scraping /metrics failed: {failures[0]}")
 
 
 def _echoes(sock: socket.socket) -> int:
@@ -318,6 +425,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for case, comparison in results["clients"].items():
         add(f"tcpecho bench / C client, {case}", comparison["ratio"], 0.9, True)
     add("tcpecho --help ms (median)", results["help_ms"]["median"], 150.0, False)
+    for case, comparison in results.get("metrics", {}).items():
+        if isinstance(comparison, dict):
+            add(f"--metrics-port / without, {case}", comparison["ratio"], 0.95, True)
     return found
 
 
@@ -405,6 +515,17 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Each case: its key in the results, and the Harness method that measures it.
+STEPS = {
+    "help_ms": "help_time",
+    "throughput": "throughput",
+    "clients": "clients",
+    "idle": "idle",
+    "workers": "workers",
+    "metrics": "metrics",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -413,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=p.ROOT / "benchmarks" / "results")
     parser.add_argument("--build", type=Path, default=p.ROOT / "out" / "bench")
     parser.add_argument("--strict", action="store_true", help="fail when a target is not met")
+    parser.add_argument(
+        "--only",
+        choices=STEPS,
+        help="run this case alone and print its figures; the results are left as they are",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     raise_file_limits()
@@ -420,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         log(note)
     harness = Harness(args, tools, notes)
+    if args.only:
+        figures = getattr(harness, STEPS[args.only])()
+        print(json.dumps({args.only: figures, "machine": machine()}, indent=2))
+        return 0
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -436,14 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
     }
     log(f"machine {results['machine']}, load average {results['load_average_before']}")
-    steps: list[tuple[str, Callable[[], Any]]] = [
-        ("help_ms", harness.help_time),
-        ("throughput", harness.throughput),
-        ("clients", harness.clients),
-        ("idle", harness.idle),
-        ("workers", harness.workers),
-    ]
-    for key, step in steps:
+    for key, method in STEPS.items():
+        step: Callable[[], Any] = getattr(harness, method)
         results[key] = step()
     results["load_average_after"] = load_average()
     results["targets"] = targets(results)

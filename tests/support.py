@@ -1,7 +1,9 @@
-"""Test support: tcpecho processes whose JSON log lines are collected as they arrive."""
+"""Test support: tcpecho processes whose JSON log lines are collected as they arrive, and
+``/metrics`` scraped over a real socket and read with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -12,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tcpecho.process import free_port
@@ -19,9 +22,16 @@ from tcpecho.process import free_port
 __all__ = [
     "Event",
     "LoggedProcess",
+    "Scrape",
     "abandoned_namespaces",
     "echo_once",
     "free_port",
+    "http_request",
+    "http_request_on_loop",
+    "parse_http_answer",
+    "port_of",
+    "scrape",
+    "scrape_on_loop",
     "tcpecho_executable",
 ]
 
@@ -143,6 +153,98 @@ class LoggedProcess:
     def assert_no_traceback(self) -> None:
         joined = "\n".join(self.stderr_lines + self.other_lines)
         assert "Traceback" not in joined, joined
+
+
+def port_of(address: str) -> int:
+    """The port of ``127.0.0.1:9100`` or ``[::]:9100``, as the logs print addresses."""
+    return int(address.rsplit(":", 1)[1])
+
+
+def http_request(host: str, port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is, read until the server closes: status, headers, body."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return parse_http_answer(answer)
+
+
+async def http_request_on_loop(
+    host: str, port: int, request: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """``http_request`` from a coroutine, for an endpoint served on the test's own loop.
+    A connection reset, or a close without an answer, is status 0."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(request)
+    try:
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+    except ConnectionResetError:
+        answer = b""  # closed with our bytes unread: the kernel resets rather than ends
+    finally:
+        writer.close()
+    return parse_http_answer(answer) if answer else (0, {}, b"")
+
+
+def parse_http_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape of ``/metrics``: every sample by name and labels."""
+
+    text: str
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+    @classmethod
+    def parse(cls, text: str) -> Scrape:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+        return cls(text, samples)
+
+    def value(self, name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        if key not in self.samples:
+            raise AssertionError(f"no sample {name}{labels or ''} in the scrape:\n{self.text}")
+        return self.samples[key]
+
+    def labelled(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
+        """Every sample called ``name``, by its labels."""
+        return {labels: value for (found, labels), value in self.samples.items() if found == name}
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self.samples}
+
+
+SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: tcpecho\r\nAccept: */*\r\n\r\n"
+
+
+def scrape(host: str, port: int) -> Scrape:
+    """GET /metrics over a real connection, as Prometheus would; it must answer 200 in the
+    text format."""
+    return _scraped(*http_request(host, port, SCRAPE))
+
+
+async def scrape_on_loop(host: str, port: int) -> Scrape:
+    """``scrape`` from a coroutine, for an endpoint served on the test's own loop."""
+    return _scraped(*await http_request_on_loop(host, port, SCRAPE))
+
+
+def _scraped(status: int, headers: dict[str, str], body: bytes) -> Scrape:
+    assert status == 200, (status, body)
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8", headers
+    assert int(headers["Content-Length"]) == len(body)
+    return Scrape.parse(body.decode())
 
 
 def abandoned_namespaces(prefix: str) -> list[str]:

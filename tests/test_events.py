@@ -131,7 +131,7 @@ def test_every_line_the_programs_write_is_a_declared_event(
 
 
 def test_the_registry_names_every_event_once() -> None:
-    assert len(events.EVENTS) == 21
+    assert len(events.EVENTS) == 23
     for name, cls in events.EVENTS.items():
         assert cls.name == name
         assert dataclasses.is_dataclass(cls)

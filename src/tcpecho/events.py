@@ -161,6 +161,27 @@ class WorkerFailed(Event):
     error: str
 
 
+# -- the metrics endpoint (server and client, --metrics-port) --------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsStarted(Event):
+    name = "metrics_started"
+    addresses: list[str]  # where /metrics is served, one per listening socket
+
+
+@dataclass(frozen=True)
+class MetricsFailed(Event):
+    """The metrics port could not be listened on; the process exits 1, as for server_failed."""
+
+    name = "metrics_failed"
+    level = "error"
+    host: str
+    port: int
+    errno: str
+    error: str
+
+
 # -- the client ----------------------------------------------------------------------------
 
 
@@ -304,6 +325,8 @@ EVENTS: dict[str, type[Event]] = {
         WorkersStarted,
         WorkerExited,
         WorkerFailed,
+        MetricsStarted,
+        MetricsFailed,
         ClientStarted,
         Connecting,
         Connected,

@@ -52,6 +52,12 @@ BAD_INPUT = [
     (["server", "--shutdown-timeout", "-5s"], {}, "negative"),
     (["server", "--keepalive-count", "200"], {}, "--keepalive-count"),
     (["server", "--syn-retries", "3"], {}, "No such option"),
+    (["server", "--metrics-port", "70000"], {}, "--metrics-port"),
+    (["server", "--metrics-port", "http"], {}, "not a valid integer"),
+    (["server", "--port", "9000", "--metrics-port", "9000"], {}, "must differ from --port"),
+    (["server", "--workers", "2", "--metrics-port", "9100"], {}, "--workers above 1"),
+    (["client", "--metrics-port", "-1"], {}, "--metrics-port"),
+    (["client"], {"TCPECHO_CLIENT_METRICS_PORT": "65536"}, "TCPECHO_CLIENT_METRICS_PORT"),
     (["serve"], {}, "No such command"),
     (["bench", "--server", "127.0.0.1:8000", "--port", "9000"], {}, "disagrees"),
     # Variables are named after the flag: --json is TCPECHO_BENCH_JSON, --fault TCPECHO_LAB_FAULT.

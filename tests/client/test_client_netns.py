@@ -6,7 +6,8 @@ and from the server pod (nft), which is what the force-deleted pod's vanished ro
 Expected times come from the kernel facts measured on this machine: TCP_USER_TIMEOUT gives
 up about 0.41 s (the first retransmission) plus the timeout after the unanswered send;
 keepalive idle/interval/count 1 s/1 s/3 gives up about 4 s after the last data on an idle
-connection; with no option the kernel retransmits for about 15 minutes.
+connection; with no option the kernel retransmits for about 15 minutes. The client's
+/metrics are scraped from the node, as a Prometheus in the cluster would reach the pod.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ from typing import Any
 
 import pytest
 
-from tcpecho.lab.topology import CLUSTER_IP, Topology, leftover_namespaces, remove_namespaces
+from tcpecho.lab.topology import (
+    CLIENT_IP,
+    CLUSTER_IP,
+    Topology,
+    in_namespace,
+    leftover_namespaces,
+    remove_namespaces,
+)
 from tests.conftest import Spawn, requires_netns
-from tests.support import LoggedProcess, abandoned_namespaces
+from tests.support import LoggedProcess, Scrape, abandoned_namespaces, port_of, scrape
 
 pytestmark = [requires_netns, pytest.mark.netns]
 
@@ -167,3 +175,63 @@ def test_without_options_the_client_is_still_waiting_and_says_on_what(
     assert 924.6 < waiting[0]["gives_up_after_s"] <= 924.6 + 0.5 + 120
     assert connected["expected_busy"]["limited_by"] == "tcp_retries2"
     assert connected["expected_idle"] == {"low_s": None, "high_s": None, "limited_by": "nothing"}
+
+
+def test_metrics_show_the_hang_while_it_lasts_and_count_its_detection(
+    topology: Topology, spawn: Spawn, tcpecho: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = _start(
+        topology,
+        spawn,
+        tcpecho,
+        *("--interval", "300ms", "--user-timeout", "3s", "--metrics-port", "0"),
+        # After the failure the client backs off for 15-30 s: it stands still to be scraped.
+        *("--retries", "1", "--retry-backoff", "30s"),
+    )
+    port = port_of(client.wait_for("metrics_started")["addresses"][0])
+
+    def scraped() -> Scrape:
+        return in_namespace(topology.node_ns, lambda: scrape(CLIENT_IP, port))
+
+    client.wait_for("response_received", count=3)
+    healthy = scraped()
+    assert healthy.value("tcpecho_client_connected") == 1
+    assert healthy.value("tcpecho_client_retransmits") == 0
+    topology.drop_pod_traffic()
+    dropped_at = time.monotonic()
+    time.sleep(1.2)
+    early, early_at = scraped(), time.monotonic()
+    time.sleep(1.2)
+    late, late_at = scraped(), time.monotonic()
+    # The request left within an interval (0.3 s) of the drop, and waits on, second for
+    # second; the kernel retransmits it by ~0.41 s after the send, then at each doubled RTO
+    # (~0.82 s, ~1.64 s): more retransmissions at the second scrape than at the first.
+    early_wait = early.value("tcpecho_client_waiting_seconds")
+    late_wait = late.value("tcpecho_client_waiting_seconds")
+    assert 0.5 <= early_wait <= early_at - dropped_at
+    assert late_wait - early_wait == pytest.approx(late_at - early_at, abs=0.1)
+    assert 1 <= early.value("tcpecho_client_retransmits") < late.value("tcpecho_client_retransmits")
+    assert late.value("tcpecho_client_connected") == 1
+    # Still inside what the model expects for --user-timeout 3s: no alert yet.
+    expected = late.value("tcpecho_client_expected_detection_seconds")
+    assert 3.39 <= expected <= 4.2
+    assert late.value("tcpecho_client_waiting_seconds") < expected
+    failed = client.wait_for("connection_failed", timeout=10)
+    client.wait_for("reconnecting")
+    after = scraped()
+    _record(failed, capsys)
+    assert (failed["errno"], failed["phase"]) == ("ETIMEDOUT", "request")
+    failures = after.labelled("tcpecho_client_failures_total")
+    assert failures == {frozenset({("errno", "ETIMEDOUT"), ("phase", "request")}): 1}
+    assert after.value("tcpecho_client_detection_seconds_count") == 1
+    assert after.value("tcpecho_client_detection_seconds_sum") == pytest.approx(
+        failed["detection_s"], abs=1e-6
+    )
+    assert 3.0 <= failed["detection_s"] <= 4.0
+    assert after.value("tcpecho_client_detection_seconds_bucket", le="2.5") == 0
+    assert after.value("tcpecho_client_detection_seconds_bucket", le="5.0") == 1
+    assert after.value("tcpecho_client_waiting_seconds") == 0
+    assert after.value("tcpecho_client_connected") == 0
+    assert after.value("tcpecho_client_retransmits") == 0  # no connection now
+    client.signal(signal.SIGTERM)
+    assert client.wait(5) == 1

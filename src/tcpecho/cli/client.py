@@ -11,6 +11,7 @@ from tcpecho.cli.options import (
     check_loop,
     deadline_options,
     environment_epilog,
+    metrics_port_option,
     runtime_options,
     server_endpoint_options,
     settings_errors,
@@ -51,6 +52,7 @@ EPILOG = environment_epilog("client", "USER_TIMEOUT=30s")
     help="While a request waits longer than this, log the kernel's counters and when it "
     "will give up (waiting_for_response), every interval; 0s: never.",
 )
+@metrics_port_option
 @tcp_options(connect=True)
 @runtime_options
 def client(
@@ -64,6 +66,7 @@ def client(
     retry_backoff: float,
     retry_backoff_max: float,
     tcp_info_interval: float,
+    metrics_port: int | None,
     tcp: TcpOptions,
     loop: loops.LoopName,
     log_format: logs.LogFormat,
@@ -87,6 +90,7 @@ def client(
             retry_backoff_s=retry_backoff,
             retry_backoff_max_s=retry_backoff_max,
             tcp_info_interval_s=tcp_info_interval,
+            metrics_port=metrics_port,
             loop=loop,
         )
     logs.configure(log_format, log_level)

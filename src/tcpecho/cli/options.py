@@ -3,7 +3,8 @@
 ``tcp_options`` gives a command one ``TcpOptions`` (server, client, bench), and
 ``deadline_options`` one ``Deadlines`` (client, and any command that predicts what a client
 will do): the commands never see the separate flags. ``server_endpoint_options`` gives the
-server a client talks to (client, bench); ``runtime_options`` are the event loop and logs.
+server a client talks to (client, bench); ``runtime_options`` are the event loop and logs;
+``metrics_port_option`` is the server's and the client's ``/metrics``.
 ``settings_errors`` turns a setting the domain refuses into click's usage error on the
 option, or the environment variable, that gave it.
 """
@@ -71,6 +72,14 @@ loop_option = option(
     type=click.Choice(loops.LOOP_NAMES),
     default="auto",
     help="Event loop: uvloop when installed (auto), or plain asyncio.",
+)
+
+
+metrics_port_option = option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus metrics at /metrics on this TCP port (0: any free port). Default: off.",
 )
 
 

@@ -10,6 +10,7 @@ from tcpecho import logs, loops
 from tcpecho.cli.options import (
     check_loop,
     environment_epilog,
+    metrics_port_option,
     runtime_options,
     settings_errors,
     tcp_options,
@@ -46,6 +47,7 @@ EPILOG = environment_epilog("server", "CATCH_SIGTERM=true")
     help="Server processes sharing the port (SO_REUSEPORT), for machines with cores to "
     "spare; no gain on 2 cores.",
 )
+@metrics_port_option
 @tcp_options(connect=False)
 @runtime_options
 def server(
@@ -54,6 +56,7 @@ def server(
     catch_sigterm: bool,
     shutdown_timeout: float,
     workers: int,
+    metrics_port: int | None,
     tcp: TcpOptions,
     loop: loops.LoopName,
     log_format: logs.LogFormat,
@@ -72,6 +75,7 @@ def server(
             shutdown_timeout_s=shutdown_timeout,
             loop=loop,
             workers=workers,
+            metrics_port=metrics_port,
         )
     logs.configure(log_format, log_level)
     if config.workers == 1:

@@ -28,7 +28,9 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -42,6 +44,9 @@ from tcpecho.tcp.connect import connect
 from tcpecho.tcp.info import TcpInfo, read_tcp_info
 from tcpecho.tcp.names import EOF, error_name, format_address
 from tcpecho.tcp.options import TcpOptions, read_effective
+
+if TYPE_CHECKING:
+    from tcpecho.metrics import MetricsEndpoint
 
 FOREVER = -1  # --retries value that never gives up, like the original reproduction's client
 
@@ -66,6 +71,7 @@ class ClientConfig:
     retry_backoff_max_s: float = 30.0
     tcp_info_interval_s: float = 1.0  # waiting_for_response's pace; 0: none
     loop: loops.LoopName = "auto"
+    metrics_port: int | None = None  # /metrics on every address (0: any free port); None: off
 
     def __post_init__(self) -> None:
         check_range("port", self.port, 1, 65535)
@@ -75,6 +81,7 @@ class ClientConfig:
         check_duration("retry_backoff", self.retry_backoff_s, minimum=0.001)
         check_duration("retry_backoff_max", self.retry_backoff_max_s, minimum=0.001)
         check_duration("tcp_info_interval", self.tcp_info_interval_s)
+        check_range("metrics_port", self.metrics_port, 0, 65535)
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise SettingError("retry_backoff_max", "must not be shorter than --retry-backoff")
 
@@ -177,17 +184,24 @@ class EchoClient:
         self._stopped_by: str | None = None
         self._unanswered: tuple[int, float] | None = None  # (seq, sent at) of the request waiting
         self._kernel = KernelSettings()  # this namespace's, read when the client runs
+        self._connection: _Connection | None = None  # the one in use, for the metrics
+        self._observe: Callable[[events.Event], None] | None = None  # the metrics, when on
+        self.metrics_addresses: list[str] = []
 
     async def run(self) -> int:
         """The exit status: 0 when the echoes were answered, 1 on a failure left standing."""
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
-        on_stop_signals(loop, lambda signum: self._on_signal(signum, task))
         self._kernel = KernelSettings.here()
         config = self.config
-        events.emit(
-            self.log,
+        metrics = None
+        if config.metrics_port is not None:
+            metrics = await self._serve_metrics(config.metrics_port)
+            if metrics is None:
+                return 1  # metrics_failed is logged; the client never started
+        on_stop_signals(loop, lambda signum: self._on_signal(signum, task))
+        self._emit(
             events.ClientStarted(
                 server=config.server,
                 port=config.port,
@@ -207,8 +221,59 @@ class EchoClient:
         finally:
             forget_stop_signals(loop)
             structlog.contextvars.unbind_contextvars("connection")
+            if metrics is not None:
+                await metrics.close()
         self._emit_summary(status)
         return status
+
+    def _emit(self, event: events.Event) -> None:
+        """Log ``event``; the metrics, when on, count what the logs say."""
+        events.emit(self.log, event)
+        if self._observe is not None:
+            self._observe(event)
+
+    async def _serve_metrics(self, port: int) -> MetricsEndpoint | None:
+        """/metrics on every address; None when it cannot listen (metrics_failed is logged).
+
+        Imported here: a client without --metrics-port never loads prometheus_client."""
+        from tcpecho import metrics
+        from tcpecho.client.metrics import ClientMetrics
+
+        registry = metrics.new_registry()
+        self._observe = ClientMetrics(self, registry).observe
+        endpoint = await metrics.serve(registry, metrics.every_address(), port, self.log)
+        if endpoint is not None:
+            self.metrics_addresses = endpoint.addresses
+        return endpoint
+
+    # -- what the metrics read when scraped -------------------------------------------------
+
+    def waiting_s(self) -> float:
+        """How long the request now waiting has been unanswered; 0 when none is."""
+        if self._unanswered is None:
+            return 0.0
+        return time.monotonic() - self._unanswered[1]
+
+    def connection_tcp_info(self) -> TcpInfo | None:
+        """The kernel's counters for the connection in use now; None without one."""
+        connection = self._connection
+        if connection is None:
+            return None
+        try:
+            return connection.tcp_info()
+        except OSError:
+            return None  # being torn down: its failure is being reported
+
+    def is_connected(self) -> bool:
+        return self._connection is not None
+
+    def expected_detection_s(self) -> float | None:
+        """The latest the kernel model expects a request sent now and never answered to
+        fail (``connected.expected_busy.high_s``); None without a connection, or never."""
+        if self._connection is None:
+            return None
+        prediction = self._busy_prediction(self._connection)
+        return None if prediction.never else round(prediction.high_s, 3)
 
     def _emit_summary(self, status: int) -> None:
         summary = self.summary
@@ -216,8 +281,7 @@ class EchoClient:
         if self._unanswered is not None:
             unanswered_seq, sent_at = self._unanswered
             unanswered_for_s = round(time.monotonic() - sent_at, 6)
-        events.emit(
-            self.log,
+        self._emit(
             events.Summary(
                 sent=summary.sent,
                 received=summary.received,
@@ -233,7 +297,7 @@ class EchoClient:
 
     def _on_signal(self, signum: int, task: asyncio.Task[int]) -> None:
         self._stopped_by = signal.Signals(signum).name
-        events.emit(self.log, events.Stopping(signal=self._stopped_by))
+        self._emit(events.Stopping(signal=self._stopped_by))
         task.cancel()
 
     async def _run(self) -> int:
@@ -246,6 +310,7 @@ class EchoClient:
                 await self._close(connection)
                 return 0
             except ConnectionFailedError as failure:
+                self._connection = None
                 tcp_info = None
                 if connection is not None:
                     connection.writer.transport.abort()
@@ -260,6 +325,7 @@ class EchoClient:
                 attempt += 1
                 await self._back_off(attempt)
             except BaseException:
+                self._connection = None
                 if connection is not None:
                     connection.writer.transport.abort()
                     connection.release()
@@ -270,8 +336,7 @@ class EchoClient:
         delay = backoff_delay(
             attempt, config.retry_backoff_s, config.retry_backoff_max_s, self._rng
         )
-        events.emit(
-            self.log,
+        self._emit(
             events.Reconnecting(attempt=attempt, retries=config.retries, delay_s=round(delay, 6)),
         )
         self.summary.reconnects += 1
@@ -283,9 +348,7 @@ class EchoClient:
         self._connection_number += 1
         structlog.contextvars.bind_contextvars(connection=self._connection_number)
         config = self.config
-        events.emit(
-            self.log, events.Connecting(server=config.server, port=config.port, attempt=attempt)
-        )
+        self._emit(events.Connecting(server=config.server, port=config.port, attempt=attempt))
         started = time.monotonic()
         timeout = config.deadlines.connect_timeout_s
         try:
@@ -310,8 +373,8 @@ class EchoClient:
             reader, writer, kernel_view, tcp=TcpOptions.from_effective(effective)
         )
         connection.note_rto()
-        events.emit(
-            self.log,
+        self._connection = connection
+        self._emit(
             events.Connected(
                 local=format_address(writer.get_extra_info("sockname")),
                 peer=format_address(writer.get_extra_info("peername")),
@@ -352,6 +415,7 @@ class EchoClient:
             ) from None
 
     async def _close(self, connection: _Connection) -> None:
+        self._connection = None
         connection.release()
         connection.writer.close()
         with contextlib.suppress(OSError):
@@ -370,7 +434,7 @@ class EchoClient:
             connection.writer.write(request)
             self.summary.sent += 1
             self._unanswered = (seq, sent_at)
-            events.emit(self.log, events.RequestSent(seq=seq, bytes=len(request)))
+            self._emit(events.RequestSent(seq=seq, bytes=len(request)))
             echo = await self._await_echo(connection, len(request), seq, sent_at)
             received_at = time.monotonic()
             self._unanswered = None
@@ -387,8 +451,7 @@ class EchoClient:
             connection.echoed += 1
             self._last_response_at = received_at
             self._failure_outstanding = False
-            events.emit(
-                self.log,
+            self._emit(
                 events.ResponseReceived(
                     seq=seq,
                     rtt_ms=round((received_at - sent_at) * 1000, 3),
@@ -437,8 +500,7 @@ class EchoClient:
             if info is None:
                 return
             waiting = time.monotonic() - sent_at
-            events.emit(
-                self.log,
+            self._emit(
                 events.WaitingForResponse(
                     seq=seq,
                     waiting_s=round(waiting, 3),
@@ -512,8 +574,7 @@ class EchoClient:
         since_last_response_s = None
         if self._last_response_at is not None:
             since_last_response_s = round(failure.detected_at - self._last_response_at, 6)
-        events.emit(
-            self.log,
+        self._emit(
             events.ConnectionFailed(
                 phase=failure.phase,
                 errno=failure.name,

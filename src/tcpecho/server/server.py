@@ -17,15 +17,19 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tcpecho import events, loops
 from tcpecho.logs import get_logger
 from tcpecho.process import forget_stop_signals, on_stop_signals, raise_open_file_limit
 from tcpecho.server.protocol import EchoProtocol
-from tcpecho.settings import check_duration, check_range
+from tcpecho.settings import SettingError, check_duration, check_range
+from tcpecho.tcp.listen import listen, listening_socket
 from tcpecho.tcp.names import error_name, format_address
 from tcpecho.tcp.options import TcpOptions, read_effective
+
+if TYPE_CHECKING:
+    from tcpecho.metrics import MetricsEndpoint
 
 MAX_WORKERS = 256
 
@@ -41,12 +45,36 @@ class ServerConfig:
     loop: loops.LoopName = "auto"
     # Processes sharing the port through SO_REUSEPORT (server.supervisor); 1 = this one.
     workers: int = 1
+    # /metrics on --host at this port (0: any free port); None: no metrics.
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         check_range("port", self.port, 0, 65535)
         check_duration("shutdown_timeout", self.shutdown_timeout_s)
         check_range("backlog", self.backlog, 1)
         check_range("workers", self.workers, 1, MAX_WORKERS)
+        check_range("metrics_port", self.metrics_port, 0, 65535)
+        if self.metrics_port is None:
+            return
+        if self.workers > 1:
+            # Each worker has its own counters; one port cannot show them all.
+            raise SettingError(
+                "metrics_port",
+                "cannot be used with --workers above 1: each worker counts for itself, "
+                "and one port shows one process",
+            )
+        if self.metrics_port == self.port != 0:
+            raise SettingError("metrics_port", f"must differ from --port ({self.port})")
+
+
+@dataclass(slots=True)
+class ServerTotals:
+    """Counts that change once per connection or signal, never per message: what the
+    metrics read when scraped (``server.metrics``), besides the open connections."""
+
+    connections_accepted: int = 0
+    bytes_echoed_closed: int = 0  # by the connections that have closed; open ones count theirs
+    signals_ignored: int = 0
 
 
 @dataclass(slots=True)  # one per open connection: slots keep 10,000 of them small
@@ -75,31 +103,16 @@ class EchoServer:
         self._all_closed = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self._aborted = 0  # connections cut by a second signal or the shutdown timeout
+        self.totals = ServerTotals()
+        self.metrics_addresses: list[str] = []
 
     # -- sockets -----------------------------------------------------------------------
 
     def bind(self) -> list[socket.socket]:
         """Listening sockets for the configured host, options applied before listen."""
-        host, port = self.config.host, self.config.port
-        if host == "::" and socket.has_dualstack_ipv6():
-            # Like Go's net.Listen on "[::]": one socket for both IPv6 and IPv4 clients.
-            return [self._listen(socket.AF_INET6, ("::", port), dual_stack=True)]
-        sockets: list[socket.socket] = []
-        seen: set[tuple[int, str]] = set()
-        try:
-            for family, _, _, _, sockaddr in socket.getaddrinfo(
-                host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-            ):
-                key = (family, str(sockaddr[0]))
-                if key in seen:
-                    continue
-                seen.add(key)
-                sockets.append(self._listen(family, sockaddr, dual_stack=False))
-        except BaseException:
-            for sock in sockets:
-                sock.close()
-            raise
-        return sockets
+        return listen(
+            self.config.host, self.config.port, backlog=self.config.backlog, prepare=self._prepare
+        )
 
     def bind_again(self, sockets: list[socket.socket]) -> list[socket.socket]:
         """New listening sockets on exactly the addresses of ``sockets`` (SO_REUSEPORT)."""
@@ -109,31 +122,27 @@ class EchoServer:
                 dual_stack = sock.family == socket.AF_INET6 and not sock.getsockopt(
                     socket.IPPROTO_IPV6, socket.IPV6_V6ONLY
                 )
-                again.append(self._listen(sock.family, sock.getsockname(), dual_stack=dual_stack))
+                again.append(
+                    listening_socket(
+                        sock.family,
+                        sock.getsockname(),
+                        dual_stack,
+                        self.config.backlog,
+                        self._prepare,
+                    )
+                )
         except BaseException:
             for sock in again:
                 sock.close()
             raise
         return again
 
-    def _listen(self, family: int, sockaddr: Any, *, dual_stack: bool) -> socket.socket:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.config.workers > 1:
-                # Each worker listens on a socket of its own and the kernel spreads new
-                # connections between them.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(not dual_stack))
-            self.config.tcp.without_connect_options().apply(sock)
-            sock.bind(sockaddr)
-            sock.listen(self.config.backlog)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    def _prepare(self, sock: socket.socket) -> None:
+        if self.config.workers > 1:
+            # Each worker listens on a socket of its own and the kernel spreads new
+            # connections between them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.config.tcp.without_connect_options().apply(sock)
 
     # -- connection registry (called by EchoProtocol) ------------------------------------
 
@@ -141,6 +150,7 @@ class EchoServer:
         transport = connection.transport
         peer = format_address(transport.get_extra_info("peername"))
         self.connections[connection] = _ConnectionInfo(peer=peer, opened_at=time.monotonic())
+        self.totals.connections_accepted += 1
         self._all_closed.clear()
         sock = transport.get_extra_info("socket")
         events.emit(
@@ -159,6 +169,7 @@ class EchoServer:
             self._all_closed.set()
         if info is None:
             return
+        self.totals.bytes_echoed_closed += connection.bytes_echoed
         events.emit(
             self.log,
             events.ConnectionClosed(
@@ -170,16 +181,37 @@ class EchoServer:
             ),
         )
 
+    def bytes_echoed(self) -> int:
+        """Bytes echoed since the start: the closed connections' total and the open ones'."""
+        return self.totals.bytes_echoed_closed + sum(c.bytes_echoed for c in self.connections)
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def serve(self) -> int:
         """Serve until stopped; the process exit status."""
-        loop = asyncio.get_running_loop()
         try:
             sockets = self._bound if self._bound is not None else self.bind()
         except OSError as error:
             events.emit(self.log, failed_to_bind(self.config, error))
             return 1
+        metrics = None
+        if self.config.metrics_port is not None:
+            metrics = await self._serve_metrics(self.config.metrics_port)
+            if metrics is None:  # metrics_failed is logged
+                for sock in sockets:
+                    sock.close()
+                return 1
+        try:
+            await self._start_serving(sockets)
+            await self._stop.wait()
+            await self._shutdown()
+        finally:
+            if metrics is not None:
+                await metrics.close()
+        return 0
+
+    async def _start_serving(self, sockets: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
         for sock in sockets:
             # The backlog again: the loop listens anew on a socket it is given, with its own
             # default (100) unless told.
@@ -202,9 +234,20 @@ class EchoServer:
             ),
         )
         self.started.set()
-        await self._stop.wait()
-        await self._shutdown()
-        return 0
+
+    async def _serve_metrics(self, port: int) -> MetricsEndpoint | None:
+        """/metrics on --host; None when it cannot listen (metrics_failed is logged).
+
+        Imported here: a server without --metrics-port never loads prometheus_client."""
+        from tcpecho import metrics
+        from tcpecho.server.metrics import ServerCollector
+
+        registry = metrics.new_registry()
+        registry.register(ServerCollector(self))
+        endpoint = await metrics.serve(registry, self.config.host, port, self.log)
+        if endpoint is not None:
+            self.metrics_addresses = endpoint.addresses
+        return endpoint
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM and SIGINT do)."""
@@ -213,6 +256,7 @@ class EchoServer:
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
         if signum == signal.SIGTERM and self.config.catch_sigterm:
+            self.totals.signals_ignored += 1
             events.emit(self.log, events.SignalIgnored(signal=name, reason="--catch-sigterm"))
             return
         if self._stop.is_set():

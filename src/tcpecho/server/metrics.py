@@ -1,0 +1,50 @@
+"""The server's metrics, collected when scraped: nothing is added to the echo's hot path.
+
+``EchoProtocol.data_received`` already counts each connection's bytes (the drain and
+``connection_closed`` need them); the server keeps totals that change once per connection
+or signal (``ServerTotals``). A scrape reads those, and sums the bytes of the connections
+open now from the server's live registry: one pass over the open connections per scrape
+instead of one more operation per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tcpecho.server.server import EchoServer
+
+
+class ServerCollector(Collector):
+    """``tcpecho_server_*``, read from a running ``EchoServer``."""
+
+    def __init__(self, server: EchoServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        server = self._server
+        totals = server.totals
+        yield GaugeMetricFamily(
+            "tcpecho_server_connections",
+            "Connections open now.",
+            value=len(server.connections),
+        )
+        yield CounterMetricFamily(
+            "tcpecho_server_connections",
+            "Connections accepted since the start.",
+            value=totals.connections_accepted,
+        )
+        yield CounterMetricFamily(
+            "tcpecho_server_bytes_echoed",
+            "Bytes received, and so echoed, over every connection: those closed and those open.",
+            value=server.bytes_echoed(),
+        )
+        yield CounterMetricFamily(
+            "tcpecho_server_signals_ignored",
+            "SIGTERMs ignored under --catch-sigterm (signal_ignored events).",
+            value=totals.signals_ignored,
+        )
