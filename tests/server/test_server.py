@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from tcpecho.server.protocol import WRITE_BUFFER_HIGH
 from tcpecho.server.server import EchoServer, ServerConfig
-from tcpecho.tcp.options import TcpOptions
+from tcpecho.tcp.options import TcpOptions, read_effective
 from tests.conftest import RunningServer, Spawn, requires_root
 from tests.support import LoggedProcess, echo_once, free_port
 
@@ -75,6 +75,43 @@ async def test_accepted_connections_carry_the_configured_options(echo_server: Ec
     accepted = next(e for e in events if e["event"] == "connection_accepted")
     assert accepted["options"]["user_timeout_ms"] == 4000
     assert accepted["options"]["nodelay"] is True
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::"])
+async def test_logged_options_read_once_per_listener_are_the_accepted_sockets_own(
+    host: str,
+) -> None:
+    """The options in connection_accepted are read from the listener, once: they must be
+    exactly what getsockopt returns on the socket the connection really has."""
+    if host == "::" and not socket.has_dualstack_ipv6():
+        pytest.skip("no dual-stack IPv6 here")
+    tcp = TcpOptions(
+        user_timeout_ms=7000,
+        keepalive=True,
+        keepalive_idle_s=11,
+        keepalive_interval_s=3,
+        keepalive_count=4,
+        recverr=True,
+    )
+    server = EchoServer(ServerConfig(host=host, port=0, tcp=tcp))
+    serving = asyncio.create_task(server.serve())
+    await server.started.wait()
+    try:
+        with capture_logs() as events:
+            _, writer = await asyncio.open_connection("127.0.0.1", _port(server))
+            while not server.connections:  # noqa: ASYNC110 - nothing to wait on but the dict
+                await asyncio.sleep(0.01)
+            (connection,) = server.connections
+            accepted_socket = connection.transport.get_extra_info("socket")
+            assert (
+                read_effective(accepted_socket).as_dict()
+                == next(e for e in events if e["event"] == "connection_accepted")["options"]
+            )
+            assert read_effective(accepted_socket).keepalive_idle_s == 11
+            writer.close()
+    finally:
+        server.stop()
+        assert await serving == 0
 
 
 async def test_a_peer_that_does_not_read_pauses_reading_instead_of_buffering(
