@@ -13,7 +13,6 @@ declared here too: with the errno names (``tcp.names``) they are everything
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import typing
 from dataclasses import dataclass
@@ -56,11 +55,17 @@ class Event:
         return values
 
 
-@functools.cache
+_FIELD_NAMES: dict[type[Event], tuple[str, ...]] = {}
+
+
 def _field_names(event_class: type[Event]) -> tuple[str, ...]:
     # Looked up once per class: the server emits two events per connection, and
     # dataclasses.fields() each time was a measurable part of its accept path.
-    return tuple(field.name for field in dataclasses.fields(event_class))  # type: ignore[arg-type]
+    names = _FIELD_NAMES.get(event_class)
+    if names is None:
+        fields = dataclasses.fields(event_class)  # type: ignore[arg-type]
+        names = _FIELD_NAMES[event_class] = tuple(field.name for field in fields)
+    return names
 
 
 def emit(log: FilteringBoundLogger, event: Event) -> None:
