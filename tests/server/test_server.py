@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from structlog.testing import capture_logs
 
-from tcpecho.server.protocol import WRITE_BUFFER_HIGH
+from tcpecho.server.protocol import PIPE_CAPACITY, WRITE_BUFFER_HIGH
 from tcpecho.server.server import EchoServer, ServerConfig
 from tcpecho.tcp.options import TcpOptions, read_effective
 from tests.conftest import RunningServer, Spawn, requires_root
@@ -194,7 +194,7 @@ async def test_a_spliced_peer_that_stops_reading_pauses_the_splice(
     echo_server: EchoServer,
 ) -> None:
     """Backpressure through the pipe: once spliced, a peer that never reads makes the
-    server stop reading, with at most one pipe (64 KiB) held for it."""
+    server stop reading, with at most one pipe held for it."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -213,7 +213,7 @@ async def test_a_spliced_peer_that_stops_reading_pauses_the_splice(
     (connection,) = echo_server.connections
     assert connection.spliced
     assert not connection.is_reading()
-    assert 0 < connection.unsent() <= 64 * 1024
+    assert 0 < connection.unsent() <= PIPE_CAPACITY
     echoed = connection.bytes_echoed
     await asyncio.sleep(0.2)
     assert connection.bytes_echoed == echoed, "nothing more is read while the pipe is full"

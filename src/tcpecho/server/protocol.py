@@ -10,12 +10,14 @@ A connection that sends in bulk (one read of ``SPLICE_FROM`` bytes or more) is m
 the transport to ``Splice``: from then on its bytes go socket -> pipe -> the same socket
 with splice(2), never copied into Python, the way Go's ``io.Copy`` moves them. The pipe is
 the write buffer then: reading stops while it holds bytes the peer has not taken, so the
-bound stays one pipe (64 KiB).
+bound is one pipe (``PIPE_CAPACITY``, 256 KiB: what the transport may hold at worst).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -33,10 +35,14 @@ DRAIN_QUIET_S = 0.25
 # One read this large means a bulk sender: splicing it saves two copies of every byte and
 # a bytes object per read, and costs a pipe (two descriptors) and a dup of the socket.
 SPLICE_FROM = 64 * 1024
-# A pipe's default capacity on Linux (16 pages): the most that waits for a peer that does
-# not read, the same bound as the transport's high-water mark.
-PIPE_CAPACITY = 64 * 1024
+# The pipe's capacity: the most that waits for a peer that does not read, as much as the
+# transport may hold at worst (its 64 KiB high-water mark passed by one read of up to
+# 256 KB). Larger than Linux's default (64 KiB) for fewer splice calls per byte: server CPU
+# per 64 KiB echoed measured 37.8 us with 64 KiB, 34.1 with 256 KiB (1 MiB, Go's choice,
+# 32.3 but four times the memory a stalled peer can pin).
+PIPE_CAPACITY = 256 * 1024
 CAN_SPLICE = hasattr(os, "splice")  # Linux, Python 3.10+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
@@ -175,6 +181,9 @@ class Splice:
         self._loop = asyncio.get_running_loop()
         self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
+            # Refused over the user's pipe-memory limit: then the default 64 KiB will do.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._pipe_w, F_SETPIPE_SZ, PIPE_CAPACITY)
             # Our own descriptor: the loop watches one descriptor for one owner, and the
             # transport still has the other. Non-blocking already: the flag is the socket's.
             self._fd = os.dup(fd)
