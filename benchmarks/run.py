@@ -1,6 +1,6 @@
 """The benchmark harness: every server under test, interleaved rounds, medians, ratios, targets.
 
-    python -m benchmarks.run [--rounds 5] [--duration 1.5] [--out benchmarks/results]
+    python -m benchmarks.run [--rounds 5] [--duration 1.2] [--out benchmarks/results]
 
 Servers are pinned to one core and load clients to another (when there are two), and each
 case runs in rounds A B C D E A B C D E ..., so a slow spell of the machine hits every
@@ -640,7 +640,7 @@ STEPS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=1.5, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=1.2, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each")
     parser.add_argument("--out", type=Path, default=p.ROOT / "benchmarks" / "results")
     parser.add_argument("--build", type=Path, default=p.ROOT / "out" / "bench")
