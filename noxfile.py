@@ -284,7 +284,7 @@ def lock(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Every server under test in interleaved rounds; results in benchmarks/results (~8 min)."""
+    """Every server under test in interleaved rounds; results in benchmarks/results (~10 min)."""
     session.run("benchmarks/system-packages", external=True)
     session.install(".[plot]")
     session.run("python", "-m", "benchmarks.run", *session.posargs)

@@ -1,4 +1,5 @@
-"""The benchmark's chart: one PNG with throughput, bulk, CPU per request and idle memory.
+"""The benchmark's chart: one PNG with ping-pong, bulk, accepts, CPU per request, idle memory
+and tcpecho's ratios to its peers.
 
 python -m benchmarks.chart benchmarks/results/bench.json benchmarks/results/bench.png
 """
@@ -23,56 +24,94 @@ def draw(results: dict[str, Any], target: Path) -> None:
     throughput = results["throughput"]
     labels: dict[str, str] = results["labels"]
     colors = {name: f"C{index}" for index, name in enumerate(labels)}
-    figure, axes = plt.subplots(2, 2, figsize=(13, 9))
-    (pingpong, bulk), (cpu, idle) = axes
-    _draw_pingpong(pingpong, throughput, labels, colors)
-    _draw_bulk(bulk, throughput["bulk-64KiB-c1"]["peers"], labels, colors)
+    figure, axes = plt.subplots(2, 3, figsize=(19, 9))
+    (pingpong, bulk, accepts), (cpu, idle, ratios) = axes
+    _draw_groups(pingpong, throughput, "pingpong", labels, colors, 1000)
+    pingpong.set_ylabel("thousand requests/s (median, min-max)")
+    pingpong.set_title("1 KiB ping-pong")
+    _draw_groups(bulk, throughput, "bulk", labels, colors, 1e9)
+    bulk.set_ylabel("GB/s echoed (median, min-max)")
+    bulk.set_title("bulk, 64 KiB writes")
+    _draw_accepts(accepts, results.get("accepts", {}).get("peers", {}), labels, colors)
     _draw_cpu_per_request(cpu, throughput["pingpong-1KiB-c100"]["peers"], labels)
     _draw_idle_memory(idle, results["idle"], labels, colors)
+    _draw_ratios(ratios, results.get("ratios", []), labels, colors)
+    for axis in (accepts, cpu, idle):
+        axis.tick_params(axis="x", labelsize=7, labelrotation=20)
     figure.suptitle(_title(results), fontsize=10)
     figure.tight_layout()
     figure.savefig(target, dpi=90)
     plt.close(figure)
 
 
-def _draw_pingpong(
-    axis: Axes, throughput: dict[str, Any], labels: dict[str, str], colors: dict[str, str]
+def _draw_groups(
+    axis: Axes,
+    throughput: dict[str, Any],
+    mode: str,
+    labels: dict[str, str],
+    colors: dict[str, str],
+    scale: float,
 ) -> None:
-    """Requests per second for each ping-pong case, one bar per server in each group."""
+    """One group of bars per case of ``mode`` (by connections), one bar per server."""
     names = list(labels)
-    cases = [case for case in throughput if case.startswith("pingpong")]
+    cases = [case for case in throughput if case.startswith(mode)]
     width = 0.8 / len(names)
     for offset, name in enumerate(names):
         entries = [throughput[case]["peers"][name] for case in cases]
-        medians = [entry["median"] / 1000 for entry in entries]
+        medians = [entry["median"] / scale for entry in entries]
         errors = [
-            [(entry["median"] - entry["min"]) / 1000 for entry in entries],
-            [(entry["max"] - entry["median"]) / 1000 for entry in entries],
+            [(entry["median"] - entry["min"]) / scale for entry in entries],
+            [(entry["max"] - entry["median"]) / scale for entry in entries],
         ]
         positions = [index + (offset - (len(names) - 1) / 2) * width for index in range(len(cases))]
         axis.bar(positions, medians, width, yerr=errors, capsize=2, label=labels[name],
                  color=colors[name])  # fmt: skip
     axis.set_xticks(range(len(cases)))
     axis.set_xticklabels([case.rsplit("-c", 1)[1] + " connection(s)" for case in cases])
-    axis.set_ylabel("thousand requests/s (median, min-max)")
-    axis.set_title("1 KiB ping-pong")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
 
 
-def _draw_bulk(
+def _draw_accepts(
     axis: Axes, peers: dict[str, Any], labels: dict[str, str], colors: dict[str, str]
 ) -> None:
-    names = list(labels)
-    values = [peers[name]["median"] / 1e9 for name in names]
+    names = list(peers)
+    values = [peers[name]["median"] / 1000 for name in names]
     errors = [
-        [(peers[name]["median"] - peers[name]["min"]) / 1e9 for name in names],
-        [(peers[name]["max"] - peers[name]["median"]) / 1e9 for name in names],
+        [(peers[name]["median"] - peers[name]["min"]) / 1000 for name in names],
+        [(peers[name]["max"] - peers[name]["median"]) / 1000 for name in names],
     ]
     axis.bar([labels[n] for n in names], values, yerr=errors, capsize=3,
              color=[colors[n] for n in names])  # fmt: skip
-    axis.set_ylabel("GB/s echoed")
-    axis.set_title("bulk, 64 KiB writes, 1 connection")
+    axis.set_ylabel("thousand connections/s (median, min-max)")
+    axis.set_title("accepts: connect, echo 64 B, close; 10 at a time")
     axis.tick_params(axis="x", labelsize=8)
+
+
+def _draw_ratios(
+    axis: Axes, rows: list[dict[str, Any]], labels: dict[str, str], colors: dict[str, str]
+) -> None:
+    """tcpecho / each peer, per case: the issue's ratios in one panel."""
+    if not rows:
+        return
+    peers = list(rows[0]["versus"])
+    width = 0.8 / len(peers)
+    for offset, peer in enumerate(peers):
+        values = [row["versus"][peer] or 0.0 for row in rows]
+        positions = [index + (offset - (len(peers) - 1) / 2) * width for index in range(len(rows))]
+        axis.barh(
+            positions,
+            values,
+            width,
+            label=f"tcpecho / {labels.get(peer, peer)}",
+            color=colors.get(peer),
+        )
+    axis.axvline(1.0, color="black", linewidth=1)
+    axis.set_yticks(range(len(rows)))
+    axis.set_yticklabels([row["what"].split(":")[0].split(" (")[0] for row in rows], fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("tcpecho / peer: rates above 1, CPU below 1 favour tcpecho", fontsize=8)
+    axis.set_title("tcpecho against its peers, this run")
+    axis.legend(fontsize=7)
 
 
 def _draw_cpu_per_request(axis: Axes, peers: dict[str, Any], labels: dict[str, str]) -> None:

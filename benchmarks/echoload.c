@@ -10,6 +10,8 @@
  *   compares them (memcmp) and sends again.
  * MODE bulk: each connection writes SIZE-byte chunks whenever the socket takes them and
  *   reads whatever comes back, full duplex; echoed bytes are counted.
+ * MODE connect: CONNECTIONS at a time, each connects, sends SIZE bytes, reads them back,
+ *   closes and connects anew; connections completed are counted as "accepted" (the accept rate).
  *
  * One thread, level-triggered epoll, nonblocking sockets with TCP_NODELAY. Prints a JSON
  * line {"event":"measure_start"} when the warm-up ends and {"event":"measure_end"} when
@@ -34,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { PINGPONG, BULK };
+enum mode { PINGPONG, BULK, CONNECT };
 
 struct conn {
     int fd;
@@ -50,11 +52,11 @@ static double now_s(void) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: echoload HOST PORT pingpong|bulk CONNECTIONS SIZE WARMUP_S DURATION_S [hold]\n");
+    fprintf(stderr, "usage: echoload HOST PORT pingpong|bulk|connect CONNECTIONS SIZE WARMUP_S DURATION_S [hold]\n");
     return 2;
 }
 
-static uint64_t completed = 0; /* requests (ping-pong) or bytes echoed (bulk) */
+static uint64_t completed = 0; /* requests (ping-pong), bytes echoed (bulk), connections */
 static uint64_t errors = 0;
 static int alive_count = 0;
 
@@ -67,6 +69,35 @@ static void fail(int epfd, struct conn *c) {
     alive_count--;
 }
 
+/* Connect (blocking: on loopback the kernel completes the handshake before any accept),
+ * then go nonblocking and, in ping-pong and connect modes, send the first request. */
+static void open_conn(int epfd, const struct addrinfo *ai, enum mode mode, struct conn *c,
+                      const char *payload, size_t size) {
+    int fd = socket(ai->ai_family, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        fprintf(stderr, "echoload: connect: %s\n", strerror(errno));
+        close(fd);
+        errors++;
+        return;
+    }
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) { close(fd); errors++; return; }
+    *c = (struct conn){.fd = fd, .alive = 1};
+    alive_count++;
+    struct epoll_event ev = {.events = EPOLLIN | (mode == BULK ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+    if (mode != BULK) {
+        ssize_t n = write(fd, payload, size);
+        if (n < 0) n = 0;
+        c->sent = (size_t)n;
+        if ((size_t)n < size) {
+            ev.events = EPOLLIN | EPOLLOUT;
+            epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 8 && !(argc == 9 && strcmp(argv[8], "hold") == 0)) return usage();
     int hold = argc == 9;
@@ -74,6 +105,7 @@ int main(int argc, char **argv) {
     enum mode mode;
     if (strcmp(argv[3], "pingpong") == 0) mode = PINGPONG;
     else if (strcmp(argv[3], "bulk") == 0) mode = BULK;
+    else if (strcmp(argv[3], "connect") == 0) mode = CONNECT;
     else return usage();
     int nconn = atoi(argv[4]);
     size_t size = (size_t)atol(argv[5]);
@@ -89,32 +121,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < size; i++) payload[i] = (char)('a' + i % 26);
     struct conn *conns = calloc((size_t)nconn, sizeof *conns);
     int epfd = epoll_create1(0);
-    for (int i = 0; i < nconn; i++) {
-        int fd = socket(ai->ai_family, SOCK_STREAM, 0);
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            fprintf(stderr, "echoload: connect: %s\n", strerror(errno));
-            close(fd);
-            errors++;
-            continue;
-        }
-        if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) { close(fd); errors++; continue; }
-        conns[i] = (struct conn){.fd = fd, .alive = 1};
-        alive_count++;
-        struct epoll_event ev = {.events = EPOLLIN | (mode == BULK ? EPOLLOUT : 0), .data.ptr = &conns[i]};
-        epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
-        if (mode == PINGPONG) {
-            ssize_t n = write(fd, payload, size);
-            if (n < 0) n = 0;
-            conns[i].sent = (size_t)n;
-            if ((size_t)n < size) {
-                ev.events = EPOLLIN | EPOLLOUT;
-                epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev);
-            }
-        }
-    }
-    freeaddrinfo(ai);
+    for (int i = 0; i < nconn; i++) open_conn(epfd, ai, mode, &conns[i], payload, size);
 
     double start = now_s(), measure_from = start + warmup, measure_to = measure_from + duration;
     int measuring = 0;
@@ -134,7 +141,7 @@ int main(int argc, char **argv) {
             struct conn *c = events[e].data.ptr;
             if (!c->alive) continue;
             if (events[e].events & (EPOLLERR | EPOLLHUP)) { fail(epfd, c); continue; }
-            if (mode == PINGPONG) {
+            if (mode != BULK) {
                 if (c->sent < size && (events[e].events & EPOLLOUT)) {
                     ssize_t w = write(c->fd, payload + c->sent, size - c->sent);
                     if (w < 0 && errno != EAGAIN) { fail(epfd, c); continue; }
@@ -153,6 +160,13 @@ int main(int argc, char **argv) {
                     if (c->received == size && c->sent == size) {
                         completed++;
                         c->received = 0;
+                        if (mode == CONNECT) { /* close and connect anew */
+                            epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+                            close(c->fd);
+                            alive_count--;
+                            open_conn(epfd, ai, mode, c, payload, size);
+                            continue;
+                        }
                         ssize_t w = write(c->fd, payload, size);
                         if (w < 0 && errno != EAGAIN) { fail(epfd, c); continue; }
                         c->sent = w < 0 ? 0 : (size_t)w;
@@ -176,6 +190,7 @@ int main(int argc, char **argv) {
         }
     }
     double end = now_s();
+    freeaddrinfo(ai);
     if (!measuring) { at_start = completed; measure_from = end; }
     printf("{\"event\":\"measure_end\"}\n");
     fflush(stdout);
@@ -188,8 +203,8 @@ int main(int argc, char **argv) {
     uint64_t done = completed - at_start;
     printf("{\"event\":\"result\",\"mode\":\"%s\",\"connections\":%d,\"size\":%zu,"
            "\"seconds\":%.6f,\"%s\":%llu,\"per_second\":%.1f,\"errors\":%llu}\n",
-           mode == PINGPONG ? "pingpong" : "bulk", nconn, size, seconds,
-           mode == PINGPONG ? "requests" : "bytes", (unsigned long long)done,
+           mode == PINGPONG ? "pingpong" : mode == BULK ? "bulk" : "connect", nconn, size, seconds,
+           mode == PINGPONG ? "requests" : mode == BULK ? "bytes" : "accepted", (unsigned long long)done,
            seconds > 0 ? (double)done / seconds : 0.0, (unsigned long long)errors);
     return errors ? 1 : 0;
 }

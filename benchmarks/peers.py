@@ -41,6 +41,7 @@ class Peer:
 class Tools:
     tcpecho: str
     echoload: str
+    epollecho: str  # the C floor: the least an echo server can do per request
     go_echo: str | None
     socat: str | None
 
@@ -53,11 +54,13 @@ def build_tools(build_dir: Path, log: Callable[[str], None]) -> tuple[Tools, lis
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise SystemExit("bench: a C compiler is needed for the load client (apt-get install gcc)")
-    echoload = build_dir / "echoload"
-    subprocess.run(
-        [compiler, "-O2", "-Wall", "-o", str(echoload), str(ROOT / "benchmarks" / "echoload.c")],
-        check=True,
-    )
+    built = {}
+    for program in ("echoload", "epollecho"):
+        built[program] = build_dir / program
+        source = ROOT / "benchmarks" / f"{program}.c"
+        subprocess.run(
+            [compiler, "-O2", "-Wall", "-o", str(built[program]), str(source)], check=True
+        )
     go_echo: str | None = None
     go = shutil.which("go")
     if go is None:
@@ -87,7 +90,14 @@ def build_tools(build_dir: Path, log: Callable[[str], None]) -> tuple[Tools, lis
     tcpecho = shutil.which("tcpecho")
     if tcpecho is None:
         raise SystemExit("bench: the tcpecho console script is not on PATH")
-    return Tools(tcpecho=tcpecho, echoload=str(echoload), go_echo=go_echo, socat=socat), notes
+    tools = Tools(
+        tcpecho=tcpecho,
+        echoload=str(built["echoload"]),
+        epollecho=str(built["epollecho"]),
+        go_echo=go_echo,
+        socat=socat,
+    )
+    return tools, notes
 
 
 def peers(tools: Tools) -> list[Peer]:
@@ -106,6 +116,11 @@ def peers(tools: Tools) -> list[Peer]:
             "asyncio-streams",
             "asyncio streams",
             lambda port: [sys.executable, "-m", "benchmarks.streams_echo", str(port)],
+        ),
+        Peer(
+            "uvloop-plain",
+            "plain uvloop Protocol",
+            lambda port: [sys.executable, "-m", "benchmarks.uvloop_echo", str(port)],
         ),
     ]
     if tools.socat is not None:
@@ -126,6 +141,10 @@ def peers(tools: Tools) -> list[Peer]:
     if tools.go_echo is not None:
         go_echo = tools.go_echo
         found.append(Peer("go", "Go io.Copy", lambda port: [go_echo, "-addr", f"127.0.0.1:{port}"]))
+    epollecho = tools.epollecho
+    found.append(
+        Peer("c-epoll", "C epoll (floor)", lambda port: [epollecho, "127.0.0.1", str(port)])
+    )
     return found
 
 
@@ -250,8 +269,8 @@ def servers(
 
 @dataclass
 class LoadResult:
-    per_second: float  # requests/s (ping-pong) or bytes/s (bulk)
-    requests: int
+    per_second: float  # requests/s (ping-pong), bytes/s (bulk), connections/s (connect)
+    requests: int  # or bytes, or connections
     errors: int
     cpu_user_s: float = 0.0  # the server's, over the measured window
     cpu_system_s: float = 0.0
@@ -304,7 +323,7 @@ def echoload(
     if not result:
         stderr = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"echoload gave no result (exit {proc.returncode}): {stderr}")
-    done = int(result.get("requests", result.get("bytes", 0)))
+    done = int(result.get("requests", result.get("bytes", result.get("accepted", 0))))
     # Processes still there at the end, from their time at the start (or from zero when
     # forked inside the window); socat children of earlier connections that exited during
     # the window were idle, and their totals would otherwise come off as negative time.

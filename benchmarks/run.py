@@ -1,6 +1,6 @@
 """The benchmark harness: every server under test, interleaved rounds, medians, ratios, targets.
 
-    python -m benchmarks.run [--rounds 5] [--duration 1.5] [--out benchmarks/results]
+    python -m benchmarks.run [--rounds 5] [--duration 1.2] [--out benchmarks/results]
 
 Servers are pinned to one core and load clients to another (when there are two), and each
 case runs in rounds A B C D E A B C D E ..., so a slow spell of the machine hits every
@@ -40,12 +40,22 @@ from benchmarks import peers as p
 
 KIB = 1024
 PINGPONG_CONNECTIONS = (1, 10, 100)
+BULK_CONNECTIONS = (1, 4)
+# The accept rate: this many connections at a time, each connecting, echoing this many
+# bytes once and closing; against these peers (socat forks a process per connection, and
+# the asyncio peers only repeat tcpecho's loop on a slower one).
+ACCEPT_CONNECTIONS = 10
+ACCEPT_SIZE = 64
+ACCEPT_PEERS = ("tcpecho-uvloop", "uvloop-plain", "go", "c-epoll")
 IDLE_CONNECTIONS = 10_000
 SAMPLE_CONNECTIONS = 100  # opened first, to learn the descriptors a connection costs
 HELP_RUNS = 21
 # Once a second: 15-30 times as often as a Prometheus usually scrapes, so a cost would show.
 SCRAPE_INTERVAL_S = 1.0
 METRICS_CONNECTIONS = (10, 100)
+
+
+UNIT_NAMES = {"pingpong": "request", "bulk": "64KiB", "connect": "connection"}
 
 
 def log(message: str) -> None:
@@ -79,7 +89,7 @@ class Harness:
         cases: list[tuple[str, str, int, int]] = [
             (f"pingpong-1KiB-c{c}", "pingpong", c, KIB) for c in PINGPONG_CONNECTIONS
         ]
-        cases.append(("bulk-64KiB-c1", "bulk", 1, 64 * KIB))
+        cases += [(f"bulk-64KiB-c{c}", "bulk", c, 64 * KIB) for c in BULK_CONNECTIONS]
         results: dict[str, Any] = {}
         with p.servers(self.peers, self.server_cpu, self.log_dir) as running:
             for case, mode, connections, size in cases:
@@ -105,18 +115,46 @@ class Harness:
         for name, runs in rounds.items():
             entry = summary([run.per_second for run in runs])
             per_request = [run for run in runs if run.requests]
-            if mode == "pingpong" and per_request:
-                entry["server_cpu_us_per_request"] = {
-                    "user": statistics.median(r.cpu_user_s / r.requests * 1e6 for r in per_request),
+            if per_request:
+                # Per request (ping-pong), per 64 KiB echoed (bulk) or per connection.
+                unit = 64 * KIB if mode == "bulk" else 1
+                entry[f"server_cpu_us_per_{UNIT_NAMES[mode]}"] = {
+                    "user": statistics.median(
+                        r.cpu_user_s / r.requests * unit * 1e6 for r in per_request
+                    ),
                     "system": statistics.median(
-                        r.cpu_system_s / r.requests * 1e6 for r in per_request
+                        r.cpu_system_s / r.requests * unit * 1e6 for r in per_request
                     ),
                 }
             peers[name] = entry
         reference = peers["tcpecho-uvloop"]["median"]
         for entry in peers.values():
             entry["ratio_to_tcpecho"] = entry["median"] / reference if reference else None
-        return {"unit": "requests/s" if mode == "pingpong" else "bytes/s", "peers": peers}
+        units = {"pingpong": "requests/s", "bulk": "bytes/s", "connect": "connections/s"}
+        return {"unit": units[mode], "peers": peers}
+
+    # -- accepted connections per second ------------------------------------------------------
+
+    def accepts(self) -> dict[str, Any]:
+        """Connections per second: connect, one echo, close, ACCEPT_CONNECTIONS at a time;
+        tcpecho logs connection_accepted and connection_closed for each (to a file)."""
+        chosen = [peer for peer in self.peers if peer.name in ACCEPT_PEERS]
+        rounds: dict[str, list[p.LoadResult]] = {peer.name: [] for peer in chosen}
+        with p.servers(chosen, self.server_cpu, self.log_dir / "accepts") as running:
+            for number in range(self.args.rounds):
+                for peer in chosen:
+                    server = running[peer.name]
+                    result = p.echoload(
+                        self.tools, self.client_cpu, server.port, "connect", ACCEPT_CONNECTIONS,
+                        ACCEPT_SIZE, self.args.warmup, self.args.duration, server,
+                    )  # fmt: skip
+                    if result.errors:
+                        raise RuntimeError(f"accepts {peer.name}: {result.errors} errors")
+                    rounds[peer.name].append(result)
+                log(f"accepts round {number + 1}/{self.args.rounds}: " + ", ".join(
+                    f"{name} {r[-1].per_second:,.0f}" for name, r in rounds.items()
+                ))  # fmt: skip
+        return self._case("connect", rounds)
 
     # -- tcpecho bench against the C client ---------------------------------------------------
 
@@ -394,8 +432,51 @@ def _echoes(sock: socket.socket) -> int:
         return 0
 
 
+RATIO_PEERS = {"go": "Go io.Copy", "socat": "socat", "uvloop-plain": "plain uvloop",
+               "c-epoll": "C floor"}  # fmt: skip
+
+
+def cpu_per_request(entry: dict[str, Any]) -> float:
+    """A peer's server CPU (user and system) per request, in us."""
+    cpu = entry["server_cpu_us_per_request"]
+    return float(cpu["user"] + cpu["system"])
+
+
+def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """tcpecho against each peer, same run: rates as tcpecho / peer (above 1: tcpecho is
+    faster), CPU per request as tcpecho / peer (below 1: tcpecho is cheaper)."""
+    throughput = results["throughput"]
+    rows: list[dict[str, Any]] = []
+
+    def row(what: str, peers: dict[str, Any], value: Callable[[dict[str, Any]], float]) -> None:
+        ours = value(peers["tcpecho-uvloop"])
+        versus = {
+            name: ours / value(peers[name]) if name in peers and value(peers[name]) else None
+            for name in RATIO_PEERS
+        }
+        rows.append({"what": what, "tcpecho": ours, "versus": versus})
+
+    def rate(entry: dict[str, Any]) -> float:
+        return float(entry["median"])
+
+    for connections in (10, 100):
+        case = throughput[f"pingpong-1KiB-c{connections}"]["peers"]
+        row(f"1 KiB ping-pong, {connections} conns: requests/s", case, rate)
+    for connections in BULK_CONNECTIONS:
+        case = throughput[f"bulk-64KiB-c{connections}"]["peers"]
+        row(f"bulk 64 KiB, {connections} conn(s): bytes/s", case, rate)
+    if "accepts" in results:
+        row("connections accepted/s (connect, 64 B echo, close)", results["accepts"]["peers"],
+            rate)  # fmt: skip
+    for connections in (10, 100):
+        case = throughput[f"pingpong-1KiB-c{connections}"]["peers"]
+        row(f"server CPU per request, {connections} conns (lower: tcpecho cheaper)", case,
+            cpu_per_request)  # fmt: skip
+    return rows
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target of the issue with its measured figure."""
+    """Every target of the issues with its measured figure."""
     found: list[dict[str, Any]] = []
 
     def add(name: str, measured: float | None, goal: float, higher_is_better: bool) -> None:
@@ -414,9 +495,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 1 / peers["socat"]["ratio_to_tcpecho"], 2.5, True)  # fmt: skip
         add(f"ping-pong c={connections}: server user CPU us/request",
             ours["server_cpu_us_per_request"]["user"], 1.0, False)  # fmt: skip
-    bulk = throughput["bulk-64KiB-c1"]["peers"]
-    if "go" in bulk:
-        add("bulk 64 KiB: tcpecho / Go", 1 / bulk["go"]["ratio_to_tcpecho"], 1.1, True)
+        add(f"ping-pong c={connections}: server CPU per request, tcpecho / C floor",
+            cpu_per_request(ours) / cpu_per_request(peers["c-epoll"]), 1.15, False)  # fmt: skip
+    for connections in BULK_CONNECTIONS:
+        bulk = throughput[f"bulk-64KiB-c{connections}"]["peers"]
+        if "go" in bulk:
+            add(f"bulk 64 KiB c={connections}: tcpecho / Go", 1 / bulk["go"]["ratio_to_tcpecho"],
+                1.1, True)  # fmt: skip
     idle = results["idle"]["tcpecho-uvloop"]
     add("10,000 idle: server RSS KiB per connection", idle.get("rss_per_connection_kib"), 4.0,
         False)  # fmt: skip
@@ -470,41 +555,17 @@ def raise_file_limits() -> None:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README's table: medians (min-max) and ratios to tcpecho."""
-    throughput = results["throughput"]
-    names = list(next(iter(throughput.values()))["peers"])
-    labels = results["labels"]
-    lines = [
-        "| server | " + " | ".join(
-            ["1 KiB ping-pong, 1 conn", "10 conns", "100 conns", "bulk 64 KiB",
-             "user / sys CPU per request (100 conns)", "RSS per idle conn"]
-        ) + " |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
-    for name in names:
-        cells = [labels[name]]
-        for case in [f"pingpong-1KiB-c{c}" for c in PINGPONG_CONNECTIONS]:
-            entry = throughput[case]["peers"][name]
-            cells.append(
-                f"{entry['median'] / 1000:,.1f}k ({entry['min'] / 1000:,.0f}-"
-                f"{entry['max'] / 1000:,.0f}k) {entry['ratio_to_tcpecho']:.2f}x"
-            )
-        bulk = throughput["bulk-64KiB-c1"]["peers"][name]
-        cells.append(
-            f"{bulk['median'] / 1e9:.2f} GB/s ({bulk['min'] / 1e9:.2f}-{bulk['max'] / 1e9:.2f}) "
-            f"{bulk['ratio_to_tcpecho']:.2f}x"
-        )
-        cpu = throughput["pingpong-1KiB-c100"]["peers"][name]["server_cpu_us_per_request"]
-        cells.append(f"{cpu['user']:.2f} / {cpu['system']:.2f} us")
-        idle = results["idle"].get(name, {})
-        if "rss_per_connection_kib" in idle:
-            cells.append(f"{idle['rss_per_connection_kib']:.2f} KiB")
-        else:
-            cells.append(idle.get("skipped") or idle.get("error") or "-")
+    """The docs' tables: tcpecho against its peers, every server's figures (medians,
+    min-max, ratio to tcpecho), and the targets."""
+    lines = ["| tcpecho (uvloop) | measured | " + " | ".join(
+        f"/ {label}" for label in RATIO_PEERS.values()) + " |",
+        "|---|---:|" + "---:|" * len(RATIO_PEERS)]  # fmt: skip
+    for row in results["ratios"]:
+        cells = [row["what"], _figure(row["what"], row["tcpecho"])]
+        cells += ["-" if v is None else f"{v:.2f}x" for v in row["versus"].values()]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("| target | goal | measured | met |")
-    lines.append("|---|---:|---:|:---:|")
+    lines += ["", *_servers_table(results), "", "| target | goal | measured | met |",
+              "|---|---:|---:|:---:|"]  # fmt: skip
     for target in results["targets"]:
         measured = target["measured"]
         shown = "-" if measured is None else f"{measured:.2f}"
@@ -515,10 +576,60 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _figure(what: str, value: float) -> str:
+    if "bytes/s" in what:
+        return f"{value / 1e6:,.0f} MB/s"
+    if "CPU" in what:
+        return f"{value:.2f} us"
+    return f"{value / 1000:,.1f}k/s"
+
+
+def _servers_table(results: dict[str, Any]) -> list[str]:
+    """Every server: medians (min-max) and ratios to tcpecho."""
+    throughput = results["throughput"]
+    names = list(next(iter(throughput.values()))["peers"])
+    labels = results["labels"]
+    accepts = results.get("accepts", {}).get("peers", {})
+    lines = [
+        "| server | " + " | ".join(
+            ["1 KiB ping-pong, 1 conn", "10 conns", "100 conns", "bulk 64 KiB, 1 conn",
+             "4 conns", "accepts/s", "user / sys CPU per request (100 conns)",
+             "RSS per idle conn"]
+        ) + " |",
+        "|---|" + "---:|" * 8,
+    ]  # fmt: skip
+    for name in names:
+        cells = [labels[name]]
+        for case in [f"pingpong-1KiB-c{c}" for c in PINGPONG_CONNECTIONS]:
+            cells.append(_rate(throughput[case]["peers"][name], 1000, "k"))
+        for connections in BULK_CONNECTIONS:
+            cells.append(
+                _rate(throughput[f"bulk-64KiB-c{connections}"]["peers"][name], 1e6, " MB/s")
+            )
+        cells.append(_rate(accepts[name], 1000, "k") if name in accepts else "-")
+        cpu = throughput["pingpong-1KiB-c100"]["peers"][name]["server_cpu_us_per_request"]
+        cells.append(f"{cpu['user']:.2f} / {cpu['system']:.2f} us")
+        idle = results["idle"].get(name, {})
+        if "rss_per_connection_kib" in idle:
+            cells.append(f"{idle['rss_per_connection_kib']:.2f} KiB")
+        else:
+            cells.append(idle.get("skipped") or idle.get("error") or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _rate(entry: dict[str, Any], scale: float, unit: str) -> str:
+    return (
+        f"{entry['median'] / scale:,.1f}{unit} ({entry['min'] / scale:,.0f}-"
+        f"{entry['max'] / scale:,.0f}) {entry['ratio_to_tcpecho']:.2f}x"
+    )
+
+
 # Each case: its key in the results, and the Harness method that measures it.
 STEPS = {
     "help_ms": "help_time",
     "throughput": "throughput",
+    "accepts": "accepts",
     "clients": "clients",
     "idle": "idle",
     "workers": "workers",
@@ -529,7 +640,7 @@ STEPS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=1.5, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=1.2, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds before each")
     parser.add_argument("--out", type=Path, default=p.ROOT / "benchmarks" / "results")
     parser.add_argument("--build", type=Path, default=p.ROOT / "out" / "bench")
@@ -570,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         step: Callable[[], Any] = getattr(harness, method)
         results[key] = step()
     results["load_average_after"] = load_average()
+    results["ratios"] = ratios(results)
     results["targets"] = targets(results)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -49,10 +49,23 @@ class Event:
 
     def fields(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for field in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
-            values[field.name] = value.as_dict() if hasattr(value, "as_dict") else value
+        for name in _field_names(type(self)):
+            value = getattr(self, name)
+            values[name] = value.as_dict() if hasattr(value, "as_dict") else value
         return values
+
+
+_FIELD_NAMES: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _field_names(event_class: type[Event]) -> tuple[str, ...]:
+    # Looked up once per class: the server emits two events per connection, and
+    # dataclasses.fields() each time was a measurable part of its accept path.
+    names = _FIELD_NAMES.get(event_class)
+    if names is None:
+        fields = dataclasses.fields(event_class)  # type: ignore[arg-type]
+        names = _FIELD_NAMES[event_class] = tuple(field.name for field in fields)
+    return names
 
 
 def emit(log: FilteringBoundLogger, event: Event) -> None:

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from structlog.testing import capture_logs
 
-from tcpecho.server.protocol import WRITE_BUFFER_HIGH
+from tcpecho.server.protocol import PIPE_CAPACITY, WRITE_BUFFER_HIGH
 from tcpecho.server.server import EchoServer, ServerConfig
-from tcpecho.tcp.options import TcpOptions
+from tcpecho.tcp.options import TcpOptions, read_effective
 from tests.conftest import RunningServer, Spawn, requires_root
 from tests.support import LoggedProcess, echo_once, free_port
 
@@ -77,6 +77,43 @@ async def test_accepted_connections_carry_the_configured_options(echo_server: Ec
     assert accepted["options"]["nodelay"] is True
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::"])
+async def test_logged_options_read_once_per_listener_are_the_accepted_sockets_own(
+    host: str,
+) -> None:
+    """The options in connection_accepted are read from the listener, once: they must be
+    exactly what getsockopt returns on the socket the connection really has."""
+    if host == "::" and not socket.has_dualstack_ipv6():
+        pytest.skip("no dual-stack IPv6 here")
+    tcp = TcpOptions(
+        user_timeout_ms=7000,
+        keepalive=True,
+        keepalive_idle_s=11,
+        keepalive_interval_s=3,
+        keepalive_count=4,
+        recverr=True,
+    )
+    server = EchoServer(ServerConfig(host=host, port=0, tcp=tcp))
+    serving = asyncio.create_task(server.serve())
+    await server.started.wait()
+    try:
+        with capture_logs() as events:
+            _, writer = await asyncio.open_connection("127.0.0.1", _port(server))
+            while not server.connections:  # noqa: ASYNC110 - nothing to wait on but the dict
+                await asyncio.sleep(0.01)
+            (connection,) = server.connections
+            accepted_socket = connection.transport.get_extra_info("socket")
+            assert (
+                read_effective(accepted_socket).as_dict()
+                == next(e for e in events if e["event"] == "connection_accepted")["options"]
+            )
+            assert read_effective(accepted_socket).keepalive_idle_s == 11
+            writer.close()
+    finally:
+        server.stop()
+        assert await serving == 0
+
+
 async def test_a_peer_that_does_not_read_pauses_reading_instead_of_buffering(
     echo_server: EchoServer,
 ) -> None:
@@ -99,11 +136,114 @@ async def test_a_peer_that_does_not_read_pauses_reading_instead_of_buffering(
     else:
         pytest.fail("the server took 256 MiB from a peer that never read")
     connection = next(iter(echo_server.connections))
-    assert not connection.transport.is_reading()
-    # What the server holds for this peer is bounded by the high-water mark plus one read.
-    assert connection.transport.get_write_buffer_size() <= WRITE_BUFFER_HIGH + 256 * 1024
+    assert not connection.is_reading()
+    # What the server holds for this peer is bounded by the high-water mark plus one read
+    # (in the transport's buffer, or in the pipe once the connection is spliced).
+    assert connection.unsent() <= WRITE_BUFFER_HIGH + 256 * 1024
     assert sent < 64 * 1024 * 1024  # the kernel buffers, not the server, took the rest
     sock.close()
+
+
+async def _bulk_echo(port: int, payload: bytes, chunk: int) -> bytes:
+    """Send ``payload`` in ``chunk``-byte writes while reading the echo, then half-close;
+    the echo, read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def send() -> None:
+        for start in range(0, len(payload), chunk):
+            writer.write(payload[start : start + chunk])
+            await writer.drain()
+        writer.write_eof()
+
+    sending = asyncio.create_task(send())
+    received = await reader.read(-1)  # to the server's FIN
+    await sending
+    writer.close()
+    return received
+
+
+async def test_bulk_senders_are_spliced_and_echoed_exactly(echo_server: EchoServer) -> None:
+    """64 KiB writes move the connection to splice(2): every byte comes back in order, the
+    server closes after the half-close, and connection_closed counts every byte."""
+    payload = PAYLOAD * 16  # 16 MiB, every byte value, in an order a lost chunk would show
+    with capture_logs() as events:
+        echoing = asyncio.create_task(_bulk_echo(_port(echo_server), payload, 64 * 1024))
+        while not echo_server.connections:  # noqa: ASYNC110 - nothing to wait on but the dict
+            await asyncio.sleep(0.001)
+        (connection,) = echo_server.connections
+        echo = await echoing
+        while not any(e["event"] == "connection_closed" for e in events):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert echo == payload
+    assert connection.spliced, "a 64 KiB sender is spliced"
+    closed = next(e for e in events if e["event"] == "connection_closed")
+    assert closed["bytes_echoed"] == len(payload)
+    assert closed["error"] is None
+
+
+async def test_small_messages_stay_on_the_transport(echo_server: EchoServer) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(echo_server))
+    for _ in range(50):
+        writer.write(b"x" * 1024)
+        assert await reader.readexactly(1024) == b"x" * 1024
+    assert [c.spliced for c in echo_server.connections] == [False]
+    writer.close()
+
+
+async def test_a_spliced_peer_that_stops_reading_pauses_the_splice(
+    echo_server: EchoServer,
+) -> None:
+    """Backpressure through the pipe: once spliced, a peer that never reads makes the
+    server stop reading, with at most one pipe held for it."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", _port(echo_server)))
+    sent = 0
+    try:
+        async with asyncio.timeout(2):
+            while sent < 256 * 1024 * 1024:
+                await loop.sock_sendall(sock, PAYLOAD[:262144])
+                sent += 262144
+    except TimeoutError:
+        pass
+    else:
+        pytest.fail("the server took 256 MiB from a peer that never read")
+    (connection,) = echo_server.connections
+    assert connection.spliced
+    assert not connection.is_reading()
+    assert 0 < connection.unsent() <= PIPE_CAPACITY
+    echoed = connection.bytes_echoed
+    await asyncio.sleep(0.2)
+    assert connection.bytes_echoed == echoed, "nothing more is read while the pipe is full"
+    # Reading again lets the splice go on: the echo resumes, whole and in order.
+    sock.setblocking(True)
+    sock.settimeout(5)
+    got = await loop.run_in_executor(None, sock.recv, 65536)
+    assert got
+    assert PAYLOAD[: len(got)] == got
+    sock.close()
+
+
+async def test_a_spliced_connection_reset_is_reported_by_its_errno(
+    echo_server: EchoServer,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with capture_logs() as events:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", _port(echo_server)))
+        await loop.sock_sendall(sock, PAYLOAD[:262144])
+        while not any(c.spliced for c in echo_server.connections):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # nothing to wait on but the connection
+        await loop.sock_sendall(sock, PAYLOAD[:65536])
+        # Unread data at close makes the kernel send a reset instead of a FIN.
+        sock.close()
+        while not any(e["event"] == "connection_closed" for e in events):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    closed = next(e for e in events if e["event"] == "connection_closed")
+    assert closed["error"] in ("ECONNRESET", "EPIPE")
 
 
 async def test_shutdown_finishes_the_echo_under_way() -> None:

@@ -80,7 +80,9 @@ def test_the_echo_hot_path_is_left_as_it_was() -> None:
     body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
     assert [ast.unparse(statement) for statement in body] == [
         "self._write(data)",
-        "self.bytes_echoed += len(data)",
+        "size = len(data)",
+        "self.bytes_echoed += size",
+        "if size >= SPLICE_FROM:\n    self._start_splicing()",
     ]
 
 

@@ -1,10 +1,10 @@
 """The server's metrics, collected when scraped: nothing is added to the echo's hot path.
 
-``EchoProtocol.data_received`` already counts each connection's bytes (the drain and
-``connection_closed`` need them); the server keeps totals that change once per connection
-or signal (``ServerTotals``). A scrape reads those, and sums the bytes of the connections
-open now from the server's live registry: one pass over the open connections per scrape
-instead of one more operation per message.
+``EchoProtocol.data_received`` (or, for a spliced connection, its ``Splice``) already
+counts each connection's bytes (the drain and ``connection_closed`` need them); the server
+keeps totals that change once per connection or signal (``ServerTotals``). A scrape reads
+those, and sums the bytes of the connections open now from the server's live registry: one
+pass over the open connections per scrape instead of one more operation per message.
 """
 
 from __future__ import annotations

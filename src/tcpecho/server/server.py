@@ -11,6 +11,8 @@ a container (the kernel drops default-action signals sent to PID 1).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import os
 import resource
 import signal
@@ -26,7 +28,7 @@ from tcpecho.server.protocol import EchoProtocol
 from tcpecho.settings import SettingError, check_duration, check_range
 from tcpecho.tcp.listen import listen, listening_socket
 from tcpecho.tcp.names import error_name, format_address
-from tcpecho.tcp.options import TcpOptions, read_effective
+from tcpecho.tcp.options import EffectiveOptions, TcpOptions, read_effective
 
 if TYPE_CHECKING:
     from tcpecho.metrics import MetricsEndpoint
@@ -146,19 +148,23 @@ class EchoServer:
 
     # -- connection registry (called by EchoProtocol) ------------------------------------
 
-    def opened(self, connection: EchoProtocol) -> None:
+    def opened(self, connection: EchoProtocol, options: EffectiveOptions | None = None) -> None:
+        """``options``: what the accepted socket carries, read once from its listener
+        (``_Listener``); None reads them from the connection's own socket."""
         transport = connection.transport
         peer = format_address(transport.get_extra_info("peername"))
         self.connections[connection] = _ConnectionInfo(peer=peer, opened_at=time.monotonic())
         self.totals.connections_accepted += 1
         self._all_closed.clear()
-        sock = transport.get_extra_info("socket")
+        if options is None:
+            sock = transport.get_extra_info("socket")
+            options = read_effective(sock) if sock is not None else None
         events.emit(
             self.log,
             events.ConnectionAccepted(
                 peer=peer,
                 local=format_address(transport.get_extra_info("sockname")),
-                options=read_effective(sock) if sock is not None else None,
+                options=options,
                 connections=len(self.connections),
             ),
         )
@@ -213,10 +219,13 @@ class EchoServer:
     async def _start_serving(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
         for sock in sockets:
+            listener = _Listener(self, accepted_options(sock))
             # The backlog again: the loop listens anew on a socket it is given, with its own
             # default (100) unless told.
             server = await loop.create_server(
-                lambda: EchoProtocol(self), sock=sock, backlog=self.config.backlog
+                functools.partial(EchoProtocol, listener),
+                sock=sock,
+                backlog=self.config.backlog,
             )
             self._servers.append(server)
             self.addresses.append(format_address(sock.getsockname()))
@@ -296,6 +305,38 @@ class EchoServer:
                 aborted_connections=self._aborted,
             ),
         )
+
+
+class _Listener:
+    """One listening socket's connections, registered with its server together with the
+    options every one of them carries: read once per listener, not per connection."""
+
+    __slots__ = ("_options", "_server")
+
+    def __init__(self, server: EchoServer, options: EffectiveOptions) -> None:
+        self._server = server
+        self._options = options
+
+    def opened(self, connection: EchoProtocol) -> None:
+        self._server.opened(connection, self._options)
+
+    def closed(self, connection: EchoProtocol, error: Exception | None) -> None:
+        self._server.closed(connection, error)
+
+
+def accepted_options(listening: socket.socket) -> EffectiveOptions:
+    """The options of every connection ``listening`` accepts, read from the listener.
+
+    Valid because Linux builds an accepted socket as a clone of its listener
+    (``sk_clone_lock``, ``inet_csk_clone_lock``): TCP_USER_TIMEOUT, SO_KEEPALIVE,
+    TCP_KEEPIDLE/KEEPINTVL/KEEPCNT, TCP_SYNCNT and IP(V6)_RECVERR come over as they are on
+    the listener, and nothing in tcpecho changes them after accept. The one exception is
+    TCP_NODELAY, which uvloop and asyncio both set on every socket they accept, whatever the
+    listener has. Reading them per connection cost 8 getsockopt and 9 getsockname calls
+    (uvloop's socket wrapper asks for the address on every call) for each accept;
+    tests/server/test_server.py checks the logged values against an accepted socket's own.
+    """
+    return dataclasses.replace(read_effective(listening), nodelay=True)
 
 
 def failed_to_bind(config: ServerConfig, error: OSError) -> events.ServerFailed:
