@@ -19,6 +19,8 @@ import concurrent.futures
 import contextlib
 import os
 import re
+import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -181,8 +183,10 @@ class _Process:
 
     async def stop(self) -> None:
         if self.process.returncode is None:
+            # The whole group: a client started through a launcher (a pod's) lives on in
+            # its children, which hold its output open.
             with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
         await self.reader
 
@@ -270,6 +274,8 @@ class LabCase:
     async def _start_server(self, started: list[_Process | Program | ProgramClient]) -> int:
         """tcpecho's server, or the program asked for; its pid (and process group)."""
         command = self.run.server_command
+        if self.case.profile.server_argv is not None:
+            command = shlex.join(self.case.profile.server_argv)
         if command is None:
             server = await _Process.start(self._server_argv(), self.result.server_events)
             started.append(server)
@@ -351,6 +357,9 @@ class LabCase:
         return self.topology.command(self.topology.server_ns, args)
 
     def _client_argv(self) -> list[str]:
+        launch = self.case.profile.client_argv
+        if launch is not None:
+            return self.topology.command(self.topology.client_ns, launch)
         interval = ACTIVE_INTERVAL if self.case.activity is Activity.ACTIVE else IDLE_INTERVAL
         args = [
             *self.run.python,
