@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
+
 from cluster import kubelet
 from cluster.kubelet import Launch, Obj, PodError
 from tcpecho.experiment import Fault, Profile, Result
@@ -218,13 +220,10 @@ def image_config(image: str) -> kubelet.ImageConfig:
     return kubelet.ImageConfig.from_oci(json.loads(inspected.stdout)["OCIv1"]["config"])
 
 
-def pod_dir(workdir: Path, spec: Launch) -> Path:
-    """One directory for each distinct launch (the lab's cases share a server's: each
-    case's mounts live in that case's own mount namespace)."""
-    key = abs(hash(spec)) % 10**8
-    directory = workdir / f"{spec.namespace}-{spec.pod}-{key}"
-    if not directory.exists():
-        kubelet.prepare(spec, directory)
+def pod_dir(workdir: Path, case: PodCase, spec: Launch) -> Path:
+    """The kubelet's directory for one of the case's pods (its files, its mount points)."""
+    directory = workdir / f"{case.overlay}-{case.mode}-{spec.pod}"
+    kubelet.prepare(spec, directory)
     return directory
 
 
@@ -236,8 +235,8 @@ def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> list[Prof
     chosen = []
     for case in cases:
         tcp, deadlines = client_settings_from_environment(case.client.environment)
-        client = kubelet.argv(case.client, rootfs, pod_dir(workdir, case.client))
-        server = kubelet.argv(case.server, rootfs, pod_dir(workdir, case.server))
+        client = kubelet.argv(case.client, rootfs, pod_dir(workdir, case, case.client))
+        server = kubelet.argv(case.server, rootfs, pod_dir(workdir, case, case.server))
         chosen.append(
             Profile(
                 case.overlay,
@@ -363,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = plan(args.kubectl, overlays, image, workdir)
         with mounted_image(args.image) as rootfs:
             results, info = run(cases, rootfs, workdir)
-    except PodError as error:
+    except (PodError, click.ClickException) as error:
         print(f"python -m cluster.pods: {error}", file=sys.stderr)
         return 2
     except StoppedError as stopped:
