@@ -173,18 +173,22 @@ def pod_case(
 
 
 def plan(
-    kubectl: str, overlays: Sequence[str], image: kubelet.ImageConfig, workdir: Path
+    kubectl: str,
+    overlays: Sequence[str],
+    image: kubelet.ImageConfig,
+    workdir: Path,
+    directory: Path = OVERLAYS_DIR,
 ) -> list[PodCase]:
     """Every overlay active; idle too where its client's settings keep connections alive."""
     from tcpecho.cli.lab import client_settings_from_environment
 
     cases = []
     for name in overlays:
-        active = pod_case(name, "active", render(kubectl, OVERLAYS_DIR / name), image)
+        active = pod_case(name, "active", render(kubectl, directory / name), image)
         cases.append(active)
         tcp, _ = client_settings_from_environment(active.client.environment)
         if tcp.keepalive_enabled:
-            idle = render_idle(kubectl, OVERLAYS_DIR / name, active.client, workdir)
+            idle = render_idle(kubectl, directory / name, active.client, workdir)
             cases.append(pod_case(name, "idle", idle, image))
     return cases
 
@@ -346,6 +350,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=Path("out/pods.json"), help="where to write")
     parser.add_argument("--kubectl", default="kubectl", help="kubectl with kustomize 5")
+    parser.add_argument(
+        "--overlays-dir",
+        type=Path,
+        default=OVERLAYS_DIR,
+        help="where the overlays are (default: the checkout's manifests/overlays)",
+    )
     return parser.parse_args(argv)
 
 
@@ -355,11 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason is not None:
         print(f"python -m cluster.pods: {reason}", file=sys.stderr)
         return 2
-    overlays = args.overlay or sorted(p.name for p in OVERLAYS_DIR.iterdir())
+    overlays = args.overlay or sorted(p.name for p in args.overlays_dir.iterdir())
     workdir = Path(tempfile.mkdtemp(prefix="tcpecho-pods-"))
     try:
         image = image_config(args.image)
-        cases = plan(args.kubectl, overlays, image, workdir)
+        cases = plan(args.kubectl, overlays, image, workdir, args.overlays_dir)
         with mounted_image(args.image) as rootfs:
             results, info = run(cases, rootfs, workdir)
     except (PodError, click.ClickException) as error:
