@@ -70,7 +70,7 @@ class Place:
     namespace: str
     pod_ip: str
     node: str = "lab-node"
-    host_ip: str = "10.244.0.1"
+    host_ip: str = "10.244.0.1"  # the node's address as the pod sees it (status.hostIP)
     # A Service's name -> its ClusterIP, for /etc/hosts and the service links.
     services: Mapping[str, str] = field(default_factory=dict)
 

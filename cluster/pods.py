@@ -164,10 +164,20 @@ def pod_case(
         overlay,
         mode,
         kubelet.launch(
-            server, image, kubelet.Place(namespace, net.SERVER_IP, services=services), [service]
+            server,
+            image,
+            kubelet.Place(
+                namespace, net.SERVER_IP, host_ip=net.NODE_SERVER_SIDE_IP, services=services
+            ),
+            [service],
         ),
         kubelet.launch(
-            client, image, kubelet.Place(namespace, net.CLIENT_IP, services=services), [service]
+            client,
+            image,
+            kubelet.Place(
+                namespace, net.CLIENT_IP, host_ip=net.NODE_CLIENT_SIDE_IP, services=services
+            ),
+            [service],
         ),
     )
 
