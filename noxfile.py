@@ -41,8 +41,8 @@ HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 def tests(session: nox.Session) -> None:
     """pytest over real sockets; the namespace tests run when root with nft and ip."""
     session.install("-e", ".[test,plot]")
-    # The manifests and image tests need tools and a built image: their own sessions run them.
-    session.run("pytest", "-m", "not manifests and not image", *session.posargs)
+    # The manifests, image and pods tests need tools and a built image: their sessions run them.
+    session.run("pytest", "-m", "not manifests and not image and not pods", *session.posargs)
 
 
 @nox.session
@@ -232,8 +232,10 @@ def pods(session: nox.Session) -> None:
     reason = image_unavailable() or lab_unavailable()
     if reason is not None:
         session.skip(reason)
-    session.install("-e", ".", *PODS_TOOLS)
+    session.install("-e", ".[test]", *PODS_TOOLS)
     with built_image(session) as image_name:
+        # The launch itself first, looked at from outside; then every overlay in the lab.
+        session.run("pytest", "-m", "pods", env={"TCPECHO_TEST_IMAGE": image_name})
         session.run(
             "python",
             "-m",
