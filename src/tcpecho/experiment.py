@@ -72,6 +72,12 @@ class Profile:
     # Active: a request waits for its echo when the peer vanishes. Idle: nothing is sent.
     activities: tuple[Activity, ...] = (Activity.ACTIVE, Activity.IDLE)
     command: str | None = None  # a shell command line, {host} and {port} filled in
+    # A tcpecho client started by this argv instead of the lab's own (a pod's launch, from
+    # cluster/pods.py): ``tcp`` and ``deadlines`` are what its own configuration gives it,
+    # its interval is its own, and its JSON log is read as the lab's client's.
+    client_argv: tuple[str, ...] | None = None
+    # The server pod's own launch for this profile's cases, instead of the run's server.
+    server_argv: tuple[str, ...] | None = None
 
     def client_flags(self) -> tuple[str, ...]:
         """The ``tcpecho client`` flags for these settings."""

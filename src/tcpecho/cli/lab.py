@@ -7,7 +7,7 @@ the client's own TCP and deadline declarations, into the same data as the named 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ from tcpecho.cli.options import (
     settings_errors,
     tcp_options,
 )
-from tcpecho.cli.params import BOOLEAN, Duration, LazyChoice, option
+from tcpecho.cli.params import BOOLEAN, Duration, LazyChoice, Option, option
 
 if TYPE_CHECKING:
     from tcpecho.experiment import Profile
@@ -198,6 +198,28 @@ def custom_profile(text: str, name: str = "custom") -> Profile:
     except click.ClickException as error:
         raise click.UsageError(f"--client-args: {error.format_message()}") from None
     return Profile(name, tcp, deadlines)
+
+
+def client_settings_from_environment(
+    environment: Mapping[str, str],
+) -> tuple[TcpOptions, Deadlines]:
+    """The TCP options and deadlines that ``tcpecho client`` takes from ``environment`` (its
+    ``TCPECHO_CLIENT_*`` variables, as a pod sets them), read by the client's own
+    declarations: a value the client would refuse is a usage error naming the variable."""
+    # The prefix `tcpecho client` reads (tcpecho.cli's ENVVAR_PREFIX and the command's name).
+    ctx = click.Context(_client_settings, auto_envvar_prefix="TCPECHO_CLIENT")
+    given: dict[str, str] = {}
+    for param in _client_settings.params:
+        variable = param.environment_variable(ctx) if isinstance(param, Option) else None
+        if variable and environment.get(variable) and param.name:
+            given[param.name] = environment[variable]
+    try:
+        tcp, deadlines = _client_settings.main(
+            [], prog_name="the client's environment", standalone_mode=False, default_map=given
+        )
+    except click.ClickException as error:
+        raise click.UsageError(f"the client's environment: {error.format_message()}") from None
+    return tcp, deadlines
 
 
 def program_profiles(commands: tuple[str, ...]) -> list[Profile]:

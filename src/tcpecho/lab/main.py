@@ -128,8 +128,29 @@ def _forget_signal_handling() -> None:
         pass
 
 
+class StoppedError(Exception):
+    """The run was stopped by a signal, after every case was cleaned up."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def run(config: LabConfig) -> int:
     """Run the lab; the exit status (0 when every case ran, 1 when one could not)."""
+    try:
+        results, info = run_matrix(config)
+    except StoppedError as stopped:
+        _note("stopped; every namespace, rule and process of this run has been removed")
+        return stopped.status
+    write_stdout(report.render(results, info))
+    written = _write_files(results, info, config)
+    return 1 if not written or any(result.error for result in results) else 0
+
+
+def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
+    """Every case of ``config``, run in parallel and cleaned up; ``StoppedError`` on a signal.
+    The lab's command and ``cluster/pods.py`` share it."""
     os.register_at_fork(after_in_child=_forget_signal_handling)
     removed = remove_stale()
     if removed:
@@ -161,17 +182,16 @@ def run(config: LabConfig) -> int:
     try:
         results = loops.run(main(), "auto")
     except asyncio.CancelledError:
-        _note("stopped; every namespace, rule and process of this run has been removed")
-        return 128 + (signal.SIGINT if stopped_by == ["SIGINT"] else signal.SIGTERM)
+        raise StoppedError(
+            128 + (signal.SIGINT if stopped_by == ["SIGINT"] else signal.SIGTERM)
+        ) from None
     info = report.RunInfo(
         wall_s=time.monotonic() - started,
         quick_note=_quick_note(config.budget) if any(r.quick for r in results) else None,
         sysctl_note=_explicit_note(config.budget),
         kernel_release=platform.release(),
     )
-    write_stdout(report.render(results, info))
-    written = _write_files(results, info, config)
-    return 1 if not written or any(result.error for result in results) else 0
+    return results, info
 
 
 def _write_files(results: Sequence[Result], info: report.RunInfo, config: LabConfig) -> bool:

@@ -15,10 +15,13 @@ a run started after one that was SIGKILLed removes that run's leftovers first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import os
 import re
+import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +42,7 @@ QUICK_RTO_MAX_MS = 1000  # with tcp_retries2=15: ~15 s instead of ~15.5 min, 16 
 QUICK_RETRIES2 = 5  # for kernels before 6.15, which have no tcp_rto_max_ms: ~13 s
 STARTUP_TIMEOUT_S = 60.0  # a whole matrix starts ~100 Python processes on a small machine
 NEVER_OBSERVED_S = 15.0  # how long a case the model says never ends is watched at least
+STDERR_LINES_KEPT = 5  # a process's last words, for the case's error
 WARMUP_ECHOES = {Activity.ACTIVE: 2, Activity.IDLE: 1}
 TCP_RETRIES2_MAX = 100
 RTO_MAX_RANGE_S = (1.0, 120.0)  # what the kernel takes for tcp_rto_max_ms
@@ -130,14 +134,16 @@ class _Process:
     """A tcpecho subprocess in a namespace whose JSON log lines are collected.
 
     ``raw`` keeps each line as it was, for the report's JSON; ``logged`` holds them read
-    back as events."""
+    back as events; ``errors`` the last lines of its stderr, to say why it exited."""
 
     def __init__(self, process: asyncio.subprocess.Process, raw: list[dict[str, object]]) -> None:
         self.process = process
         self.raw = raw
         self.logged: list[events.Logged] = []
+        self.errors: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
         self.changed = asyncio.Event()
         self.reader = asyncio.create_task(self._read())
+        self.error_reader = asyncio.create_task(self._read_errors())
 
     @classmethod
     async def start(cls, argv: Sequence[str], raw: list[dict[str, object]]) -> _Process:
@@ -146,7 +152,7 @@ class _Process:
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             env=env,
             start_new_session=True,  # its own process group, as a fault kills a group
         )
@@ -162,6 +168,11 @@ class _Process:
                 self.changed.set()
         self.changed.set()
 
+    async def _read_errors(self) -> None:
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.errors.append(line.decode(errors="replace").rstrip())
+
     def named(self, kind: type[E]) -> list[tuple[E, float]]:
         """Every ``kind`` event so far, with the wall time it was logged at."""
         return [(e.event, e.timestamp) for e in self.logged if isinstance(e.event, kind)]
@@ -172,19 +183,29 @@ class _Process:
         async with asyncio.timeout(timeout):
             while len(self.named(kind)) < count:
                 if self.reader.done():
-                    raise LabCaseError(
-                        f"exited before {kind.name!r} (status {self.process.returncode})"
-                    )
+                    raise LabCaseError(await self._exit_reason(kind.name))
                 self.changed.clear()
                 await self.changed.wait()
         return self.named(kind)[count - 1]
 
+    async def _exit_reason(self, awaited: str) -> str:
+        """Why it ended before ``awaited``: its status and the last line of its stderr."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.error_reader), 1.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.process.wait(), 1.0)
+        last = f": {self.errors[-1]}" if self.errors else ""
+        return f"exited before {awaited!r} (status {self.process.returncode}){last}"
+
     async def stop(self) -> None:
         if self.process.returncode is None:
+            # The whole group: a client started through a launcher (a pod's) lives on in
+            # its children, which hold its output open.
             with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
         await self.reader
+        await self.error_reader
 
 
 class LabCaseError(RuntimeError):
@@ -270,6 +291,8 @@ class LabCase:
     async def _start_server(self, started: list[_Process | Program | ProgramClient]) -> int:
         """tcpecho's server, or the program asked for; its pid (and process group)."""
         command = self.run.server_command
+        if self.case.profile.server_argv is not None:
+            command = shlex.join(self.case.profile.server_argv)
         if command is None:
             server = await _Process.start(self._server_argv(), self.result.server_events)
             started.append(server)
@@ -351,6 +374,9 @@ class LabCase:
         return self.topology.command(self.topology.server_ns, args)
 
     def _client_argv(self) -> list[str]:
+        launch = self.case.profile.client_argv
+        if launch is not None:
+            return self.topology.command(self.topology.client_ns, launch)
         interval = ACTIVE_INTERVAL if self.case.activity is Activity.ACTIVE else IDLE_INTERVAL
         args = [
             *self.run.python,
