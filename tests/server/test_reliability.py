@@ -394,3 +394,28 @@ def _read_for(fd: int, seconds: float) -> str:
     with contextlib.suppress(BlockingIOError):
         text += os.read(fd, 1 << 20).decode()
     return text
+
+
+# -- the counters -------------------------------------------------------------------------
+
+
+def test_rejections_and_idle_closes_are_counted_in_the_metrics(start_server: StartServer) -> None:
+    from tests.support import port_of, scrape
+
+    server = start_server(
+        "--max-connections", "1", "--idle-timeout", "200ms", "--metrics-port", "0"
+    )
+    metrics_port = port_of(server.process.wait_for("metrics_started")["addresses"][0])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as held:
+        server.process.wait_for("connection_accepted")
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+                assert extra.recv(16) == b""
+        assert held.recv(16) == b""  # then closed for its silence
+    server.process.wait_for("connection_idle")
+    scraped = scrape("127.0.0.1", metrics_port)
+    assert scraped.value("tcpecho_server_connections_rejected_total") == 2
+    assert scraped.value("tcpecho_server_connections_idle_total") == 1
+    assert scraped.value("tcpecho_server_connections_total") == 1
+    assert scraped.value("tcpecho_server_descriptors_exhausted_total") == 0
+    assert scraped.value("tcpecho_server_log_lines_dropped_total") == 0

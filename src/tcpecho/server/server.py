@@ -225,6 +225,10 @@ class EchoServer:
             ),
         )
 
+    def descriptor_bursts(self) -> int:
+        """How many times the open-file limit stopped accepting (descriptors_exhausted)."""
+        return self._descriptors.bursts
+
     def bytes_echoed(self) -> int:
         """Bytes echoed since the start: the closed connections' total and the open ones'."""
         return self.totals.bytes_echoed_closed + sum(c.bytes_echoed for c in self.connections)
