@@ -265,7 +265,7 @@ class EchoServer:
         for sock in sockets:
             # The backlog again: the loop listens anew on a socket it is given, with its own
             # default (100) unless told. asyncio also takes it as how many connections to
-            # accept in one go, and on Python before 3.14 keeps trying that many after EMFILE,
+            # accept in one go, and (Python 3.11 here) keeps trying that many after EMFILE,
             # each try scheduling another retry (CPython gh-151615): at 4096 that is a
             # spinning loop. There it accepts at most ASYNCIO_ACCEPT_BATCH in one go and the
             # kernel's backlog is set again after, here and after each retry.
@@ -410,6 +410,7 @@ class DescriptorWatch:
         self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._since: float | None = None  # when the burst began
         self._open_then = 0
+        self._relisten: asyncio.TimerHandle | None = None
         self.bursts = 0
 
     def watch(self, loop: asyncio.AbstractEventLoop, after_retry: Callable[[], None]) -> None:
@@ -417,12 +418,18 @@ class DescriptorWatch:
         self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         default = loop.get_exception_handler()
 
+        def relisten() -> None:
+            self._relisten = None
+            after_retry()
+
         def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             error = context.get("exception")
             if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
                 self.exhausted()
-                # asyncio retries after ACCEPT_RETRY_DELAY (1 s), listening with its batch.
-                loop.call_later(1.5, after_retry)
+                # asyncio retries after ACCEPT_RETRY_DELAY (1 s), listening with its batch:
+                # set the backlog again after that, once per batch of failures.
+                if self._relisten is None or self._relisten.cancelled():
+                    self._relisten = loop.call_later(1.5, relisten)
                 return
             if default is None:
                 loop.default_exception_handler(context)
