@@ -260,15 +260,15 @@ class EchoServer:
 
     async def _start_serving(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
-        self._descriptors.watch(loop, lambda: self._listen_again(sockets))
+        self._descriptors.watch(loop)
         plain_asyncio = type(loop).__module__.startswith("asyncio")
         for sock in sockets:
             # The backlog again: the loop listens anew on a socket it is given, with its own
             # default (100) unless told. asyncio also takes it as how many connections to
             # accept in one go, and (Python 3.11 here) keeps trying that many after EMFILE,
             # each try scheduling another retry (CPython gh-151615): at 4096 that is a
-            # spinning loop. There it accepts at most ASYNCIO_ACCEPT_BATCH in one go and the
-            # kernel's backlog is set again after, here and after each retry.
+            # spinning loop. There it accepts at most ASYNCIO_ACCEPT_BATCH in one go, and the
+            # kernel's backlog is set again right after (its retries do not listen again).
             server = await loop.create_server(
                 lambda: EchoProtocol(self),
                 sock=sock,
@@ -296,12 +296,6 @@ class EchoServer:
             ),
         )
         self.started.set()
-
-    def _listen_again(self, sockets: list[socket.socket]) -> None:
-        """The configured backlog again, after asyncio's retry listened with its batch size."""
-        for sock in sockets:
-            if sock.fileno() != -1:
-                sock.listen(self.config.backlog)
 
     async def _sweep_idle(self, idle_s: float) -> None:
         """Close connections that echoed nothing for ``idle_s``: a sweep of the registry a few
@@ -410,26 +404,17 @@ class DescriptorWatch:
         self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self._since: float | None = None  # when the burst began
         self._open_then = 0
-        self._relisten: asyncio.TimerHandle | None = None
         self.bursts = 0
 
-    def watch(self, loop: asyncio.AbstractEventLoop, after_retry: Callable[[], None]) -> None:
-        """Take asyncio's accept failures; ``after_retry`` runs once its retry has listened."""
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take asyncio's accept failures from the loop's exception handler."""
         self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         default = loop.get_exception_handler()
-
-        def relisten() -> None:
-            self._relisten = None
-            after_retry()
 
         def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             error = context.get("exception")
             if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
-                self.exhausted()
-                # asyncio retries after ACCEPT_RETRY_DELAY (1 s), listening with its batch:
-                # set the backlog again after that, once per batch of failures.
-                if self._relisten is None or self._relisten.cancelled():
-                    self._relisten = loop.call_later(1.5, relisten)
+                self.exhausted()  # asyncio retries by itself, a second later
                 return
             if default is None:
                 loop.default_exception_handler(context)
