@@ -332,3 +332,5 @@ def bench(session: nox.Session) -> None:
     session.run("benchmarks/system-packages", external=True)
     session.install(".[plot]")
     session.run("python", "-m", "benchmarks.run", *session.posargs)
+    # Storms, non-readers, descriptor exhaustion, an unread stdout (~2 min): docs/reliability.md
+    session.run("python", "-m", "benchmarks.reliability")

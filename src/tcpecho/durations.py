@@ -9,8 +9,6 @@ the bounds and granularity of each setting are checked where the setting is defi
 
 from __future__ import annotations
 
-import datetime as dt
-
 import durationpy
 
 
@@ -29,7 +27,21 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds the way users type them (``1m30s``, ``500ms``, ``0s``)."""
-    if seconds == 0:
+    """Render seconds the way users type them (``1m30s``, ``500ms``, ``1ms500us``, ``0s``),
+    to the microsecond, in text ``parse_duration`` reads back to the same value."""
+    micros = round(seconds * 1_000_000)
+    if micros == 0:
         return "0s"
-    return str(durationpy.to_str(dt.timedelta(seconds=seconds)))
+    if micros < 1_000_000:
+        millis, rest = divmod(micros, 1000)
+        return (f"{millis}ms" if millis else "") + (f"{rest}us" if rest else "")
+    hours, micros = divmod(micros, 3_600_000_000)
+    minutes, micros = divmod(micros, 60_000_000)
+    whole, fraction = divmod(micros, 1_000_000)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    if fraction:
+        # Not "1m1e-06s" (float formatting), which no parser reads: decimal digits.
+        text += f"{whole}.{fraction:06d}".rstrip("0") + "s"
+    elif whole:
+        text += f"{whole}s"
+    return text

@@ -118,6 +118,37 @@ class ConnectionClosed(Event):
 
 
 @dataclass(frozen=True)
+class ConnectionRejected(Event):
+    name = "connection_rejected"
+    level = "warning"
+    peer: str
+    connections: int  # open ones, none of which is touched
+    max_connections: int
+
+
+@dataclass(frozen=True)
+class ConnectionIdle(Event):
+    name = "connection_idle"
+    peer: str
+    idle_s: float  # since the connection last echoed a byte
+
+
+@dataclass(frozen=True)
+class DescriptorsExhausted(Event):
+    name = "descriptors_exhausted"
+    level = "warning"
+    max_open_files: int
+    connections: int  # open ones
+
+
+@dataclass(frozen=True)
+class DescriptorsAvailable(Event):
+    name = "descriptors_available"
+    connections: int
+    exhausted_s: float  # since descriptors_exhausted
+
+
+@dataclass(frozen=True)
 class SignalIgnored(Event):
     name = "signal_ignored"
     level = "warning"
@@ -324,6 +355,17 @@ class Summary(Event):
     exit_code: int
 
 
+@dataclass(frozen=True)
+class LogLinesDropped(Event):
+    """Lines that stdout could not take (nobody reading it, full, closed), said once lines get
+    through again; the server and the client never wait for their log's reader."""
+
+    name = "log_lines_dropped"
+    level = "warning"
+    dropped: int  # since the last line that got through
+    dropped_total: int  # since the start
+
+
 EVENTS: dict[str, type[Event]] = {
     cls.name: cls
     for cls in (
@@ -331,6 +373,11 @@ EVENTS: dict[str, type[Event]] = {
         ServerFailed,
         ConnectionAccepted,
         ConnectionClosed,
+        ConnectionRejected,
+        ConnectionIdle,
+        DescriptorsExhausted,
+        DescriptorsAvailable,
+        LogLinesDropped,
         SignalIgnored,
         ShutdownStarted,
         ShutdownForced,

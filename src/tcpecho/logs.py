@@ -140,7 +140,16 @@ class _LogSink:
     """structlog's logger: every level goes to stdout as one whole line (``streams``)."""
 
     def msg(self, message: str) -> None:
-        STDOUT_OUTPUT.line(message)
+        dropped = STDOUT_OUTPUT.dropped_in_burst
+        if STDOUT_OUTPUT.line(message) and dropped:
+            # Lines get through again: say how many a stalled or failing stdout lost.
+            STDOUT_OUTPUT.dropped_in_burst = 0
+            from tcpecho import events
+
+            events.emit(
+                get_logger(),
+                events.LogLinesDropped(dropped=dropped, dropped_total=STDOUT_OUTPUT.dropped),
+            )
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg

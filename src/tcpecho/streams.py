@@ -13,16 +13,30 @@ removes both:
   interpreter's last flush at exit then fails with status 120 (on some 3.11 builds, not
   others). ``Output`` writes straight to the descriptor instead, and a line that cannot be
   written is dropped; the first failure is said once on stderr.
+
+A third would freeze the event loop: a pipe whose reader is alive but stopped reading (a
+log shipper that hangs, ``tcpecho server | less`` left alone). A blocking ``write`` into a
+full pipe blocks the whole process, echo included. ``Output`` asks the kernel first
+(``poll``, no wait) whether the descriptor can take a write, and drops the line if it
+cannot, counting it; the loop never waits for a reader. Lines are written in pieces of at
+most ``PIPE_BUF`` bytes, which a pipe that polls writable takes whole without blocking; a
+line longer than that waits at most ``LINE_FINISH_S`` for its rest. The logs say how many
+lines a burst lost once lines get through again (``log_lines_dropped``, in ``logs``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sys
 import threading
 
 STDIN, STDOUT, STDERR = 0, 1, 2
+# The most a pipe takes in one write without interleaving or, once it polls writable, blocking.
+PIPE_BUF = select.PIPE_BUF
+# A line longer than PIPE_BUF waits at most this long for room for its rest.
+LINE_FINISH_S = 0.1
 
 
 def secure_standard_streams() -> None:
@@ -61,14 +75,19 @@ class Output:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.tty = os.isatty(fd)
-        self.dropped = 0
+        self.dropped = 0  # lines dropped since the start
+        self.dropped_in_burst = 0  # since a line last got through (for log_lines_dropped)
         self._status_shown = False
         self._lock = threading.Lock()
+        self._poller = select.poll()
+        self._poller.register(fd, select.POLLOUT)
 
-    def line(self, text: str) -> None:
-        """``text`` as a line of its own; a status line on show stays, as it last read."""
-        self._write(("\n" if self._status_shown else "") + text + "\n")
+    def line(self, text: str) -> bool:
+        """``text`` as a line of its own; a status line on show stays, as it last read.
+        Whether it was written (False: dropped)."""
+        written = self._write(("\n" if self._status_shown else "") + text + "\n")
         self._status_shown = False
+        return written
 
     def status(self, text: str) -> None:
         """On a terminal, replace the status line with ``text``; elsewhere, a line."""
@@ -84,20 +103,44 @@ class Output:
             self._write("\n")
             self._status_shown = False
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str) -> bool:
         data = text.encode("utf-8", "backslashreplace")
         with self._lock:
             try:
-                while data:
-                    data = data[os.write(self.fd, data) :]
+                if not self._writable(0):
+                    self._drop(None)
+                    return False
+                while True:
+                    data = data[os.write(self.fd, data[:PIPE_BUF]) :]
+                    if not data:
+                        break
+                    if not self._writable(LINE_FINISH_S):
+                        self._drop(None)  # the rest of the line is lost with it
+                        return False
             except OSError as error:
-                self.dropped += 1
-                if self.dropped == 1:
-                    name = {STDOUT: "stdout", STDERR: "stderr"}.get(self.fd, f"fd {self.fd}")
-                    say_once_on_stderr(
-                        f"{name}: {error.strerror or type(error).__name__}: "
-                        "output that cannot be written is dropped"
-                    )
+                self._drop(error)
+                return False
+        return True
+
+    def _writable(self, timeout_s: float) -> bool:
+        # POLLERR/POLLHUP come back as writable: the write then fails and says why.
+        return bool(self._poller.poll(timeout_s * 1000))
+
+    def _drop(self, error: OSError | None) -> None:
+        self.dropped += 1
+        self.dropped_in_burst += 1
+        if self.dropped_in_burst > 1:
+            return
+        name = {STDOUT: "stdout", STDERR: "stderr"}.get(self.fd, f"fd {self.fd}")
+        if error is None:
+            # Once per burst: the reader may come back, and stop again.
+            _said.discard(f"{name}: not being read: lines are dropped until it is")
+            say_once_on_stderr(f"{name}: not being read: lines are dropped until it is")
+        elif self.dropped == 1:
+            say_once_on_stderr(
+                f"{name}: {error.strerror or type(error).__name__}: "
+                "output that cannot be written is dropped"
+            )
 
 
 STDOUT_OUTPUT = Output(STDOUT)

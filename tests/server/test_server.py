@@ -394,22 +394,6 @@ def test_a_second_signal_cuts_the_connections_and_says_how_many(
     assert forced["connections"] == stopped["aborted_connections"] == 1
 
 
-def test_the_listening_backlog_is_the_configured_one(start_server: StartServer) -> None:
-    """The loop listens again on the socket it is given: with its default (100) unless told."""
-    from pyroute2 import DiagSocket
-
-    server = start_server()
-    assert server.process.wait_for("server_started")["backlog"] == 1024
-    with DiagSocket() as diag:
-        diag.bind()
-        listening = [
-            entry
-            for entry in diag.get_sock_stats(family=socket.AF_INET, states=1 << 10)  # LISTEN
-            if entry["idiag_sport"] == server.port
-        ]
-    assert [entry["idiag_wqueue"] for entry in listening] == [1024]  # ss -ltn's Send-Q
-
-
 def test_a_peer_that_never_reads_does_not_grow_server_memory(start_server: StartServer) -> None:
     server = start_server()
 

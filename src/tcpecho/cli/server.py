@@ -47,6 +47,25 @@ EPILOG = environment_epilog("server", "CATCH_SIGTERM=true")
     help="Server processes sharing the port (SO_REUSEPORT), for machines with cores to "
     "spare; no gain on 2 cores.",
 )
+@option(
+    "--backlog",
+    type=int,
+    default=4096,
+    help="Listening backlog: connections completed before they are accepted; Linux caps it "
+    "at net.core.somaxconn.",
+)
+@option(
+    "--max-connections",
+    type=int,
+    default=None,
+    help="Open connections at most; one more is closed at once and logged. Default: no limit.",
+)
+@option(
+    "--idle-timeout",
+    type=Duration(),
+    default=None,
+    help="Close a connection that has echoed nothing for this long. Default: off.",
+)
 @metrics_port_option
 @tcp_options(connect=False)
 @runtime_options
@@ -56,6 +75,9 @@ def server(
     catch_sigterm: bool,
     shutdown_timeout: float,
     workers: int,
+    backlog: int,
+    max_connections: int | None,
+    idle_timeout: float | None,
     metrics_port: int | None,
     tcp: TcpOptions,
     loop: loops.LoopName,
@@ -75,6 +97,9 @@ def server(
             shutdown_timeout_s=shutdown_timeout,
             loop=loop,
             workers=workers,
+            backlog=backlog,
+            max_connections=max_connections,
+            idle_timeout_s=idle_timeout,
             metrics_port=metrics_port,
         )
     logs.configure(log_format, log_level)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tcpecho.streams import STDOUT_OUTPUT
+
 if TYPE_CHECKING:
     from tcpecho.server.server import EchoServer
 
@@ -47,4 +49,24 @@ class ServerCollector(Collector):
             "tcpecho_server_signals_ignored",
             "SIGTERMs ignored under --catch-sigterm (signal_ignored events).",
             value=totals.signals_ignored,
+        )
+        yield CounterMetricFamily(
+            "tcpecho_server_connections_rejected",
+            "Connections closed at once beyond --max-connections (connection_rejected events).",
+            value=totals.connections_rejected,
+        )
+        yield CounterMetricFamily(
+            "tcpecho_server_connections_idle",
+            "Connections closed by --idle-timeout (connection_idle events).",
+            value=totals.connections_idle,
+        )
+        yield CounterMetricFamily(
+            "tcpecho_server_descriptors_exhausted",
+            "Bursts in which the open-file limit stopped accepting (descriptors_exhausted).",
+            value=server.descriptor_bursts(),
+        )
+        yield CounterMetricFamily(
+            "tcpecho_server_log_lines_dropped",
+            "Log lines stdout could not take (unread, full or closed) and that were dropped.",
+            value=STDOUT_OUTPUT.dropped,
         )

@@ -12,28 +12,34 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import os
 import resource
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tcpecho import events, loops
 from tcpecho.logs import get_logger
 from tcpecho.process import forget_stop_signals, on_stop_signals, raise_open_file_limit
 from tcpecho.server.protocol import EchoProtocol
 from tcpecho.settings import SettingError, check_duration, check_range
+from tcpecho.tcp.info import listen_queue
 from tcpecho.tcp.listen import listen, listening_socket
 from tcpecho.tcp.names import error_name, format_address
 from tcpecho.tcp.options import EffectiveOptions, TcpOptions, read_effective
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
     from tcpecho.metrics import MetricsEndpoint
 
 MAX_WORKERS = 256
+ASYNCIO_ACCEPT_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,20 @@ class ServerConfig:
     tcp: TcpOptions = field(default_factory=TcpOptions)
     catch_sigterm: bool = False
     shutdown_timeout_s: float = 10.0
-    backlog: int = 1024
+    # Connections the kernel completes before the server accepts them. A burst of connects
+    # (or a server descheduled for a moment on a busy machine) fills a short queue, and the
+    # kernel then drops SYNs: each costs the client a 1 s retransmission. Linux caps this at
+    # net.core.somaxconn (4096 since 5.4); server_started logs what the kernel took.
+    backlog: int = 4096
     loop: loops.LoopName = "auto"
     # Processes sharing the port through SO_REUSEPORT (server.supervisor); 1 = this one.
     workers: int = 1
     # /metrics on --host at this port (0: any free port); None: no metrics.
     metrics_port: int | None = None
+    # Open connections at most; one more is closed at once (connection_rejected). None: no limit.
+    max_connections: int | None = None
+    # Close a connection that has echoed nothing for this long (connection_idle). None: never.
+    idle_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         check_range("port", self.port, 0, 65535)
@@ -56,6 +70,8 @@ class ServerConfig:
         check_range("backlog", self.backlog, 1)
         check_range("workers", self.workers, 1, MAX_WORKERS)
         check_range("metrics_port", self.metrics_port, 0, 65535)
+        check_range("max_connections", self.max_connections, 1)
+        check_duration("idle_timeout", self.idle_timeout_s, minimum=0.001)
         if self.metrics_port is None:
             return
         if self.workers > 1:
@@ -75,6 +91,8 @@ class ServerTotals:
     metrics read when scraped (``server.metrics``), besides the open connections."""
 
     connections_accepted: int = 0
+    connections_rejected: int = 0  # beyond --max-connections
+    connections_idle: int = 0  # closed by --idle-timeout
     bytes_echoed_closed: int = 0  # by the connections that have closed; open ones count theirs
     signals_ignored: int = 0
 
@@ -83,6 +101,9 @@ class ServerTotals:
 class _ConnectionInfo:
     peer: str
     opened_at: float
+    # For --idle-timeout: the echo count when the sweep last saw it change, and when.
+    echoed_at_sweep: int = 0
+    quiet_since: float = 0.0
 
 
 class EchoServer:
@@ -107,6 +128,8 @@ class EchoServer:
         self._aborted = 0  # connections cut by a second signal or the shutdown timeout
         self.totals = ServerTotals()
         self.metrics_addresses: list[str] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._descriptors = DescriptorWatch(self.log, lambda: len(self.connections))
 
     # -- sockets -----------------------------------------------------------------------
 
@@ -153,11 +176,19 @@ class EchoServer:
         (``_Listener``); None reads them from the connection's own socket."""
         transport = connection.transport
         peer = format_address(transport.get_extra_info("peername"))
-        self.connections[connection] = _ConnectionInfo(peer=peer, opened_at=time.monotonic())
+        limit = self.config.max_connections
+        if limit is not None and len(self.connections) >= limit:
+            self._reject(connection, peer, limit)
+            return
+        now = time.monotonic()
+        self.connections[connection] = _ConnectionInfo(peer=peer, opened_at=now, quiet_since=now)
         self.totals.connections_accepted += 1
         self._all_closed.clear()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= self._descriptors.limit - 1:
+            # Descriptors are handed out lowest first: this one was the last.
+            self._descriptors.exhausted()
         if options is None:
-            sock = transport.get_extra_info("socket")
             options = read_effective(sock) if sock is not None else None
         events.emit(
             self.log,
@@ -169,10 +200,23 @@ class EchoServer:
             ),
         )
 
+    def _reject(self, connection: EchoProtocol, peer: str, limit: int) -> None:
+        """Beyond --max-connections: close at once, before reading anything; never registered,
+        so connection_lost finds nothing to log and the open ones are untouched."""
+        connection.transport.close()
+        self.totals.connections_rejected += 1
+        events.emit(
+            self.log,
+            events.ConnectionRejected(
+                peer=peer, connections=len(self.connections), max_connections=limit
+            ),
+        )
+
     def closed(self, connection: EchoProtocol, error: Exception | None) -> None:
         info = self.connections.pop(connection, None)
         if not self.connections:
             self._all_closed.set()
+        self._descriptors.freed(len(self.connections))
         if info is None:
             return
         self.totals.bytes_echoed_closed += connection.bytes_echoed
@@ -186,6 +230,10 @@ class EchoServer:
                 connections=len(self.connections),
             ),
         )
+
+    def descriptor_bursts(self) -> int:
+        """How many times the open-file limit stopped accepting (descriptors_exhausted)."""
+        return self._descriptors.bursts
 
     def bytes_echoed(self) -> int:
         """Bytes echoed since the start: the closed connections' total and the open ones'."""
@@ -218,31 +266,66 @@ class EchoServer:
 
     async def _start_serving(self, sockets: list[socket.socket]) -> None:
         loop = asyncio.get_running_loop()
+        self._descriptors.watch(loop)
+        plain_asyncio = type(loop).__module__.startswith("asyncio")
         for sock in sockets:
             listener = _Listener(self, accepted_options(sock))
             # The backlog again: the loop listens anew on a socket it is given, with its own
-            # default (100) unless told.
+            # default (100) unless told. asyncio also takes it as how many connections to
+            # accept in one go, and (Python 3.11 here) keeps trying that many after EMFILE,
+            # each try scheduling another retry (CPython gh-151615): at 4096 that is a
+            # spinning loop. There it accepts at most ASYNCIO_ACCEPT_BATCH in one go, and the
+            # kernel's backlog is set again right after (its retries do not listen again).
             server = await loop.create_server(
                 functools.partial(EchoProtocol, listener),
                 sock=sock,
-                backlog=self.config.backlog,
+                backlog=min(ASYNCIO_ACCEPT_BATCH, self.config.backlog)
+                if plain_asyncio
+                else self.config.backlog,
             )
+            if plain_asyncio:
+                sock.listen(self.config.backlog)
             self._servers.append(server)
             self.addresses.append(format_address(sock.getsockname()))
         on_stop_signals(loop, self._on_signal)
+        if self.config.idle_timeout_s is not None:
+            self._sweeper = asyncio.create_task(self._sweep_idle(self.config.idle_timeout_s))
         events.emit(
             self.log,
             events.ServerStarted(
                 addresses=self.addresses,
                 pid=os.getpid(),
                 max_open_files=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                backlog=self.config.backlog,
+                backlog=listen_queue(sockets[0])[1],  # what the kernel took
                 loop=type(loop).__module__.split(".")[0],
                 catch_sigterm=self.config.catch_sigterm,
                 options=read_effective(sockets[0]),
             ),
         )
         self.started.set()
+
+    async def _sweep_idle(self, idle_s: float) -> None:
+        """Close connections that echoed nothing for ``idle_s``: a sweep of the registry a few
+        times per timeout, so the echo's hot path stamps no time per message. A connection
+        closes between ``idle_s`` and ``idle_s`` plus one sweep after its last byte."""
+        period = min(max(idle_s / 4, 0.01), 1.0)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for connection, info in list(self.connections.items()):
+                if connection.bytes_echoed != info.echoed_at_sweep:
+                    info.echoed_at_sweep = connection.bytes_echoed
+                    info.quiet_since = now
+                elif now - info.quiet_since >= idle_s and not connection.transport.is_closing():
+                    self.totals.connections_idle += 1
+                    events.emit(
+                        self.log,
+                        events.ConnectionIdle(
+                            peer=info.peer, idle_s=round(now - info.quiet_since, 3)
+                        ),
+                    )
+                    # close, not abort: what was received is still echoed, then FIN.
+                    connection.transport.close()
 
     async def _serve_metrics(self, port: int) -> MetricsEndpoint | None:
         """/metrics on --host; None when it cannot listen (metrics_failed is logged).
@@ -286,6 +369,8 @@ class EchoServer:
 
     async def _shutdown(self) -> None:
         started = time.monotonic()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for server in self._servers:
             server.close()
         for connection in list(self.connections):
@@ -337,6 +422,72 @@ def accepted_options(listening: socket.socket) -> EffectiveOptions:
     tests/server/test_server.py checks the logged values against an accepted socket's own.
     """
     return dataclasses.replace(read_effective(listening), nodelay=True)
+
+
+class DescriptorWatch:
+    """Says once per burst that the open-file limit stops the server from accepting, and
+    once that it accepts again.
+
+    Neither loop stops serving or spins when ``accept`` fails with EMFILE: uvloop (libuv)
+    closes the connections it cannot take, at once and silently; asyncio logs each failure
+    and retries a second later. So the server notices for itself: uvloop hands out the
+    lowest free descriptor, and a connection given the last one means the next cannot be
+    accepted; asyncio's failures reach the loop's exception handler, which this replaces
+    for them. The burst ends when the open connections fall a tenth of the way back (at
+    least one), so a server that sits at the limit logs it once, not once per connection.
+    """
+
+    def __init__(self, log: FilteringBoundLogger, open_connections: Callable[[], int]) -> None:
+        self.log = log
+        self._open_connections = open_connections
+        self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._since: float | None = None  # when the burst began
+        self._open_then = 0
+        self.bursts = 0
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take asyncio's accept failures from the loop's exception handler."""
+        self.limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        default = loop.get_exception_handler()
+
+        def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            error = context.get("exception")
+            if isinstance(error, OSError) and error.errno in (errno.EMFILE, errno.ENFILE):
+                self.exhausted()  # asyncio retries by itself, a second later
+                return
+            if default is None:
+                loop.default_exception_handler(context)
+            else:
+                default(loop, context)
+
+        loop.set_exception_handler(handle)
+
+    def exhausted(self) -> None:
+        if self._since is not None:
+            return
+        self._since = time.monotonic()
+        self.bursts += 1
+        connections = self._open_then = self._open_connections()
+        events.emit(
+            self.log,
+            events.DescriptorsExhausted(max_open_files=self.limit, connections=connections),
+        )
+
+    def freed(self, connections: int) -> None:
+        """A connection closed; ``connections`` are still open."""
+        if self._since is None:
+            return
+        # asyncio reports the failure before the connections it did accept are open.
+        self._open_then = max(self._open_then, connections + 1)
+        if connections > self._open_then - max(1, self._open_then // 10):
+            return
+        events.emit(
+            self.log,
+            events.DescriptorsAvailable(
+                connections=connections, exhausted_s=round(time.monotonic() - self._since, 3)
+            ),
+        )
+        self._since = None
 
 
 def failed_to_bind(config: ServerConfig, error: OSError) -> events.ServerFailed:

@@ -86,3 +86,15 @@ def read_tcp_info(sock: InfoSocket) -> TcpInfo:
         last_data_recv_ms=last_data_recv,
         last_ack_recv_ms=last_ack_recv,
     )
+
+
+def listen_queue(sock: InfoSocket) -> tuple[int, int]:
+    """A listening socket's accept queue: (connections waiting, the most the kernel holds).
+
+    On a listener ``TCP_INFO`` reports these in ``tcpi_unacked`` and ``tcpi_sacked``; they are
+    ``ss -ltn``'s Recv-Q and Send-Q. The most is the backlog given to ``listen``, capped at
+    ``net.core.somaxconn``."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, _LAYOUT.size)
+    fields = _LAYOUT.unpack(raw.ljust(_LAYOUT.size, b"\0")[: _LAYOUT.size])
+    waiting, most = fields[12], fields[13]
+    return waiting, most
