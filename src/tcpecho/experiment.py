@@ -72,6 +72,15 @@ class Profile:
     # Active: a request waits for its echo when the peer vanishes. Idle: nothing is sent.
     activities: tuple[Activity, ...] = (Activity.ACTIVE, Activity.IDLE)
     command: str | None = None  # a shell command line, {host} and {port} filled in
+    # For a program: its own server program instead of the run's (a database, a broker).
+    server_command: str | None = None
+    # For a program: the fault waits until its connection has carried nothing new for this
+    # long, so an idle program's setup is over (``deadlines``: its own timers, if any).
+    quiet_s: float = 0.0
+    # For a program: watched at most this long after the fault (a prediction of hours, as
+    # with the kernel's keepalive defaults, is then reported as not reached), else as the
+    # model's range asks.
+    watch_s: float | None = None
 
     def client_flags(self) -> tuple[str, ...]:
         """The ``tcpecho client`` flags for these settings."""
