@@ -38,7 +38,7 @@ RECOMMENDED = TcpOptions(
 class Recipe:
     stack: str  # a short name: the lab's profile names start with it
     library: str  # what the user has, with the version measured
-    settings: Literal["defaults", "recommended"]
+    settings: Literal["defaults", "recommended", "user-timeout-only"]
     options: str  # the options as the user writes them, on one line (docs/cookbook.md has code)
     client: tuple[str, ...]  # the client's argv before its mode and settings
     server: Server
@@ -99,6 +99,24 @@ RECIPES = (
         "postgres",
         RECOMMENDED,
         {"busy": "detected", "idle": "detected"},
+    ),
+    Recipe(
+        "libpq",
+        "libpq via psycopg 3 (psycopg[binary])",
+        "user-timeout-only",
+        "tcp_user_timeout=5000",
+        (*PYTHON_CLIENT, "cookbook.clients.psycopg_client"),
+        "postgres",
+        # ruby-pg 509: it bounds a request in flight; a query waiting for its answer has
+        # nothing unacknowledged, so only keepalive (the kernel's 2 h) could end that wait.
+        TcpOptions(
+            user_timeout_ms=common.USER_TIMEOUT_MS,
+            keepalive=True,
+            keepalive_idle_s=7200,
+            keepalive_interval_s=75,
+            keepalive_count=9,
+        ),
+        {"busy": "detected", "idle": "hang"},
     ),
     Recipe(
         "redis-py",

@@ -20,11 +20,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import tcpecho.lab.main as lab
 from cookbook import results
 from cookbook.recipes import RECIPES, Mode, Recipe
 from cookbook.servers import postgres
 from tcpecho.experiment import Fault, Profile
-from tcpecho.lab import main as lab
 from tcpecho.lab.runner import KernelBudget
 from tcpecho.model import Activity
 

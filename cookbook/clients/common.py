@@ -13,12 +13,14 @@ KEEPALIVE_IDLE_S = 10  # the first probe after 10 s without data
 KEEPALIVE_INTERVAL_S = 1
 KEEPALIVE_COUNT = 3
 REQUEST_INTERVAL_S = 1.0  # busy: a request every second
+# The library's defaults, the recommended settings, and (libpq) TCP_USER_TIMEOUT alone.
+SETTINGS = ("defaults", "recommended", "user-timeout-only")
 
 
 def parse(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("mode", choices=("busy", "idle"))
-    parser.add_argument("settings", choices=("defaults", "recommended"))
+    parser.add_argument("settings", choices=SETTINGS)
     return parser.parse_args()
 
 

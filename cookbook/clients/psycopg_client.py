@@ -26,7 +26,12 @@ def recommended() -> dict[str, Any]:
 def main() -> int:
     args = common.parse(__doc__ or "")
     host, port = common.address()
-    settings: dict[str, Any] = recommended() if args.settings == "recommended" else {}
+    settings: dict[str, Any] = {
+        "defaults": {},
+        "recommended": recommended(),
+        # ruby-pg issue 509: this alone leaves a wait for an answer unbounded.
+        "user-timeout-only": {"tcp_user_timeout": common.USER_TIMEOUT_MS},
+    }[args.settings]
     try:
         with psycopg.connect(
             host=host, port=port, user="postgres", dbname="postgres", autocommit=True, **settings
