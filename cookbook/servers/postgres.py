@@ -1,6 +1,7 @@
 """PostgreSQL for the cookbook, as a non-root user: one cluster made with initdb (trust
 authentication, for the lab only), copied for each case so cases never share a data
-directory, and started listening on the server pod's address."""
+directory, and started listening on the server pod's address, leaving no shared memory
+behind when the fault kills it."""
 
 from __future__ import annotations
 
@@ -61,10 +62,14 @@ def server_command(template: Path, base: Path) -> str:
 
     The copy lives under ``base``, which the cookbook removes when the run is over."""
     postgres = shlex.quote(str(bindir() / "postgres"))
+    # Dynamic shared memory in the data directory, which goes with the run's directory.
     settings = "-c fsync=off -c shared_buffers=16MB -c max_connections=20"
+    settings += " -c dynamic_shared_memory_type=mmap"
+    # The fault SIGKILLs the server, as a force-deleted pod's is: its System V segment would
+    # outlive it, so it gets an IPC namespace of its own, gone with its last process.
     return (
         f'd=$(mktemp -d -p {shlex.quote(str(base))}) && chmod 755 "$d" && '
         f'cp -a {shlex.quote(str(template))} "$d/data" && '
-        f'exec {shlex.join(as_postgres([]))} {postgres} -D "$d/data" -k "$d/data" '
-        f"-c listen_addresses={{host}} -p {{port}} {settings}"
+        f"exec unshare --ipc {shlex.join(as_postgres([]))} {postgres} "
+        f'-D "$d/data" -k "$d/data" -c listen_addresses={{host}} -p {{port}} {settings}'
     )
