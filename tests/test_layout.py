@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "tcpecho"
-CHECKED = [PACKAGE, ROOT / "cluster", ROOT / "benchmarks", ROOT / "noxfile.py"]
+CHECKED = [PACKAGE, ROOT / "cluster", ROOT / "benchmarks", ROOT / "cookbook", ROOT / "noxfile.py"]
 LONGEST = 60
 
 

@@ -76,8 +76,16 @@ class Profile:
     # cluster/pods.py): ``tcp`` and ``deadlines`` are what its own configuration gives it,
     # its interval is its own, and its JSON log is read as the lab's client's.
     client_argv: tuple[str, ...] | None = None
-    # The server pod's own launch for this profile's cases, instead of the run's server.
-    server_argv: tuple[str, ...] | None = None
+    # Its own server instead of the run's, a shell command line: a database, a broker, or
+    # the server pod's launch (cluster/pods.py).
+    server_command: str | None = None
+    # For a program: the fault waits until its connection has carried nothing new for this
+    # long, so an idle program's setup is over (``deadlines``: its own timers, if any).
+    quiet_s: float = 0.0
+    # For a program: watched at most this long after the fault (a prediction of hours, as
+    # with the kernel's keepalive defaults, is then reported as not reached), else as the
+    # model's range asks.
+    watch_s: float | None = None
 
     def client_flags(self) -> tuple[str, ...]:
         """The ``tcpecho client`` flags for these settings."""
@@ -172,6 +180,8 @@ def judge(result: Result) -> tuple[Verdict, bool]:
     # A program's error is its own business: the lab sees only the socket, and no errno.
     errno_fits = not detected or result.errno is None or result.errno in prediction.errnos
     matches = prediction.contains(measured) and errno_fits
+    if measured is None and result.observed_s is not None and result.observed_s < prediction.low_s:
+        matches = True  # watched for less than the model's earliest time: not contradicted
     if measured is None:
         return Verdict.HANG, matches
     if measured < FAST_S:

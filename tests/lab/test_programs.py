@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tcpecho.experiment import Result
-from tcpecho.lab.programs import ProgramClient, ProgramError, program_names
+from tcpecho.lab.programs import ProgramClient, ProgramError, program_names, unmapped
 from tcpecho.lab.topology import Topology
 from tests.conftest import requires_netns
 from tests.support import tcpecho_executable
@@ -145,3 +145,73 @@ def test_a_program_that_never_connects_is_an_error_not_a_hang() -> None:
     # Built outside the event loop, as the lab does: pyroute2 runs a loop of its own.
     with Topology(f"tcpecho-test-programs-{os.getpid()}") as topology:
         asyncio.run(run(topology))
+
+
+def test_a_dual_stack_socket_reaches_the_service_through_a_v4_mapped_address() -> None:
+    assert unmapped("[::ffff:10.96.0.10]:8000") == "10.96.0.10:8000"
+    assert unmapped("10.96.0.10:8000") == "10.96.0.10:8000"
+    assert unmapped("[::1]:8000") == "[::1]:8000"  # a real IPv6 peer stays itself
+
+
+# An idle client whose setup takes two exchanges a second apart: the fault must wait for the
+# second, or it would find the client busy (its second line unanswered).
+SLOW_SETUP_KEEPALIVE = (
+    "(echo hello; sleep 1; echo again; sleep 3600) | socat - "
+    "TCP:{host}:{port},keepalive,keepidle=10,keepintvl=1,keepcnt=3"
+)
+# A client with a deadline of its own (read -t 3), which no socket option shows.
+BASH_READ_TIMEOUT = (
+    'bash -c "exec 3<>/dev/tcp/$TCPECHO_LAB_HOST/$TCPECHO_LAB_PORT; '
+    'while echo ping >&3 && read -t 3 reply <&3; do sleep 1; done"'
+)
+SOCAT_ECHO_SERVER = "socat TCP-LISTEN:{port},fork,reuseaddr PIPE"
+
+
+@requires_netns
+@pytest.mark.netns
+def test_a_recipe_brings_its_server_its_quiet_period_deadlines_and_watch_limit() -> None:
+    """What the cookbook's recipes need from the lab, through its Python interface."""
+    from tcpecho.experiment import Fault, Profile
+    from tcpecho.lab.runner import KernelBudget, plan, run_cases
+    from tcpecho.model import Activity, Mechanism
+    from tcpecho.settings import Deadlines
+
+    idle = (Activity.IDLE,)
+    profiles = [
+        Profile("quiet", activities=idle, command=SLOW_SETUP_KEEPALIVE, quiet_s=2.0),
+        Profile(
+            "deadline",
+            activities=(Activity.ACTIVE,),
+            command=BASH_READ_TIMEOUT,
+            deadlines=Deadlines(read_timeout_s=3.0),
+            server_command=SOCAT_ECHO_SERVER,
+        ),
+        Profile(
+            "watched",
+            activities=idle,
+            command="(echo hello; sleep 3600) | socat - TCP:{host}:{port}",
+            quiet_s=0.5,
+            watch_s=3.0,
+        ),
+    ]
+    cases = plan([Fault.FORCE_DELETE], profiles)
+    results = {
+        result.case.profile.name: result
+        for result in asyncio.run(
+            run_cases(cases, KernelBudget(quick=True), lambda lines: None, 60.0)
+        )
+    }
+    quiet, deadline, watched = results["quiet"], results["deadline"], results["watched"]
+    for result in results.values():
+        assert result.error is None, result.error
+    assert quiet.observed_activity is Activity.IDLE  # the fault waited for the second line
+    assert quiet.prediction is not None
+    assert quiet.prediction.mechanism is Mechanism.KEEPALIVE
+    assert quiet.matches, (quiet.prediction, quiet.measured_s)
+    assert deadline.prediction is not None
+    assert deadline.prediction.mechanism is Mechanism.READ_TIMEOUT
+    assert deadline.matches, (deadline.prediction, deadline.measured_s)
+    assert deadline.server_events == []  # socat served, not tcpecho's server
+    assert watched.measured_s is None
+    assert watched.observed_s is not None
+    assert 3.0 <= watched.observed_s < 5.0  # not the 15 s a "never" case is watched

@@ -25,16 +25,28 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tcpecho.experiment import Result
 from tcpecho.lab import topology as net
-from tcpecho.model import Activity, Clock, Failure, KernelSettings, Prediction, predict
+from tcpecho.model import (
+    Activity,
+    Clock,
+    Failure,
+    KernelSettings,
+    Mechanism,
+    Prediction,
+    predict,
+)
+from tcpecho.settings import Deadlines
 from tcpecho.tcp import diag
 from tcpecho.tcp.options import TcpOptions
 
 HOST_ENV, PORT_ENV = "TCPECHO_LAB_HOST", "TCPECHO_LAB_PORT"
 POLL_S = 0.05  # how often the kernel is asked: the measurement's resolution
+# How late the lab may see a program's own deadline close its socket: a poll, and a socket
+# dump slowed by a busy machine (every case's watch shares one process).
+SEEN_LATE_S = 0.25
 OUTPUT_LINES_KEPT = 20
 
 
@@ -100,6 +112,27 @@ class Program:
         await self._reader
 
 
+def unmapped(peer: str) -> str:
+    """``10.96.0.10:8000`` also for ``[::ffff:10.96.0.10]:8000``: a dual-stack AF_INET6
+    socket (gRPC's, Java's) reaches an IPv4 service through a v4-mapped address."""
+    prefix = "[::ffff:"
+    if peer.startswith(prefix) and "]:" in peer:
+        host, port = peer[len(prefix) :].split("]:", 1)
+        if "." in host:
+            return f"{host}:{port}"
+    return peer
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The connections to the peer as one socket dump saw them, taken between ``before``
+    and ``after`` (monotonic): on a busy machine the dump itself takes a while."""
+
+    before: float
+    after: float
+    connections: list[diag.Connection]
+
+
 class SocketWatch:
     """A thread inside a namespace that lists, every POLL_S, the connections to one peer."""
 
@@ -107,6 +140,8 @@ class SocketWatch:
         self.namespace = namespace
         self.peer = peer
         self.latest: tuple[float, list[diag.Connection]] = (0.0, [])
+        # Listings not yet read; bounded: a minute of them, and every wait reads them all.
+        self._unread: collections.deque[Listing] = collections.deque(maxlen=int(60 / POLL_S))
         self.changed = asyncio.Event()
         self._stop = threading.Event()
         self._loop = asyncio.get_running_loop()
@@ -122,25 +157,37 @@ class SocketWatch:
         try:
             netns.setns(self.namespace, flags=0)  # this thread only: setns is per thread
             while not self._stop.is_set():
-                found = [c for c in diag.connections() if c.peer == self.peer]
-                self._loop.call_soon_threadsafe(self._receive, time.monotonic(), found)
+                before = time.monotonic()
+                found = [c for c in diag.connections() if unmapped(c.peer) == self.peer]
+                listing = Listing(before, time.monotonic(), found)
+                self._loop.call_soon_threadsafe(self._receive, listing)
                 self._stop.wait(POLL_S)
         except BaseException as error:  # reported to the case, which ends
             self.failure = error
             with contextlib.suppress(RuntimeError):  # the loop may be gone already
                 self._loop.call_soon_threadsafe(self.changed.set)
 
-    def _receive(self, at: float, found: list[diag.Connection]) -> None:
-        self.latest = (at, found)
+    def _receive(self, listing: Listing) -> None:
+        self.latest = (listing.after, listing.connections)
+        self._unread.append(listing)
         self.changed.set()
 
     async def next(self) -> tuple[float, list[diag.Connection]]:
         """The next listing (at most POLL_S away)."""
-        self.changed.clear()
-        await self.changed.wait()
+        latest = (await self.listings())[-1]
+        return latest.after, latest.connections
+
+    async def listings(self) -> list[Listing]:
+        """Every listing since the last call, oldest first, once there is a new one: none is
+        lost while the caller was busy (injecting a fault takes a while)."""
+        if not self._unread:
+            self.changed.clear()
+            await self.changed.wait()
         if self.failure is not None:
             raise ProgramError(f"socket diagnostics in {self.namespace}: {self.failure}")
-        return self.latest
+        unread = list(self._unread)
+        self._unread.clear()
+        return unread
 
     async def stop(self) -> None:
         self._stop.set()
@@ -194,8 +241,10 @@ class ProgramClient:
         self.watch = SocketWatch(self.topology.client_ns, peer)
         self.watch.start()
 
-    async def wait_until_talking(self, timeout_s: float) -> None:
-        """Until the program's connection is ESTABLISHED with data acknowledged both ways."""
+    async def wait_until_talking(self, timeout_s: float, quiet_s: float = 0.0) -> None:
+        """Until the program's connection is ESTABLISHED with data acknowledged both ways,
+        and, with ``quiet_s``, has carried nothing new for that long: an idle program's
+        setup (a handshake, its last request) is over, so the fault finds it idle."""
         assert self.program is not None
         assert self.watch is not None
         deadline = time.monotonic() + timeout_s
@@ -204,13 +253,27 @@ class ProgramClient:
             for connection in found:
                 # bytes_acked counts the SYN: more than 1 is data.
                 both_ways = connection.bytes_acked > 1 and connection.bytes_received > 0
-                if connection.state == "ESTABLISHED" and both_ways:
+                if connection.state != "ESTABLISHED" or not both_ways:
+                    continue
+                talking = self.talking
+                moved = talking is None or (
+                    (talking.connection.inode, talking.connection.bytes_acked)
+                    != (connection.inode, connection.bytes_acked)
+                    or talking.connection.bytes_received != connection.bytes_received
+                )
+                if moved:
                     self.talking = Talking(connection, at)
+                else:
+                    assert talking is not None
+                    talking.connection = connection  # its latest tcp_info
+                assert self.talking is not None
+                if at - self.talking.seen_at >= quiet_s:
                     return
             if self.program.returncode is not None:
                 raise ProgramError(f"{self.program.ending()}, before it talked to the service")
+        quiet = f", then quiet for {quiet_s:g} s," if quiet_s else ""
         raise ProgramError(
-            f"{self.command!r} had no connection to the service with data both ways "
+            f"{self.command!r} had no connection to the service with data both ways{quiet} "
             f"within {timeout_s:.0f} s"
         )
 
@@ -226,48 +289,72 @@ class ProgramClient:
             self.result.options = options.as_dict()
             self.tcp = TcpOptions.from_effective(options)
 
-    def predictions(self, kernel: KernelSettings, failure: Failure) -> dict[Activity, Prediction]:
-        """What the model expects, busy and idle, from the options read."""
+    def predictions(
+        self,
+        kernel: KernelSettings,
+        failure: Failure,
+        deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+    ) -> dict[Activity, Prediction]:
+        """What the model expects, busy and idle, from the options read and the program's
+        own deadlines, where its profile declares them (the kernel cannot show those)."""
         info = self.talking.connection.info if self.talking else None
         first_rto_s = None if info is None else info.rto_ms / 1000
-        return {
-            activity: predict(kernel, self.tcp, failure, activity, first_rto_s=first_rto_s)
-            for activity in (Activity.ACTIVE, Activity.IDLE)
-        }
+        predictions = {}
+        for activity in (Activity.ACTIVE, Activity.IDLE):
+            prediction = predict(kernel, self.tcp, failure, activity, deadlines, first_rto_s)
+            if prediction.mechanism in (Mechanism.READ_TIMEOUT, Mechanism.CONNECT_TIMEOUT):
+                # The lab sees the program's own deadline only at its next look at the socket.
+                prediction = replace(prediction, high_s=prediction.high_s + SEEN_LATE_S)
+            predictions[activity] = prediction
+        return predictions
 
     async def observe(
         self,
         fault_at: float,
         predictions: dict[Activity, Prediction],
         watch_never_s: float,
+        watch_at_most_s: float | None = None,
     ) -> None:
-        """Until the connection leaves ESTABLISHED, or the expected time has long passed."""
+        """Until the connection leaves ESTABLISHED, or the expected time has long passed
+        (or ``watch_at_most_s`` has, when given).
+
+        Every listing since the fault counts, also those taken while the fault was being
+        injected: the first one with unacknowledged data holds the clock of the send."""
         assert self.watch is not None
         assert self.talking is not None
         before = self.talking.connection
         last_data_at: float | None = None
         sent_at: float | None = None
         while True:
-            at, found = await self.watch.next()
-            current = next((c for c in found if c.inode == before.inode), None)
-            info = current.info if current is not None else None
-            if info is not None and last_data_at is None:
-                # The idle clock: nothing arrives once the peer is gone, so the first look
-                # after the fault still shows the last data received before it.
-                last_data_at = at - info.last_data_recv_ms / 1000
-            if info is not None and sent_at is None and info.unacked > 0:
-                # The first unanswered send after the fault (or the one in flight at it).
-                sent_at = at - info.last_data_sent_ms / 1000
-            if info is not None:  # the last look before the socket went holds the count
-                self.result.retransmissions = info.total_retrans
-            activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
-            prediction = predictions[activity]
-            if current is None or current.state != "ESTABLISHED":
-                self._record(at, fault_at, sent_at, last_data_at, activity, prediction)
-                return
-            if at - fault_at > self._patience(prediction, watch_never_s):
-                self._record(None, fault_at, sent_at, last_data_at, activity, prediction)
-                return
+            for listing in await self.watch.listings():
+                if listing.before < fault_at:
+                    continue
+                # A clock starts at the earliest the dump can have been taken, and the
+                # detection is the latest: the measurement can only err late, not early.
+                start, at = listing.before, listing.after
+                found = listing.connections
+                current = next((c for c in found if c.inode == before.inode), None)
+                info = current.info if current is not None else None
+                if info is not None and last_data_at is None:
+                    # The idle clock: nothing arrives once the peer is gone, so the first
+                    # look after the fault still shows the last data received before it.
+                    last_data_at = start - info.last_data_recv_ms / 1000
+                if info is not None and sent_at is None and info.unacked > 0:
+                    # The first unanswered send after the fault (or the one in flight at it).
+                    sent_at = start - info.last_data_sent_ms / 1000
+                if info is not None:  # the last look before the socket went holds the count
+                    self.result.retransmissions = info.total_retrans
+                activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
+                prediction = predictions[activity]
+                if current is None or current.state != "ESTABLISHED":
+                    self._record(at, fault_at, sent_at, last_data_at, activity, prediction)
+                    return
+                patience = self._patience(prediction, watch_never_s)
+                if watch_at_most_s is not None:
+                    patience = min(patience, watch_at_most_s)
+                if at - fault_at > patience:
+                    self._record(None, fault_at, sent_at, last_data_at, activity, prediction)
+                    return
 
     @staticmethod
     def _patience(prediction: Prediction, watch_never_s: float) -> float:

@@ -20,7 +20,6 @@ import concurrent.futures
 import contextlib
 import os
 import re
-import shlex
 import signal
 import sys
 import time
@@ -290,9 +289,7 @@ class LabCase:
 
     async def _start_server(self, started: list[_Process | Program | ProgramClient]) -> int:
         """tcpecho's server, or the program asked for; its pid (and process group)."""
-        command = self.run.server_command
-        if self.case.profile.server_argv is not None:
-            command = shlex.join(self.case.profile.server_argv)
+        command = self.case.profile.server_command or self.run.server_command
         if command is None:
             server = await _Process.start(self._server_argv(), self.result.server_events)
             started.append(server)
@@ -336,14 +333,15 @@ class LabCase:
         started.append(client)
         await client.start()
         self.status = "warming up"
-        await client.wait_until_talking(STARTUP_TIMEOUT_S)
+        profile = self.case.profile
+        await client.wait_until_talking(STARTUP_TIMEOUT_S, profile.quiet_s)
         await client.read_options()
-        predictions = client.predictions(kernel, self.case.fault.failure)
+        predictions = client.predictions(kernel, self.case.fault.failure, profile.deadlines)
         self.result.prediction = predictions[Activity.ACTIVE]  # until the kernel shows more
         await self._inject(server_pid)
         assert self.fault_monotonic is not None
         self.status = "waiting"
-        await client.observe(self.fault_monotonic, predictions, NEVER_OBSERVED_S)
+        await client.observe(self.fault_monotonic, predictions, NEVER_OBSERVED_S, profile.watch_s)
         self.result.observed_s = time.monotonic() - self.fault_monotonic
         await client.note_exit(self.fault_monotonic)
 

@@ -1,0 +1,186 @@
+"""The cookbook's recipes as data: for each client stack, its library's defaults and the
+recommended settings, the programs that run them, what the client's socket must then carry,
+the library's own deadlines, and the verdict each mode must reach.
+
+The lab predicts from what it reads off the running client's socket; a recipe's ``socket``
+is the claim this cookbook makes about the library (that ``grpc.keepalive_timeout_ms`` sets
+TCP_USER_TIMEOUT, say), checked against that reading. ``deadlines`` are the library's own
+timers, which no socket shows (redis-py's ``socket_timeout``), given to the model as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cookbook.clients import common
+from tcpecho.settings import Deadlines
+from tcpecho.tcp.options import TcpOptions
+
+Mode = Literal["busy", "idle"]
+Verdict = Literal["hang", "detected"]
+# Which server program a recipe's client talks to: the lab's echo server, or one of these.
+Server = Literal["echo", "postgres", "redis", "grpc"]
+
+KERNEL_DEFAULT_KEEPALIVE = TcpOptions(
+    keepalive=True, keepalive_idle_s=7200, keepalive_interval_s=75, keepalive_count=9
+)
+RECOMMENDED = TcpOptions(
+    user_timeout_ms=common.USER_TIMEOUT_MS,
+    keepalive=True,
+    keepalive_idle_s=common.KEEPALIVE_IDLE_S,
+    keepalive_interval_s=common.KEEPALIVE_INTERVAL_S,
+    keepalive_count=common.KEEPALIVE_COUNT,
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    stack: str  # a short name: the lab's profile names start with it
+    library: str  # what the user has, with the version measured
+    settings: Literal["defaults", "recommended", "user-timeout-only"]
+    options: str  # the options as the user writes them, on one line (docs/cookbook.md has code)
+    client: tuple[str, ...]  # the client's argv before its mode and settings
+    server: Server
+    socket: TcpOptions  # what the client's socket carries with these settings
+    verdicts: dict[Mode, Verdict]  # the modes run, and the verdict each must reach
+    deadlines: Deadlines = field(default_factory=Deadlines)
+
+    @property
+    def modes(self) -> tuple[Mode, ...]:
+        return tuple(self.verdicts)
+
+    def name(self, mode: Mode) -> str:
+        return f"{self.stack}-{self.settings}-{mode}"
+
+
+PYTHON_CLIENT = ("{python}", "-m")
+
+RECIPES = (
+    Recipe(
+        "python-socket",
+        "Python socket (stdlib)",
+        "defaults",
+        "none",
+        (*PYTHON_CLIENT, "cookbook.clients.plain_socket"),
+        "echo",
+        TcpOptions(keepalive=False),
+        {"busy": "hang", "idle": "hang"},
+    ),
+    Recipe(
+        "python-socket",
+        "Python socket (stdlib)",
+        "recommended",
+        "setsockopt: TCP_USER_TIMEOUT 5000, SO_KEEPALIVE 1, TCP_KEEPIDLE 10, "
+        "TCP_KEEPINTVL 1, TCP_KEEPCNT 3",
+        (*PYTHON_CLIENT, "cookbook.clients.plain_socket"),
+        "echo",
+        RECOMMENDED,
+        {"busy": "detected", "idle": "detected"},
+    ),
+    Recipe(
+        "libpq",
+        "libpq via psycopg 3 (psycopg[binary])",
+        "defaults",
+        "none (libpq's keepalives=1 with the kernel's times: 7200/75/9 s)",
+        (*PYTHON_CLIENT, "cookbook.clients.psycopg_client"),
+        "postgres",
+        # libpq turns keepalive on by default (keepalives=1) with the kernel's times.
+        KERNEL_DEFAULT_KEEPALIVE,
+        {"busy": "hang", "idle": "hang"},
+    ),
+    Recipe(
+        "libpq",
+        "libpq via psycopg 3 (psycopg[binary])",
+        "recommended",
+        "tcp_user_timeout=5000 keepalives=1 keepalives_idle=10 keepalives_interval=1 "
+        "keepalives_count=3",
+        (*PYTHON_CLIENT, "cookbook.clients.psycopg_client"),
+        "postgres",
+        RECOMMENDED,
+        {"busy": "detected", "idle": "detected"},
+    ),
+    Recipe(
+        "libpq",
+        "libpq via psycopg 3 (psycopg[binary])",
+        "user-timeout-only",
+        "tcp_user_timeout=5000",
+        (*PYTHON_CLIENT, "cookbook.clients.psycopg_client"),
+        "postgres",
+        # ruby-pg 509: it bounds a request in flight; a query waiting for its answer has
+        # nothing unacknowledged, so only keepalive (the kernel's 2 h) could end that wait.
+        TcpOptions(
+            user_timeout_ms=common.USER_TIMEOUT_MS,
+            keepalive=True,
+            keepalive_idle_s=7200,
+            keepalive_interval_s=75,
+            keepalive_count=9,
+        ),
+        {"busy": "detected", "idle": "hang"},
+    ),
+    Recipe(
+        "redis-py",
+        "redis-py",
+        "defaults",
+        "none (socket_timeout=5, socket_keepalive=True, keepalive 30/5/3 s)",
+        (*PYTHON_CLIENT, "cookbook.clients.redis_client"),
+        "redis",
+        TcpOptions(keepalive=True, keepalive_idle_s=30, keepalive_interval_s=5, keepalive_count=3),
+        {"busy": "detected", "idle": "detected"},
+        Deadlines(read_timeout_s=5.0),
+    ),
+    Recipe(
+        "redis-py",
+        "redis-py",
+        "recommended",
+        "socket_timeout=None socket_keepalive=True socket_keepalive_options="
+        "{TCP_USER_TIMEOUT: 5000, TCP_KEEPIDLE: 10, TCP_KEEPINTVL: 1, TCP_KEEPCNT: 3}",
+        (*PYTHON_CLIENT, "cookbook.clients.redis_client"),
+        "redis",
+        RECOMMENDED,
+        {"busy": "detected", "idle": "detected"},
+    ),
+    Recipe(
+        "grpc-python",
+        "gRPC Python (grpcio)",
+        "defaults",
+        "none",
+        (*PYTHON_CLIENT, "cookbook.clients.grpc_client"),
+        "grpc",
+        TcpOptions(keepalive=False),
+        {"busy": "hang", "idle": "hang"},
+    ),
+    Recipe(
+        "grpc-python",
+        "gRPC Python (grpcio)",
+        "recommended",
+        "grpc.keepalive_time_ms=10000 grpc.keepalive_timeout_ms=5000 "
+        "grpc.keepalive_permit_without_calls=1 grpc.http2.max_pings_without_data=0",
+        (*PYTHON_CLIENT, "cookbook.clients.grpc_client"),
+        "grpc",
+        # gRPC's keepalive is HTTP/2 pings, not SO_KEEPALIVE: only TCP_USER_TIMEOUT is set.
+        TcpOptions(user_timeout_ms=common.USER_TIMEOUT_MS, keepalive=False),
+        {"busy": "detected", "idle": "detected"},
+    ),
+    Recipe(
+        "go",
+        "Go net.Dialer (Debian's golang-go)",
+        "defaults",
+        "none (net.Dialer's KeepAlive 15 s: idle and interval 15 s, the kernel's count 9)",
+        ("{go_client}",),
+        "echo",
+        TcpOptions(keepalive=True, keepalive_idle_s=15, keepalive_interval_s=15, keepalive_count=9),
+        {"busy": "hang", "idle": "detected"},
+    ),
+    Recipe(
+        "go",
+        "Go net.Dialer (Debian's golang-go)",
+        "recommended",
+        "KeepAlive: -1, Control: setsockopt TCP_USER_TIMEOUT 5000, SO_KEEPALIVE 1, "
+        "TCP_KEEPIDLE 10, TCP_KEEPINTVL 1, TCP_KEEPCNT 3",
+        ("{go_client}",),
+        "echo",
+        RECOMMENDED,
+        {"busy": "detected", "idle": "detected"},
+    ),
+)

@@ -1,0 +1,58 @@
+"""docs/cookbook.md's figures are docs/cookbook.json's, and that file is a passing run in the
+format the issue asks for: every stack, busy and idle, every measurement in its range."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cookbook import results, table
+from cookbook.recipes import RECIPES
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PAGE = ROOT / "docs" / "cookbook.md"
+RUN = ROOT / "docs" / "cookbook.json"
+
+
+def _run() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(RUN.read_text())
+    return loaded
+
+
+def test_the_page_shows_the_committed_run() -> None:
+    assert table.between_markers(PAGE.read_text()) == table.render(_run())
+
+
+def test_the_committed_run_is_complete_and_passes_its_checks() -> None:
+    run = _run()
+    assert results.problems(run) == []
+    recorded = {(r["stack"], r["settings"]) for r in run["recipes"]}
+    assert recorded == {(r.stack, r.settings) for r in RECIPES}
+    assert len({stack for stack, _ in recorded}) >= 5
+    for recipe in run["recipes"]:
+        assert set(recipe) >= {"library", "settings", "cases"}
+        assert [case["name"] for case in recipe["cases"]] == ["busy", "idle"]
+        for case in recipe["cases"]:
+            assert case["fault"] == "force-delete"
+            assert case["verdict"] in ("hang", "detected")
+            assert set(case["prediction"]) >= {"low_s", "high_s"}
+            assert results.fits(case), case
+
+
+def test_the_table_goes_between_the_markers_and_nowhere_else() -> None:
+    page = f"intro\n{table.BEGIN}\nold\n{table.END}\noutro\n"
+    assert table.update(page, "new") == f"intro\n{table.BEGIN}\nnew\n{table.END}\noutro\n"
+    with pytest.raises(ValueError, match="markers"):
+        table.update("no markers here", "new")
+
+
+def test_a_bad_file_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "cookbook.json"
+    broken.write_text("{}")
+    with pytest.raises(SystemExit) as exited:
+        table.main([str(broken)])
+    assert exited.value.code == 2
+    assert "cookbook.json" in capsys.readouterr().err
