@@ -11,8 +11,10 @@ merged first, so it appears on every line logged while it is bound.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from tcpecho.streams import STDOUT, STDOUT_OUTPUT
@@ -41,15 +43,19 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
             _readable_values,
             structlog.dev.ConsoleRenderer(colors=colors),
         ]
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
+    # For machines, one processor writes the whole line: the five steps it stands for (level,
+    # time, traceback, order, JSON) cost the server's accept path a third more per line.
+    rendering: list[Processor] = [_json_line]
+    if use_console:
+        rendering = [
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _lead_with_time_level_event,
-            *(for_people or [structlog.processors.JSONRenderer()]),
-        ],
+            *for_people,
+        ]
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=lambda *args: _LOG_SINK,
         cache_logger_on_first_use=True,
@@ -61,6 +67,28 @@ def get_logger(**context: object) -> FilteringBoundLogger:
 
     logger: FilteringBoundLogger = structlog.get_logger(**context)
     return logger
+
+
+def _json_line(logger: object, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
+    """The JSON line: timestamp (UTC, ISO 8601 with ``Z``), level and event first, then the
+    fields; a traceback as ``exception``; a value JSON has no type for as its ``repr``. The
+    same line structlog's TimeStamper, add_log_level, format_exc_info and JSONRenderer make,
+    in one step and with one encoder made once (``json.dumps`` with ``default=`` makes a
+    new encoder for every line)."""
+    if "exc_info" in event_dict:
+        from structlog.processors import format_exc_info
+
+        event_dict = format_exc_info(logger, method_name, event_dict)
+    level = _LEVEL_OF_METHOD.get(method_name, method_name)
+    timestamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    line = {"timestamp": timestamp, "level": level, "event": event_dict.pop("event", None)}
+    line.update(event_dict)
+    return _JSON_ENCODER.encode(line)
+
+
+# structlog's names for the levels of its methods (warn is the stdlib's alias).
+_LEVEL_OF_METHOD = {"warn": "warning", "exception": "error"}
+_JSON_ENCODER = json.JSONEncoder(default=repr)
 
 
 def _lead_with_time_level_event(
