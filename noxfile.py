@@ -169,7 +169,7 @@ def manifests(session: nox.Session) -> None:
     # The PrometheusRule and the dashboard's queries go through promtool in the tests.
     promtool = provide_promtool(session)
     env = {"TCPECHO_PROMTOOL": promtool} if promtool else {}
-    session.run("pytest", "-m", "manifests", *session.posargs, env=env)
+    session.run("pytest", "-m", "manifests", "tests/deploy", *session.posargs, env=env)
 
 
 def provide_promtool(session: nox.Session) -> str | None:
@@ -236,7 +236,12 @@ def image(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     with built_image(session) as image_name:
         session.run(
-            "pytest", "-m", "image", *session.posargs, env={"TCPECHO_TEST_IMAGE": image_name}
+            "pytest",
+            "-m",
+            "image",
+            "tests/deploy",
+            *session.posargs,
+            env={"TCPECHO_TEST_IMAGE": image_name},
         )
 
 
@@ -251,7 +256,7 @@ def pods(session: nox.Session) -> None:
     session.install("-e", ".[test]", *PODS_TOOLS)
     with built_image(session) as image_name:
         # The launch itself first, looked at from outside; then every overlay in the lab.
-        session.run("pytest", "-m", "pods", env={"TCPECHO_TEST_IMAGE": image_name})
+        session.run("pytest", "-m", "pods", "tests/deploy", env={"TCPECHO_TEST_IMAGE": image_name})
         session.run(
             "python",
             "-m",
