@@ -9,6 +9,7 @@ overlay's pods through the lab (``python -m cluster.pods``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -63,9 +64,10 @@ def first_child(pid: int, timeout_s: float = 10.0) -> int:
     raise AssertionError("unshare started no child")
 
 
-def wait_for_line(process: subprocess.Popen[bytes], word: bytes, timeout_s: float = 30.0) -> None:
+def wait_for_line(process: subprocess.Popen[bytes], word: bytes, timeout_s: float = 60.0) -> None:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout_s
+    seen: list[bytes] = []
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], 0.2)
         if ready:
@@ -73,7 +75,20 @@ def wait_for_line(process: subprocess.Popen[bytes], word: bytes, timeout_s: floa
             assert line, f"the pod exited: {process.stderr.read() if process.stderr else ''!r}"
             if word in line:
                 return
-    raise AssertionError(f"no {word!r} within {timeout_s} s")
+            seen.append(line)
+    # Say what the pod did say, and where its process stands, before the fixture kills it.
+    tree = subprocess.run(
+        ["ps", "-o", "pid,stat,wchan:20,etime,args", "--forest", "-g", str(process.pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    stderr = process.stderr.read() if process.stderr else b""
+    raise AssertionError(
+        f"no {word!r} within {timeout_s} s; stdout {seen!r}; stderr {stderr[-2000:]!r}; {tree}"
+    )
 
 
 @pytest.fixture
@@ -96,7 +111,8 @@ def server_pod(rootfs: Path, tmp_path: Path) -> Iterator[tuple[Launch, int]]:
             wait_for_line(process, b'"server_started"')
             yield spec, first_child(process.pid)
         finally:
-            os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # gone if the wait above failed
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     finally:
         subprocess.run(["ip", "netns", "delete", namespace], check=False)
