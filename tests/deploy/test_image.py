@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cluster.pods import mounted_image
 
 from tests.support import LoggedProcess, echo_once, free_port
 
@@ -67,22 +68,8 @@ def config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def rootfs() -> Iterator[Path]:
     """The image's filesystem, mounted through a working container removed afterwards."""
-    container = f"tcpecho-test-{os.getpid()}"
-    subprocess.run(
-        ["buildah", "from", "--quiet", "--pull=never", "--name", container, IMAGE],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        mounted = subprocess.run(
-            ["buildah", "mount", container], check=True, capture_output=True, text=True
-        )
-        try:
-            yield Path(mounted.stdout.strip())
-        finally:
-            subprocess.run(["buildah", "umount", container], check=False)
-    finally:
-        subprocess.run(["buildah", "rm", container], check=False, stdout=subprocess.DEVNULL)
+    with mounted_image(IMAGE) as root:
+        yield root
 
 
 class Container:
