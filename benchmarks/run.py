@@ -93,22 +93,29 @@ class Harness:
         results: dict[str, Any] = {}
         with p.servers(self.peers, self.server_cpu, self.log_dir) as running:
             for case, mode, connections, size in cases:
-                rounds: dict[str, list[p.LoadResult]] = {peer.name: [] for peer in self.peers}
-                for number in range(self.args.rounds):
-                    for peer in self.peers:
-                        server = running[peer.name]
-                        result = p.echoload(
-                            self.tools, self.client_cpu, server.port, mode, connections, size,
-                            self.args.warmup, self.args.duration, server,
-                        )  # fmt: skip
-                        if result.errors:
-                            raise RuntimeError(f"{case} {peer.name}: {result.errors} errors")
-                        rounds[peer.name].append(result)
-                    log(f"{case} round {number + 1}/{self.args.rounds}: " + ", ".join(
-                        f"{name} {r[-1].per_second:,.0f}" for name, r in rounds.items()
-                    ))  # fmt: skip
+                rounds = self._rounds(case, running, mode, connections, size)
                 results[case] = self._case(mode, rounds)
         return results
+
+    def _rounds(
+        self, case: str, running: dict[str, p.Server], mode: str, connections: int, size: int
+    ) -> dict[str, list[p.LoadResult]]:
+        """``case`` measured on every running server in interleaved rounds (A B C, A B C,
+        ...), so a slow spell of the machine hits every peer alike."""
+        rounds: dict[str, list[p.LoadResult]] = {name: [] for name in running}
+        for number in range(self.args.rounds):
+            for name, server in running.items():
+                result = p.echoload(
+                    self.tools, self.client_cpu, server.port, mode, connections, size,
+                    self.args.warmup, self.args.duration, server,
+                )  # fmt: skip
+                if result.errors:
+                    raise RuntimeError(f"{case} {name}: {result.errors} errors")
+                rounds[name].append(result)
+            log(f"{case} round {number + 1}/{self.args.rounds}: " + ", ".join(
+                f"{name} {r[-1].per_second:,.0f}" for name, r in rounds.items()
+            ))  # fmt: skip
+        return rounds
 
     def _case(self, mode: str, rounds: dict[str, list[p.LoadResult]]) -> dict[str, Any]:
         peers: dict[str, Any] = {}
@@ -139,21 +146,8 @@ class Harness:
         """Connections per second: connect, one echo, close, ACCEPT_CONNECTIONS at a time;
         tcpecho logs connection_accepted and connection_closed for each (to a file)."""
         chosen = [peer for peer in self.peers if peer.name in ACCEPT_PEERS]
-        rounds: dict[str, list[p.LoadResult]] = {peer.name: [] for peer in chosen}
         with p.servers(chosen, self.server_cpu, self.log_dir / "accepts") as running:
-            for number in range(self.args.rounds):
-                for peer in chosen:
-                    server = running[peer.name]
-                    result = p.echoload(
-                        self.tools, self.client_cpu, server.port, "connect", ACCEPT_CONNECTIONS,
-                        ACCEPT_SIZE, self.args.warmup, self.args.duration, server,
-                    )  # fmt: skip
-                    if result.errors:
-                        raise RuntimeError(f"accepts {peer.name}: {result.errors} errors")
-                    rounds[peer.name].append(result)
-                log(f"accepts round {number + 1}/{self.args.rounds}: " + ", ".join(
-                    f"{name} {r[-1].per_second:,.0f}" for name, r in rounds.items()
-                ))  # fmt: skip
+            rounds = self._rounds("accepts", running, "connect", ACCEPT_CONNECTIONS, ACCEPT_SIZE)
         return self._case("connect", rounds)
 
     # -- tcpecho bench against the C client ---------------------------------------------------
