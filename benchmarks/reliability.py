@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tcpecho.process import free_port
+
 SYN_RTO_S = 1.0
 STORM_CYCLES = 10_000
 STORM_LIMIT_S = 60.0
@@ -58,18 +60,12 @@ def _tcpecho() -> list[str]:
     return [found] if found else [sys.executable, "-m", "tcpecho"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """``tcpecho server`` on a free loopback port, its JSON lines kept (unless stdout is
     given), stopped with SIGTERM."""
 
     def __init__(self, *args: str, prefix: tuple[str, ...] = (), stdout: int | None = None):
-        self.port = _free_port()
+        self.port = free_port()
         argv = [*prefix, *_tcpecho(), "server", "--host", "127.0.0.1", "--port", str(self.port)]
         self.lines: list[dict[str, Any]] = []
         self.proc = subprocess.Popen(
