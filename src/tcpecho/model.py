@@ -40,6 +40,11 @@ from tcpecho.tcp.options import TcpOptions
 TCP_RTO_MIN_S = 0.2  # the RTO floor, and the unit of tcp_retries2's budget
 TCP_TIMEOUT_INIT_S = 1.0  # the SYN's first RTO, and the unit of tcp_syn_retries' budget
 TLP_S = (0.19, 0.21)  # tail-loss probe for a lone segment: 2 srtt + 200 ms delayed-ACK allowance
+# With more than one segment in flight the kernel adds only TCP_TIMEOUT_MIN (2 jiffies) to
+# 2 srtt (tcp_schedule_loss_probe), so the probe comes almost at once. tcpecho's client sends
+# each request as one segment; another program may send two (a header and a body), so its
+# probe can come anywhere in this range (seen: the first RTO ~0.2 s earlier for gRPC).
+TLP_ANY_S = (0.002, TLP_S[1])
 # The first RTO: srtt + 4 rttvar, at least TCP_RTO_MIN, rounded up to whole jiffies: 204 ms
 # on this project's machines (HZ=250), a little more on slower links. The exact value
 # matters: the budget is a sum of 200 ms steps, so an RTO of exactly 200 ms would reach it
@@ -267,12 +272,14 @@ def predict(
     activity: Activity,
     deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
     first_rto_s: float | None = None,
+    lone_segment: bool = True,
 ) -> Prediction:
     """When and how a client with ``tcp`` and ``deadlines`` detects ``failure`` while
     ``activity``.
 
     ``first_rto_s`` is the connection's RTO before the failure (TCP_INFO's ``rto``), when
-    known; otherwise the range this project measured is assumed.
+    known; otherwise the range this project measured is assumed. ``lone_segment``: the
+    request is one segment (tcpecho's client); False for a program whose writes are unknown.
     """
     if failure is Failure.CLOSED:
         return Prediction(0.0, FAST_S, "fault", Mechanism.PEER_CLOSED, ("EOF", "ECONNRESET"))
@@ -286,7 +293,8 @@ def predict(
         # peer's receive window is full), and keepalive probes are answered.
         return _deadline_or_never(deadlines.read_timeout_s)
     rto_range = FIRST_RTO_S if first_rto_s is None else (first_rto_s, first_rto_s)
-    by_kernel = _unacknowledged(kernel, tcp, failure, rto_range)
+    tlp_range = TLP_S if lone_segment else TLP_ANY_S
+    by_kernel = _unacknowledged(kernel, tcp, failure, rto_range, tlp_range)
     deadline = deadlines.read_timeout_s
     if deadline is not None and deadline + APP_TIMER_S[1] < by_kernel.low_s:
         return Prediction(
@@ -304,6 +312,7 @@ def _unacknowledged(
     tcp: TcpOptions,
     failure: Failure,
     rto_range: tuple[float, float],
+    tlp_range: tuple[float, float] = TLP_S,
 ) -> Prediction:
     errnos = ("ETIMEDOUT",) if failure is Failure.SILENT else ("ENETUNREACH", "EHOSTUNREACH")
     if failure is Failure.UNREACHABLE and tcp.recverr:
@@ -311,12 +320,12 @@ def _unacknowledged(
         # original send arrives while the sender still holds the socket, so it is usually
         # the tail-loss probe's, ~0.2 s later.
         return Prediction(0.0, 0.5, "request", Mechanism.RECVERR, errnos)
-    lead_low = TLP_S[0] + rto_range[0]
-    lead_high = (TLP_S[1] + rto_range[1]) * TIMER_SLACK[1]
+    lead_low = tlp_range[0] + rto_range[0]
+    lead_high = (tlp_range[1] + rto_range[1]) * TIMER_SLACK[1]
     grid = [
         give_up_after_send(kernel, rto, tlp, slack)
         for rto in _steps(*rto_range, count=5)
-        for tlp in TLP_S
+        for tlp in tlp_range
         for slack in _steps(*TIMER_SLACK, count=13)
     ]
     if tcp.user_timeout_s > 0:
