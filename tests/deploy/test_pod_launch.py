@@ -106,6 +106,10 @@ def server_pod(rootfs: Path, tmp_path: Path) -> Iterator[tuple[Launch, int]]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            # Unbuffered: wait_for_line selects on the pipe, and a buffered readline could
+            # take server_started into Python's buffer with the line before it, where select
+            # never sees it (the pod then looked silent for the whole wait).
+            bufsize=0,
         )
         try:
             wait_for_line(process, b'"server_started"')
