@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from structlog.testing import capture_logs
 
-from tcpecho.server.protocol import PIPE_CAPACITY, WRITE_BUFFER_HIGH
+from tcpecho.server.protocol import SPLICE_READ, WRITE_BUFFER_HIGH
 from tcpecho.server.server import EchoServer, ServerConfig
 from tcpecho.tcp.options import TcpOptions, read_effective
 from tests.conftest import RunningServer, Spawn, requires_root
@@ -213,7 +213,7 @@ async def test_a_spliced_peer_that_stops_reading_pauses_the_splice(
     (connection,) = echo_server.connections
     assert connection.spliced
     assert not connection.is_reading()
-    assert 0 < connection.unsent() <= PIPE_CAPACITY
+    assert 0 < connection.unsent() <= SPLICE_READ
     echoed = connection.bytes_echoed
     await asyncio.sleep(0.2)
     assert connection.bytes_echoed == echoed, "nothing more is read while the pipe is full"

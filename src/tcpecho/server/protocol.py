@@ -10,14 +10,13 @@ A connection that sends in bulk (one read of ``SPLICE_FROM`` bytes or more) is m
 the transport to ``Splice``: from then on its bytes go socket -> pipe -> the same socket
 with splice(2), never copied into Python, the way Go's ``io.Copy`` moves them. The pipe is
 the write buffer then: reading stops while it holds bytes the peer has not taken, so the
-bound is one pipe (``PIPE_CAPACITY``, 256 KiB: what the transport may hold at worst).
+bound is one read into the pipe (``SPLICE_READ``, 256 KiB: what the transport may hold at
+worst).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -35,14 +34,20 @@ DRAIN_QUIET_S = 0.25
 # One read this large means a bulk sender: splicing it saves two copies of every byte and
 # a bytes object per read, and costs a pipe (two descriptors) and a dup of the socket.
 SPLICE_FROM = 64 * 1024
-# The pipe's capacity: the most that waits for a peer that does not read, as much as the
-# transport may hold at worst (its 64 KiB high-water mark passed by one read of up to
-# 256 KB). Larger than Linux's default (64 KiB) for fewer splice calls per byte: server CPU
-# per 64 KiB echoed measured 37.8 us with 64 KiB, 34.1 with 256 KiB (1 MiB, Go's choice,
-# 32.3 but four times the memory a stalled peer can pin).
-PIPE_CAPACITY = 256 * 1024
+# The most one splice moves into the pipe, and so the most that waits for a peer that does
+# not read: what the transport may hold at worst (its 64 KiB high-water mark passed by one
+# read of up to 256 KB). The pipe keeps Linux's default size, as Go's does: 16 buffers, each
+# a fragment of a received skb, so one call moves up to about 256 KiB either way. Enlarged
+# to 256 KiB (64 buffers) it measured worse: 4 bulk connections ran at 0.7x Go, with the
+# server spending 44 against 31 us per 64 KiB echoed (benchmarks, docs/performance.md).
+SPLICE_READ = 256 * 1024
+# Read-and-write rounds per readiness callback. After the pipe is written out the socket
+# is read again at once, as Go's io.Copy does: under load more has arrived, and a round in
+# the same callback saves a pass through the loop; 16 rounds took server CPU per 64 KiB
+# from 34 to 28 us at 4 connections. Bounded, so that one bulk sender cannot keep the
+# loop from everything else for long (16 reads of at most 256 KiB).
+SPLICE_ROUNDS = 16
 CAN_SPLICE = hasattr(os, "splice")  # Linux, Python 3.10+
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
@@ -169,8 +174,8 @@ class Splice:
     Driven by the loop's readiness callbacks on a duplicate of the transport's descriptor
     (the transport keeps its own, paused, and closes it when the connection ends): read
     into the pipe when the socket is readable and the pipe empty, write the pipe out at
-    once, and when the peer does not take it all, stop reading until the socket is
-    writable and the pipe has been emptied.
+    once and read again, up to ``SPLICE_ROUNDS`` times; when the peer does not take it
+    all, stop reading until the socket is writable and the pipe has been emptied.
     """
 
     __slots__ = ("_fd", "_loop", "_owner", "_pipe_r", "_pipe_w", "_writing", "eof", "error",
@@ -181,9 +186,6 @@ class Splice:
         self._loop = asyncio.get_running_loop()
         self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            # Refused over the user's pipe-memory limit: then the default 64 KiB will do.
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self._pipe_w, F_SETPIPE_SZ, PIPE_CAPACITY)
             # Our own descriptor: the loop watches one descriptor for one owner, and the
             # transport still has the other. Non-blocking already: the flag is the socket's.
             self._fd = os.dup(fd)
@@ -199,20 +201,24 @@ class Splice:
         self._loop.add_reader(self._fd, self._on_readable)
 
     def _on_readable(self) -> None:
-        try:
-            size = os.splice(self._fd, self._pipe_w, PIPE_CAPACITY, flags=SPLICE_FLAGS)
-        except BlockingIOError:
-            return
-        except OSError as error:
-            self._fail(error)
-            return
-        if size == 0:  # the peer's FIN: echo what is left, then close
-            self.eof = True
-            self._stop_reading()
-        else:
+        for _ in range(SPLICE_ROUNDS):
+            try:
+                size = os.splice(self._fd, self._pipe_w, SPLICE_READ, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self._fail(error)
+                return
+            if size == 0:  # the peer's FIN: echo what is left, then close
+                self.eof = True
+                self._stop_reading()
+                self._flush()
+                return
             self._owner.bytes_echoed += size
             self.unsent += size
-        self._flush()
+            self._flush()
+            if self.unsent or not self.reading:  # the peer is not taking it, or it failed
+                return
 
     def _on_writable(self) -> None:
         self._flush()
