@@ -187,8 +187,8 @@ class Harness:
     def idle(self) -> dict[str, Any]:
         results: dict[str, Any] = {}
         for peer in self.peers:
-            if not peer.holds_idle:
-                results[peer.name] = {"skipped": "one process per connection"}
+            if peer.skips_idle:
+                results[peer.name] = {"skipped": peer.skips_idle}
                 continue
             with p.servers([peer], self.server_cpu, self.log_dir / "idle") as running:
                 results[peer.name] = self._hold_idle(running[peer.name])
@@ -427,7 +427,7 @@ def _echoes(sock: socket.socket) -> int:
 
 
 RATIO_PEERS = {"go": "Go io.Copy", "socat": "socat", "uvloop-plain": "plain uvloop",
-               "c-epoll": "C floor"}  # fmt: skip
+               "c-epoll": "C floor", "c-splice": "C splice floor"}  # fmt: skip
 
 
 def cpu_per_request(entry: dict[str, Any]) -> float:
