@@ -38,8 +38,8 @@ SPLICE_FROM = 64 * 1024
 # not read: what the transport may hold at worst (its 64 KiB high-water mark passed by one
 # read of up to 256 KB). The pipe keeps Linux's default size, as Go's does: 16 buffers, each
 # a fragment of a received skb, so one call moves up to about 256 KiB either way. Enlarged
-# to 256 KiB (64 buffers) it measured worse: 4 bulk connections ran at 0.7x Go, with the
-# server spending 44 against 31 us per 64 KiB echoed (benchmarks, docs/performance.md).
+# to 256 KiB (64 buffers) it measured worse: 4 bulk connections ran at 0.6-0.7x Go, the
+# server spending 44-52 us per 64 KiB echoed against Go's 28-31 (docs/performance.md).
 SPLICE_READ = 256 * 1024
 # Read-and-write rounds per readiness callback. After the pipe is written out the socket
 # is read again at once, as Go's io.Copy does: under load more has arrived, and a round in
