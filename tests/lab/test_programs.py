@@ -13,8 +13,15 @@ from typing import Any
 import pytest
 
 from tcpecho.experiment import Result
-from tcpecho.lab.programs import ProgramClient, ProgramError, program_names, unmapped
+from tcpecho.lab.programs import (
+    ProgramClient,
+    ProgramError,
+    SendClock,
+    program_names,
+    unmapped,
+)
 from tcpecho.lab.topology import Topology
+from tcpecho.tcp.info import TcpInfo
 from tests.conftest import requires_netns
 from tests.support import tcpecho_executable
 
@@ -215,3 +222,34 @@ def test_a_recipe_brings_its_server_its_quiet_period_deadlines_and_watch_limit()
     assert watched.measured_s is None
     assert watched.observed_s is not None
     assert 3.0 <= watched.observed_s < 5.0  # not the 15 s a "never" case is watched
+
+
+def _info(unacked: int, total_retrans: int, last_data_sent_ms: int) -> TcpInfo:
+    return TcpInfo(
+        state="ESTABLISHED", retransmits=0, probes=0, backoff=0, rto_ms=204.0,
+        unacked=unacked, lost=0, total_retrans=total_retrans, rtt_ms=0.1, rttvar_ms=0.05,
+        last_data_sent_ms=last_data_sent_ms, last_data_recv_ms=0, last_ack_recv_ms=0,
+    )  # fmt: skip
+
+
+def test_the_send_clock_is_the_send_not_a_retransmission() -> None:
+    """The lab's active clock, from successive looks at a program's socket (the case that
+    ran 0.25 s short in a fresh root: the first look with the request in flight came after
+    its tail-loss probe)."""
+    # Sent between two looks, seen before any retransmission: last_data_sent dates it.
+    clock = SendClock()
+    clock.look(10.00, _info(unacked=0, total_retrans=0, last_data_sent_ms=900))
+    clock.look(10.05, _info(unacked=1, total_retrans=0, last_data_sent_ms=30))
+    assert clock.sent_at == pytest.approx(10.02)
+    # Seen only after the probe went (210 ms after the send): the send came after the last
+    # look with nothing in flight, not 10 ms before this one.
+    late = SendClock()
+    late.look(10.00, _info(unacked=0, total_retrans=0, last_data_sent_ms=900))
+    late.look(10.26, _info(unacked=1, total_retrans=1, last_data_sent_ms=10))
+    assert late.sent_at == pytest.approx(10.00)
+    late.look(10.80, _info(unacked=1, total_retrans=2, last_data_sent_ms=5))
+    assert late.sent_at == pytest.approx(10.00), "later looks do not move the clock"
+    # In flight at the fault, already retransmitted: nothing better than last_data_sent.
+    inflight = SendClock()
+    inflight.look(10.00, _info(unacked=1, total_retrans=1, last_data_sent_ms=10))
+    assert inflight.sent_at == pytest.approx(9.99)

@@ -39,6 +39,7 @@ from tcpecho.model import (
 )
 from tcpecho.settings import Deadlines
 from tcpecho.tcp import diag
+from tcpecho.tcp.info import TcpInfo
 from tcpecho.tcp.options import TcpOptions
 
 HOST_ENV, PORT_ENV = "TCPECHO_LAB_HOST", "TCPECHO_LAB_PORT"
@@ -131,6 +132,33 @@ class Listing:
     before: float
     after: float
     connections: list[diag.Connection]
+
+
+@dataclass
+class SendClock:
+    """When the first unanswered send after the fault left, from successive looks at the
+    program's socket.
+
+    ``tcp_info``'s ``last_data_sent`` dates the last segment that carried data, and a
+    retransmission is one: once the kernel has retransmitted (a tail-loss probe comes
+    2 srtt + 200 ms after a lone segment), it dates the retransmission. Then the send came
+    after the last look that showed nothing in flight, which is the clock's start; the
+    measurement errs late by at most the time between looks, never early."""
+
+    sent_at: float | None = None
+    _clear_at: float | None = None  # the last look with nothing unacknowledged
+    _clear_retransmissions: int = 0
+
+    def look(self, start: float, info: TcpInfo) -> None:
+        """One look, taken no earlier than ``start`` (monotonic)."""
+        if self.sent_at is not None:
+            return
+        if info.unacked == 0:
+            self._clear_at, self._clear_retransmissions = start, info.total_retrans
+            return
+        self.sent_at = start - info.last_data_sent_ms / 1000
+        if self._clear_at is not None and info.total_retrans > self._clear_retransmissions:
+            self.sent_at = self._clear_at
 
 
 class SocketWatch:
@@ -326,7 +354,7 @@ class ProgramClient:
         assert self.talking is not None
         before = self.talking.connection
         last_data_at: float | None = None
-        sent_at: float | None = None
+        send = SendClock()
         while True:
             for listing in await self.watch.listings():
                 if listing.before < fault_at:
@@ -341,9 +369,10 @@ class ProgramClient:
                     # The idle clock: nothing arrives once the peer is gone, so the first
                     # look after the fault still shows the last data received before it.
                     last_data_at = start - info.last_data_recv_ms / 1000
-                if info is not None and sent_at is None and info.unacked > 0:
+                if info is not None:
                     # The first unanswered send after the fault (or the one in flight at it).
-                    sent_at = start - info.last_data_sent_ms / 1000
+                    send.look(start, info)
+                sent_at = send.sent_at
                 if info is not None:  # the last look before the socket went holds the count
                     self.result.retransmissions = info.total_retrans
                 activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
