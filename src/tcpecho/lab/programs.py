@@ -6,8 +6,9 @@ same socket diagnostics as ``tcpecho watch``: the client is talking once its con
 the service is ESTABLISHED with data acknowledged both ways; the fault is noticed the
 moment that connection leaves ESTABLISHED or disappears. Whether the program was busy (a
 request unacknowledged) or idle when the peer vanished is seen too, and the two clocks the
-model speaks of are read off ``tcp_info``: the unanswered send (``last_data_sent``) and the
-last data received (``last_data_recv``). The prediction comes from the options the
+model speaks of are read off ``tcp_info``: the unanswered send (``last_data_sent``, unless
+it already dates a retransmission: ``SendClock``) and the last data received
+(``last_data_recv``). The prediction comes from the options the
 program's socket really carries, read as ``watch`` reads them.
 
 ``{host}`` and ``{port}`` in a command are the service's address (for a server: its pod
