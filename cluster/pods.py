@@ -228,11 +228,17 @@ def mounted_image(image: str) -> Iterator[Path]:
         subprocess.run(["buildah", "rm", container], check=False, stdout=subprocess.DEVNULL)
 
 
-def image_config(image: str) -> kubelet.ImageConfig:
+def oci_config(image: str) -> dict[str, Any]:
+    """The image's OCI configuration (``config``: Entrypoint, Cmd, Env, User, ...)."""
     inspected = subprocess.run(
         ["buildah", "inspect", "--type", "image", image], check=True, capture_output=True
     )
-    return kubelet.ImageConfig.from_oci(json.loads(inspected.stdout)["OCIv1"]["config"])
+    config: dict[str, Any] = json.loads(inspected.stdout)["OCIv1"]["config"]
+    return config
+
+
+def image_config(image: str) -> kubelet.ImageConfig:
+    return kubelet.ImageConfig.from_oci(oci_config(image))
 
 
 def pod_dir(workdir: Path, case: PodCase, spec: Launch) -> Path:

@@ -11,7 +11,6 @@ image's USER, as PID 1 of a new PID namespace (``unshare --pid --fork --mount-pr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster.pods import mounted_image
+from cluster.pods import mounted_image, oci_config
 
 from tests.support import LoggedProcess, echo_once, free_port
 
@@ -58,11 +57,7 @@ exec "$@"
 
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
-    inspected = subprocess.run(
-        ["buildah", "inspect", "--type", "image", IMAGE], check=True, capture_output=True
-    )
-    image_config: dict[str, Any] = json.loads(inspected.stdout)["OCIv1"]["config"]
-    return image_config
+    return oci_config(IMAGE)
 
 
 @pytest.fixture(scope="module")
