@@ -1,4 +1,5 @@
-"""Go-style durations (``500ms``, ``30s``, ``1m30s``): the one parser and formatter.
+"""Go-style durations (``500ms``, ``30s``, ``1m30s``): the one parser and formatter; and the
+one way a measured or predicted number of seconds is shown to people (``format_seconds``).
 
 durationpy parses Go's syntax, so the values users copy from Go programs and Kubernetes
 manifests mean the same here. On top of it this module adds what a command line needs: a
@@ -45,3 +46,17 @@ def format_duration(seconds: float) -> str:
     elif whole:
         text += f"{whole}s"
     return text
+
+
+def format_seconds(seconds: float, *, unit: str = " s", minutes: bool = False) -> str:
+    """A measured or predicted time, as precise as it is worth: ``0.41 s``, ``30.4 s``,
+    ``929 s`` (two decimals under 10 s, one under 100 s, whole seconds above).
+
+    ``unit`` follows the number (``""`` for the ends of a range); with ``minutes``, a time
+    of a minute or more reads as a duration instead (``15m29s``), as a column of running
+    times (``ss``, ``kubectl``) shows it."""
+    if minutes and seconds >= 60:
+        return format_duration(round(seconds))
+    if seconds < 10:
+        return f"{seconds:.2f}{unit}"
+    return f"{seconds:.1f}{unit}" if seconds < 100 else f"{seconds:.0f}{unit}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tcpecho.durations import format_seconds
 from tcpecho.experiment import Result, Verdict
 
 if TYPE_CHECKING:
@@ -46,13 +47,10 @@ class RunInfo:
     kernel_release: str
 
 
-def format_seconds(value: float) -> str:
-    if value < 10:
-        return f"{value:.2f} s"
-    if value < 120:
-        return f"{value:.1f} s"
-    minutes, seconds = divmod(value, 60)
-    return f"{value:.0f} s ({int(minutes)} m {seconds:02.0f} s)"
+def format_measured(value: float) -> str:
+    """``929 s (15m29s)``: past two minutes, the minutes too, as the field reports them."""
+    shown = format_seconds(value)
+    return shown if value < 120 else f"{shown} ({format_seconds(value, minutes=True)})"
 
 
 def row(result: Result) -> dict[str, str]:
@@ -60,11 +58,11 @@ def row(result: Result) -> dict[str, str]:
     if result.error is not None:
         measured = f"error: {_shortened(result.error)}"
     elif result.measured_s is None and result.observed_s is not None:
-        measured = f"none in {format_seconds(result.observed_s)}"
+        measured = f"none in {format_measured(result.observed_s)}"
     elif result.measured_s is None:
         measured = "none"
     else:
-        measured = format_seconds(result.measured_s)
+        measured = format_measured(result.measured_s)
     clock = result.measured_clock or (prediction.clock if prediction else None)
     expected = prediction.describe() if prediction else "?"
     if result.quick:
@@ -250,7 +248,7 @@ def _plot_fault(axis: Axes, fault: str, chosen: Sequence[Result]) -> None:
     bars = axis.bar(positions, heights, color=colors)
     for bar, hatch, result in zip(bars, hatches, chosen, strict=True):
         bar.set_hatch(hatch)
-        text = "none" if result.measured_s is None else format_seconds(result.measured_s)
+        text = "none" if result.measured_s is None else format_measured(result.measured_s)
         if result.quick:
             text += " *"
         axis.annotate(

@@ -1,0 +1,272 @@
+"""Predictions (``predict``): when and how a client notices a peer that failed, as a range of
+seconds on a stated clock, for given sysctls, options, deadlines and activity.
+
+The rules behind them are in the package's docstring (``tcpecho.model``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from tcpecho.durations import format_seconds
+from tcpecho.model.in_force import InForce
+from tcpecho.model.kernel import (
+    FIRST_RTO_S,
+    TIMER_SLACK,
+    TLP_ANY_S,
+    TLP_S,
+    KernelSettings,
+    give_up_after_send,
+    step_at,
+    syn_budget,
+    syn_expiries,
+)
+from tcpecho.settings import Deadlines
+from tcpecho.tcp.options import TcpOptions
+
+APP_TIMER_S = (-0.015, 0.05)  # the client's own deadlines: event-loop timers, ms resolution
+# The client is a process: on a loaded machine it sees an error a little after the kernel
+# raised it. Added to the late end of every kernel-driven range.
+SCHEDULING_S = 0.3
+FAST_S = 1.0  # a FIN, RST or hard ICMP error is noticed within this
+
+
+class Failure(StrEnum):
+    """What the peer's failure looks like from the client."""
+
+    SILENT = "silent"  # nothing comes back: a black-holed route, a dropped node
+    UNREACHABLE = "unreachable"  # a router answers with ICMP destination unreachable
+    CLOSED = "closed"  # the peer's kernel sends FIN or RST (process killed, network intact)
+    STALLED = "stalled"  # the peer's kernel still acknowledges, its program never answers
+
+
+class Activity(StrEnum):
+    ACTIVE = "active"  # a request is sent and waits for its echo
+    IDLE = "idle"  # nothing is sent: only keepalive can notice
+    CONNECTING = "connecting"  # the SYN is sent and waits for its SYN-ACK
+
+
+class Mechanism(StrEnum):
+    """What ends the wait: the one thing a verdict depends on."""
+
+    TCP_RETRIES2 = "tcp_retries2"  # only the kernel's retransmission budget: the hang
+    USER_TIMEOUT = "user_timeout"
+    READ_TIMEOUT = "read_timeout"  # the client's own deadline
+    RECVERR = "recverr"  # an ICMP error taken as a hard error
+    KEEPALIVE = "keepalive"
+    KEEPALIVE_USER_TIMEOUT = "keepalive_user_timeout"
+    PEER_CLOSED = "peer_closed"
+    SYN_RETRIES = "tcp_syn_retries"  # the kernel's SYN retransmission budget
+    CONNECT_TIMEOUT = "connect_timeout"  # the client's own deadline on connecting
+    NOTHING = "nothing"
+
+    @property
+    def description(self) -> str:
+        return _MECHANISM_DESCRIPTIONS[self]
+
+
+_MECHANISM_DESCRIPTIONS = {
+    Mechanism.TCP_RETRIES2: "the kernel's retransmission budget (tcp_retries2)",
+    Mechanism.USER_TIMEOUT: "TCP_USER_TIMEOUT",
+    Mechanism.READ_TIMEOUT: "--read-timeout (the client's deadline)",
+    Mechanism.RECVERR: "IP_RECVERR (ICMP as a hard error)",
+    Mechanism.KEEPALIVE: "keepalive",
+    Mechanism.KEEPALIVE_USER_TIMEOUT: "keepalive, ended by TCP_USER_TIMEOUT",
+    Mechanism.PEER_CLOSED: "FIN/RST from the peer",
+    Mechanism.SYN_RETRIES: "the kernel's SYN retransmission budget (tcp_syn_retries)",
+    Mechanism.CONNECT_TIMEOUT: "--connect-timeout (the client's deadline)",
+    Mechanism.NOTHING: "nothing notices it",
+}
+
+
+Clock = Literal["request", "last-data", "fault"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """When the failure is detected: a range of seconds on a stated clock, or never."""
+
+    low_s: float
+    high_s: float
+    clock: Clock
+    mechanism: Mechanism
+    errnos: tuple[str, ...]
+
+    @property
+    def never(self) -> bool:
+        return math.isinf(self.low_s)
+
+    def contains(self, seconds: float | None) -> bool:
+        """Whether a measurement fits; ``None`` (not detected) fits only "never"."""
+        if seconds is None:
+            return self.never
+        return self.low_s <= seconds <= self.high_s
+
+    def describe(self) -> str:
+        if self.never:
+            return "never"
+        if self.high_s <= FAST_S and self.low_s == 0:
+            return f"< {self.high_s:g} s"
+        return f"{format_seconds(self.low_s, unit='')}-{format_seconds(self.high_s)}"
+
+
+NEVER = math.inf
+
+
+def predict(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    failure: Failure,
+    activity: Activity,
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+    first_rto_s: float | None = None,
+    lone_segment: bool = True,
+) -> Prediction:
+    """When and how a client with ``tcp`` and ``deadlines`` detects ``failure`` while
+    ``activity``.
+
+    ``first_rto_s`` is the connection's RTO before the failure (TCP_INFO's ``rto``), when
+    known; otherwise the range this project measured is assumed. ``lone_segment``: the
+    request is one segment (tcpecho's client); False for a program whose writes are unknown.
+    """
+    if failure is Failure.CLOSED:
+        return Prediction(0.0, FAST_S, "fault", Mechanism.PEER_CLOSED, ("EOF", "ECONNRESET"))
+    in_force = InForce.of(tcp, kernel)
+    if activity is Activity.IDLE:
+        return _idle(in_force) if failure is not Failure.STALLED else _never("last-data")
+    if activity is Activity.CONNECTING:
+        return _connecting(kernel, in_force, deadlines)
+    if failure is Failure.STALLED:
+        # The peer's kernel acknowledges every request: no retransmission timer runs, so
+        # neither tcp_retries2 nor TCP_USER_TIMEOUT ever start (the latter only once the
+        # peer's receive window is full), and keepalive probes are answered.
+        return _deadline_or_never(deadlines.read_timeout_s)
+    rto_range = FIRST_RTO_S if first_rto_s is None else (first_rto_s, first_rto_s)
+    tlp_range = TLP_S if lone_segment else TLP_ANY_S
+    by_kernel = _unacknowledged(kernel, in_force, failure, rto_range, tlp_range)
+    deadline = deadlines.read_timeout_s
+    if deadline is not None and deadline + APP_TIMER_S[1] < by_kernel.low_s:
+        return Prediction(
+            deadline + APP_TIMER_S[0],
+            deadline + APP_TIMER_S[1],
+            "request",
+            Mechanism.READ_TIMEOUT,
+            ("READ_TIMEOUT",),
+        )
+    return by_kernel
+
+
+def _unacknowledged(
+    kernel: KernelSettings,
+    in_force: InForce,
+    failure: Failure,
+    rto_range: tuple[float, float],
+    tlp_range: tuple[float, float] = TLP_S,
+) -> Prediction:
+    errnos = ("ETIMEDOUT",) if failure is Failure.SILENT else ("ENETUNREACH", "EHOSTUNREACH")
+    if failure is Failure.UNREACHABLE and in_force.recverr:
+        # A hard error at the first ICMP that finds the socket free: the one answering the
+        # original send arrives while the sender still holds the socket, so it is usually
+        # the tail-loss probe's, ~0.2 s later.
+        return Prediction(0.0, 0.5, "request", Mechanism.RECVERR, errnos)
+    lead_low = tlp_range[0] + rto_range[0]
+    lead_high = (tlp_range[1] + rto_range[1]) * TIMER_SLACK[1]
+    grid = [
+        give_up_after_send(kernel, rto, tlp, slack)
+        for rto in _steps(*rto_range, count=5)
+        for tlp in tlp_range
+        for slack in _steps(*TIMER_SLACK, count=13)
+    ]
+    limit = in_force.user_timeout_s
+    if limit > 0:
+        low, high = lead_low + limit, lead_high + limit * TIMER_SLACK[1] + SCHEDULING_S
+        mechanism = Mechanism.USER_TIMEOUT
+        step = step_at(kernel, rto_range[1], lead_high + limit)
+    else:
+        low = min(t for t, _ in grid)
+        high = max(t for t, _ in grid) + SCHEDULING_S
+        mechanism = Mechanism.TCP_RETRIES2
+        step = max(s for _, s in grid)
+    if failure is Failure.UNREACHABLE:
+        # Each ICMP error reverts one RTO backoff (RFC 6069) and re-arms the timer without
+        # the user-timeout clamp; the node rate-limits its ICMP. The give-up still comes at
+        # the first expiry past the budget, but that expiry can be a backed-off step later.
+        high += 2 * step * TIMER_SLACK[1]
+    return Prediction(low, high, "request", mechanism, errnos)
+
+
+def _never(clock: Clock) -> Prediction:
+    return Prediction(NEVER, NEVER, clock, Mechanism.NOTHING, ())
+
+
+def _deadline_or_never(read_timeout_s: float | None) -> Prediction:
+    if read_timeout_s is None:
+        return _never("request")
+    return Prediction(
+        read_timeout_s + APP_TIMER_S[0],
+        read_timeout_s + APP_TIMER_S[1],
+        "request",
+        Mechanism.READ_TIMEOUT,
+        ("READ_TIMEOUT",),
+    )
+
+
+def _connecting(kernel: KernelSettings, in_force: InForce, deadlines: Deadlines) -> Prediction:
+    """A SYN that is never answered: the budget is in time, the give-up at the first SYN
+    timer past it; TCP_USER_TIMEOUT clamps it (measured: 3.01 s for 3 s, 20.01 s for 20 s)."""
+    budget = syn_budget(kernel, in_force.syn_retries)
+    # The budget is kernel time; late timers move the expiries, not the budget.
+    give_ups = [
+        next(t for t in syn_expiries(kernel, slack) if t >= budget - 1e-9)
+        for slack in _steps(*TIMER_SLACK, count=13)
+    ]
+    low, high = min(give_ups), max(give_ups) + SCHEDULING_S
+    mechanism = Mechanism.SYN_RETRIES
+    limit = in_force.user_timeout_s
+    if 0 < limit < low:
+        low, high = limit, limit * TIMER_SLACK[1] + SCHEDULING_S
+        mechanism = Mechanism.USER_TIMEOUT
+    deadline = deadlines.connect_timeout_s
+    if deadline is not None and deadline + APP_TIMER_S[1] < low:
+        return Prediction(
+            deadline + APP_TIMER_S[0],
+            deadline + APP_TIMER_S[1],
+            "request",
+            Mechanism.CONNECT_TIMEOUT,
+            ("CONNECT_TIMEOUT",),
+        )
+    return Prediction(low, high, "request", mechanism, ("ETIMEDOUT",))
+
+
+def _idle(in_force: InForce) -> Prediction:
+    keepalive = in_force.keepalive
+    if keepalive is None:
+        return _never("last-data")
+    idle, interval = keepalive.idle_s, keepalive.interval_s
+    if in_force.user_timeout_s > 0:
+        # Probing then stops at the first probe time past the user timeout (KEEPCNT unused).
+        probes = max(1, math.ceil((in_force.user_timeout_s - idle) / interval))
+        mechanism = Mechanism.KEEPALIVE_USER_TIMEOUT
+    else:
+        probes = keepalive.count
+        mechanism = Mechanism.KEEPALIVE
+    nominal = idle + probes * interval
+    # ICMP errors for keepalive probes are ignored (the probe is out of the window), so an
+    # unreachable peer times out like a silent one.
+    return Prediction(
+        nominal,
+        nominal * TIMER_SLACK[1] + SCHEDULING_S,
+        "last-data",
+        mechanism,
+        ("ETIMEDOUT",),
+    )
+
+
+def _steps(low: float, high: float, count: int) -> list[float]:
+    if low == high:
+        return [low]
+    return [low + (high - low) * i / (count - 1) for i in range(count)]
+
