@@ -19,6 +19,7 @@ from tcpecho.durations import format_duration
 from tcpecho.model import (
     Activity,
     Failure,
+    InForce,
     KernelSettings,
     Mechanism,
     Prediction,
@@ -104,31 +105,28 @@ class Explanation:
 
 def explain(kernel: KernelSettings, tcp: TcpOptions, deadlines: Deadlines) -> Explanation:
     """Every scenario's expected detection with these options, and the traps in them."""
+    in_force = InForce.of(tcp, kernel)
     outcomes = tuple(
-        Outcome(scenario, prediction, _reasoning(scenario, prediction, kernel, tcp, deadlines))
+        Outcome(scenario, prediction, _reasoning(scenario, prediction, kernel, in_force, deadlines))
         for scenario in SCENARIOS
         for prediction in [predict(kernel, tcp, scenario.failure, scenario.activity, deadlines)]
     )
     busy = next(outcome.prediction for outcome in outcomes if outcome.scenario.name == "busy")
     connect = next(o.prediction for o in outcomes if o.scenario.name == "connect")
     return Explanation(
-        tcp, deadlines, kernel, outcomes, tuple(traps(kernel, tcp, deadlines, busy, connect))
+        tcp, deadlines, kernel, outcomes, tuple(traps(kernel, in_force, deadlines, busy, connect))
     )
-
-
-def _seconds(value: float) -> str:
-    return format_duration(round(value, 3))
 
 
 def _reasoning(
     scenario: Scenario,
     prediction: Prediction,
     kernel: KernelSettings,
-    tcp: TcpOptions,
+    in_force: InForce,
     deadlines: Deadlines,
 ) -> str:
     """One line: why this scenario ends when it does (or never)."""
-    text = _mechanism_reason(scenario, prediction.mechanism, kernel, tcp, deadlines)
+    text = _mechanism_reason(scenario, prediction.mechanism, kernel, in_force, deadlines)
     if scenario.failure is Failure.UNREACHABLE and prediction.mechanism is not Mechanism.RECVERR:
         text += (
             "; the router's ICMP errors are soft (they change only the final errno) and each "
@@ -141,7 +139,7 @@ def _mechanism_reason(
     scenario: Scenario,
     mechanism: Mechanism,
     kernel: KernelSettings,
-    tcp: TcpOptions,
+    in_force: InForce,
     deadlines: Deadlines,
 ) -> str:
     if mechanism is Mechanism.TCP_RETRIES2:
@@ -153,7 +151,8 @@ def _mechanism_reason(
     if mechanism is Mechanism.USER_TIMEOUT:
         where = "the connect" if scenario.activity is Activity.CONNECTING else "sent data"
         return (
-            f"TCP_USER_TIMEOUT ({_seconds(tcp.user_timeout_s)}) ends the retransmissions of "
+            f"TCP_USER_TIMEOUT ({format_duration(in_force.user_timeout_s)}) ends the "
+            "retransmissions of "
             f"{where} that stays unacknowledged that long"
         )
     if mechanism is Mechanism.READ_TIMEOUT:
@@ -163,13 +162,13 @@ def _mechanism_reason(
     if mechanism is Mechanism.RECVERR:
         return "IP_RECVERR turns the router's ICMP unreachable into an error at once"
     if mechanism in (Mechanism.KEEPALIVE, Mechanism.KEEPALIVE_USER_TIMEOUT):
-        return _keepalive_reason(kernel, tcp, mechanism)
+        return _keepalive_reason(in_force, mechanism)
     if mechanism is Mechanism.SYN_RETRIES:
-        retries = tcp.syn_retries or kernel.tcp_syn_retries
-        source = "TCP_SYNCNT" if tcp.syn_retries else "tcp_syn_retries"
+        retries = in_force.syn_retries
+        source = "TCP_SYNCNT" if in_force.syn_retries_from_socket else "tcp_syn_retries"
         return (
             f"{source}={retries}: SYNs 1 s apart, then doubling, within a "
-            f"{syn_budget(kernel, tcp):.0f} s budget"
+            f"{syn_budget(kernel, retries):.0f} s budget"
         )
     if scenario.failure is Failure.STALLED:
         return (
@@ -184,39 +183,41 @@ def _mechanism_reason(
 
 def _deadline_reason(flag: str, seconds: float | None) -> str:
     return (
-        f"the client's own {flag} ({_seconds(seconds or 0)}) ends the wait, whatever the "
+        f"the client's own {flag} ({format_duration(seconds or 0)}) ends the wait, whatever the "
         "kernel does"
     )
 
 
-def _keepalive_reason(kernel: KernelSettings, tcp: TcpOptions, mechanism: Mechanism) -> str:
-    idle = tcp.keepalive_idle_s or kernel.tcp_keepalive_time_s
-    interval = tcp.keepalive_interval_s or kernel.tcp_keepalive_intvl_s
-    count = tcp.keepalive_count or kernel.tcp_keepalive_probes
-    text = f"keepalive: a first probe after {idle} s idle, then one every {interval} s"
+def _keepalive_reason(in_force: InForce, mechanism: Mechanism) -> str:
+    keepalive = in_force.keepalive
+    assert keepalive is not None  # the mechanism is keepalive's
+    text = (
+        f"keepalive: a first probe after {keepalive.idle_s} s idle, then one every "
+        f"{keepalive.interval_s} s"
+    )
     if mechanism is Mechanism.KEEPALIVE:
-        return f"{text}, {count} unanswered probes"
+        return f"{text}, {keepalive.count} unanswered probes"
     return (
-        f"{text}, until the first probe past TCP_USER_TIMEOUT ({_seconds(tcp.user_timeout_s)}): "
-        "the probe count no longer counts"
+        f"{text}, until the first probe past TCP_USER_TIMEOUT "
+        f"({format_duration(in_force.user_timeout_s)}): the probe count no longer counts"
     )
 
 
 def traps(
     kernel: KernelSettings,
-    tcp: TcpOptions,
+    in_force: InForce,
     deadlines: Deadlines,
     busy: Prediction,
     connect: Prediction,
 ) -> list[Trap]:
     """The known traps these options fall into, each with its fix."""
-    found = _keepalive_traps(kernel, tcp, busy)
-    ut = tcp.user_timeout_s
+    found = _keepalive_traps(in_force, busy)
+    ut = in_force.user_timeout_s
     if 0 < ut < SHORT_USER_TIMEOUT_S:
         found.append(
             Trap(
                 "user-timeout-too-short",
-                f"TCP_USER_TIMEOUT {_seconds(ut)} cuts a healthy but lossy path (a few lost "
+                f"TCP_USER_TIMEOUT {format_duration(ut)} cuts a healthy but lossy path (a few lost "
                 "segments in a row take 0.2+0.4+0.8+1.6 s) and a peer that pauses reading "
                 "(a zero window), as if the peer were gone",
                 "use at least ~10s, well above the path's worst streak of retransmissions",
@@ -227,12 +228,12 @@ def traps(
         found.append(
             Trap(
                 "read-timeout-too-short",
-                f"--read-timeout {_seconds(read)}: one lost segment costs at least 0.2 s "
+                f"--read-timeout {format_duration(read)}: one lost segment costs at least 0.2 s "
                 "(1 s before the first RTT sample), so a healthy echo can miss it",
                 "use a few seconds: the slowest echo you expect plus a retransmission",
             )
         )
-    if tcp.recverr and ut == 0 and read is None:
+    if in_force.recverr and ut == 0 and read is None:
         found.append(
             Trap(
                 "recverr-without-user-timeout",
@@ -262,11 +263,11 @@ def traps(
     return found
 
 
-def _keepalive_traps(kernel: KernelSettings, tcp: TcpOptions, busy: Prediction) -> list[Trap]:
+def _keepalive_traps(in_force: InForce, busy: Prediction) -> list[Trap]:
     found = []
-    ut = tcp.user_timeout_s
-    keepalive = bool(tcp.keepalive_enabled)
-    if busy.mechanism is Mechanism.TCP_RETRIES2 and not keepalive:
+    ut = in_force.user_timeout_s
+    keepalive = in_force.keepalive
+    if busy.mechanism is Mechanism.TCP_RETRIES2 and keepalive is None:
         found.append(
             Trap(
                 "no-bound",
@@ -275,7 +276,7 @@ def _keepalive_traps(kernel: KernelSettings, tcp: TcpOptions, busy: Prediction) 
                 "add --user-timeout (for example 30s), and keepalive for idle connections",
             )
         )
-    if keepalive and ut == 0:
+    if keepalive is not None and ut == 0:
         found.append(
             Trap(
                 "keepalive-without-user-timeout",
@@ -284,7 +285,7 @@ def _keepalive_traps(kernel: KernelSettings, tcp: TcpOptions, busy: Prediction) 
                 "add --user-timeout (for example 30s)",
             )
         )
-    if ut > 0 and not keepalive:
+    if ut > 0 and keepalive is None:
         found.append(
             Trap(
                 "user-timeout-without-keepalive",
@@ -293,27 +294,24 @@ def _keepalive_traps(kernel: KernelSettings, tcp: TcpOptions, busy: Prediction) 
                 "add --keepalive-idle, --keepalive-interval and --keepalive-count",
             )
         )
-    if keepalive:
-        idle = tcp.keepalive_idle_s or kernel.tcp_keepalive_time_s
-        interval = tcp.keepalive_interval_s or kernel.tcp_keepalive_intvl_s
-        count = tcp.keepalive_count or kernel.tcp_keepalive_probes
-        probing = idle + interval * count
+    if keepalive is not None:
+        probing = keepalive.probing_s
         if ut > probing:
             found.append(
                 Trap(
                     "user-timeout-exceeds-keepalive",
-                    f"TCP_USER_TIMEOUT {_seconds(ut)} is longer than keepalive's idle + "
+                    f"TCP_USER_TIMEOUT {format_duration(ut)} is longer than keepalive's idle + "
                     f"interval x count = {probing} s: it overrides the count, so probing goes "
-                    f"on until the first probe past {_seconds(ut)}",
+                    f"on until the first probe past {format_duration(ut)}",
                     f"make --user-timeout at most {probing}s, or accept the longer idle detection",
                 )
             )
-        if tcp.keepalive_idle_s is None and kernel.tcp_keepalive_time_s >= 600:
+        if keepalive.idle_from_namespace and keepalive.idle_s >= 600:
             found.append(
                 Trap(
                     "keepalive-default-idle",
                     f"keepalive waits this namespace's tcp_keepalive_time "
-                    f"({kernel.tcp_keepalive_time_s} s) before its first probe",
+                    f"({keepalive.idle_s} s) before its first probe",
                     "set --keepalive-idle (and --keepalive-interval, --keepalive-count)",
                 )
             )

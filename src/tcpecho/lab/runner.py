@@ -33,7 +33,7 @@ from tcpecho.lab import topology as net
 from tcpecho.lab.faults import inject
 from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL
 from tcpecho.lab.programs import Program, ProgramClient, ProgramError, wait_until_listening
-from tcpecho.model import Activity, KernelSettings, Mechanism, predict
+from tcpecho.model import Activity, InForce, KernelSettings, Mechanism, predict
 from tcpecho.settings import check_duration, check_range
 
 RUN_PREFIX = f"{net.PREFIX}lab-"
@@ -317,7 +317,7 @@ class LabCase:
         )
         self._predict(kernel, last_echo)
         await self._inject(server_pid)
-        self._check_idle_gap(last_echo_at)
+        self._check_idle_gap(kernel, last_echo_at)
         await self._observe(client)
 
     async def _run_program(
@@ -413,14 +413,16 @@ class LabCase:
             None, inject, self.case.fault, self.topology, server_pid
         )
 
-    def _check_idle_gap(self, last_echo_at: float) -> None:
+    def _check_idle_gap(self, kernel: KernelSettings, last_echo_at: float) -> None:
         """An idle case needs the fault before the first keepalive probe: a probe answered
-        before the fault would restart the kernel's idle clock, and the prediction with it."""
+        before the fault would restart the kernel's idle clock, and the prediction with it.
+        ``kernel``: the client namespace's sysctls, whose keepalive time holds where the
+        profile sets none."""
         assert self.result.fault_at is not None
-        tcp = self.case.profile.tcp
-        if self.case.activity is not Activity.IDLE or not tcp.keepalive_enabled:
+        keepalive = InForce.of(self.case.profile.tcp, kernel).keepalive
+        if self.case.activity is not Activity.IDLE or keepalive is None:
             return
-        idle = tcp.keepalive_idle_s or KernelSettings().tcp_keepalive_time_s
+        idle = keepalive.idle_s
         gap = self.result.fault_at - last_echo_at
         if gap >= idle:
             raise LabCaseError(

@@ -269,4 +269,3 @@ def _steps(low: float, high: float, count: int) -> list[float]:
     if low == high:
         return [low]
     return [low + (high - low) * i / (count - 1) for i in range(count)]
-
