@@ -15,6 +15,8 @@ import pytest
 
 from tcpecho import events
 from tcpecho.cli import ENVVAR_PREFIX, main
+from tcpecho.tcp.options import OPTIONS as TCP_OPTIONS
+from tcpecho.tcp.options import SocketOption
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -26,6 +28,13 @@ COMMAND_PAGES = {
     "lab": "lab.md",
     "bench": "performance.md",
 }
+TCP_SETTINGS = {option.setting for option in TCP_OPTIONS}
+
+
+def _param_names(command: str) -> set[str]:
+    return {param.name for param in main.commands[command].params if param.name}
+
+
 FAILURE_NAMES = (
     *events.CLIENT_FAILURES,
     *("EOF", "ECONNREFUSED", "ETIMEDOUT", "ECONNRESET", "ENETUNREACH", "EAI_NONAME"),
@@ -73,7 +82,7 @@ def test_every_failure_name_is_documented(name: str) -> None:
         (command, option)
         for command in COMMAND_PAGES
         for option in main.commands[command].params
-        if isinstance(option, click.Option) and option.name
+        if isinstance(option, click.Option) and option.name not in TCP_SETTINGS
     ],
     ids=lambda value: value if isinstance(value, str) else value.name,
 )
@@ -83,6 +92,37 @@ def test_every_option_is_documented_with_its_variable(command: str, option: clic
     assert flag in page, f"{flag} of tcpecho {command} is not in docs/{COMMAND_PAGES[command]}"
     variable = f"{ENVVAR_PREFIX}_{command.upper()}_{flag[2:].replace('-', '_').upper()}"
     assert variable in page, f"{variable} is not in docs/{COMMAND_PAGES[command]}"
+
+
+@pytest.mark.parametrize("option", TCP_OPTIONS, ids=lambda option: option.field)
+def test_every_tcp_option_has_one_line_in_the_docs(option: SocketOption) -> None:
+    """Its row in docs/tcp-options.md, with its flag, variable and socket option; and no
+    command's page declares it again (a row with its flag and a variable): each links there."""
+    rows = _table_rows((DOCS / "tcp-options.md").read_text())
+    mine = [row for row in rows if f"`{option.constant.name}`" in row]
+    assert len(mine) == 1, f"{option.constant.name} has {len(mine)} rows in docs/tcp-options.md"
+    if option.command_line:
+        variable = f"{ENVVAR_PREFIX}_<COMMAND>_{option.setting.upper()}"
+        assert mine[0].startswith(f"| `{option.flag}"), mine[0]
+        assert f"`{variable}`" in mine[0], mine[0]
+    for page in COMMAND_PAGES.values():
+        rows = _table_rows((DOCS / page).read_text())
+        declared = [row for row in rows if row.startswith(f"| `{option.flag} ")]
+        assert not [row for row in declared if f"`{ENVVAR_PREFIX}_" in row], page
+
+
+@pytest.mark.parametrize(
+    "command",
+    [command for command in COMMAND_PAGES if "user_timeout" in _param_names(command)],
+)
+def test_each_command_with_tcp_options_links_their_page(command: str) -> None:
+    page = (DOCS / COMMAND_PAGES[command]).read_text()
+    assert "(tcp-options.md)" in page
+    assert f"`{ENVVAR_PREFIX}_{command.upper()}_<OPTION>`" in page
+
+
+def _table_rows(page: str) -> list[str]:
+    return [line for line in page.splitlines() if line.startswith("| ")]
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from functools import lru_cache
 from itertools import islice
 from typing import Any
 
-from tcpecho.durations import format_duration
+from tcpecho.durations import format_seconds
 from tcpecho.model import (
     FIRST_RTO_S,
     TIMER_SLACK,
@@ -274,8 +274,7 @@ def _model_options(options: EffectiveOptions | None, connection: Connection) -> 
     """The options the model predicts from: the socket's own, or the kernel's defaults with
     keepalive as the kernel's timer shows it (the one option the diagnostics reveal)."""
     if options is not None:
-        with contextlib.suppress(SettingError):  # a value the model cannot take: defaults
-            return TcpOptions.from_effective(options)
+        return options
     return TcpOptions(keepalive=True if connection.timer == "keepalive" else None)
 
 
@@ -502,26 +501,11 @@ def short_command(command: str) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 60:
-        return f"{value:.1f}s"
-    minutes, seconds = divmod(round(value), 60)
-    return f"{minutes}m{seconds:02d}s"
+    return "-" if value is None else format_seconds(value, unit="s", minutes=True)
 
 
 def _options_summary(options: EffectiveOptions | None) -> str:
-    if options is None:
-        return "?"
-    parts = []
-    if options.user_timeout_ms:
-        parts.append(f"user_timeout={format_duration(options.user_timeout_ms / 1000)}")
-    if options.keepalive:
-        parts.append(
-            f"keepalive={options.keepalive_idle_s}s/{options.keepalive_interval_s}s/"
-            f"{options.keepalive_count}"
-        )
-    return " ".join(parts) or "defaults"
+    return "?" if options is None else options.summary()
 
 
 # -- the loop -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 
 from tcpecho.tcp.names import format_address
+from tcpecho.tcp.options import OPTIONS as TCP_OPTIONS
 from tests.support import free_port, tcpecho_executable
+from tests.tcp.test_options import ALL_SET
 
 BAD_INPUT = [
     # (arguments, environment, words the error must contain)
@@ -30,7 +33,7 @@ BAD_INPUT = [
     (["client", "--keepalive-count", "128"], {}, "--keepalive-count"),
     (["client", "--no-keepalive", "--keepalive-idle", "5s"], {}, "need keepalive"),
     (["client", "--syn-retries", "0"], {}, "--syn-retries"),
-    (["client", "--syn-retries", "256"], {}, "--syn-retries"),
+    (["client", "--syn-retries", "128"], {}, "--syn-retries"),  # MAX_TCP_SYNCNT is 127
     (["client", "--port", "0"], {}, "--port"),
     (["client", "--port", "65536"], {}, "--port"),
     (["client", "--count", "-1"], {}, "--count"),
@@ -110,6 +113,33 @@ def test_environment_variables_set_options() -> None:
     assert (started["server"], started["port"]) == ("127.0.0.1", port)
     failed = next(e for e in events if e["event"] == "connection_failed")
     assert failed["errno"] == "ECONNREFUSED"
+
+
+@pytest.mark.parametrize("source", ["flags", "environment"])
+def test_every_tcp_option_reaches_the_command_as_given(source: str) -> None:
+    """Each option ``TcpOptions`` describes is a flag and a variable of the commands, made
+    from its description: what the user gives is what the command holds."""
+    flags = ALL_SET.as_flags()
+    env = dict(os.environ)
+    if source == "environment":
+        for option in TCP_OPTIONS:
+            value = getattr(ALL_SET, option.field)
+            if option.command_line and value is not None:
+                env[f"TCPECHO_EXPLAIN_{option.setting.upper()}"] = option.text(value)
+        flags = ()
+    result = subprocess.run(
+        [tcpecho_executable(), "explain", "--json", *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=30,
+    )
+    held = json.loads(result.stdout)["settings"]["tcp"]
+    assert held == dataclasses.asdict(ALL_SET)
+    assert {option.field for option in TCP_OPTIONS if option.command_line} <= {
+        name for name, value in held.items() if value is not None
+    }
 
 
 def test_python_dash_m_runs_the_same_command_line() -> None:

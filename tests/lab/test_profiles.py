@@ -14,11 +14,11 @@ from tcpecho.tcp.options import TcpOptions
 
 def test_builtin_profiles_carry_the_settings_they_are_named_for() -> None:
     assert PROFILES["default"].tcp == TcpOptions()
-    assert PROFILES["user-timeout"].tcp.user_timeout_s == 5.0
+    assert PROFILES["user-timeout"].tcp.user_timeout_ms == 5000
     keepalive = PROFILES["keepalive"].tcp
     assert (keepalive.keepalive_enabled, keepalive.keepalive_idle_s) == (True, 10)
     both = PROFILES["keepalive+user-timeout"].tcp
-    assert (both.keepalive_enabled, both.user_timeout_s) == (True, 5.0)
+    assert (both.keepalive_enabled, both.user_timeout_ms) == (True, 5000)
     assert PROFILES["read-timeout"].deadlines == Deadlines(read_timeout_s=3.0)
     assert PROFILES["recverr"].tcp.recverr is True
 

@@ -1,6 +1,7 @@
 """Options that several commands share, each declared once and handed over as a typed value.
 
-``tcp_options`` gives a command one ``TcpOptions`` (server, client, bench), and
+``tcp_options`` gives a command one ``TcpOptions`` (server, client, bench), its click options
+made from ``TcpOptions``' own descriptions of them, and
 ``deadline_options`` one ``Deadlines`` (client, and any command that predicts what a client
 will do): the commands never see the separate flags. ``server_endpoint_options`` gives the
 server a client talks to (client, bench); ``runtime_options`` are the event loop and logs;
@@ -21,20 +22,13 @@ from click.core import ParameterSource
 
 from tcpecho import logs, loops
 from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, option
+from tcpecho.tcp.options import OPTIONS as TCP_OPTIONS
+from tcpecho.tcp.options import SocketOption, TcpOptions
 
-# The settings' modules are imported when a command runs, not for ``--help``.
+# The other settings' modules are imported when a command runs, not for ``--help``; the
+# TCP options' descriptions are what the options are made of.
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_TCP_SETTINGS = (
-    "user_timeout",
-    "keepalive",
-    "keepalive_idle",
-    "keepalive_interval",
-    "keepalive_count",
-    "syn_retries",
-    "recverr",
-)
 
 
 @contextlib.contextmanager
@@ -117,85 +111,37 @@ def check_loop(loop: loops.LoopName) -> None:
         raise click.BadParameter(str(error), param_hint="'--loop'") from None
 
 
-# The socket options, in the order --help shows them; TCP_SYNCNT only where a command connects.
-_TCP_OPTIONS = (
-    option(
-        "--user-timeout",
-        type=Duration(),
-        default=None,
-        help="TCP_USER_TIMEOUT: give up when sent data stays unacknowledged this long "
-        "(0s: kernel default). Bounds the ~15 min retransmission hang.",
-    ),
-    option(
-        "--keepalive/--no-keepalive",
-        type=BOOLEAN,
-        default=None,
-        help="SO_KEEPALIVE: probe an idle connection. Detects a dead peer only while "
-        "no data is unacknowledged. Default: the socket's default (off).",
-    ),
-    option(
-        "--keepalive-idle",
-        type=Duration(),
-        default=None,
-        help="TCP_KEEPIDLE: idle time before the first probe (whole seconds).",
-    ),
-    option(
-        "--keepalive-interval",
-        type=Duration(),
-        default=None,
-        help="TCP_KEEPINTVL: time between probes (whole seconds).",
-    ),
-    option(
-        "--keepalive-count",
-        type=int,
-        default=None,
-        help="TCP_KEEPCNT: unanswered probes before giving up (1-127).",
-    ),
-)
-_SYN_RETRIES_OPTION = option(
-    "--syn-retries",
-    type=int,
-    default=None,
-    help="TCP_SYNCNT: SYN retransmissions before connect gives up (1-255).",
-)
-_RECVERR_OPTION = option(
-    "--recverr/--no-recverr",
-    type=BOOLEAN,
-    default=False,
-    help="IP_RECVERR: an ICMP unreachable ends the connection at once "
-    "instead of after the retransmissions.",
-)
+def _declared(tcp_option: SocketOption) -> Callable[[F], F]:
+    """The click option of one socket option, from its description."""
+    if tcp_option.kind == "switch":
+        name = tcp_option.flag[2:]
+        return option(
+            f"--{name}/--no-{name}", type=BOOLEAN, default=None, help=tcp_option.help_line
+        )
+    kind: click.ParamType[Any] = Duration() if tcp_option.is_duration else click.INT
+    return option(tcp_option.flag, type=kind, default=None, help=tcp_option.help_line)
 
 
 def tcp_options(*, connect: bool) -> Callable[[F], F]:
-    """The TCP socket options, given to the command as ``tcp: TcpOptions``.
+    """The TCP socket options, given to the command as ``tcp: TcpOptions``: one click option
+    for each that ``TcpOptions`` describes, in its order.
 
     ``connect`` adds those that only matter when connecting (TCP_SYNCNT)."""
-    declarations = [
-        *_TCP_OPTIONS,
-        *([_SYN_RETRIES_OPTION] if connect else []),
-        _RECVERR_OPTION,
+    described = [
+        tcp_option
+        for tcp_option in TCP_OPTIONS
+        if tcp_option.command_line and (connect or not tcp_option.connecting)
     ]
 
     def decorate(command: F) -> F:
         @functools.wraps(command)
         def with_tcp_options(*args: Any, **kwargs: Any) -> Any:
-            from tcpecho.tcp.options import TcpOptions
-
-            given = {name: kwargs.pop(name, None) for name in _TCP_SETTINGS}
+            given = {o.setting: kwargs.pop(o.setting) for o in described}
             with settings_errors():
-                tcp = TcpOptions.from_durations(
-                    user_timeout_s=given["user_timeout"],
-                    keepalive=given["keepalive"],
-                    keepalive_idle_s=given["keepalive_idle"],
-                    keepalive_interval_s=given["keepalive_interval"],
-                    keepalive_count=given["keepalive_count"],
-                    syn_retries=given["syn_retries"],
-                    recverr=bool(given["recverr"]),
-                )
+                tcp = TcpOptions.from_user(given)
             return command(*args, tcp=tcp, **kwargs)
 
-        return cast(F, _apply(declarations, with_tcp_options))
+        return cast(F, _apply([_declared(o) for o in described], with_tcp_options))
 
     return decorate
 

@@ -369,9 +369,7 @@ class EchoClient:
         connection_socket = writer.get_extra_info("socket")
         kernel_view = socket.socket(fileno=os.dup(connection_socket.fileno()))
         effective = read_effective(connection_socket)
-        connection = _Connection(
-            reader, writer, kernel_view, tcp=TcpOptions.from_effective(effective)
-        )
+        connection = _Connection(reader, writer, kernel_view, tcp=effective)
         connection.note_rto()
         self._connection = connection
         self._emit(

@@ -316,7 +316,7 @@ class ProgramClient:
         options = None if owner is None else diag.socket_options(owner)
         if options is not None:
             self.result.options = options.as_dict()
-            self.tcp = TcpOptions.from_effective(options)
+            self.tcp = options
 
     def predictions(
         self,

@@ -1,8 +1,16 @@
-"""TcpOptions: the one place that validates, applies and reads back TCP socket options.
+"""TcpOptions: every TCP socket option tcpecho sets, each described once, and all that follows
+from the description: validation, ``apply``, the read-back (``read_effective``), the
+client's flags (``as_flags``), the command line's options (``cli.options``) and the summary
+``watch`` shows.
 
-Server, client, load generator, lab and kernel model share it; the command line builds it
-from durations (``from_durations``), and it renders itself back to the client's flags
-(``as_flags``) for the lab and the manifests: the flags are never parsed back.
+A field of ``TcpOptions`` is one option. Its value is in the kernel's own unit, the one
+setsockopt takes, getsockopt returns and the logs report (``user_timeout_ms``,
+``keepalive_idle_s``); its metadata is the ``SocketOption`` that describes it: the kernel's
+level and constant, the kind and unit, the bounds, whether only a connecting socket uses
+it, the switch it tunes, its help line. The setting's name is the field's without its unit
+(``user_timeout``): its errors name it, its flag is ``--user-timeout`` and its environment
+variable ``TCPECHO_<COMMAND>_USER_TIMEOUT``. Adding an option is adding a field here, its
+line in docs/tcp-options.md and its line in tests/tcp/test_options.py.
 
 The client applies the options to its socket before ``connect`` (TCP_SYNCNT only matters
 then); the server applies them to its listening socket, and Linux copies them to every
@@ -14,35 +22,18 @@ otherwise go unnoticed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import socket
 import sys
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from tcpecho.durations import format_duration
 from tcpecho.settings import SettingError, check_duration, check_range
 
-# Kernel limits (include/net/tcp.h and the setsockopt handlers): values outside them are
-# refused with EINVAL, so they are refused here first with a message that names them.
-USER_TIMEOUT_MAX_MS = 2**31 - 1
-KEEPALIVE_TIME_MAX_S = 32767  # MAX_TCP_KEEPIDLE and MAX_TCP_KEEPINTVL
-KEEPALIVE_COUNT_MAX = 127  # MAX_TCP_KEEPCNT
-SYN_RETRIES_MAX = 255  # MAX_TCP_SYNCNT
-
-# Linux option numbers that Python's socket module names only in newer versions.
-IP_RECVERR: int = getattr(socket, "IP_RECVERR", 11)
-IPV6_RECVERR: int = getattr(socket, "IPV6_RECVERR", 25)
-
-
-# The setting each socket option comes from, for errors that name it.
-_SETTING_OF = {
-    "TCP_USER_TIMEOUT": "user_timeout",
-    "TCP_KEEPIDLE": "keepalive_idle",
-    "TCP_KEEPINTVL": "keepalive_interval",
-    "TCP_KEEPCNT": "keepalive_count",
-    "TCP_SYNCNT": "syn_retries",
-    "IP_RECVERR": "recverr",
-}
+Kind = Literal["duration", "count", "switch"]
+_UNIT_SUFFIXES = {0.001: "_ms", 1.0: "_s"}  # a duration field's name ends in its unit
 
 
 class SocketLike(Protocol):
@@ -57,207 +48,341 @@ class SocketLike(Protocol):
 
 
 @dataclass(frozen=True)
-class TcpOptions:
-    """Socket options requested by the user; ``None`` leaves the kernel's default."""
+class Constant:
+    """A socket option as the kernel names it, and its number where Python lacks the name."""
 
-    user_timeout_ms: int | None = None
-    keepalive: bool | None = None
-    keepalive_idle_s: int | None = None
-    keepalive_interval_s: int | None = None
-    keepalive_count: int | None = None
-    syn_retries: int | None = None
-    recverr: bool = False
-    nodelay: bool = True
+    level: int
+    name: str  # TCP_USER_TIMEOUT
+    linux_number: int | None = None  # Linux's number, for a name Python's socket module lacks
+
+    def number(self, platform: object = socket) -> int | None:
+        """The option's number on this platform; None where it cannot be set."""
+        number = getattr(platform, self.name, None)
+        if number is None and sys.platform.startswith("linux"):
+            return self.linux_number
+        return number if isinstance(number, int) else None
+
+
+@dataclass(frozen=True)
+class SocketOption:
+    """One option, described once. ``field`` is filled in from the field it describes."""
+
+    constant: Constant
+    kind: Kind
+    help: str  # what it does, for --help; the bounds are added from low and high
+    unit_s: float = 1.0  # a duration's kernel unit in seconds (0.001: milliseconds)
+    low: int = 0
+    high: int | None = None
+    ipv6: Constant | None = None  # its IPv6 twin: set too, and read instead, on IPv6 sockets
+    connecting: bool = False  # only a connecting socket uses it: not set on a listener
+    tunes: str | None = None  # the switch it tunes: setting it turns that switch on
+    command_line: bool = True  # the commands take it as a flag (TCP_NODELAY is always on)
+    summary: bool = False  # shown by watch when it is on: it changes when the kernel gives up
+    field: str = ""
+
+    @property
+    def setting(self) -> str:
+        """``user_timeout``: what errors name, and the flag and variable are made of."""
+        if self.is_duration:
+            return self.field.removesuffix(_UNIT_SUFFIXES[self.unit_s])
+        return self.field
+
+    @property
+    def is_duration(self) -> bool:
+        return self.kind == "duration"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.setting.replace("_", "-")
+
+    @property
+    def help_line(self) -> str:
+        """``TCP_KEEPCNT: unanswered probes before giving up (1-127).``"""
+        bounds = ""
+        if self.kind == "count" and self.high is not None:
+            bounds = f" ({self.low}-{self.high})"
+        elif self.is_duration and self.unit_s == 1:
+            bounds = " (whole seconds)"
+        return f"{self.constant.name}: {self.help}{bounds}."
+
+    @functools.cached_property
+    def tuned_by(self) -> tuple[SocketOption, ...]:
+        """The options that tune this switch (keepalive's idle time, interval and count)."""
+        return tuple(option for option in OPTIONS if option.tunes == self.field)
+
+    def targets(self, family: int) -> tuple[tuple[int, int], ...]:
+        """(level, number) of what ``apply`` sets on a socket of ``family``: the IPv6 twin
+        too on IPv6 sockets."""
+        return self._targets[family == socket.AF_INET6]
+
+    def source(self, family: int) -> tuple[int, int] | None:
+        """(level, number) of what a socket of ``family`` is asked; None: this platform
+        lacks the option."""
+        return self._sources[family == socket.AF_INET6]
+
+    @functools.cached_property
+    def _targets(self) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+        ipv4 = self._numbered([self.constant])
+        return ipv4, self._numbered([self.constant, *([self.ipv6] if self.ipv6 else [])])
+
+    @functools.cached_property
+    def _sources(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        ipv4 = self._numbered([self.constant])
+        ipv6 = self._numbered([self.ipv6]) if self.ipv6 else ipv4
+        return (ipv4[0] if ipv4 else None), (ipv6[0] if ipv6 else None)
+
+    @staticmethod
+    def _numbered(constants: list[Constant]) -> tuple[tuple[int, int], ...]:
+        numbered = ((constant.level, constant.number()) for constant in constants)
+        return tuple((level, number) for level, number in numbered if number is not None)
+
+    def check(self, value: int | bool | None) -> None:
+        """A value in the kernel's unit, within the kernel's bounds."""
+        if self.kind != "switch":
+            check_range(self.setting, value, self.low, self.high)
+
+    def from_user(self, value: float | int | bool | None) -> int | bool | None:
+        """What a user gave (a duration in seconds, a count, a switch) in the kernel's unit,
+        checked for what the kernel can take: a whole number of the unit, within bounds."""
+        if value is None or isinstance(value, bool):
+            return value
+        if not self.is_duration:
+            return int(value)
+        maximum = None if self.high is None else self.high * self.unit_s
+        minimum = self.low * self.unit_s
+        check_duration(self.setting, value, minimum=minimum, maximum=maximum, step=self.unit_s)
+        return round(value / self.unit_s)
+
+    def text(self, value: int | bool) -> str:
+        """The value as a user writes it: ``30s``, ``3``, ``true``."""
+        if self.is_duration:
+            return format_duration(value * self.unit_s)
+        if self.kind == "switch":
+            return "true" if value else "false"
+        return str(value)
+
+    def flags(self, value: int | bool | None) -> list[str]:
+        """The ``tcpecho client`` flags that ask for ``value``."""
+        if value is None or not self.command_line:
+            return []
+        if self.kind == "switch":
+            return [self.flag if value else "--no-" + self.flag[2:]]
+        return [self.flag, self.text(value)]
+
+
+def _described(option: SocketOption, default: bool | None = None) -> Any:
+    return field(default=default, metadata={"option": option})
+
+
+_TCP = socket.IPPROTO_TCP
+
+
+@dataclass(frozen=True)
+class TcpOptions:
+    """Socket options requested by the user; ``None`` leaves the kernel's default.
+
+    Refuses a value the kernel would refuse or ignore with ``SettingError``."""
+
+    nodelay: bool | None = _described(
+        SocketOption(
+            Constant(_TCP, "TCP_NODELAY"),
+            "switch",
+            "send each write at once (always on: an echo must not wait)",
+            command_line=False,
+        ),
+        default=True,
+    )
+    user_timeout_ms: int | None = _described(
+        SocketOption(
+            Constant(_TCP, "TCP_USER_TIMEOUT"),
+            "duration",
+            "give up when sent data stays unacknowledged this long (0s: kernel default). "
+            "Bounds the ~15 min retransmission hang",
+            unit_s=0.001,
+            high=2**31 - 1,  # an int of milliseconds
+            summary=True,
+        )
+    )
+    keepalive: bool | None = _described(
+        SocketOption(
+            Constant(socket.SOL_SOCKET, "SO_KEEPALIVE"),
+            "switch",
+            "probe an idle connection. Detects a dead peer only while no data is "
+            "unacknowledged. Default: the socket's default (off)",
+            summary=True,
+        )
+    )
+    keepalive_idle_s: int | None = _described(
+        SocketOption(
+            Constant(_TCP, "TCP_KEEPIDLE"),
+            "duration",
+            "idle time before the first probe",
+            low=1,
+            high=32767,  # MAX_TCP_KEEPIDLE
+            tunes="keepalive",
+        )
+    )
+    keepalive_interval_s: int | None = _described(
+        SocketOption(
+            Constant(_TCP, "TCP_KEEPINTVL"),
+            "duration",
+            "time between probes",
+            low=1,
+            high=32767,  # MAX_TCP_KEEPINTVL
+            tunes="keepalive",
+        )
+    )
+    keepalive_count: int | None = _described(
+        SocketOption(
+            Constant(_TCP, "TCP_KEEPCNT"),
+            "count",
+            "unanswered probes before giving up",
+            low=1,
+            high=127,  # MAX_TCP_KEEPCNT
+            tunes="keepalive",
+        )
+    )
+    syn_retries: int | None = _described(
+        SocketOption(
+            Constant(_TCP, "TCP_SYNCNT"),
+            "count",
+            "SYN retransmissions before connect gives up",
+            low=1,
+            high=127,  # MAX_TCP_SYNCNT (setsockopt refuses 128 to 255 with EINVAL)
+            connecting=True,
+        )
+    )
+    recverr: bool | None = _described(
+        SocketOption(
+            Constant(socket.IPPROTO_IP, "IP_RECVERR", linux_number=11),
+            "switch",
+            "an ICMP unreachable ends the connection at once instead of after the retransmissions",
+            # An IPv6 socket may carry IPv4 traffic (dual stack): ICMPv4 errors for it are
+            # reported through IP_RECVERR, so both are set there.
+            ipv6=Constant(socket.IPPROTO_IPV6, "IPV6_RECVERR", linux_number=25),
+            summary=True,
+        )
+    )
 
     def __post_init__(self) -> None:
-        check_range("user_timeout", self.user_timeout_ms, 0, USER_TIMEOUT_MAX_MS)
-        check_range("keepalive_idle", self.keepalive_idle_s, 1, KEEPALIVE_TIME_MAX_S)
-        check_range("keepalive_interval", self.keepalive_interval_s, 1, KEEPALIVE_TIME_MAX_S)
-        check_range("keepalive_count", self.keepalive_count, 1, KEEPALIVE_COUNT_MAX)
-        check_range("syn_retries", self.syn_retries, 1, SYN_RETRIES_MAX)
-        if self.keepalive is False and self._keepalive_tuned():
-            raise SettingError(
-                "keepalive",
-                "--keepalive-idle, --keepalive-interval and --keepalive-count "
-                "need keepalive, but --no-keepalive was given",
-            )
+        for option in OPTIONS:
+            option.check(getattr(self, option.field))
+        for switch in OPTIONS:
+            if getattr(self, switch.field) is False and self._any_set(switch.tuned_by):
+                flags = [o.flag for o in switch.tuned_by]
+                raise SettingError(
+                    switch.setting,
+                    f"{', '.join(flags[:-1])} and {flags[-1]} need {switch.setting}, "
+                    f"but --no-{switch.flag[2:]} was given",
+                )
         missing = self.unsupported()
         if missing:
+            setting = next(o.setting for o in OPTIONS if o.constant.name == missing[0])
             raise SettingError(
-                _SETTING_OF[missing[0]],
+                setting,
                 f"this platform cannot set {', '.join(missing)}; leave out the option(s) "
                 "that need it",
             )
 
     @classmethod
-    def from_durations(
-        cls,
-        *,
-        user_timeout_s: float | None = None,
-        keepalive: bool | None = None,
-        keepalive_idle_s: float | None = None,
-        keepalive_interval_s: float | None = None,
-        keepalive_count: int | None = None,
-        syn_retries: int | None = None,
-        recverr: bool = False,
-    ) -> TcpOptions:
-        """From durations in seconds, checked for what the kernel can take: TCP_USER_TIMEOUT
-        in whole milliseconds, the keepalive times in whole seconds."""
-        check_duration(
-            "user_timeout", user_timeout_s, maximum=USER_TIMEOUT_MAX_MS / 1000, step=0.001
-        )
-        for setting, seconds in (
-            ("keepalive_idle", keepalive_idle_s),
-            ("keepalive_interval", keepalive_interval_s),
-        ):
-            check_duration(setting, seconds, minimum=1, maximum=KEEPALIVE_TIME_MAX_S, step=1)
-        return cls(
-            user_timeout_ms=None if user_timeout_s is None else round(user_timeout_s * 1000),
-            keepalive=keepalive,
-            keepalive_idle_s=None if keepalive_idle_s is None else round(keepalive_idle_s),
-            keepalive_interval_s=(
-                None if keepalive_interval_s is None else round(keepalive_interval_s)
-            ),
-            keepalive_count=keepalive_count,
-            syn_retries=syn_retries,
-            recverr=recverr,
-        )
+    def from_user(cls, given: Mapping[str, float | int | bool | None]) -> TcpOptions:
+        """From what a user gave, by setting name (``user_timeout``: 30.0 seconds), each
+        checked for what the kernel can take (whole milliseconds, whole seconds)."""
+        values: dict[str, Any] = {
+            option.field: option.from_user(given[option.setting])
+            for option in OPTIONS
+            if option.setting in given
+        }
+        return cls(**values)
 
-    @classmethod
-    def from_effective(cls, effective: EffectiveOptions) -> TcpOptions:
-        """What a socket really carries, as options (the model predicts from these).
+    def _any_set(self, options: tuple[SocketOption, ...]) -> bool:
+        return any(getattr(self, option.field) is not None for option in options)
 
-        A socket reports keepalive times even with keepalive off; they matter only when on."""
-        keepalive = effective.keepalive
-        return cls(
-            user_timeout_ms=effective.user_timeout_ms or None,
-            keepalive=keepalive,
-            keepalive_idle_s=effective.keepalive_idle_s if keepalive else None,
-            keepalive_interval_s=effective.keepalive_interval_s if keepalive else None,
-            keepalive_count=effective.keepalive_count if keepalive else None,
-            syn_retries=effective.syn_retries,
-            recverr=bool(effective.recverr),
-            nodelay=effective.nodelay,
-        )
-
-    def as_flags(self) -> tuple[str, ...]:
-        """The ``tcpecho client`` flags that ask for exactly these options."""
-        flags: list[str] = []
-        if self.user_timeout_ms is not None:
-            flags += ["--user-timeout", format_duration(self.user_timeout_ms / 1000)]
-        if self.keepalive is not None:
-            flags.append("--keepalive" if self.keepalive else "--no-keepalive")
-        if self.keepalive_idle_s is not None:
-            flags += ["--keepalive-idle", format_duration(self.keepalive_idle_s)]
-        if self.keepalive_interval_s is not None:
-            flags += ["--keepalive-interval", format_duration(self.keepalive_interval_s)]
-        if self.keepalive_count is not None:
-            flags += ["--keepalive-count", str(self.keepalive_count)]
-        if self.syn_retries is not None:
-            flags += ["--syn-retries", str(self.syn_retries)]
-        if self.recverr:
-            flags.append("--recverr")
-        return tuple(flags)
-
-    @property
-    def user_timeout_s(self) -> float:
-        """TCP_USER_TIMEOUT in seconds; 0 when not set (the kernel's default: off)."""
-        return (self.user_timeout_ms or 0) / 1000
-
-    def _keepalive_tuned(self) -> bool:
-        tuning = (self.keepalive_idle_s, self.keepalive_interval_s, self.keepalive_count)
-        return any(value is not None for value in tuning)
+    def applied(self, option: SocketOption) -> int | bool | None:
+        """The value ``apply`` sets: a switch left unset is turned on by tuning it, as users
+        expect (``--keepalive-idle 10s`` alone turns keepalive on)."""
+        value: int | bool | None = getattr(self, option.field)
+        if value is None and option.kind == "switch":
+            return True if self._any_set(option.tuned_by) else None
+        return value
 
     @property
     def keepalive_enabled(self) -> bool | None:
-        """Keepalive as applied: tuning it switches it on, as users expect."""
-        if self.keepalive is None and self._keepalive_tuned():
-            return True
-        return self.keepalive
+        """Keepalive as applied: tuning it switches it on."""
+        return bool(value) if (value := self.applied(KEEPALIVE)) is not None else None
 
-    def unsupported(self, platform: object = socket) -> list[str]:
-        """Names of requested options this platform's socket module cannot set."""
-        wanted = {
-            "TCP_USER_TIMEOUT": self.user_timeout_ms is not None,
-            "TCP_KEEPIDLE": self.keepalive_idle_s is not None,
-            "TCP_KEEPINTVL": self.keepalive_interval_s is not None,
-            "TCP_KEEPCNT": self.keepalive_count is not None,
-            "TCP_SYNCNT": self.syn_retries is not None,
-        }
-        missing = [name for name, asked in wanted.items() if asked and not hasattr(platform, name)]
-        if self.recverr and not sys.platform.startswith("linux"):
-            missing.append("IP_RECVERR")
-        return missing
-
-    def without_connect_options(self) -> TcpOptions:
-        """The subset that makes sense on a listening socket (SYN retries are the client's)."""
-        return dataclasses.replace(self, syn_retries=None)
-
-    def apply(self, sock: SocketLike) -> None:
-        """Set every requested option on ``sock``; call before connect or listen."""
-        tcp = socket.IPPROTO_TCP
-        sock.setsockopt(tcp, socket.TCP_NODELAY, int(self.nodelay))
-        if self.user_timeout_ms is not None:
-            sock.setsockopt(tcp, socket.TCP_USER_TIMEOUT, self.user_timeout_ms)
-        keepalive = self.keepalive_enabled
-        if keepalive is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(keepalive))
-        if self.keepalive_idle_s is not None:
-            sock.setsockopt(tcp, socket.TCP_KEEPIDLE, self.keepalive_idle_s)
-        if self.keepalive_interval_s is not None:
-            sock.setsockopt(tcp, socket.TCP_KEEPINTVL, self.keepalive_interval_s)
-        if self.keepalive_count is not None:
-            sock.setsockopt(tcp, socket.TCP_KEEPCNT, self.keepalive_count)
-        if self.syn_retries is not None:
-            sock.setsockopt(tcp, socket.TCP_SYNCNT, self.syn_retries)
-        if self.recverr:
-            # An IPv6 socket may carry IPv4 traffic (dual stack): ICMPv4 errors for it are
-            # reported through IP_RECVERR, so set both.
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-            if sock.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-
-
-@dataclass(frozen=True)
-class EffectiveOptions:
-    """What the kernel reports for a socket: the values that decide when it gives up."""
-
-    nodelay: bool
-    user_timeout_ms: int | None
-    keepalive: bool
-    keepalive_idle_s: int | None
-    keepalive_interval_s: int | None
-    keepalive_count: int | None
-    syn_retries: int | None
-    recverr: bool | None
+    def as_flags(self) -> tuple[str, ...]:
+        """The ``tcpecho client`` flags that ask for exactly these options."""
+        return tuple(flag for o in OPTIONS for flag in o.flags(getattr(self, o.field)))
 
     def as_dict(self) -> dict[str, int | bool | None]:
         # Every value is an int, a bool or None: a shallow copy is the same as
         # dataclasses.asdict, without its recursive deep copy (once per accepted connection).
         return dict(vars(self))
 
+    def summary(self) -> str:
+        """The options on that change when the kernel gives up, as watch shows them:
+        ``user_timeout=5s keepalive=10s/1s/3``; ``defaults`` when none is."""
+        parts = []
+        for option in OPTIONS:
+            value = getattr(self, option.field)
+            if not option.summary or not value:
+                continue
+            shown = option.setting
+            if option.kind == "switch":
+                tuning = option.tuned_by
+                values = [o.text(v) for o in tuning if (v := getattr(self, o.field)) is not None]
+                shown += "=" + "/".join(values) if values else ""
+            else:
+                shown += "=" + option.text(value)
+            parts.append(shown)
+        return " ".join(parts) or "defaults"
+
+    def unsupported(self, platform: object = socket) -> list[str]:
+        """Names of requested options this platform's socket module cannot set."""
+        return [
+            option.constant.name
+            for option in OPTIONS
+            if getattr(self, option.field) is not None and option.constant.number(platform) is None
+        ]
+
+    def without_connect_options(self) -> TcpOptions:
+        """The subset that makes sense on a listening socket (SYN retries are the client's)."""
+        return dataclasses.replace(self, **{o.field: None for o in OPTIONS if o.connecting})
+
+    def apply(self, sock: SocketLike) -> None:
+        """Set every requested option on ``sock``; call before connect or listen."""
+        family = sock.family
+        for option in OPTIONS:
+            value = self.applied(option)
+            if value is not None:  # __post_init__ refused what this platform cannot set
+                for level, number in option.targets(family):
+                    sock.setsockopt(level, number, int(value))
+
+
+OPTIONS: tuple[SocketOption, ...] = tuple(
+    dataclasses.replace(f.metadata["option"], field=f.name) for f in dataclasses.fields(TcpOptions)
+)
+KEEPALIVE = next(option for option in OPTIONS if option.field == "keepalive")
+
+
+@dataclass(frozen=True)
+class EffectiveOptions(TcpOptions):
+    """What the kernel reports for a socket: every option it has, filled in, the kernel's
+    defaults included (``user_timeout_ms`` 0, ``keepalive_idle_s`` 7200); None only where
+    this platform lacks the option. A report is never refused: a namespace's sysctls may
+    hold what no socket could be given."""
+
+    def __post_init__(self) -> None:
+        pass
+
 
 def read_effective(sock: SocketLike) -> EffectiveOptions:
-    """Read the options back with getsockopt."""
-    tcp = socket.IPPROTO_TCP
-
-    def tcp_option(name: str) -> int | None:
-        number = getattr(socket, name, None)
-        return None if number is None else sock.getsockopt(tcp, number)
-
-    recverr: bool | None = None
-    if sys.platform.startswith("linux"):
-        if sock.family == socket.AF_INET6:
-            recverr = bool(sock.getsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR))
-        else:
-            recverr = bool(sock.getsockopt(socket.IPPROTO_IP, IP_RECVERR))
-    return EffectiveOptions(
-        nodelay=bool(sock.getsockopt(tcp, socket.TCP_NODELAY)),
-        user_timeout_ms=tcp_option("TCP_USER_TIMEOUT"),
-        keepalive=bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)),
-        keepalive_idle_s=tcp_option("TCP_KEEPIDLE"),
-        keepalive_interval_s=tcp_option("TCP_KEEPINTVL"),
-        keepalive_count=tcp_option("TCP_KEEPCNT"),
-        syn_retries=tcp_option("TCP_SYNCNT"),
-        recverr=recverr,
-    )
+    """Read every option back with getsockopt."""
+    family = sock.family
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        source = option.source(family)
+        raw = None if source is None else sock.getsockopt(*source)
+        values[option.field] = bool(raw) if option.kind == "switch" and raw is not None else raw
+    return EffectiveOptions(**values)
