@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tcpecho.lab.programs import (
     unmapped,
 )
 from tcpecho.lab.topology import Topology
+from tcpecho.model import Mechanism, Prediction
 from tcpecho.tcp.info import TcpInfo
 from tests.conftest import requires_netns
 from tests.support import tcpecho_executable
@@ -105,6 +107,20 @@ def test_real_clients_are_measured_through_their_sockets(
         "last-data",
         "detected",
     )
+    # While it waits, the progress line expects what the table does: the idle prediction,
+    # not the busy one (the program was started as a busy --client-cmd).
+    expected = Prediction(
+        idle["prediction"]["low_s"],
+        idle["prediction"]["high_s"],
+        idle["prediction"]["clock"],
+        Mechanism(idle["prediction"]["mechanism"]),
+        (),
+    ).describe()
+    waiting = re.findall(
+        r"force-delete/socat-keepalive +waiting .*\(expected (.*)\)$", result.stderr, re.M
+    )
+    assert waiting, result.stderr[-2000:]
+    assert set(waiting) == {expected}, (waiting, expected)
     # The bash client ends its loop when its read fails: the lab records its exit.
     assert cases["force-delete/bash"]["exit_status"] == 0
     for name in ("socat", "socat-user-timeout", "bash", "socat-keepalive"):

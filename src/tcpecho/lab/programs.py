@@ -378,6 +378,7 @@ class ProgramClient:
                     self.result.retransmissions = info.total_retrans
                 activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
                 prediction = predictions[activity]
+                self.result.prediction = prediction  # what the progress line expects now
                 if current is None or current.state != "ESTABLISHED":
                     self._record(at, fault_at, sent_at, last_data_at, activity, prediction)
                     return

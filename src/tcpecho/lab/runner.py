@@ -337,7 +337,8 @@ class LabCase:
         await client.wait_until_talking(STARTUP_TIMEOUT_S, profile.quiet_s)
         await client.read_options()
         predictions = client.predictions(kernel, self.case.fault.failure, profile.deadlines)
-        self.result.prediction = predictions[Activity.ACTIVE]  # until the kernel shows more
+        # What the case is run as, until the kernel shows what the program does.
+        self.result.prediction = predictions[self.case.activity]
         await self._inject(server_pid)
         assert self.fault_monotonic is not None
         self.status = "waiting"
