@@ -325,7 +325,7 @@ class TcpOptions:
         ``user_timeout=5s keepalive=10s/1s/3``; ``defaults`` when none is."""
         parts = []
         for option in OPTIONS:
-            value = getattr(self, option.field)
+            value = self.applied(option)
             if not option.summary or not value:
                 continue
             shown = option.setting
