@@ -192,12 +192,9 @@ def _loaded_after(code: str) -> set[str]:
     """The tcpecho modules a fresh interpreter has loaded after running ``code``."""
     report = "\nimport sys; print(*(m for m in sys.modules if m.startswith('tcpecho')))"
     done = subprocess.run(
-        [sys.executable, "-c", code + report],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+        [sys.executable, "-c", code + report], capture_output=True, text=True, timeout=60
     )
+    assert done.returncode == 0, done.stderr
     return set(done.stdout.split())
 
 
