@@ -21,8 +21,7 @@ from pathlib import Path
 
 import click
 
-from tcpecho.cli.options import settings_errors
-from tcpecho.cli.params import Duration
+from tcpecho.cli import Duration, settings_errors
 from tcpecho.durations import format_duration
 from tcpecho.process import free_port, wait_until_listening
 from tcpecho.settings import check_duration

@@ -8,7 +8,7 @@ and client Deployments into the processes a kubelet and its runtime would start
 the manifest asks), and runs them in the lab's pod namespaces: the server pod behind the
 lab's ClusterIP, whose Service name the client's ``/etc/hosts`` resolves. The lab then applies
 ``force-delete`` and measures from the client's own JSON log, as it does for its profiles
-(``tcpecho.lab.main.run_matrix``, quick budget).
+(``tcpecho.lab.run_matrix``, quick budget).
 
 The prediction comes from the client container's ``TCPECHO_CLIENT_*`` variables, read by the
 client's own declarations (``client_settings_from_environment``), never from a table per
@@ -41,8 +41,7 @@ import click
 from cluster import kubelet
 from cluster.kubelet import Launch, Obj, PodError
 from tcpecho.experiment import Fault, Profile, Result
-from tcpecho.lab import report
-from tcpecho.lab.main import StoppedError
+from tcpecho.lab import StoppedError, report
 from tcpecho.lab.report import RunInfo
 from tcpecho.model import Activity
 
@@ -191,7 +190,7 @@ def plan(
     directory: Path = OVERLAYS_DIR,
 ) -> list[PodCase]:
     """Every overlay active; idle too where its client's settings keep connections alive."""
-    from tcpecho.cli.lab import client_settings_from_environment
+    from tcpecho.cli import client_settings_from_environment
 
     cases = []
     for name in overlays:
@@ -251,7 +250,7 @@ def pod_dir(workdir: Path, case: PodCase, spec: Launch) -> Path:
 def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> list[Profile]:
     """The lab's profiles: each case's client and server launch, its settings from the
     client's environment."""
-    from tcpecho.cli.lab import client_settings_from_environment
+    from tcpecho.cli import client_settings_from_environment
 
     chosen = []
     for case in cases:
@@ -273,15 +272,14 @@ def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> list[Prof
 
 def run(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> tuple[list[Result], RunInfo]:
     """Every case in one lab run, in parallel, with the lab's quick budget."""
-    from tcpecho.lab import main as lab_main
-    from tcpecho.lab.runner import KernelBudget
+    from tcpecho.lab import KernelBudget, LabConfig, run_matrix
 
-    config = lab_main.LabConfig(
+    config = LabConfig(
         faults=(Fault.FORCE_DELETE,),
         profiles=tuple(profiles(cases, rootfs, workdir)),
         budget=KernelBudget(quick=True),
     )
-    return lab_main.run_matrix(config)
+    return run_matrix(config)
 
 
 # -- the report ------------------------------------------------------------------------------

@@ -30,8 +30,7 @@ import click
 
 from cluster.overlays import OVERLAYS, expected
 from tcpecho import events
-from tcpecho.cli.options import settings_errors
-from tcpecho.cli.params import Duration
+from tcpecho.cli import Duration, settings_errors
 from tcpecho.experiment import Case, Fault, Result
 from tcpecho.lab import report
 from tcpecho.model import Activity

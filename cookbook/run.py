@@ -20,12 +20,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import tcpecho.lab.main as lab
 from cookbook import results
 from cookbook.recipes import RECIPES, Mode, Recipe
 from cookbook.servers import postgres
 from tcpecho.experiment import Fault, Profile
-from tcpecho.lab.runner import KernelBudget
+from tcpecho.lab import KernelBudget, LabConfig, check_requirements
+from tcpecho.lab import run as run_lab
 from tcpecho.model import Activity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def profile(recipe: Recipe, mode: Mode, go_client: Path, servers: dict[str, str 
 
 
 def run(recipes: Sequence[Recipe], output: Path) -> int:
-    lab.check_requirements()
+    check_requirements()
     # The programs import cookbook.* wherever the lab starts them.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
@@ -103,13 +103,13 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
             profile(recipe, mode, go_client, servers) for recipe in recipes for mode in recipe.modes
         ]
         lab_json = workdir / "lab.json"
-        config = lab.LabConfig(
+        config = LabConfig(
             faults=(Fault.FORCE_DELETE,),
             profiles=tuple(profiles),
             budget=KernelBudget(quick=True),
             json_path=lab_json,
         )
-        status = lab.run(config)
+        status = run_lab(config)
         if not lab_json.exists():
             print(f"cookbook: the lab wrote no JSON (status {status})", file=sys.stderr)
             return 1

@@ -366,6 +366,12 @@ class LogLinesDropped(Event):
     dropped_total: int  # since the start
 
 
+def report_lines_dropped(log: FilteringBoundLogger, dropped: int, dropped_total: int) -> None:
+    """``log_lines_dropped``: the reporter the commands hand ``logs.configure``, which calls it
+    once lines get through again (``logs`` stands below the events and names none)."""
+    emit(log, LogLinesDropped(dropped=dropped, dropped_total=dropped_total))
+
+
 EVENTS: dict[str, type[Event]] = {
     cls.name: cls
     for cls in (

@@ -7,13 +7,17 @@ values left out. Timestamps are UTC.
 structlog is imported on first use, so ``tcpecho --help`` does not pay for it.
 Context bound with ``structlog.contextvars`` (such as the client's connection number) is
 merged first, so it appears on every line logged while it is bound.
+
+When lines get through again after stdout dropped some, the reporter handed to ``configure``
+says how many were lost (the commands hand ``events.report_lines_dropped``, which logs
+``log_lines_dropped``): this module knows no event, so it stands below every module that logs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,9 +30,20 @@ LogFormat = Literal["auto", "console", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+# Called as (logger, dropped, dropped_total) once lines get through again after stdout
+# dropped ``dropped`` of them (``dropped_total`` since the start).
+DroppedLinesReporter = Callable[["FilteringBoundLogger", int, int], None]
 
-def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
-    """Set up structlog for the whole process; call once, before the first event."""
+
+def configure(
+    log_format: LogFormat = "auto",
+    level: str = "info",
+    *,
+    report_dropped: DroppedLinesReporter | None = None,
+) -> None:
+    """Set up structlog for the whole process; call once, before the first event.
+    ``report_dropped`` logs a burst of lines stdout dropped once lines get through again;
+    without it the burst is only counted (``streams.Output.dropped``)."""
     import logging  # here, not at the top: tcpecho --help would pay for it
 
     import structlog
@@ -54,6 +69,7 @@ def configure(log_format: LogFormat = "auto", level: str = "info") -> None:
             _lead_with_time_level_event,
             *for_people,
         ]
+    _LOG_SINK.report_dropped = report_dropped
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -167,17 +183,16 @@ class _Shown:
 class _LogSink:
     """structlog's logger: every level goes to stdout as one whole line (``streams``)."""
 
+    def __init__(self) -> None:
+        self.report_dropped: DroppedLinesReporter | None = None  # configure's
+
     def msg(self, message: str) -> None:
         dropped = STDOUT_OUTPUT.dropped_in_burst
         if STDOUT_OUTPUT.line(message) and dropped:
             # Lines get through again: say how many a stalled or failing stdout lost.
             STDOUT_OUTPUT.dropped_in_burst = 0
-            from tcpecho import events
-
-            events.emit(
-                get_logger(),
-                events.LogLinesDropped(dropped=dropped, dropped_total=STDOUT_OUTPUT.dropped),
-            )
+            if self.report_dropped is not None:
+                self.report_dropped(get_logger(), dropped, STDOUT_OUTPUT.dropped)
 
     log = debug = info = warn = warning = msg
     fatal = failure = err = error = critical = exception = msg

@@ -8,6 +8,18 @@ command as typed values (``TcpOptions``, ``Deadlines``); the parameter types onl
 end in click's usage error and exit status 2; runtime failures (refused, unreachable,
 timed out) are logged and end in exit status 1. The server, client, lab and bench
 machinery is imported only when its command runs, so ``--help`` stays fast.
+
+The public names (``__all__``), for the scripts beside the package (cluster/, cookbook/,
+benchmarks/) and any other click program; the modules behind them are the CLI's own:
+
+- ``main``: the ``tcpecho`` command group; ``ENVVAR_PREFIX``: its environment variables'
+  prefix (``TCPECHO_<COMMAND>_<OPTION>``).
+- ``Duration``: the click parameter type of every duration option: a Go duration (``500ms``,
+  ``30s``, ``1m30s``) as float seconds; it only parses, the settings check the value.
+- ``settings_errors``: a context manager that turns a ``SettingError`` raised inside it into
+  click's usage error on the option (or environment variable) that gave the value.
+- ``client_settings_from_environment``: the ``TcpOptions`` and ``Deadlines`` that ``tcpecho
+  client`` takes from ``TCPECHO_CLIENT_*`` variables, read by the client's own declarations.
 """
 
 from __future__ import annotations
@@ -20,9 +32,19 @@ from tcpecho import streams
 from tcpecho.cli.bench import bench
 from tcpecho.cli.client import client
 from tcpecho.cli.explain import explain
-from tcpecho.cli.lab import lab
+from tcpecho.cli.lab import client_settings_from_environment, lab
+from tcpecho.cli.options import settings_errors
+from tcpecho.cli.params import Duration
 from tcpecho.cli.server import server
 from tcpecho.cli.watch import watch
+
+__all__ = [
+    "ENVVAR_PREFIX",
+    "Duration",
+    "client_settings_from_environment",
+    "main",
+    "settings_errors",
+]
 
 ENVVAR_PREFIX = "TCPECHO"
 

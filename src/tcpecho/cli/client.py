@@ -93,5 +93,7 @@ def client(
             metrics_port=metrics_port,
             loop=loop,
         )
-    logs.configure(log_format, log_level)
+    from tcpecho import events
+
+    logs.configure(log_format, log_level, report_dropped=events.report_lines_dropped)
     raise SystemExit(run(config))

@@ -102,7 +102,9 @@ def server(
             idle_timeout_s=idle_timeout,
             metrics_port=metrics_port,
         )
-    logs.configure(log_format, log_level)
+    from tcpecho import events
+
+    logs.configure(log_format, log_level, report_dropped=events.report_lines_dropped)
     if config.workers == 1:
         raise SystemExit(one_process.run(config))
     from tcpecho.server import supervisor

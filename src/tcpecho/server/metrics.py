@@ -5,26 +5,56 @@ counts each connection's bytes (the drain and ``connection_closed`` need them); 
 keeps totals that change once per connection or signal (``ServerTotals``). A scrape reads
 those, and sums the bytes of the connections open now from the server's live registry: one
 pass over the open connections per scrape instead of one more operation per message.
+
+The collector knows the server only as ``LiveServer``, what a scrape reads of it; the server
+module imports this one when it serves metrics, never the other way round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sized
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tcpecho.streams import STDOUT_OUTPUT
 
-if TYPE_CHECKING:
-    from tcpecho.server.server import EchoServer
+
+class Totals(Protocol):
+    """The server's counts that change once per connection or signal (``ServerTotals``)."""
+
+    @property
+    def connections_accepted(self) -> int: ...
+
+    @property
+    def connections_rejected(self) -> int: ...
+
+    @property
+    def connections_idle(self) -> int: ...
+
+    @property
+    def signals_ignored(self) -> int: ...
+
+
+class LiveServer(Protocol):
+    """What a scrape reads of a running server (``EchoServer`` is one)."""
+
+    @property
+    def totals(self) -> Totals: ...
+
+    @property
+    def connections(self) -> Sized: ...
+
+    def bytes_echoed(self) -> int: ...
+
+    def descriptor_bursts(self) -> int: ...
 
 
 class ServerCollector(Collector):
-    """``tcpecho_server_*``, read from a running ``EchoServer``."""
+    """``tcpecho_server_*``, read from a running server."""
 
-    def __init__(self, server: EchoServer) -> None:
+    def __init__(self, server: LiveServer) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
