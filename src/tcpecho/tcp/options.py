@@ -366,12 +366,14 @@ OPTIONS: tuple[SocketOption, ...] = tuple(
 KEEPALIVE = next(option for option in OPTIONS if option.field == "keepalive")
 
 
-@dataclass(frozen=True)
 class EffectiveOptions(TcpOptions):
     """What the kernel reports for a socket: every option it has, filled in, the kernel's
     defaults included (``user_timeout_ms`` 0, ``keepalive_idle_s`` 7200); None only where
     this platform lacks the option. A report is never refused: a namespace's sysctls may
-    hold what no socket could be given."""
+    hold what no socket could be given.
+
+    The same fields, so not a dataclass of its own: TcpOptions' ``__init__``, ``__eq__`` and
+    ``__repr__`` serve it (each compares and names the class it is called on)."""
 
     def __post_init__(self) -> None:
         pass
