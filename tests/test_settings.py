@@ -3,9 +3,11 @@ makes of itself, and the client's deadlines."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tcpecho.durations import format_duration, parse_duration
+from tcpecho.durations import format_duration, format_seconds, parse_duration
 from tcpecho.settings import Deadlines, SettingError, check_duration, check_range
 
 
@@ -86,3 +88,23 @@ def test_deadlines_refuse_zero_and_render_as_flags() -> None:
 def test_formats_like_users_type(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "options", "text"),
+    [
+        (0.41, {}, "0.41 s"),
+        (9.999, {}, "10.0 s"),
+        (30.44, {}, "30.4 s"),
+        (99.96, {}, "100 s"),
+        (929.4, {}, "929 s"),
+        (929.4, {"unit": ""}, "929"),
+        (3.04, {"unit": "s", "minutes": True}, "3.0s"),
+        (929.4, {"unit": "s", "minutes": True}, "15m29s"),
+        (7275.0, {"minutes": True}, "2h1m15s"),
+    ],
+)
+def test_a_time_is_shown_as_precisely_as_it_is_worth(
+    seconds: float, options: dict[str, Any], text: str
+) -> None:
+    assert format_seconds(seconds, **options) == text

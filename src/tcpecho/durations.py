@@ -52,11 +52,11 @@ def format_seconds(seconds: float, *, unit: str = " s", minutes: bool = False) -
     """A measured or predicted time, as precise as it is worth: ``0.41 s``, ``30.4 s``,
     ``929 s`` (two decimals under 10 s, one under 100 s, whole seconds above).
 
-    ``unit`` follows the number (``""`` for the ends of a range); with ``minutes``, a time
-    of a minute or more reads as a duration instead (``15m29s``), as a column of running
-    times (``ss``, ``kubectl``) shows it."""
-    if minutes and seconds >= 60:
-        return format_duration(round(seconds))
-    if seconds < 10:
+    ``unit`` follows the number (``""`` for the ends of a range). With ``minutes``, the form
+    of a column of running times (``ss``, ``kubectl``): tenths under a minute (``3.0s``),
+    whole seconds as a duration from a minute on (``15m29s``)."""
+    if minutes:
+        return f"{seconds:.1f}{unit}" if seconds < 60 else format_duration(round(seconds))
+    if round(seconds, 2) < 10:  # rounded first: 9.999 is 10.0, not 10.00
         return f"{seconds:.2f}{unit}"
-    return f"{seconds:.1f}{unit}" if seconds < 100 else f"{seconds:.0f}{unit}"
+    return f"{seconds:.1f}{unit}" if round(seconds, 1) < 100 else f"{seconds:.0f}{unit}"
