@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import json
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,7 +41,7 @@ from tcpecho.model import (
 from tcpecho.process import STOP_SIGNALS
 from tcpecho.settings import SettingError, check_duration, check_range
 from tcpecho.streams import STDOUT, Output
-from tcpecho.tcp import diag
+from tcpecho.tcp import diag, names
 from tcpecho.tcp.diag import Connection, Owner
 from tcpecho.tcp.options import EffectiveOptions, TcpOptions
 
@@ -216,42 +214,14 @@ def _addresses_match(connection: Connection, config: WatchConfig) -> bool:
         return True
     if config.peer_port is not None and connection.peer_port != config.peer_port:
         return False
-    return _normalized(connection.peer_host) in _peer_addresses(config.peer_host)
+    return names.normalized(connection.peer_host) in _peer_addresses(config.peer_host)
 
 
 @lru_cache(maxsize=16)
 def _peer_addresses(host: str) -> frozenset[str]:
-    """The addresses ``host`` stands for: itself when it is one, else what it resolves to
-    (once: a watch that resolved a Service's name keeps its ClusterIP)."""
-    try:
-        return frozenset({_normalized(host)} if _is_address(host) else _resolve(host))
-    except OSError:
-        return frozenset()  # a name that does not resolve matches nothing
-
-
-def _resolve(host: str) -> set[str]:
-    found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    return {_normalized(str(sockaddr[0])) for *_, sockaddr in found}
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _normalized(host: str) -> str:
-    """One spelling per address: an IPv4-mapped IPv6 address (a dual-stack socket's peer)
-    reads as the IPv4 address it carries."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
+    """The addresses ``host`` stands for, resolved once: a watch that resolved a Service's
+    name keeps its ClusterIP."""
+    return names.host_addresses(host)
 
 
 def watch_connection(
