@@ -14,12 +14,10 @@ go unanswered is its idle one. A healthy connection gets the answer for a reques
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
-import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -34,7 +32,7 @@ from tcpecho.model import (
     predict,
     stuck_for_s,
 )
-from tcpecho.process import STOP_SIGNALS
+from tcpecho.process import stop_signals_held
 from tcpecho.settings import SettingError, check_duration, check_range
 from tcpecho.streams import STDOUT, Output
 from tcpecho.tcp import diag, names
@@ -393,7 +391,7 @@ def run(config: WatchConfig) -> int:
     On a terminal each snapshot replaces the last; elsewhere each is printed in turn. The
     watch also stops when its output is gone (``tcpecho watch --json | head -1``)."""
     output = Output(STDOUT)
-    with _stop_signals_held() as stop_signal_within:
+    with stop_signals_held() as stop_signal_within:
         while True:
             at = datetime.datetime.now().astimezone()
             kernel = KernelSettings.here()  # a sysctl changed meanwhile counts from now
@@ -420,21 +418,3 @@ def _frame(
     width = columns if columns > 0 else None  # a pseudo-terminal may say 0: cut nothing
     # Home and clear, then the table: one write, so the redraw does not flicker line by line.
     return "\x1b[H\x1b[J" + render_table(watched, kernel, at, width)
-
-
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[Callable[[float], bool]]:
-    """SIGINT and SIGTERM held back while a snapshot is taken and shown, and waited for
-    between snapshots: ``wait(seconds)`` is True when one came.
-
-    Held back rather than handled, so a stop always falls between two whole frames, Ctrl-C
-    raises no KeyboardInterrupt, and there is no handler to race the loop. A blocked signal
-    is queued even for PID 1 of a container, which drops default-action signals."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield lambda seconds: signal.sigtimedwait(STOP_SIGNALS, seconds) is not None
-    finally:
-        # A second Ctrl-C still pending would otherwise act the moment it is unblocked.
-        while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
-            pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
