@@ -1,0 +1,118 @@
+"""``tcpecho watch`` on loopback, as users run it: a connection of the test's own with its
+owner and options, the filters and options from the command line or the environment, the
+table off a terminal, usage errors, and stopping on a signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Spawn
+from tests.support import LoggedProcess
+from tests.watch.support import port_of, run_watch, snapshot_of, wait_until, watch_argv
+
+
+@pytest.fixture
+def own_connection() -> Iterator[tuple[int, int]]:
+    """A loopback connection of this test process: (listening port, client's local port);
+    the client side carries TCP_USER_TIMEOUT 7 s."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 7000)
+            accepted, _ = listener.accept()
+            with accepted:
+                yield port, client.getsockname()[1]
+
+
+def test_once_json_lists_a_connection_of_this_test_with_its_owner(
+    own_connection: tuple[int, int],
+) -> None:
+    port, client_port = own_connection
+    rows = snapshot_of(run_watch(watch_argv("--once", "--json", "--port", str(port))))
+    assert len(rows) == 2  # both ends: the listener itself is no connection
+    assert {row["pid"] for row in rows} == {os.getpid()}
+    client = next(row for row in rows if row["local"] == f"127.0.0.1:{client_port}")
+    server = next(row for row in rows if row["peer"] == f"127.0.0.1:{client_port}")
+    for row in rows:
+        assert row["state"] == "ESTABLISHED"
+        assert "pytest" in (row["command"] or "")
+        assert (row["stuck"], row["stuck_for_s"], row["gives_up_in_s"]) == (False, None, None)
+    if os.geteuid() == 0:  # a process may always read its parent's sockets as root
+        assert client["options_source"] == server["options_source"] == "socket"
+        assert client["options"]["user_timeout_ms"] == 7000
+        assert server["options"]["user_timeout_ms"] == 0
+        # Healthy: what a request lost now would take, from the socket's own options.
+        assert client["limited_by"] == "user_timeout"
+        assert 7.3 <= client["gives_up_after_s"] <= 7.6
+        assert server["limited_by"] == "tcp_retries2"
+        assert 925 <= server["gives_up_after_s"] <= 935
+
+
+def test_stuck_on_a_healthy_machine_lists_nothing_of_ours(own_connection: tuple[int, int]) -> None:
+    port, _ = own_connection
+    rows = snapshot_of(run_watch(watch_argv("--once", "--json", "--stuck")))
+    assert [row for row in rows if row["pid"] == os.getpid()] == []
+    assert [row for row in rows if port in (port_of(row["local"]), port_of(row["peer"]))] == []
+
+
+def test_the_options_may_come_from_the_environment(own_connection: tuple[int, int]) -> None:
+    port, _ = own_connection
+    env = {"TCPECHO_WATCH_ONCE": "true", "TCPECHO_WATCH_JSON": "1", "TCPECHO_WATCH_PORT": str(port)}
+    rows = snapshot_of(run_watch(watch_argv(), env))
+    assert len(rows) == 2
+
+
+def test_off_a_terminal_each_snapshot_is_a_table(own_connection: tuple[int, int]) -> None:
+    port, client_port = own_connection
+    result = run_watch(watch_argv("--once", "--port", str(port)))
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tcpecho watch")
+    assert "2 connection(s), 0 stuck" in lines[0]
+    assert lines[1].split()[:4] == ["PID", "COMMAND", "PEER", "STATE"]
+    assert "\x1b" not in result.stdout  # no terminal, no redrawing
+    row = next(line for line in lines if line.rstrip().endswith(f"127.0.0.1:{client_port}"))
+    assert row.split()[0] == str(os.getpid())
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--interval", "abc"], {}, "not a duration"),
+        (["--interval", "0s"], {}, "below the minimum"),
+        (["--port", "0"], {}, "--port"),
+        (["--pid", "-1"], {}, "--pid"),
+        (["--peer", "[::1"], {}, "--peer"),
+        ([], {"TCPECHO_WATCH_INTERVAL": "soon"}, "TCPECHO_WATCH_INTERVAL"),
+        ([], {"TCPECHO_WATCH_PORT": "70000"}, "TCPECHO_WATCH_PORT"),
+    ],
+)
+def test_bad_input_is_a_one_line_usage_error(
+    args: list[str], env: dict[str, str], expected: str
+) -> None:
+    result = run_watch(watch_argv(*args), env)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_the_watch_with_status_0(spawn: Spawn, signum: int) -> None:
+    watcher = spawn(watch_argv("--interval", "200ms"))
+    wait_until(lambda: len(_headers(watcher)) >= 2, timeout=15, what="two snapshots")
+    watcher.signal(signum)
+    assert watcher.wait(5) == 0
+    watcher.assert_no_traceback()
+    assert watcher.stderr_lines == []
+
+
+def _headers(process: LoggedProcess) -> list[str]:
+    return [line for line in list(process.other_lines) if line.startswith("tcpecho watch")]
