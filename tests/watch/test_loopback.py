@@ -1,6 +1,7 @@
 """``tcpecho watch`` on loopback, as users run it: a connection of the test's own with its
 owner and options, the filters and options from the command line or the environment, the
-table off a terminal, usage errors, and stopping on a signal."""
+states listed (``ss``'s connected sockets, or every state with ``--all``), the table off a
+terminal, usage errors, and stopping on a signal."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from tests.conftest import Spawn
 from tests.support import LoggedProcess
-from tests.watch.support import port_of, run_watch, snapshot_of, wait_until, watch_argv
+from tests.watch.support import Row, port_of, run_watch, snapshot_of, wait_until, watch_argv
 
 
 @pytest.fixture
@@ -65,6 +66,63 @@ def test_the_options_may_come_from_the_environment(own_connection: tuple[int, in
     env = {"TCPECHO_WATCH_ONCE": "true", "TCPECHO_WATCH_JSON": "1", "TCPECHO_WATCH_PORT": str(port)}
     rows = snapshot_of(run_watch(watch_argv(), env))
     assert len(rows) == 2
+
+
+@pytest.fixture
+def time_wait() -> Iterator[tuple[int, int]]:
+    """A listener of this test's and a connection to it that its client closed first, so
+    the client's end is in TIME-WAIT: (listening port, the client's port)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        client_port = client.getsockname()[1]
+        accepted, _ = listener.accept()
+        client.close()  # the first FIN: this end goes on to TIME-WAIT
+        accepted.close()
+        yield port, client_port
+
+
+def _states(rows: list[Row], port: int) -> set[tuple[str, str]]:
+    """(state, local address) of each row: which sockets of ``port`` were listed."""
+    return {(row["state"], row["local"]) for row in rows if port in _ports(row)}
+
+
+def _ports(row: Row) -> tuple[int, int]:
+    return port_of(row["local"]), port_of(row["peer"])
+
+
+def test_time_wait_is_listed_only_with_all(time_wait: tuple[int, int]) -> None:
+    """As ``ss``: by default connected sockets only; the finished ones with ``--all``."""
+    port, client_port = time_wait
+    finished = ("TIME_WAIT", f"127.0.0.1:{client_port}")
+
+    def listed_with_all() -> set[tuple[str, str]]:
+        return _states(snapshot_of(run_watch(watch_argv("--once", "--json", "--all"))), port)
+
+    wait_until(lambda: finished in listed_with_all(), timeout=5, what="TIME-WAIT socket")
+    assert snapshot_of(run_watch(watch_argv("--once", "--json", "--port", str(port)))) == []
+    rows = snapshot_of(run_watch(watch_argv("--once", "--json", "-a", "--port", str(port))))
+    assert _states(rows, port) == {finished, ("LISTEN", f"127.0.0.1:{port}")}
+    closed = next(row for row in rows if row["state"] == "TIME_WAIT")
+    assert (closed["pid"], closed["limited_by"], closed["stuck"]) == (None, None, False)
+    table = run_watch(watch_argv("--once", "--port", str(port)), {"TCPECHO_WATCH_ALL": "true"})
+    assert "TIME-WAIT" in table.stdout, table
+
+
+def test_a_listening_socket_is_listed_only_with_all() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        assert snapshot_of(run_watch(watch_argv("--once", "--json", "--port", str(port)))) == []
+        rows = snapshot_of(run_watch(watch_argv("--once", "--json", "--all", "--port", str(port))))
+        assert _states(rows, port) == {("LISTEN", f"127.0.0.1:{port}")}
+        assert (rows[0]["pid"], rows[0]["stuck"], rows[0]["limited_by"]) == (
+            os.getpid(),
+            False,
+            None,
+        )
+        table = run_watch(watch_argv("--once", "--all", "--port", str(port)))
+        row = next(line for line in table.stdout.splitlines() if line.endswith(f":{port}"))
+        assert "LISTEN" in row.split()
 
 
 def test_off_a_terminal_each_snapshot_is_a_table(own_connection: tuple[int, int]) -> None:

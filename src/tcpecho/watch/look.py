@@ -101,8 +101,12 @@ class Watched:
 
 
 def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
-    """The connections ``config`` selects, most urgent first: stuck ones by the time left."""
-    selected = [c for c in diag.connections() if _addresses_match(c, config)]
+    """The connections ``config`` selects, most urgent first: stuck ones by the time left.
+
+    The kernel leaves out the states not asked for (by default ``ss``'s: connected sockets,
+    no listeners, no TIME-WAIT), so a busy pod's finished connections cost nothing."""
+    states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
+    selected = [c for c in diag.connections(states=states) if _addresses_match(c, config)]
     owners = diag.owners({c.inode for c in selected if c.inode})
     if config.pid is not None:
         selected = [c for c in selected if _owner_pid(owners.get(c.inode)) == config.pid]

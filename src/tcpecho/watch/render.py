@@ -62,6 +62,7 @@ _SS_STATES = {  # the table uses ss's short names, which users know
     "TIME_WAIT": "TIME-WAIT",
     "CLOSE_WAIT": "CLOSE-WAIT",
     "LAST_ACK": "LAST-ACK",
+    "CLOSE": "UNCONN",
 }
 _COMMAND_WIDTH = 16
 
