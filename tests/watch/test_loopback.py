@@ -1,13 +1,16 @@
 """``tcpecho watch`` on loopback, as users run it: a connection of the test's own with its
 owner and options, the filters and options from the command line or the environment, the
 states listed (``ss``'s connected sockets, or every state with ``--all``), the table off a
-terminal, usage errors, and stopping on a signal."""
+terminal with another program's command line escaped, usage errors, and stopping on a
+signal."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -136,6 +139,36 @@ def test_off_a_terminal_each_snapshot_is_a_table(own_connection: tuple[int, int]
     assert "\x1b" not in result.stdout  # no terminal, no redrawing
     row = next(line for line in lines if line.rstrip().endswith(f"127.0.0.1:{client_port}"))
     assert row.split()[0] == str(os.getpid())
+
+
+# A command line holding terminal sequences: clear the screen, then red.
+EVIL = "\x1b[2J\x1b[31mEVIL"
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+def test_a_command_line_is_shown_escaped_as_ps_shows_it() -> None:
+    """A program started as ``exec -a $'\\e[2J\\e[31mEVIL' socat ...``: its row shows the
+    escape characters as ``?`` and holds no ESC; the JSON keeps the command line whole."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        script = f"exec -a $'\\e[2J\\e[31mEVIL' socat - TCP:127.0.0.1:{port}"
+        evil = subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE)
+        try:
+            accepted, _ = listener.accept()
+            with accepted:
+                args = ("--once", "--port", str(port), "--pid", str(evil.pid))
+                (row,) = snapshot_of(run_watch(watch_argv("--json", *args)))
+                assert row["command"] == f"{EVIL} - TCP:127.0.0.1:{port}"
+                table = run_watch(watch_argv(*args))
+        finally:
+            evil.kill()
+            evil.wait()
+            assert evil.stdin is not None
+            evil.stdin.close()
+    assert table.returncode == 0, table
+    assert "\x1b" not in table.stdout
+    line = next(line for line in table.stdout.splitlines() if line.startswith(str(evil.pid)))
+    assert line.split()[1] == "?[2J?[31mEVIL"
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,10 @@
 terminal, or one JSON object per line for programs (``render_json``).
 
 The table uses ``ss``'s names for states and counters, which users know, and puts the most
-telling columns first, since a narrow terminal cuts the last ones.
+telling columns first, since a narrow terminal cuts the last ones. A command line is
+another user's text: the table shows its control characters as ``ps`` does (``?``), so
+none can move the cursor or recolour the table; the JSON keeps it whole, since
+``json.dumps`` escapes every control character.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from tcpecho.durations import format_seconds
 from tcpecho.model import KernelSettings, Prediction
+from tcpecho.streams import escape_controls
 from tcpecho.tcp.options import EffectiveOptions
 from tcpecho.watch.look import Watched
 
@@ -85,7 +89,8 @@ def _gives_up(prediction: Prediction | None) -> str:
 
 
 def _command(watched: Watched) -> str:
-    return "-" if watched.owner is None else short_command(watched.owner.command)
+    """The owner's command line, as another user wrote it: escaped for the terminal."""
+    return "-" if watched.owner is None else escape_controls(short_command(watched.owner.command))
 
 
 # The columns, most telling first, since a narrow terminal cuts the last ones:
