@@ -20,7 +20,7 @@ class WatchConfig:
     port: int | None = None  # only connections with this local or peer port
     pid: int | None = None  # only connections owned by this process
     stuck: bool = False  # only connections the kernel is retransmitting or probing on
-    all_states: bool = False  # every state, listening and TIME-WAIT too (ss -a); else ss's
+    all_states: bool = False  # every state, as ss -a; else ss's default: connected ones only
     interval_s: float = 1.0
     once: bool = False
     json: bool = False
