@@ -9,10 +9,14 @@ from tcpecho.model import (
     Failure,
     KernelSettings,
     Mechanism,
+    first_rto_s,
     predict,
     retries2_budget,
+    stuck_for_s,
 )
 from tcpecho.settings import Deadlines
+from tcpecho.tcp.diag import Connection
+from tcpecho.tcp.info import TcpInfo
 from tcpecho.tcp.options import TcpOptions
 
 DEFAULTS = KernelSettings()
@@ -283,3 +287,77 @@ def test_sysctls_a_kernel_lacks_keep_their_fixed_values() -> None:
 def _read(path: str) -> int:
     with open(path) as handle:
         return int(handle.read())
+
+
+def _waiting(
+    state: str,
+    timer: str,
+    expires_ms: int,
+    *,
+    retransmits: int = 0,
+    probes: int = 0,
+    backoff: int = 0,
+    rto_ms: float = 204.0,
+    unacked: int = 0,
+    last_data_sent_ms: int = 0,
+    last_data_recv_ms: int = 0,
+) -> Connection:
+    """A connection as the socket diagnostics list it, with these tcp_info counters."""
+    info = TcpInfo(
+        state=state,
+        retransmits=retransmits,
+        probes=probes,
+        backoff=backoff,
+        rto_ms=rto_ms,
+        unacked=unacked,
+        lost=0,
+        total_retrans=retransmits,
+        rtt_ms=0.1,
+        rttvar_ms=0.05,
+        last_data_sent_ms=last_data_sent_ms,
+        last_data_recv_ms=last_data_recv_ms,
+        last_ack_recv_ms=last_data_recv_ms,
+    )
+    return Connection(
+        local="10.244.1.2:42010",
+        peer="10.96.0.10:8000",
+        state=state,
+        inode=1,
+        timer=timer,
+        timer_expires_ms=expires_ms,
+        send_queue=0,
+        receive_queue=0,
+        info=info,
+        bytes_acked=0,
+        bytes_received=0,
+    )
+
+
+def test_the_time_stuck_is_rebuilt_from_where_the_timers_stand() -> None:
+    """Three RTO expiries (0.204 s doubled twice, now 1.632 s), the timer armed 0.632 s ago:
+    a tail-loss probe, 0.204 * (2^3 - 1) s of steps at the model's mean slack, and the step
+    the timer has run."""
+    busy = _waiting(
+        "ESTABLISHED",
+        "on",
+        1000,
+        retransmits=3,
+        backoff=3,
+        rto_ms=1632.0,
+        unacked=1,
+        last_data_sent_ms=640,
+    )
+    assert first_rto_s(busy, DEFAULTS) == pytest.approx(0.204)
+    assert stuck_for_s(busy, DEFAULTS) == pytest.approx(0.2 + 0.204 * 7 * 1.03 + 0.632)
+    # A connect whose SYN went out three times: at 0 s, 1 s and 2 s (1.03 s steps).
+    connecting = _waiting("SYN_SENT", "on", 400, retransmits=2, rto_ms=1000.0, unacked=1)
+    assert stuck_for_s(connecting, DEFAULTS) == pytest.approx(2 * 1.03 + 0.6)
+    # Keepalive probes unanswered: the idle clock, since the last data received.
+    probing = _waiting("ESTABLISHED", "keepalive", 5000, probes=2, last_data_recv_ms=7300000)
+    assert stuck_for_s(probing, DEFAULTS) == 7300.0
+
+
+def test_a_healthy_connection_is_not_stuck_and_a_capped_rto_hides_the_first() -> None:
+    assert stuck_for_s(_waiting("ESTABLISHED", "off", 0), DEFAULTS) is None
+    capped = _waiting("ESTABLISHED", "on", 60000, retransmits=12, backoff=12, rto_ms=120000.0)
+    assert first_rto_s(capped, DEFAULTS) is None  # 120 s over 2^12 is no RTO it began with

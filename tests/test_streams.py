@@ -1,6 +1,7 @@
 """Output that goes away: a server or client whose stdout is closed, full or a pipe that
 closes keeps doing its job, stops cleanly, exits with its documented status, and says so in
-at most one line on stderr, with no traceback."""
+at most one line on stderr, with no traceback. And text tcpecho did not choose is shown
+with its control characters escaped, as ``ps`` shows them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import IO
 
 import pytest
 
+from tcpecho.streams import escape_controls
 from tests.support import echo_once, free_port
 
 LOOPS = ["uvloop", "asyncio"]
@@ -183,3 +185,18 @@ def test_workers_without_their_stdout_serve_and_stop_with_0(tcpecho: str) -> Non
     assert "Traceback" not in "\n".join(lines)
     # One line per process at most: the supervisor and each worker write their own logs.
     assert len(lines) <= 3, lines
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("\x1b[2J\x1b[31mEVIL - TCP:127.0.0.1:8000", "?[2J?[31mEVIL - TCP:127.0.0.1:8000"),
+        ("\x9b2J\x9b31m", "?2J?31m"),  # C1's CSI: ESC [ to a terminal that reads 8-bit C1
+        ("bell\x07 tab\t newline\n del\x7f nul\x00", "bell? tab? newline? del? nul?"),
+        ("\x80\x9f\xa0", "??\xa0"),  # C1 ends at U+009F; U+00A0 is a (no-break) space
+        ("psql café → ü 中文 \ufffd", "psql café → ü 中文 \ufffd"),  # printable: as it is
+    ],
+)
+def test_control_characters_are_escaped_as_ps_shows_them(text: str, shown: str) -> None:
+    assert escape_controls(text) == shown
+    assert len(escape_controls(text)) == len(text)  # one for one: columns stay aligned

@@ -2,7 +2,8 @@
 parent, signalling a set of processes, the open-file limit, and waiting for a listener.
 
 Each is written once here because each copy had started to differ: the server, the client,
-the load generator and the lab all stop on SIGINT and SIGTERM; the server's workers and the
+the load generator and the lab all stop on SIGINT and SIGTERM (handled on their event loop;
+``watch``, which has none, holds them back and waits for them); the server's workers and the
 load generator's processes must not outlive their parent; the supervisor and the lab's
 cleanup both signal every process of a set, some of which may be gone already.
 """
@@ -17,7 +18,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PR_SET_PDEATHSIG = 1
@@ -41,6 +42,26 @@ def forget_stop_signals(loop: asyncio.AbstractEventLoop, *, ignore: bool = False
         loop.remove_signal_handler(signum)
         if ignore:
             signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[Callable[[float], bool]]:
+    """SIGINT and SIGTERM held back while a loop without an event loop does its work (the
+    watch: taking and showing a snapshot), and waited for between two rounds:
+    ``wait(seconds)`` is True when one came.
+
+    Held back rather than handled, so a stop always falls between two rounds (two whole
+    frames of the watch), Ctrl-C raises no KeyboardInterrupt, and there is no handler to
+    race the loop. A blocked signal is queued even for PID 1 of a container, which drops
+    default-action signals."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield lambda seconds: signal.sigtimedwait(STOP_SIGNALS, seconds) is not None
+    finally:
+        # A second Ctrl-C still pending would otherwise act the moment it is unblocked.
+        while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def die_with_parent(signum: int) -> None:

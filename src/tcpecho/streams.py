@@ -22,6 +22,10 @@ cannot, counting it; the loop never waits for a reader. Lines are written in pie
 most ``PIPE_BUF`` bytes, which a pipe that polls writable takes whole without blocking; a
 line longer than that waits at most ``LINE_FINISH_S`` for its rest. The logs say how many
 lines a burst lost once lines get through again (``log_lines_dropped``, in ``logs``).
+
+What is written can also harm the reader: text tcpecho did not choose (another program's
+command line, its last words) may carry terminal sequences that clear the screen or
+recolour what follows. ``escape_controls`` makes such text harmless, as ``ps`` does.
 """
 
 from __future__ import annotations
@@ -156,6 +160,23 @@ def say_once_on_stderr(message: str) -> None:
     _said.add(message)
     with contextlib.suppress(OSError):
         os.write(STDERR, f"tcpecho: {message}\n".encode("utf-8", "backslashreplace"))
+
+
+# Every control character, C0 (ESC among them), DEL and C1 (CSI among them), to "?".
+_CONTROLS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "?")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` that tcpecho did not choose (a command line, a program's output), safe to
+    show on a terminal: each control character becomes one ``?``, as ``ps`` shows it.
+
+    The rule is procps-ng's for a UTF-8 locale (``library/escape.c``, ``u8charlen``, since
+    4.0.5): every C0 control (U+0000-U+001F: ESC, so no terminal sequence survives, but also
+    tab and newline), DEL (U+007F) and every C1 control (U+0080-U+009F: CSI, which some
+    terminals take for ESC [) becomes ``?``, one for one, so a table's columns still line
+    up; everything else stays as it is. Bytes that were not UTF-8, which ps also shows as
+    ``?``, reach here already replaced (U+FFFD) by the decoding of whoever read them."""
+    return text.translate(_CONTROLS)
 
 
 def write_stdout(text: str) -> None:

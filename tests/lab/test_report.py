@@ -65,6 +65,20 @@ def test_report_flags_misses_and_shows_conntrack() -> None:
     assert "* shortened" in text
 
 
+def test_other_programs_words_are_shown_escaped_and_kept_whole_in_the_json() -> None:
+    """A program's last line, which a case's error quotes, is another program's text: the
+    table and the notes show its control characters as ps does."""
+    error = "starting: 'socat' exited with status 1: \x1b[2J\x1b[31mEVIL\x07"
+    failed = _result(error=error, measured_s=None)
+    shown = "starting: 'socat' exited with status 1: ?[2J?[31mEVIL?"
+    assert row(failed)["measured"] == f"error: {shown}"
+    text = render([failed], INFO)
+    assert f"could not run force-delete/user-timeout/active: {shown}" in text
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert to_json([failed], INFO)["cases"][0]["error"] == error
+
+
 def test_json_has_every_case_with_its_prediction(tmp_path: Path) -> None:
     path = tmp_path / "lab.json"
     write_json([_result(client_events=[{"event": "connected"}])], INFO, path)

@@ -1,4 +1,5 @@
-"""Names: errno names for failures, and addresses in the forms the logs print and users paste."""
+"""Names: errno names for failures, addresses in the forms the logs print and users paste,
+and the addresses a host stands for."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import socket
 
 import pytest
 
-from tcpecho.tcp.names import EOF, error_name, format_address, parse_endpoint
+from tcpecho.tcp.names import (
+    EOF,
+    error_name,
+    format_address,
+    host_addresses,
+    normalized,
+    parse_endpoint,
+)
 
 
 @pytest.mark.parametrize(
@@ -58,3 +66,23 @@ def test_failures_are_named_as_users_look_them_up() -> None:
     assert error_name(asyncio.IncompleteReadError(b"", 5)) == EOF
     assert error_name(socket.gaierror(socket.EAI_NONAME, "unknown")) == "EAI_NONAME"
     assert error_name(ValueError("odd")) == "ValueError"
+
+
+@pytest.mark.parametrize(
+    ("host", "spelling"),
+    [
+        ("10.96.0.10", "10.96.0.10"),
+        ("::ffff:10.96.0.10", "10.96.0.10"),  # a dual-stack socket's IPv4 peer
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("FD00::2", "fd00::2"),
+        ("postgres", "postgres"),  # a name stays a name
+    ],
+)
+def test_an_address_has_one_spelling(host: str, spelling: str) -> None:
+    assert normalized(host) == spelling
+
+
+def test_a_host_stands_for_its_addresses() -> None:
+    assert host_addresses("::ffff:127.0.0.1") == {"127.0.0.1"}
+    assert "127.0.0.1" in host_addresses("localhost")  # resolved, from /etc/hosts
+    assert host_addresses("no-such-host.invalid") == frozenset()  # RFC 6761: never resolves

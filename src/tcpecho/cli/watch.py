@@ -27,6 +27,16 @@ EPILOG = environment_epilog("watch", "STUCK=true")
     default=False,
     help="Only connections the kernel is retransmitting on, or probing without an answer.",
 )
+@option(
+    "-a",
+    "--all",
+    "all_states",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Sockets in every state, listening and TIME-WAIT ones too, as `ss -a`; "
+    "by default connected ones only, as `ss`.",
+)
 @option("--interval", type=Duration(), default="1s", help="Time between snapshots.")
 @option("--once", is_flag=True, type=BOOLEAN, default=False, help="One snapshot, then exit.")
 @option(
@@ -42,16 +52,18 @@ def watch(
     port: int | None,
     pid: int | None,
     stuck: bool,
+    all_states: bool,
     interval: float,
     once: bool,
     json_output: bool,
 ) -> None:
     """Is a program stuck in the hang right now, and when will the kernel give up?
 
-    Lists the TCP connections of this network namespace with the process that owns each,
-    its socket options, what the kernel is doing about it (retransmissions, backoff,
-    keepalive probes), how long it has been stuck and when the kernel will give up, from
-    the same model as `tcpecho explain`. Refreshes in place on a terminal; Ctrl-C stops."""
+    Lists the TCP connections of this network namespace (the connected ones, as `ss`; every
+    state with --all) with the process that owns each, its socket options, what the kernel
+    is doing about it (retransmissions, backoff, keepalive probes), how long it has been
+    stuck and when the kernel will give up, from the same model as `tcpecho explain`.
+    Refreshes in place on a terminal; Ctrl-C stops."""
     from tcpecho.watch import WatchConfig, run
 
     peer_host, peer_port = peer if peer is not None else (None, None)
@@ -62,6 +74,7 @@ def watch(
             port=port,
             pid=pid,
             stuck=stuck,
+            all_states=all_states,
             interval_s=interval,
             once=once,
             json=json_output,

@@ -4,6 +4,10 @@ chart. The lab and the cluster run print the same table.
 Times are on the clock the kernel model names for each case: from the request that was
 never answered (active clients), from the last data received (idle clients, keepalive),
 or from the fault itself (a FIN, RST or ICMP error arrives at once).
+
+A case's error can quote other programs (a client's or server's last line of output, its
+command line): the text report shows its control characters escaped, as ``ps`` does
+(``streams.escape_controls``), wherever it prints it; the JSON keeps it whole.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tcpecho.durations import format_seconds
 from tcpecho.experiment import Result, Verdict
+from tcpecho.streams import escape_controls
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -56,7 +61,7 @@ def format_measured(value: float) -> str:
 def row(result: Result) -> dict[str, str]:
     case, prediction = result.case, result.prediction
     if result.error is not None:
-        measured = f"error: {_shortened(result.error)}"
+        measured = f"error: {_shortened(escape_controls(result.error))}"
     elif result.measured_s is None and result.observed_s is not None:
         measured = f"none in {format_measured(result.observed_s)}"
     elif result.measured_s is None:
@@ -124,7 +129,7 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
     )
     failed = [result for result in results if result.error is not None]
     for result in failed:
-        notes.append(f"could not run {result.case.name}: {result.error}")
+        notes.append(f"could not run {result.case.name}: {escape_controls(result.error or '')}")
     conntrack = next((r for r in results if r.conntrack), None)
     if conntrack is not None:
         notes.append(

@@ -7,7 +7,8 @@ to what they measure. It takes the client's settings as they are (``TcpOptions``
 
 Its parts: ``kernel`` (the sysctls, the budgets they stand for and the timers' schedule),
 ``in_force`` (a socket's own options over its namespace's sysctls), ``predict`` (when and
-how a failure is noticed). This package's names are its interface: import them from here.
+how a failure is noticed), ``elapsed`` (how long a connection has been waiting, rebuilt
+from its timers). This package's names are its interface: import them from here.
 
 The rules, for a small request that is never acknowledged (an *active* connection):
 
@@ -30,6 +31,7 @@ ranges. Each states which clock it runs on: from the unanswered request, from th
 data received, or from the fault itself (a FIN or RST arrives at once).
 """
 
+from tcpecho.model.elapsed import first_rto_s, stuck_for_s
 from tcpecho.model.in_force import InForce, Keepalive
 from tcpecho.model.kernel import (
     FIRST_RTO_S,
@@ -79,12 +81,14 @@ __all__ = [
     "KernelSettings",
     "Mechanism",
     "Prediction",
+    "first_rto_s",
     "give_up_after_send",
     "predict",
     "read_own_sysctl",
     "retransmission_expiries",
     "retries2_budget",
     "step_at",
+    "stuck_for_s",
     "syn_budget",
     "syn_expiries",
 ]

@@ -22,8 +22,19 @@ from tcpecho.tcp.info import STATE_NAMES, TcpInfo
 from tcpecho.tcp.names import format_address
 from tcpecho.tcp.options import EffectiveOptions, read_effective
 
-ALL_STATES = (1 << 12) - 1
+# Which TCP states to list, as inet_diag's ``idiag_states``: one bit per state of
+# include/net/tcp_states.h (1 << TCP_ESTABLISHED, ...); the kernel skips the others.
+ALL_STATES = (1 << 12) - 1  # every state, listeners included: ``ss -a``'s SS_ALL
 LISTEN = 10
+_SYN_RECV, _TIME_WAIT, _CLOSE = 3, 6, 7
+# ``ss``'s default, connected sockets only: iproute2's misc/ss.c asks the kernel for
+# ``SS_CONN``, every state but LISTEN, CLOSE, TIME-WAIT and SYN-RECV (0xb37, as ``strace``
+# shows ``ss -t`` send it). Since iproute2 6.8 its SS_ALL, and so SS_CONN, also carries
+# the pseudo-states NEW_SYN_RECV (bit 12) and BOUND_INACTIVE (bit 13), with which a kernel
+# from 6.8 also lists sockets bound and never connected (as CLOSE) and half-open incoming
+# connections (as SYN-RECV): the very states SS_CONN leaves out. Both masks here keep to the
+# twelve real states, as every ss before 6.8 does.
+CONNECTED_STATES = ALL_STATES & ~(1 << LISTEN | 1 << _CLOSE | 1 << _TIME_WAIT | 1 << _SYN_RECV)
 _INET_DIAG_INFO = 2  # the extension that asks for tcp_info (1 << (INET_DIAG_INFO - 1))
 _SYS_PIDFD_GETFD = 438  # the same number on every architecture
 # What the connection's timer is doing (idiag_timer), as ss -o names it.
@@ -75,19 +86,21 @@ class Connection:
         return int(self.peer.rsplit(":", 1)[1])
 
 
-def connections(*, listening: bool = False) -> list[Connection]:
-    """Every TCP connection of this network namespace (listeners only if asked for)."""
+def connections(*, states: int | None = None, listening: bool = False) -> list[Connection]:
+    """Every TCP connection of this network namespace in ``states`` (a mask of states, as
+    ``CONNECTED_STATES``), which the kernel selects; without it, every state but LISTEN, or
+    every state with ``listening``."""
     from pyroute2 import DiagSocket
 
+    if states is None:
+        states = ALL_STATES if listening else ALL_STATES & ~(1 << LISTEN)
     found = []
     with DiagSocket() as diag:
         diag.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
             for message in diag.get_sock_stats(
-                family=family, states=ALL_STATES, extensions=_INET_DIAG_INFO
+                family=family, states=states, extensions=_INET_DIAG_INFO
             ):
-                if message["idiag_state"] == LISTEN and not listening:
-                    continue
                 found.append(_connection(message))
     return found
 

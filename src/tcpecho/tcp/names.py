@@ -1,14 +1,18 @@
-"""Names for what TCP reports: failures by errno name, socket addresses as ``host:port``.
+"""Names for what TCP reports: failures by errno name, socket addresses as ``host:port``,
+and the addresses a host name stands for.
 
 Users compare runs by these names (ETIMEDOUT after a silent peer, ECONNRESET or EOF after
 a crash, ENETUNREACH with IP_RECVERR, EAI_NONAME for a name that does not resolve), so
 server, client and lab all name them here. Addresses are printed as ``10.96.0.10:8000``
 or ``[::1]:8000`` and read back in the same forms, so a user can paste what a log shows.
+An address has one spelling (``normalized``), and a host given by name is compared by the
+addresses it resolves to (``host_addresses``).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from typing import Any
 
@@ -69,3 +73,37 @@ def _port(text: str, port: str) -> int:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
     return int(port)
+
+
+def normalized(host: str) -> str:
+    """One spelling per address: an IPv4-mapped IPv6 address (a dual-stack socket's peer)
+    reads as the IPv4 address it carries."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def host_addresses(host: str) -> frozenset[str]:
+    """The addresses ``host`` stands for, ``normalized``: itself when it is one, else what
+    it resolves to; none for a name that does not resolve."""
+    try:
+        return frozenset({normalized(host)} if _is_address(host) else _resolve(host))
+    except OSError:
+        return frozenset()
+
+
+def _resolve(host: str) -> set[str]:
+    found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return {normalized(str(sockaddr[0])) for *_, sockaddr in found}
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

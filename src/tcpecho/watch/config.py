@@ -1,0 +1,36 @@
+"""``tcpecho watch``'s settings (``WatchConfig``): which connections to show and how, each
+checked where it is declared, so a bad one is refused before anything is looked at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpecho.settings import SettingError, check_duration, check_range
+
+MIN_INTERVAL_S = 0.1  # below this the watch would mostly watch itself scanning /proc
+PORT_MAX = 65535
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """What to watch and how to show it; refuses what it cannot take with ``SettingError``."""
+
+    peer_host: str | None = None  # only connections to this host (an address or a name)
+    peer_port: int | None = None  # ... and this port of it
+    port: int | None = None  # only connections with this local or peer port
+    pid: int | None = None  # only connections owned by this process
+    stuck: bool = False  # only connections the kernel is retransmitting or probing on
+    all_states: bool = False  # every state, as ss -a; else ss's default: connected ones only
+    interval_s: float = 1.0
+    once: bool = False
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.peer_host is not None and not self.peer_host.strip():
+            raise SettingError("peer", "the host is empty")
+        if self.peer_port is not None and self.peer_host is None:
+            raise SettingError("peer", "a peer port needs a peer host")
+        check_range("peer", self.peer_port, 1, PORT_MAX)
+        check_range("port", self.port, 1, PORT_MAX)
+        check_range("pid", self.pid, 1)
+        check_duration("interval", self.interval_s, minimum=MIN_INTERVAL_S, step=0.001)

@@ -1,0 +1,197 @@
+"""One look at the connections (``snapshot``): the kernel's socket diagnostics, the filters
+``WatchConfig`` asks for, the process owning each socket, the program's own socket options,
+and what the kernel model makes of each connection (``Watched``).
+
+A connection with unacknowledged data the kernel keeps retransmitting is the model's busy
+connection to a silent peer; one whose keepalive probes go unanswered is its idle one; a
+connect whose SYNs go unanswered is its connecting one. A healthy connection gets the answer
+for a request lost now. How long each has been stuck is rebuilt from the kernel's timers
+(``model.stuck_for_s``), on the prediction's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from tcpecho.model import (
+    Activity,
+    Failure,
+    KernelSettings,
+    Prediction,
+    first_rto_s,
+    predict,
+    stuck_for_s,
+)
+from tcpecho.tcp import diag, names
+from tcpecho.tcp.diag import Connection, Owner
+from tcpecho.tcp.options import EffectiveOptions, TcpOptions
+from tcpecho.watch.config import WatchConfig
+
+# States in which the connection can have data in flight that the peer must acknowledge.
+_SENDING_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "CLOSING", "LAST_ACK"})
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One connection, its owner and options, and what the kernel model makes of it.
+
+    ``stuck_for_s`` and ``prediction`` run on the same clock (the prediction's ``clock``):
+    from the first unacknowledged send (or the connect), or, for keepalive probing, from the
+    last data received."""
+
+    connection: Connection
+    owner: Owner | None
+    options: EffectiveOptions | None  # None: the program's own options could not be read
+    prediction: Prediction | None  # None: nothing this state waits for is modelled
+    stuck_for_s: float | None
+
+    @property
+    def gives_up_after_s(self) -> float | None:
+        """The earliest time the model expects the kernel to end the wait; None: never."""
+        if self.prediction is None or self.prediction.never:
+            return None
+        return round(self.prediction.low_s, 3)
+
+    @property
+    def gives_up_in_s(self) -> float | None:
+        """What is left of the wait, for a stuck connection; None for a healthy one."""
+        after = self.gives_up_after_s
+        if after is None or self.stuck_for_s is None:
+            return None
+        return round(max(0.0, after - self.stuck_for_s), 3)
+
+    @property
+    def limited_by(self) -> str | None:
+        return None if self.prediction is None else str(self.prediction.mechanism)
+
+    @property
+    def options_source(self) -> str:
+        return "unknown" if self.options is None else "socket"
+
+    @property
+    def assumption(self) -> str | None:
+        """What the prediction assumed in place of options it could not read, and how to get
+        the real ones; None when the options are the socket's own."""
+        if self.options is not None:
+            return None
+        keepalive = (
+            "keepalive on with this namespace's tcp_keepalive_* sysctls (the kernel's keepalive "
+            "timer runs)"
+            if self.connection.timer == "keepalive"
+            else "keepalive off (the kernel shows no keepalive timer)"
+        )
+        assumed = f"the kernel's defaults: no TCP_USER_TIMEOUT, {keepalive}"
+        if self.connection.inode == 0:
+            return (
+                f"{assumed}. No program holds this socket any more (closed, or TIME_WAIT): "
+                "the kernel finishes it alone"
+            )
+        if self.owner is None:
+            return (
+                f"{assumed}. No process shows this socket in /proc/PID/fd: run as the "
+                "program's user, or as root with CAP_SYS_PTRACE over it, to see the owner "
+                "and read its own options"
+            )
+        return (
+            f"{assumed}. Reading the options of pid {self.owner.pid} was refused "
+            "(pidfd_getfd): run as root or with CAP_SYS_PTRACE over the process "
+            "(a container runtime's seccomp profile also wants CAP_SYS_PTRACE)"
+        )
+
+
+def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
+    """The connections ``config`` selects, most urgent first: stuck ones by the time left.
+
+    The kernel leaves out the states not asked for (by default ``ss``'s: connected sockets,
+    no listeners, no TIME-WAIT), so a busy pod's finished connections cost nothing."""
+    states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
+    selected = [c for c in diag.connections(states=states) if _addresses_match(c, config)]
+    owners = diag.owners({c.inode for c in selected if c.inode})
+    if config.pid is not None:
+        selected = [c for c in selected if _owner_pid(owners.get(c.inode)) == config.pid]
+    if config.stuck:
+        selected = [c for c in selected if c.stuck]
+    watched = [watch_connection(c, owners.get(c.inode), kernel) for c in selected]
+    return sorted(watched, key=_urgency)
+
+
+def _owner_pid(owner: Owner | None) -> int | None:
+    return None if owner is None else owner.pid
+
+
+def _urgency(watched: Watched) -> tuple[bool, float, str, str]:
+    left = watched.gives_up_in_s
+    return (
+        not watched.connection.stuck,
+        float("inf") if left is None else left,
+        watched.connection.peer,
+        watched.connection.local,
+    )
+
+
+def _addresses_match(connection: Connection, config: WatchConfig) -> bool:
+    if config.port is not None and config.port not in (
+        connection.local_port,
+        connection.peer_port,
+    ):
+        return False
+    if config.peer_host is None:
+        return True
+    if config.peer_port is not None and connection.peer_port != config.peer_port:
+        return False
+    return names.normalized(connection.peer_host) in _peer_addresses(config.peer_host)
+
+
+@lru_cache(maxsize=16)
+def _peer_addresses(host: str) -> frozenset[str]:
+    """The addresses ``host`` stands for, resolved once: a watch that resolved a Service's
+    name keeps its ClusterIP."""
+    return names.host_addresses(host)
+
+
+def watch_connection(
+    connection: Connection, owner: Owner | None, kernel: KernelSettings
+) -> Watched:
+    """What the kernel model makes of one connection, with its program's own options when
+    they can be read, and the kernel's defaults otherwise."""
+    options = None if owner is None else diag.socket_options(owner)
+    tcp = _model_options(options, connection)
+    return Watched(
+        connection=connection,
+        owner=owner,
+        options=options,
+        prediction=_prediction(connection, tcp, kernel),
+        stuck_for_s=stuck_for_s(connection, kernel),
+    )
+
+
+def _model_options(options: EffectiveOptions | None, connection: Connection) -> TcpOptions:
+    """The options the model predicts from: the socket's own, or the kernel's defaults with
+    keepalive as the kernel's timer shows it (the one option the diagnostics reveal)."""
+    if options is not None:
+        return options
+    return TcpOptions(keepalive=True if connection.timer == "keepalive" else None)
+
+
+def _prediction(
+    connection: Connection, tcp: TcpOptions, kernel: KernelSettings
+) -> Prediction | None:
+    info = connection.info
+    if info is None:
+        return None
+    if connection.state == "SYN_SENT":
+        return predict(kernel, tcp, Failure.SILENT, Activity.CONNECTING)
+    if connection.state not in _SENDING_STATES or connection.timer == "persist":
+        return None  # closing down, or a peer that acknowledges but reads nothing
+    if _probing_idle(connection):
+        return predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+    # Busy, or healthy: for a healthy connection, what a request lost now would take.
+    return predict(
+        kernel, tcp, Failure.SILENT, Activity.ACTIVE, first_rto_s=first_rto_s(connection, kernel)
+    )
+
+
+def _probing_idle(connection: Connection) -> bool:
+    info = connection.info
+    return info is not None and info.unacked == 0 and info.probes > 0
