@@ -41,6 +41,7 @@ from tcpecho.model import (
 from tcpecho.settings import Deadlines
 from tcpecho.tcp import diag
 from tcpecho.tcp.info import TcpInfo
+from tcpecho.tcp.names import format_address, normalized, parse_endpoint
 from tcpecho.tcp.options import TcpOptions
 
 HOST_ENV, PORT_ENV = "TCPECHO_LAB_HOST", "TCPECHO_LAB_PORT"
@@ -117,12 +118,8 @@ class Program:
 def unmapped(peer: str) -> str:
     """``10.96.0.10:8000`` also for ``[::ffff:10.96.0.10]:8000``: a dual-stack AF_INET6
     socket (gRPC's, Java's) reaches an IPv4 service through a v4-mapped address."""
-    prefix = "[::ffff:"
-    if peer.startswith(prefix) and "]:" in peer:
-        host, port = peer[len(prefix) :].split("]:", 1)
-        if "." in host:
-            return f"{host}:{port}"
-    return peer
+    host, port = parse_endpoint(peer)
+    return format_address((normalized(host), port))
 
 
 @dataclass(frozen=True)
