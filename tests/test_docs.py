@@ -96,11 +96,13 @@ def test_every_option_is_documented_with_its_variable(command: str, option: clic
 
 @pytest.mark.parametrize("option", TCP_OPTIONS, ids=lambda option: option.field)
 def test_every_tcp_option_has_one_line_in_the_docs(option: SocketOption) -> None:
-    """Its row in docs/tcp-options.md, with its flag, variable and socket option; and no
-    command's page declares it again (a row with its flag and a variable): each links there."""
+    """Its row in docs/tcp-options.md, with its flag, variable, socket option and the key the
+    logs write it under; and no command's page declares it again (a row with its flag and a
+    variable): each links there."""
     rows = _table_rows((DOCS / "tcp-options.md").read_text())
     mine = [row for row in rows if f"`{option.constant.name}`" in row]
     assert len(mine) == 1, f"{option.constant.name} has {len(mine)} rows in docs/tcp-options.md"
+    assert f"`{option.field}`" in mine[0], f"the row does not say it is logged as {option.field}"
     if option.command_line:
         variable = f"{ENVVAR_PREFIX}_<COMMAND>_{option.setting.upper()}"
         assert mine[0].startswith(f"| `{option.flag}"), mine[0]
