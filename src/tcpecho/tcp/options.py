@@ -22,12 +22,11 @@ otherwise go unnoticed.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from tcpecho.durations import format_duration
 from tcpecho.settings import SettingError, check_duration, check_range
@@ -47,8 +46,7 @@ class SocketLike(Protocol):
     def getsockopt(self, level: int, option: int, /) -> int: ...
 
 
-@dataclass(frozen=True)
-class Constant:
+class Constant(NamedTuple):
     """A socket option as the kernel names it, and its number where Python lacks the name."""
 
     level: int
@@ -63,9 +61,11 @@ class Constant:
         return number if isinstance(number, int) else None
 
 
-@dataclass(frozen=True)
-class SocketOption:
-    """One option, described once. ``field`` is filled in from the field it describes."""
+class SocketOption(NamedTuple):
+    """One option, described once. ``field`` is filled in from the field it describes.
+
+    A named tuple rather than a dataclass: the command line imports these descriptions for
+    ``--help``, and a tuple class costs a fraction of a frozen dataclass to create."""
 
     constant: Constant
     kind: Kind
@@ -105,36 +105,20 @@ class SocketOption:
             bounds = " (whole seconds)"
         return f"{self.constant.name}: {self.help}{bounds}."
 
-    @functools.cached_property
+    @property
     def tuned_by(self) -> tuple[SocketOption, ...]:
         """The options that tune this switch (keepalive's idle time, interval and count)."""
-        return tuple(option for option in OPTIONS if option.tunes == self.field)
+        return _TUNED_BY[self.field]
 
     def targets(self, family: int) -> tuple[tuple[int, int], ...]:
         """(level, number) of what ``apply`` sets on a socket of ``family``: the IPv6 twin
         too on IPv6 sockets."""
-        return self._targets[family == socket.AF_INET6]
+        return _TARGETS[self.field][family == socket.AF_INET6]
 
     def source(self, family: int) -> tuple[int, int] | None:
         """(level, number) of what a socket of ``family`` is asked; None: this platform
         lacks the option."""
-        return self._sources[family == socket.AF_INET6]
-
-    @functools.cached_property
-    def _targets(self) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
-        ipv4 = self._numbered([self.constant])
-        return ipv4, self._numbered([self.constant, *([self.ipv6] if self.ipv6 else [])])
-
-    @functools.cached_property
-    def _sources(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-        ipv4 = self._numbered([self.constant])
-        ipv6 = self._numbered([self.ipv6]) if self.ipv6 else ipv4
-        return (ipv4[0] if ipv4 else None), (ipv6[0] if ipv6 else None)
-
-    @staticmethod
-    def _numbered(constants: list[Constant]) -> tuple[tuple[int, int], ...]:
-        numbered = ((constant.level, constant.number()) for constant in constants)
-        return tuple((level, number) for level, number in numbered if number is not None)
+        return _SOURCES[self.field][family == socket.AF_INET6]
 
     def check(self, value: int | bool | None) -> None:
         """A value in the kernel's unit, within the kernel's bounds."""
@@ -361,9 +345,27 @@ class TcpOptions:
 
 
 OPTIONS: tuple[SocketOption, ...] = tuple(
-    dataclasses.replace(f.metadata["option"], field=f.name) for f in dataclasses.fields(TcpOptions)
+    f.metadata["option"]._replace(field=f.name) for f in dataclasses.fields(TcpOptions)
 )
 KEEPALIVE = next(option for option in OPTIONS if option.field == "keepalive")
+
+
+def _numbered(*constants: Constant | None) -> tuple[tuple[int, int], ...]:
+    """(level, number) of each constant this platform has."""
+    numbered = [(c.level, c.number()) for c in constants if c is not None]
+    return tuple((level, number) for level, number in numbered if number is not None)
+
+
+# Worked out once, from the descriptions: apply and read_effective run once per connection.
+_TUNED_BY = {o.field: tuple(t for t in OPTIONS if t.tunes == o.field) for o in OPTIONS}
+_TARGETS = {o.field: (_numbered(o.constant), _numbered(o.constant, o.ipv6)) for o in OPTIONS}
+_SOURCES = {
+    o.field: (
+        next(iter(_numbered(o.constant)), None),
+        next(iter(_numbered(o.ipv6 or o.constant)), None),
+    )
+    for o in OPTIONS
+}
 
 
 class EffectiveOptions(TcpOptions):
