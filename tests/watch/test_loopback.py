@@ -7,7 +7,6 @@ signal."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -145,7 +144,6 @@ def test_off_a_terminal_each_snapshot_is_a_table(own_connection: tuple[int, int]
 EVIL = "\x1b[2J\x1b[31mEVIL"
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
 def test_a_command_line_is_shown_escaped_as_ps_shows_it() -> None:
     """A program started as ``exec -a $'\\e[2J\\e[31mEVIL' socat ...``: its row shows the
     escape characters as ``?`` and holds no ESC; the JSON keeps the command line whole."""
