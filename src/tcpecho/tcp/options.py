@@ -305,8 +305,8 @@ class TcpOptions:
         return dict(vars(self))
 
     def summary(self) -> str:
-        """The options on that change when the kernel gives up, as watch shows them:
-        ``user_timeout=5s keepalive=10s/1s/3``; ``defaults`` when none is."""
+        """The options that are on and change when the kernel gives up, as watch shows
+        them: ``user_timeout=5s keepalive=10s/1s/3``; ``defaults`` when none is."""
         parts = []
         for option in OPTIONS:
             value = self.applied(option)
@@ -316,7 +316,7 @@ class TcpOptions:
             if option.kind == "switch":
                 tuning = option.tuned_by
                 values = [o.text(v) for o in tuning if (v := getattr(self, o.field)) is not None]
-                shown += "=" + "/".join(values) if values else ""
+                shown += ("=" + "/".join(values)) if values else ""
             else:
                 shown += "=" + option.text(value)
             parts.append(shown)
