@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tcpecho.model import (
+    FIRST_RTO_S,
+    TIMER_SLACK,
+    TLP_S,
     Activity,
     Failure,
     KernelSettings,
     Mechanism,
     first_rto_s,
+    give_up_after_send,
+    orphan_budget,
+    orphan_retries,
     predict,
     retries2_budget,
     stuck_for_s,
@@ -197,15 +203,27 @@ def test_the_read_timeout_wins_when_it_is_shorter() -> None:
     assert longer.mechanism is Mechanism.USER_TIMEOUT
 
 
-def test_a_known_rto_narrows_the_range_and_an_rto_of_exactly_200ms_costs_a_step() -> None:
+def test_a_known_rto_of_a_fast_link_changes_nothing_and_a_slow_links_is_its_own() -> None:
     kernel = KernelSettings(tcp_retries2=5)
-    known = predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE, first_rto_s=0.204)
     assumed = predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE)
-    assert assumed.low_s <= known.low_s <= known.high_s <= assumed.high_s
-    # 200 ms * (2 + 4 + ... + 32) = 12.4 s falls short of the 12.6 s budget: unless the
-    # timers run late enough to make up the 0.2 s, the kernel waits one more (doubled) step.
-    exact = predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE, first_rto_s=0.2)
-    assert exact.high_s > 25
+    # One prediction wherever it is shown: explain knows no connection, the client and the
+    # lab know theirs; for an RTO of a fast link the three must say the same.
+    for rto in (0.2, FIRST_RTO_S[0], 0.208, FIRST_RTO_S[1]):
+        assert predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE, first_rto_s=rto) == assumed
+    # A slow link's RTO is its own: every expiry comes later.
+    slow = predict(kernel, TcpOptions(), Failure.SILENT, ACTIVE, first_rto_s=0.3)
+    assert slow.low_s > assumed.low_s
+
+
+def test_an_rto_of_exactly_200ms_costs_a_step() -> None:
+    """Why the model's first RTO starts at 204 ms: 200 ms * (2 + 4 + ... + 32) = 12.4 s
+    falls short of the 12.6 s budget, so unless the timers run late enough to make up the
+    0.2 s the kernel waits one more (doubled) step."""
+    kernel = KernelSettings(tcp_retries2=5)
+    on_time, _ = give_up_after_send(kernel, 0.2, TLP_S[0], TIMER_SLACK[0])
+    assert on_time > 25
+    typical, _ = give_up_after_send(kernel, FIRST_RTO_S[0], TLP_S[0], TIMER_SLACK[0])
+    assert typical < 14
 
 
 def test_settings_come_from_sysctls_and_the_socket_options() -> None:
@@ -361,3 +379,26 @@ def test_a_healthy_connection_is_not_stuck_and_a_capped_rto_hides_the_first() ->
     assert stuck_for_s(_waiting("ESTABLISHED", "off", 0), DEFAULTS) is None
     capped = _waiting("ESTABLISHED", "on", 60000, retransmits=12, backoff=12, rto_ms=120000.0)
     assert first_rto_s(capped, DEFAULTS) is None  # 120 s over 2^12 is no RTO it began with
+
+
+def test_an_orphan_is_bounded_by_tcp_orphan_retries_in_place_of_tcp_retries2() -> None:
+    """The kernel's tcp_orphan_retries(): 0 stands for 8 retries while the RTO is below its
+    cap (0.2 s x (2^9 - 1) = 102.2 s), and for none once it has reached it."""
+    assert (orphan_retries(DEFAULTS), orphan_retries(DEFAULTS, rto_capped=True)) == (8, 0)
+    assert orphan_budget(DEFAULTS) == pytest.approx(102.2)
+    assert orphan_retries(KernelSettings(tcp_orphan_retries=3), rto_capped=True) == 3
+    orphan = predict(DEFAULTS, TcpOptions(), Failure.SILENT, Activity.ORPHANED)
+    busy = predict(DEFAULTS, TcpOptions(), Failure.SILENT, ACTIVE)
+    assert orphan.mechanism is Mechanism.ORPHAN_RETRIES
+    assert orphan.clock == busy.clock == "request"
+    # The budget plus the lead, to the expiry past it (seen: 107-112 s after the send).
+    assert 104 <= orphan.low_s <= orphan.high_s <= 116
+    assert busy.low_s > 900
+    # The sysctl is the namespace's; TCP_USER_TIMEOUT, set before the close, still rules.
+    longer = predict(
+        KernelSettings(tcp_orphan_retries=15), TcpOptions(), Failure.SILENT, Activity.ORPHANED
+    )
+    assert (longer.low_s, longer.high_s) == (busy.low_s, busy.high_s)
+    bounded = predict(DEFAULTS, TcpOptions(user_timeout_ms=5000), Failure.SILENT, Activity.ORPHANED)
+    assert bounded.mechanism is Mechanism.USER_TIMEOUT
+    assert 5 < bounded.low_s < bounded.high_s < 6.5

@@ -20,7 +20,11 @@ The rules, for a small request that is never acknowledged (an *active* connectio
   TCP_RTO_MIN and has ``tcp_retries2 + 1`` terms (924.6 s for 15). The kernel gives up at
   the first expiry at or after the budget; with TCP_USER_TIMEOUT set, the budget is the
   user timeout instead and the timer is clamped to end exactly there;
-- keepalive sends nothing while data is unacknowledged.
+- keepalive sends nothing while data is unacknowledged;
+- a socket its program closed (or died holding) with data or its FIN unacknowledged is an
+  *orphan*: ``tcp_orphan_retries`` takes the place of ``tcp_retries2`` (0, the default,
+  stands for 8: a 102.2 s budget), and ``tcp_max_orphans`` or memory pressure may end it
+  sooner.
 
 For an *idle* connection only keepalive can notice anything: the first probe goes out
 after the idle time, then one per interval; the kernel gives up after ``count`` unanswered
@@ -42,6 +46,8 @@ from tcpecho.model.kernel import (
     TLP_S,
     KernelSettings,
     give_up_after_send,
+    orphan_budget,
+    orphan_retries,
     read_own_sysctl,
     retransmission_expiries,
     retries2_budget,
@@ -83,6 +89,8 @@ __all__ = [
     "Prediction",
     "first_rto_s",
     "give_up_after_send",
+    "orphan_budget",
+    "orphan_retries",
     "predict",
     "read_own_sysctl",
     "retransmission_expiries",

@@ -39,6 +39,9 @@ class KernelSettings:
     tcp_keepalive_time_s: int = 7200
     tcp_keepalive_intvl_s: int = 75
     tcp_keepalive_probes: int = 9
+    # An orphan's retransmissions (a socket its program closed, or died holding, with data
+    # or its FIN unacknowledged); 0, the default, stands for 8 (``orphan_retries``).
+    tcp_orphan_retries: int = 0
     absent: tuple[str, ...] = ()  # sysctls this kernel does not have: their fixed values hold
 
     @classmethod
@@ -56,6 +59,7 @@ class KernelSettings:
             tcp_keepalive_time_s=values["net.ipv4.tcp_keepalive_time"],
             tcp_keepalive_intvl_s=values["net.ipv4.tcp_keepalive_intvl"],
             tcp_keepalive_probes=values["net.ipv4.tcp_keepalive_probes"],
+            tcp_orphan_retries=values["net.ipv4.tcp_orphan_retries"],
             absent=tuple(key for key, value in found.items() if value is None),
         )
 
@@ -74,6 +78,7 @@ class KernelSettings:
             "net.ipv4.tcp_keepalive_time": self.tcp_keepalive_time_s,
             "net.ipv4.tcp_keepalive_intvl": self.tcp_keepalive_intvl_s,
             "net.ipv4.tcp_keepalive_probes": self.tcp_keepalive_probes,
+            "net.ipv4.tcp_orphan_retries": self.tcp_orphan_retries,
         }
 
 
@@ -92,6 +97,25 @@ def read_own_sysctl(key: str) -> int | None:
 def retries2_budget(kernel: KernelSettings) -> float:
     """The give-up budget ``tcp_retries2`` stands for (the kernel's tcp_model_timeout)."""
     return _model_timeout(TCP_RTO_MIN_S, kernel.tcp_retries2, kernel.tcp_rto_max_s)
+
+
+ORPHAN_RETRIES_WHILE_ALIVE = 8  # what tcp_orphan_retries=0 stands for: "> 100 seconds"
+
+
+def orphan_retries(kernel: KernelSettings, rto_capped: bool = False) -> int:
+    """The retry count that bounds an orphan in place of ``tcp_retries2`` (the kernel's
+    tcp_orphan_retries()): the sysctl, where 0 means 8 while the RTO is below its cap (the
+    kernel's "alive") and 0 once it has reached it, so an orphan whose RTO already reached
+    the cap ends at its next expiry."""
+    if kernel.tcp_orphan_retries == 0 and not rto_capped:
+        return ORPHAN_RETRIES_WHILE_ALIVE
+    return kernel.tcp_orphan_retries
+
+
+def orphan_budget(kernel: KernelSettings, rto_capped: bool = False) -> float:
+    """The give-up budget of an orphan: ``orphan_retries`` made a time, as ``tcp_retries2``
+    is (102.2 s for 8)."""
+    return _model_timeout(TCP_RTO_MIN_S, orphan_retries(kernel, rto_capped), kernel.tcp_rto_max_s)
 
 
 def syn_budget(kernel: KernelSettings, syn_retries: int) -> float:
@@ -137,10 +161,15 @@ def retransmission_expiries(
 
 
 def give_up_after_send(
-    kernel: KernelSettings, first_rto_s: float, tlp_s: float, slack: float
+    kernel: KernelSettings,
+    first_rto_s: float,
+    tlp_s: float,
+    slack: float,
+    budget_s: float | None = None,
 ) -> tuple[float, float]:
-    """(give-up time, the RTO step that ended there) for tcp_retries2 alone."""
-    budget = retries2_budget(kernel)
+    """(give-up time, the RTO step that ended there) for a retry budget alone:
+    ``tcp_retries2``'s, unless another (an orphan's) is given."""
+    budget = retries2_budget(kernel) if budget_s is None else budget_s
     expiries = retransmission_expiries(kernel, first_rto_s, tlp_s, slack)
     start = previous = next(expiries)
     for t in expiries:

@@ -20,6 +20,7 @@ from tcpecho.model.kernel import (
     TLP_S,
     KernelSettings,
     give_up_after_send,
+    orphan_budget,
     step_at,
     syn_budget,
     syn_expiries,
@@ -47,12 +48,17 @@ class Activity(StrEnum):
     ACTIVE = "active"  # a request is sent and waits for its echo
     IDLE = "idle"  # nothing is sent: only keepalive can notice
     CONNECTING = "connecting"  # the SYN is sent and waits for its SYN-ACK
+    # The program closed the socket, or exited, with data or its FIN unacknowledged: the
+    # kernel finishes it alone (FIN-WAIT-1, CLOSING, LAST-ACK), bounded by
+    # tcp_orphan_retries in place of tcp_retries2.
+    ORPHANED = "orphaned"
 
 
 class Mechanism(StrEnum):
     """What ends the wait: the one thing a verdict depends on."""
 
     TCP_RETRIES2 = "tcp_retries2"  # only the kernel's retransmission budget: the hang
+    ORPHAN_RETRIES = "tcp_orphan_retries"  # an orphan's budget (no program holds the socket)
     USER_TIMEOUT = "user_timeout"
     READ_TIMEOUT = "read_timeout"  # the client's own deadline
     RECVERR = "recverr"  # an ICMP error taken as a hard error
@@ -70,6 +76,7 @@ class Mechanism(StrEnum):
 
 _MECHANISM_DESCRIPTIONS = {
     Mechanism.TCP_RETRIES2: "the kernel's retransmission budget (tcp_retries2)",
+    Mechanism.ORPHAN_RETRIES: "the kernel's budget for orphaned sockets (tcp_orphan_retries)",
     Mechanism.USER_TIMEOUT: "TCP_USER_TIMEOUT",
     Mechanism.READ_TIMEOUT: "--read-timeout (the client's deadline)",
     Mechanism.RECVERR: "IP_RECVERR (ICMP as a hard error)",
@@ -129,8 +136,12 @@ def predict(
     ``activity``.
 
     ``first_rto_s`` is the connection's RTO before the failure (TCP_INFO's ``rto``), when
-    known; otherwise the range this project measured is assumed. ``lone_segment``: the
-    request is one segment (tcpecho's client); False for a program whose writes are unknown.
+    known. An RTO up to the top of the range this project measured (``FIRST_RTO_S``: any
+    link under a few milliseconds) gives the same prediction as an unknown one, so that
+    ``explain``, the client's ``connected`` event, the lab and ``watch`` show one range for
+    the same settings; only a longer RTO (a slower link) replaces the range. ``lone_segment``:
+    the request is one segment (tcpecho's client); False for a program whose writes are
+    unknown.
     """
     if failure is Failure.CLOSED:
         return Prediction(0.0, FAST_S, "fault", Mechanism.PEER_CLOSED, ("EOF", "ECONNRESET"))
@@ -144,8 +155,14 @@ def predict(
         # neither tcp_retries2 nor TCP_USER_TIMEOUT ever start (the latter only once the
         # peer's receive window is full), and keepalive probes are answered.
         return _deadline_or_never(deadlines.read_timeout_s)
-    rto_range = FIRST_RTO_S if first_rto_s is None else (first_rto_s, first_rto_s)
+    rto_range = _rto_range(first_rto_s)
     tlp_range = TLP_S if lone_segment else TLP_ANY_S
+    if activity is Activity.ORPHANED:
+        # No program is left to keep a deadline; TCP_USER_TIMEOUT, set before the close,
+        # still bounds the orphan as it bounded the socket.
+        return _unacknowledged(
+            kernel, in_force, failure, rto_range, tlp_range, orphan_budget(kernel)
+        )
     by_kernel = _unacknowledged(kernel, in_force, failure, rto_range, tlp_range)
     deadline = deadlines.read_timeout_s
     if deadline is not None and deadline + APP_TIMER_S[1] < by_kernel.low_s:
@@ -159,13 +176,28 @@ def predict(
     return by_kernel
 
 
+def _rto_range(first_rto_s: float | None) -> tuple[float, float]:
+    """The first RTOs a prediction covers: the measured range, unless the connection's own
+    RTO is known and longer.
+
+    An RTO below the range is the range too: exactly 200 ms is what a first RTT sample of
+    0 us leaves (a loopback connect, read at once), and the next sample makes it 204 ms.
+    Only a request lost before that sample would wait one (doubled) step longer."""
+    if first_rto_s is None or first_rto_s <= FIRST_RTO_S[1]:
+        return FIRST_RTO_S
+    return (first_rto_s, first_rto_s)
+
+
 def _unacknowledged(
     kernel: KernelSettings,
     in_force: InForce,
     failure: Failure,
     rto_range: tuple[float, float],
     tlp_range: tuple[float, float] = TLP_S,
+    orphan_budget_s: float | None = None,
 ) -> Prediction:
+    """A send never acknowledged: ended by the user timeout, or else by the retry budget
+    (``tcp_retries2``'s, or an orphan's when ``orphan_budget_s`` is given)."""
     errnos = ("ETIMEDOUT",) if failure is Failure.SILENT else ("ENETUNREACH", "EHOSTUNREACH")
     if failure is Failure.UNREACHABLE and in_force.recverr:
         # A hard error at the first ICMP that finds the socket free: the one answering the
@@ -175,7 +207,7 @@ def _unacknowledged(
     lead_low = tlp_range[0] + rto_range[0]
     lead_high = (tlp_range[1] + rto_range[1]) * TIMER_SLACK[1]
     grid = [
-        give_up_after_send(kernel, rto, tlp, slack)
+        give_up_after_send(kernel, rto, tlp, slack, orphan_budget_s)
         for rto in _steps(*rto_range, count=5)
         for tlp in tlp_range
         for slack in _steps(*TIMER_SLACK, count=13)
@@ -188,7 +220,7 @@ def _unacknowledged(
     else:
         low = min(t for t, _ in grid)
         high = max(t for t, _ in grid) + SCHEDULING_S
-        mechanism = Mechanism.TCP_RETRIES2
+        mechanism = Mechanism.TCP_RETRIES2 if orphan_budget_s is None else Mechanism.ORPHAN_RETRIES
         step = max(s for _, s in grid)
     if failure is Failure.UNREACHABLE:
         # Each ICMP error reverts one RTO backoff (RFC 6069) and re-arms the timer without
