@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import signal
 import socket
@@ -146,6 +147,44 @@ def test_counted_run_against_the_server_exits_0(
     assert len(client.named("response_received")) == 3
     assert client.named("summary")[0]["exit_code"] == 0
     client.assert_no_traceback()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        (),
+        ("--user-timeout", "10s"),
+        ("--keepalive-idle", "20s", "--keepalive-interval", "5s", "--keepalive-count", "3"),
+        ("--read-timeout", "30s", "--user-timeout", "1m"),
+    ],
+    ids=["defaults", "user-timeout", "keepalive", "read-timeout"],
+)
+def test_the_connected_event_expects_what_explain_says(
+    start_server: StartServer,
+    spawn: Spawn,
+    client_argv: ClientArgv,
+    tcpecho: str,
+    flags: tuple[str, ...],
+) -> None:
+    """One prediction wherever it is shown: the client, which knows its connection's RTO,
+    and ``explain``, which knows no connection, give the same ranges for the same settings
+    in the same namespace (the lab's are held to them in tests/lab)."""
+    server = start_server()
+    client = spawn(client_argv(server.port, "--count", 1, *flags))
+    connected = client.wait_for("connected")
+    assert client.wait(10) == 0
+    shown = subprocess.run(
+        [tcpecho, "explain", "--json", *flags], capture_output=True, text=True, check=True
+    )
+    scenarios = {s["name"]: s for s in json.loads(shown.stdout)["scenarios"]}
+    for event_key, scenario in (("expected_busy", "busy"), ("expected_idle", "idle")):
+        explained = scenarios[scenario]
+        after = explained["detected_after_s"]
+        assert connected[event_key] == {
+            "low_s": None if after is None else after["low"],
+            "high_s": None if after is None else after["high"],
+            "limited_by": explained["mechanism"],
+        }, (event_key, explained)
 
 
 def test_killing_the_server_gives_eof_or_reset_at_once(

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +101,37 @@ def test_quick_matrix_matches_the_kernel_model(
     conntrack = cases["force-delete/default/active"]["conntrack"]
     assert any("ESTABLISHED" in line and "dst=10.96.0.10" in line for line in conntrack)
     assert "outside the predicted range" not in result.stdout
+    # One prediction wherever it is shown: explain, in a namespace as fresh as the lab's
+    # client pods, expects what the lab expected.
+    for name, flags in (
+        ("force-delete/user-timeout/active", ["--user-timeout", "5s"]),
+        (
+            "force-delete/keepalive/idle",
+            ["--keepalive-idle", "10s", "--keepalive-interval", "1s", "--keepalive-count", "3"],
+        ),
+    ):
+        _assert_explain_expects(cases[name], flags)
+
+
+def _assert_explain_expects(case: dict[str, Any], flags: list[str]) -> None:
+    shown = subprocess.run(
+        ["unshare", "--net", *LAB[:-1], "explain", "--json", *flags],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    scenario = "busy" if case["mode"] == "active" else "idle"
+    explained = next(s for s in json.loads(shown.stdout)["scenarios"] if s["name"] == scenario)
+    prediction = case["prediction"]
+    assert (
+        round(prediction["low_s"], 3),
+        round(prediction["high_s"], 3),
+        prediction["mechanism"],
+    ) == (
+        explained["detected_after_s"]["low"],
+        explained["detected_after_s"]["high"],
+        explained["mechanism"],
+    ), (case["name"], explained)
 
 
 def _start_and_wait_for_faults(argv: list[str]) -> subprocess.Popen[str]:
