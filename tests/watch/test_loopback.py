@@ -22,13 +22,18 @@ from tests.watch.support import Row, port_of, run_watch, snapshot_of, wait_until
 @pytest.fixture
 def own_connection() -> Iterator[tuple[int, int]]:
     """A loopback connection of this test process: (listening port, client's local port);
-    the client side carries TCP_USER_TIMEOUT 7 s."""
+    the client side carries TCP_USER_TIMEOUT 7 s, the server side keepalive (30 s idle,
+    then 3 probes 5 s apart)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 7000)
             accepted, _ = listener.accept()
             with accepted:
+                accepted.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+                accepted.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
                 yield port, client.getsockname()[1]
 
 
@@ -54,6 +59,18 @@ def test_once_json_lists_a_connection_of_this_test_with_its_owner(
         assert 7.3 <= client["gives_up_after_s"] <= 7.6
         assert server["limited_by"] == "tcp_retries2"
         assert 925 <= server["gives_up_after_s"] <= 935
+        # Idle, a vanished peer is noticed only by keepalive: 30 s + 3 x 5 s after the last
+        # data on the server's side, never on the client's (nothing is ever sent).
+        assert server["if_idle"] == {
+            "gives_up_after_s": 45.0,
+            "limited_by": "keepalive",
+            "clock": "last-data",
+        }
+        assert client["if_idle"] == {
+            "gives_up_after_s": None,
+            "limited_by": "nothing",
+            "clock": "last-data",
+        }
 
 
 def test_stuck_on_a_healthy_machine_lists_nothing_of_ours(own_connection: tuple[int, int]) -> None:
@@ -133,11 +150,19 @@ def test_off_a_terminal_each_snapshot_is_a_table(own_connection: tuple[int, int]
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
     assert lines[0].startswith("tcpecho watch")
-    assert "2 connection(s), 0 stuck" in lines[0]
     assert lines[1].split()[:4] == ["PID", "COMMAND", "PEER", "STATE"]
     assert "\x1b" not in result.stdout  # no terminal, no redrawing
     row = next(line for line in lines if line.rstrip().endswith(f"127.0.0.1:{client_port}"))
     assert row.split()[0] == str(os.getpid())
+    if os.geteuid() == 0:  # the options are read: the client's has no keepalive
+        assert "2 connections, 0 stuck, 1 never noticed if idle" in lines[0]
+        # IF IDLE beside GIVES UP: the client's never, the keepalive server's 45 s.
+        idle_at = lines[1].index("IF IDLE") + len("IF IDLE")
+        assert row[:idle_at].split()[-1] == "never", row
+        server = next(line for line in lines if line.rstrip().endswith(f"127.0.0.1:{port}"))
+        assert server[:idle_at].split()[-1] == "45.0s", server
+    else:
+        assert "2 connections, 0 stuck" in lines[0]
 
 
 # A command line holding terminal sequences: clear the screen, then red.

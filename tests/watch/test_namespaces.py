@@ -32,6 +32,8 @@ from tcpecho.lab.topology import (
     leftover_namespaces,
     remove_namespaces,
 )
+from tcpecho.model import Activity, Failure, KernelSettings, predict
+from tcpecho.tcp.options import TcpOptions
 from tests.conftest import Spawn, requires_netns
 from tests.support import LoggedProcess, abandoned_namespaces
 from tests.watch.support import Row, port_of, run_watch, snapshot_of, wait_until, watch_argv
@@ -379,3 +381,78 @@ def test_root_reads_the_options_of_another_users_program(lab: Lab) -> None:
     (row,) = lab.watch_once()
     assert row["pid"] == nobodys.pid
     assert (row["options_source"], row["options"]["user_timeout_ms"]) == ("socket", 3000)
+
+
+# An orphan's budget in this test: 5 retries, 0.2 s x (2^6 - 1) = 12.6 s (the default 0
+# stands for 8: 102.2 s, docs/kernel-facts.md). Above 4 the 204 ms RTO's expiries no longer
+# straddle the budget, so the range stays one step wide.
+ORPHAN_RETRIES = 5
+
+
+@requires_netns
+@pytest.mark.netns
+def test_an_orphan_is_bounded_by_tcp_orphan_retries_not_tcp_retries2(
+    lab: Lab, spawn: Spawn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A program killed while its request waits for an ACK: its socket, FIN queued behind
+    the data, is an orphan the kernel finishes alone, within the orphan budget the watch
+    predicts; the kernel drops it then, 900 s before tcp_retries2 would have."""
+    lab.topology.sysctl(lab.topology.client_ns, "net.ipv4.tcp_orphan_retries", ORPHAN_RETRIES)
+    timed = lab.start(["socat", "-", f"TCP:{CLUSTER}"], stdin=True)
+    local = lab.wait_for_owners({timed.pid})[timed.pid]["local"]
+    _send(timed, b"hello\n")  # one echo first, so its RTO is the path's
+    time.sleep(0.5)
+    lab.topology.drop_pod_traffic()
+    sent_at = _send(timed, b"ping\n")
+    time.sleep(1.0)  # retransmitting: killed mid-wait, as the issue's programs were
+    timed.kill()
+    timed.wait(5)
+    watcher = spawn(lab.in_client(watch_argv("--json", "--interval", "0.2s")))
+    wait_until(
+        lambda: _gone_since(watcher, local) is not None,
+        timeout=40,
+        what=lambda: f"end of the orphan {local}: {watcher.stderr_lines[-5:]}",
+    )
+    watcher.signal(signal.SIGTERM)
+    assert watcher.wait(5) == 0
+    watcher.assert_no_traceback()
+    snapshots = [event for event in list(watcher.events) if "connections" in event]
+    rows = [
+        row for snapshot in snapshots for row in snapshot["connections"] if row["local"] == local
+    ]
+    assert rows, "the orphan was never listed"
+    expected = predict(
+        KernelSettings(tcp_orphan_retries=ORPHAN_RETRIES),
+        TcpOptions(),
+        Failure.SILENT,
+        Activity.ORPHANED,
+    )
+    for row in rows:
+        assert (row["pid"], row["state"], row["orphaned"]) == (None, "FIN_WAIT1", True)
+        assert row["limited_by"] == "tcp_orphan_retries"
+        assert row["if_idle"] is None  # it can never be idle: its FIN waits
+        assert expected.low_s - 0.01 <= row["gives_up_after_s"] <= expected.high_s
+    gone_at = _gone_since(watcher, local)
+    assert gone_at is not None
+    # Seen gone at the first snapshot after the end: at most one interval late, plus the
+    # watch's own scan.
+    ended_after = gone_at - sent_at
+    _record(
+        f"orphan gone {ended_after:.2f} s after the send (expected {expected.describe()})", capsys
+    )
+    assert expected.low_s <= ended_after <= expected.high_s + 0.2 + 0.3
+
+
+def _gone_since(watcher: LoggedProcess, local: str) -> float | None:
+    """When the first snapshot without ``local`` arrived, after one that listed it."""
+    seen = False
+    for event in list(watcher.events):
+        if "connections" not in event:
+            continue
+        listed = any(row["local"] == local for row in event["connections"])
+        if listed:
+            seen = True
+        elif seen:
+            arrived: float = event["_received_at"]
+            return arrived
+    return None

@@ -4,9 +4,12 @@ and what the kernel model makes of each connection (``Watched``).
 
 A connection with unacknowledged data the kernel keeps retransmitting is the model's busy
 connection to a silent peer; one whose keepalive probes go unanswered is its idle one; a
-connect whose SYNs go unanswered is its connecting one. A healthy connection gets the answer
-for a request lost now. How long each has been stuck is rebuilt from the kernel's timers
-(``model.stuck_for_s``), on the prediction's clock.
+connect whose SYNs go unanswered is its connecting one; a closing socket no program holds
+any more is its orphan, bounded by ``tcp_orphan_retries``. A healthy connection gets the
+answer for a request lost now. Every open connection also gets the idle answer: when a peer
+that vanished while nothing was being sent would be noticed (never, without keepalive),
+since the kernel shows nothing at all for that one. How long each has been stuck is rebuilt
+from the kernel's timers (``model.stuck_for_s``), on the prediction's clock.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from tcpecho.model import (
+    TIMER_SLACK,
     Activity,
     Failure,
     KernelSettings,
+    Mechanism,
     Prediction,
     first_rto_s,
+    orphan_retries,
     predict,
     stuck_for_s,
 )
@@ -30,6 +36,10 @@ from tcpecho.watch.config import WatchConfig
 
 # States in which the connection can have data in flight that the peer must acknowledge.
 _SENDING_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "CLOSING", "LAST_ACK"})
+# States in which the program may still send: a peer that vanishes meanwhile can go unnoticed.
+_OPEN_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT"})
+# States of a socket whose FIN is sent: without a program it is an orphan.
+_CLOSING_STATES = frozenset({"FIN_WAIT1", "CLOSING", "LAST_ACK"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,13 @@ class Watched:
     options: EffectiveOptions | None  # None: the program's own options could not be read
     prediction: Prediction | None  # None: nothing this state waits for is modelled
     stuck_for_s: float | None
+    # For an open connection: when a peer that vanished while it is idle would be noticed.
+    if_idle: Prediction | None = None
+
+    @property
+    def orphaned(self) -> bool:
+        """Closed by its program (or left by it at exit) and finished by the kernel alone."""
+        return is_orphan(self.connection)
 
     @property
     def gives_up_after_s(self) -> float | None:
@@ -157,13 +174,24 @@ def watch_connection(
     they can be read, and the kernel's defaults otherwise."""
     options = None if owner is None else diag.socket_options(owner)
     tcp = _model_options(options, connection)
+    idle = (
+        predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+        if connection.state in _OPEN_STATES and connection.info is not None
+        else None
+    )
     return Watched(
         connection=connection,
         owner=owner,
         options=options,
         prediction=_prediction(connection, tcp, kernel),
         stuck_for_s=stuck_for_s(connection, kernel),
+        if_idle=idle,
     )
+
+
+def is_orphan(connection: Connection) -> bool:
+    """No program holds the socket (the kernel reports no inode) and its FIN is out."""
+    return connection.inode == 0 and connection.state in _CLOSING_STATES
 
 
 def _model_options(options: EffectiveOptions | None, connection: Connection) -> TcpOptions:
@@ -186,9 +214,34 @@ def _prediction(
         return None  # closing down, or a peer that acknowledges but reads nothing
     if _probing_idle(connection):
         return predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+    if is_orphan(connection):
+        return _orphan_prediction(connection, tcp, kernel)
     # Busy, or healthy: for a healthy connection, what a request lost now would take.
     return predict(
         kernel, tcp, Failure.SILENT, Activity.ACTIVE, first_rto_s=first_rto_s(connection, kernel)
+    )
+
+
+def _orphan_prediction(
+    connection: Connection, tcp: TcpOptions, kernel: KernelSettings
+) -> Prediction:
+    """An orphan's end: ``tcp_orphan_retries``' budget, or, when its RTO had already reached
+    the cap and the sysctl is 0, its next expiry (the kernel then allows it no retry)."""
+    info = connection.info
+    assert info is not None
+    stuck = stuck_for_s(connection, kernel)
+    capped = info.rto_ms / 1000 >= kernel.tcp_rto_max_s
+    if capped and stuck is not None and orphan_retries(kernel, rto_capped=True) == 0:
+        ends = stuck + connection.timer_expires_ms / 1000
+        return Prediction(
+            ends, ends * TIMER_SLACK[1], "request", Mechanism.ORPHAN_RETRIES, ("ETIMEDOUT",)
+        )
+    return predict(
+        kernel,
+        tcp,
+        Failure.SILENT,
+        Activity.ORPHANED,
+        first_rto_s=first_rto_s(connection, kernel),
     )
 
 

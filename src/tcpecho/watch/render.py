@@ -51,9 +51,20 @@ def _as_dict(watched: Watched) -> dict[str, Any]:
         "gives_up_in_s": watched.gives_up_in_s,
         "limited_by": watched.limited_by,
         "clock": None if watched.prediction is None else watched.prediction.clock,
+        "orphaned": watched.orphaned,
+        "if_idle": None if watched.if_idle is None else _idle_as_dict(watched.if_idle),
         "options": None if watched.options is None else watched.options.as_dict(),
         "options_source": watched.options_source,
         "assumption": watched.assumption,
+    }
+
+
+def _idle_as_dict(prediction: Prediction) -> dict[str, Any]:
+    """When a peer that vanished while the connection is idle would be noticed."""
+    return {
+        "gives_up_after_s": None if prediction.never else round(prediction.low_s, 3),
+        "limited_by": str(prediction.mechanism),
+        "clock": prediction.clock,
     }
 
 
@@ -104,6 +115,7 @@ _COLUMNS: tuple[tuple[str, bool, Callable[[Watched], str]], ...] = (
     ("GIVES UP", True, lambda w: _gives_up(w.prediction)),
     ("LEFT", True, lambda w: _seconds(w.gives_up_in_s)),
     ("LIMITED BY", False, lambda w: w.limited_by or "-"),
+    ("IF IDLE", True, lambda w: _gives_up(w.if_idle)),
     ("RETRANS", True, _retransmissions),
     ("RTO", True, _rto),
     ("OPTIONS", False, lambda w: _options_summary(w.options)),
@@ -119,8 +131,16 @@ def render_table(
 ) -> str:
     """The snapshot as a table, one row per connection; lines cut at ``width`` if given."""
     stuck = sum(1 for w in watched if w.connection.stuck)
+    unnoticed = sum(1 for w in watched if w.if_idle is not None and w.if_idle.never)
+    orphans = sum(1 for w in watched if w.orphaned)
+    counts = [
+        _counted(len(watched), "connection"),
+        f"{stuck} stuck",
+        *([f"{orphans} orphaned"] if orphans else []),
+        *([f"{unnoticed} never noticed if idle"] if unnoticed else []),
+    ]
     lines = [
-        f"tcpecho watch  {at:%H:%M:%S}  {len(watched)} connection(s), {stuck} stuck  "
+        f"tcpecho watch  {at:%H:%M:%S}  {', '.join(counts)}  "
         f"(tcp_retries2={kernel.tcp_retries2}, "
         f"tcp_rto_max_ms={round(kernel.tcp_rto_max_s * 1000)})"
     ]
@@ -132,8 +152,14 @@ def render_table(
         lines += [
             "STUCK and GIVES UP count from the first unanswered send (SYN-SENT: the connect;",
             "keepalive probes: the last data received); a healthy row's GIVES UP is what a",
-            "request lost now would take.",
+            "request lost now would take. IF IDLE: a peer that vanished while nothing is",
+            "sent is noticed this long after the last data, by keepalive; never without it.",
         ]
+        if orphans:
+            lines.append(
+                "orphaned: no program holds it; the kernel ends it at tcp_orphan_retries "
+                f"(={kernel.tcp_orphan_retries}; 0 means 8)."
+            )
     if any(w.options is None for w in watched):
         lines += [
             "?: options unreadable, predicted with the kernel's defaults (no TCP_USER_TIMEOUT);",
@@ -142,6 +168,10 @@ def render_table(
     if width is not None:
         lines = [line[:width] for line in lines]
     return "\n".join(lines)
+
+
+def _counted(number: int, thing: str) -> str:
+    return f"{number} {thing}" + ("" if number == 1 else "s")
 
 
 def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
