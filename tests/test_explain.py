@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -104,6 +105,45 @@ def test_the_command_prints_scenarios_and_warnings() -> None:
     assert "929-994 s" in busy  # ~924.6 s plus the first retransmission's lead
     assert "  no-bound: " in result.stdout
     assert "    fix: " in result.stdout
+    assert all(len(line) <= 100 for line in lines)
+
+
+# Option sets whose cells are wider than their headers: the client's own deadlines' error
+# names (CONNECT_TIMEOUT, READ_TIMEOUT) and a range of seven-digit seconds.
+TABLE_OPTIONS = [
+    (),
+    ("--connect-timeout", "5s"),
+    ("--read-timeout", "500ms"),
+    ("--connect-timeout", "5s", "--read-timeout", "2s", "--user-timeout", "20s"),
+    ("--read-timeout", "1000h", "--connect-timeout", "5s"),
+    ("--recverr", "--syn-retries", "2", "--keepalive-idle", "10s"),
+]
+DETECTED_AFTER = re.compile(r"never|< [0-9.]+ s|[0-9.]+-[0-9.]+ s")
+
+
+@pytest.mark.parametrize("args", TABLE_OPTIONS, ids=lambda args: " ".join(args) or "defaults")
+def test_every_cell_stands_apart_under_its_header(args: tuple[str, ...]) -> None:
+    """Each column as wide as its widest cell: every cell starts where its header does, two
+    spaces after the one before (``CONNECT_TIMEOUTconnecting`` ran together)."""
+    table, document = _explain(*args), _explain("--json", *args)
+    assert table.returncode == document.returncode == 0, table.stderr + document.stderr
+    lines = table.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("scenario  "))
+    starts = [header.index(name) for name in ("detected after", "error", "what happens")]
+    for scenario in json.loads(document.stdout)["scenarios"]:
+        row = next(line for line in lines if line.startswith(f"{scenario['name']} "))
+        for start in starts:
+            assert row[start - 2 : start] == "  ", (header, row)
+            assert row[start] != " ", (header, row)
+        name, detected, error, what = (
+            row[begin:end].strip() for begin, end in zip([0, *starts], [*starts, None], strict=True)
+        )
+        assert name == scenario["name"]
+        assert DETECTED_AFTER.fullmatch(detected), row
+        assert (detected == "never") == (scenario["detected_after_s"] is None), row
+        assert error == (scenario["errno"] or "-")
+        assert what, row
+        assert scenario["description"].startswith(what), row
     assert all(len(line) <= 100 for line in lines)
 
 

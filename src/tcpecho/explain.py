@@ -362,19 +362,8 @@ def render(explanation: Explanation, width: int = 100) -> str:
         "options: " + (" ".join(flags) if flags else "none (the kernel's defaults)"),
         *textwrap.wrap(f"this network namespace: {shown}", width, subsequent_indent="  "),
         "",
-        f"{'scenario':<16}{'detected after':<16}{'error':<14}what happens",
+        *_scenario_table(explanation.outcomes, width),
     ]
-    indent = " " * 16
-    for outcome in explanation.outcomes:
-        prediction = outcome.prediction
-        errno = prediction.errnos[0] if prediction.errnos else "-"
-        lines.append(
-            f"{outcome.scenario.name:<16}{prediction.describe():<16}{errno:<14}"
-            f"{outcome.scenario.description}"
-        )
-        lines += textwrap.wrap(
-            f"because {outcome.reasoning}", width, initial_indent=indent, subsequent_indent=indent
-        )
     if explanation.traps:
         lines += ["", "warnings:"]
         for trap in explanation.traps:
@@ -385,6 +374,44 @@ def render(explanation: Explanation, width: int = 100) -> str:
                 f"fix: {trap.fix}", width, initial_indent="    ", subsequent_indent="      "
             )
     return "\n".join(lines)
+
+
+_HEADERS = ("scenario", "detected after", "error", "what happens")
+_GAP = "  "  # between columns: a cell as wide as its column still stands apart
+_NARROWEST_DESCRIPTION = 30  # a narrower last column would be wrapped into a word a line
+
+
+def _scenario_table(outcomes: tuple[Outcome, ...], width: int) -> list[str]:
+    """One row per scenario, each column as wide as its widest cell (the header's included),
+    so no value runs into the next; the reasoning below each row, from the second column.
+    What happens, the last column, wraps within ``width``."""
+    rows = [
+        (
+            outcome.scenario.name,
+            outcome.prediction.describe(),
+            outcome.prediction.errnos[0] if outcome.prediction.errnos else "-",
+        )
+        for outcome in outcomes
+    ]
+    widths = [max(len(row[i]) for row in [_HEADERS[:-1], *rows]) for i in range(len(rows[0]))]
+
+    def leading(cells: tuple[str, ...]) -> str:
+        padded = (cell.ljust(column) for cell, column in zip(cells, widths, strict=True))
+        return "".join(f"{cell}{_GAP}" for cell in padded)
+
+    lines = [leading(_HEADERS[:-1]) + _HEADERS[-1]]
+    indent = " " * (widths[0] + len(_GAP))
+    for outcome, row in zip(outcomes, rows, strict=True):
+        start = leading(row)
+        described = textwrap.wrap(
+            outcome.scenario.description, max(width - len(start), _NARROWEST_DESCRIPTION)
+        )
+        lines.append(start + described[0])
+        lines += [" " * len(start) + rest for rest in described[1:]]
+        lines += textwrap.wrap(
+            f"because {outcome.reasoning}", width, initial_indent=indent, subsequent_indent=indent
+        )
+    return lines
 
 
 def _shown_sysctls(explanation: Explanation) -> list[tuple[str, int]]:
