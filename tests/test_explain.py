@@ -39,6 +39,8 @@ TRAPS = [
         {},
         {"keepalive-without-user-timeout", "keepalive-default-idle", "slow-connect"},
     ),
+    # The client's own read timeout ends a busy request: keepalive's blind spot hangs nothing.
+    (KEEPALIVE, Deadlines(read_timeout_s=5), {}, {"slow-connect"}),
     (TcpOptions(user_timeout_ms=30_000), NONE, {}, {"user-timeout-without-keepalive"}),
     (replace(PROTECTED, user_timeout_ms=30_000), NONE, {}, {"user-timeout-exceeds-keepalive"}),
     (PROTECTED, NONE, {}, set()),

@@ -276,7 +276,7 @@ def _keepalive_traps(in_force: InForce, busy: Prediction) -> list[Trap]:
                 "add --user-timeout (for example 30s), and keepalive for idle connections",
             )
         )
-    if keepalive is not None and ut == 0:
+    if busy.mechanism is Mechanism.TCP_RETRIES2 and keepalive is not None:
         found.append(
             Trap(
                 "keepalive-without-user-timeout",
