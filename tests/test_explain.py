@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tcpecho.explain import explain
+from tcpecho.explain import Trap, explain
 from tcpecho.model import KernelSettings
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
@@ -38,6 +39,8 @@ TRAPS = [
         {},
         {"keepalive-without-user-timeout", "keepalive-default-idle", "slow-connect"},
     ),
+    # The client's own read timeout ends a busy request: keepalive's blind spot hangs nothing.
+    (KEEPALIVE, Deadlines(read_timeout_s=5), {}, {"slow-connect"}),
     (TcpOptions(user_timeout_ms=30_000), NONE, {}, {"user-timeout-without-keepalive"}),
     (replace(PROTECTED, user_timeout_ms=30_000), NONE, {}, {"user-timeout-exceeds-keepalive"}),
     (PROTECTED, NONE, {}, set()),
@@ -83,6 +86,103 @@ def test_the_scenarios_come_from_the_model() -> None:
     assert "TCP_USER_TIMEOUT" in explanation.outcome("busy").reasoning
 
 
+def _trap(code: str, tcp: TcpOptions, deadlines: Deadlines = NONE) -> Trap:
+    return next(trap for trap in explain(DEFAULTS, tcp, deadlines).traps if trap.code == code)
+
+
+def _detected(tcp: TcpOptions, scenario: str) -> str:
+    return explain(DEFAULTS, tcp, NONE).outcome(scenario).prediction.describe()
+
+
+def test_a_user_timeout_past_keepalive_says_why_in_the_users_own_numbers() -> None:
+    """Issue 21's options: "make --user-timeout at most 19s" gave a number without its rule.
+    With keepalive on, the kernel ends an idle connection's probing at the first probe at or
+    past TCP_USER_TIMEOUT, whatever the count: 10 + 4 x 3 = 22 s, not 10 + 3 x 3 = 19 s."""
+    args = ("--user-timeout", "20s", "--keepalive-idle", "10s")
+    result = _explain("--json", *args, "--keepalive-interval", "3s", "--keepalive-count", "3")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    idle = next(s for s in document["scenarios"] if s["name"] == "idle")
+    assert idle["detected_after_s"]["low"] == 22  # the model's, which the lab checks
+    (trap,) = document["warnings"]
+    assert trap["code"] == "user-timeout-exceeds-keepalive"
+    message, fix = trap["message"], trap["fix"]
+    assert "first probe at or past TCP_USER_TIMEOUT, not after the probe count" in message
+    assert "with --user-timeout 20s it probes on to 22 s after the last data" in message
+    assert "3 s later than the 19 s" in message
+    assert "--keepalive-idle 10s + --keepalive-count 3 x --keepalive-interval 3s" in message
+    assert fix.startswith("make --user-timeout at most 19s, so probing ends by then")
+    assert "noticed within 19 s" in fix
+    assert "accept the idle detection at 22 s" in fix
+
+
+def test_keepalive_values_from_the_namespace_are_named_by_their_sysctls() -> None:
+    tcp = TcpOptions(user_timeout_ms=1_000_000, keepalive_idle_s=10)
+    message = _trap("user-timeout-exceeds-keepalive", tcp).message
+    assert "--keepalive-idle 10s + tcp_keepalive_probes=9 x tcp_keepalive_intvl=75" in message
+    assert "the 685 s" in message  # 10 + 9 x 75
+    assert "probes on to 1060 s" in message  # 10 + 14 x 75: the first probe at or past 1000 s
+    assert "at most 685s" in _trap("user-timeout-exceeds-keepalive", tcp).fix
+
+
+def test_a_suggested_user_timeout_says_what_it_gives_and_why_that_much() -> None:
+    fix = _trap("no-bound", TcpOptions()).fix
+    assert fix.startswith("add --user-timeout, for example 30s: ")
+    with_30s = _detected(TcpOptions(user_timeout_ms=30_000), "busy")
+    assert f"fails after {with_30s} instead of {_detected(TcpOptions(), 'busy')}" in fix
+    assert "30 s stays well above the 6.2 s a lossy but healthy path takes" in fix
+    assert "keepalive for idle connections, which the user timeout does not watch" in fix
+    # With keepalive's probing over in 25 s, 30 s would stretch it: the example is 25 s.
+    fix = _trap("keepalive-without-user-timeout", KEEPALIVE).fix
+    assert fix.startswith("add --user-timeout, for example 25s: ")
+    assert f"fails after {_detected(replace(KEEPALIVE, user_timeout_ms=25_000), 'busy')}" in fix
+    assert "--keepalive-idle 10s + --keepalive-count 3 x --keepalive-interval 5s = 25 s" in fix
+    assert _trap("recverr-without-user-timeout", TcpOptions(recverr=True)).fix.startswith(
+        "add --user-timeout, for example 30s: "
+    )
+
+
+def test_the_other_traps_give_their_reasons_with_numbers() -> None:
+    too_short = _trap("user-timeout-too-short", TcpOptions(user_timeout_ms=3000))
+    assert "TCP_USER_TIMEOUT 3s ends the connection before" in too_short.message
+    assert "0.2+0.4+0.8+1.6+3.2 = 6.2 s" in too_short.message
+    assert too_short.fix.startswith("use at least ~10s: above those 6.2 s")
+    slow = _trap("slow-connect", TcpOptions()).fix
+    assert "--connect-timeout, for example 5s: " in slow
+    assert "a lost SYN is sent again after 1 s" in slow
+    assert (
+        f"--syn-retries 2 gives up after {_detected(TcpOptions(syn_retries=2), 'connect')}" in slow
+    )
+    default_idle = _trap("keepalive-default-idle", TcpOptions(keepalive=True)).message
+    assert "tcp_keepalive_time (7200 s)" in default_idle
+    assert f"noticed only {_detected(TcpOptions(keepalive=True), 'idle')} after" in default_idle
+    # The example keepalive reaches the user timeout: 10 + 4 x 5 = 30 s, and says so.
+    for tcp in (
+        TcpOptions(user_timeout_ms=30_000),
+        TcpOptions(user_timeout_ms=30_000, keepalive=False),
+    ):
+        without = _trap("user-timeout-without-keepalive", tcp).fix
+        example = "--keepalive-idle 10s --keepalive-interval 5s --keepalive-count 4"
+        assert without.startswith(f"add keepalive, for example {example}: ")
+        assert "a dead idle peer is then noticed 30 s after the last data" in without
+        assert "(here 30 s) at least the user timeout (30s)" in without
+
+
+# A value a fix suggests, written as a flag takes it (30s, 500ms), and a time it gives (30.4 s).
+SUGGESTED_VALUE = re.compile(r"\b[0-9]+(ms|s|m|h)\b")
+A_TIME = re.compile(r"[0-9] s\b")
+
+
+@pytest.mark.parametrize(("tcp", "deadlines", "kernel", "expected"), TRAPS)
+def test_every_value_a_fix_suggests_says_what_it_gives(
+    tcp: TcpOptions, deadlines: Deadlines, kernel: dict[str, Any], expected: set[str]
+) -> None:
+    """No bare number: a fix that names a value says, with a time, what it gives or why."""
+    for trap in explain(KernelSettings(**kernel), tcp, deadlines).traps:
+        if SUGGESTED_VALUE.search(trap.fix):
+            assert A_TIME.search(trap.fix), trap
+
+
 def _explain(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [tcpecho_executable(), "explain", *args],
@@ -104,6 +204,45 @@ def test_the_command_prints_scenarios_and_warnings() -> None:
     assert "929-994 s" in busy  # ~924.6 s plus the first retransmission's lead
     assert "  no-bound: " in result.stdout
     assert "    fix: " in result.stdout
+    assert all(len(line) <= 100 for line in lines)
+
+
+# Option sets whose cells are wider than their headers: the client's own deadlines' error
+# names (CONNECT_TIMEOUT, READ_TIMEOUT) and a range of seven-digit seconds.
+TABLE_OPTIONS = [
+    (),
+    ("--connect-timeout", "5s"),
+    ("--read-timeout", "500ms"),
+    ("--connect-timeout", "5s", "--read-timeout", "2s", "--user-timeout", "20s"),
+    ("--read-timeout", "1000h", "--connect-timeout", "5s"),
+    ("--recverr", "--syn-retries", "2", "--keepalive-idle", "10s"),
+]
+DETECTED_AFTER = re.compile(r"never|< [0-9.]+ s|[0-9.]+-[0-9.]+ s")
+
+
+@pytest.mark.parametrize("args", TABLE_OPTIONS, ids=lambda args: " ".join(args) or "defaults")
+def test_every_cell_stands_apart_under_its_header(args: tuple[str, ...]) -> None:
+    """Each column as wide as its widest cell: every cell starts where its header does, two
+    spaces after the one before (``CONNECT_TIMEOUTconnecting`` ran together)."""
+    table, document = _explain(*args), _explain("--json", *args)
+    assert table.returncode == document.returncode == 0, table.stderr + document.stderr
+    lines = table.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("scenario  "))
+    starts = [header.index(name) for name in ("detected after", "error", "what happens")]
+    for scenario in json.loads(document.stdout)["scenarios"]:
+        row = next(line for line in lines if line.startswith(f"{scenario['name']} "))
+        for start in starts:
+            assert row[start - 2 : start] == "  ", (header, row)
+            assert row[start] != " ", (header, row)
+        name, detected, error, what = (
+            row[begin:end].strip() for begin, end in zip([0, *starts], [*starts, None], strict=True)
+        )
+        assert name == scenario["name"]
+        assert DETECTED_AFTER.fullmatch(detected), row
+        assert (detected == "never") == (scenario["detected_after_s"] is None), row
+        assert error == (scenario["errno"] or "-")
+        assert what, row
+        assert scenario["description"].startswith(what), row
     assert all(len(line) <= 100 for line in lines)
 
 

@@ -5,21 +5,26 @@ connection idles, a router answering ICMP unreachable, a connect that is never a
 peer that is alive but stopped reading) it asks the kernel model, with this network
 namespace's sysctls, when the client would notice, and says why in one line. The same model
 drives the lab's expectations and the client's live view, so the three cannot disagree.
-It also names the known traps in the options, each with its fix.
+It also names the known traps in the options, each with why in the options' own numbers (the
+flags given, the namespace's sysctls for the rest) and its fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tcpecho.durations import format_duration
 from tcpecho.model import (
+    TCP_RTO_MIN_S,
+    TCP_TIMEOUT_INIT_S,
     Activity,
     Failure,
     InForce,
+    Keepalive,
     KernelSettings,
     Mechanism,
     Prediction,
@@ -28,10 +33,21 @@ from tcpecho.model import (
     syn_budget,
 )
 from tcpecho.settings import Deadlines
-from tcpecho.tcp.options import TcpOptions
+from tcpecho.tcp.options import OPTIONS, TcpOptions
 
 DEFAULT_TCP_RETRIES2 = KernelSettings().tcp_retries2
 SHORT_USER_TIMEOUT_S = 5.0  # a few lost segments in a row (0.2+0.4+0.8+1.6 s) come near it
+# A healthy but lossy path's streak the user timeout must outlast: five RTOs from the minimum,
+# each doubled (0.2+0.4+0.8+1.6+3.2 = 6.2 s).
+LOSSY_STREAK_S = tuple(TCP_RTO_MIN_S * 2**step for step in range(5))
+ENOUGH_USER_TIMEOUT_S = 10  # above that streak, with room for a slower path's longer RTO
+EXAMPLE_USER_TIMEOUT_S = 30  # well above that streak, far below tcp_retries2's ~15 min
+EXAMPLE_CONNECT_TIMEOUT_S = 5  # a round trip, and a few SYNs sent again 1 s apart
+EXAMPLE_SYN_RETRIES = 2
+EXAMPLE_KEEPALIVE_IDLE_S = 10  # a first probe soon after the connection goes quiet
+EXAMPLE_KEEPALIVE_INTERVAL_S = 5
+_KEEPALIVE_FIELDS = ("keepalive_idle_s", "keepalive_interval_s", "keepalive_count")
+MAX_COUNT = next(option.high for option in OPTIONS if option.field == "keepalive_count") or 1
 SHORT_READ_TIMEOUT_S = 1.0  # one lost segment costs 0.2 s, 1 s before the first RTT sample
 SLOW_CONNECT_S = 30.0
 
@@ -111,10 +127,9 @@ def explain(kernel: KernelSettings, tcp: TcpOptions, deadlines: Deadlines) -> Ex
         for scenario in SCENARIOS
         for prediction in [predict(kernel, tcp, scenario.failure, scenario.activity, deadlines)]
     )
-    busy = next(outcome.prediction for outcome in outcomes if outcome.scenario.name == "busy")
-    connect = next(o.prediction for o in outcomes if o.scenario.name == "connect")
+    predicted = {outcome.scenario.name: outcome.prediction for outcome in outcomes}
     return Explanation(
-        tcp, deadlines, kernel, outcomes, tuple(traps(kernel, in_force, deadlines, busy, connect))
+        tcp, deadlines, kernel, outcomes, tuple(traps(kernel, tcp, deadlines, predicted))
     )
 
 
@@ -205,22 +220,26 @@ def _keepalive_reason(in_force: InForce, mechanism: Mechanism) -> str:
 
 def traps(
     kernel: KernelSettings,
-    in_force: InForce,
+    tcp: TcpOptions,
     deadlines: Deadlines,
-    busy: Prediction,
-    connect: Prediction,
+    predicted: dict[str, Prediction],
 ) -> list[Trap]:
-    """The known traps these options fall into, each with its fix."""
-    found = _keepalive_traps(in_force, busy)
+    """The known traps these options fall into, each with why, in the options' own numbers,
+    and its fix. ``predicted``: each scenario's prediction, by name."""
+    in_force = InForce.of(tcp, kernel)
+    busy, connect = predicted["busy"], predicted["connect"]
+    found = _keepalive_traps(kernel, tcp, in_force, busy, predicted["idle"])
     ut = in_force.user_timeout_s
     if 0 < ut < SHORT_USER_TIMEOUT_S:
         found.append(
             Trap(
                 "user-timeout-too-short",
-                f"TCP_USER_TIMEOUT {format_duration(ut)} cuts a healthy but lossy path (a few lost "
-                "segments in a row take 0.2+0.4+0.8+1.6 s) and a peer that pauses reading "
-                "(a zero window), as if the peer were gone",
-                "use at least ~10s, well above the path's worst streak of retransmissions",
+                f"TCP_USER_TIMEOUT {format_duration(ut)} ends the connection before a healthy "
+                f"but lossy path gets over {len(LOSSY_STREAK_S)} losses in a row (its "
+                f"retransmissions take {_sum_of(LOSSY_STREAK_S)} s from the minimum RTO), and "
+                "cuts a peer that pauses reading (a zero window) as if it were gone",
+                f"use at least ~{ENOUGH_USER_TIMEOUT_S}s: above those {sum(LOSSY_STREAK_S):g} s, "
+                "with room for a slower path's longer RTO",
             )
         )
     read = deadlines.read_timeout_s
@@ -239,7 +258,7 @@ def traps(
                 "recverr-without-user-timeout",
                 "IP_RECVERR acts only when a router answers with ICMP; a silent black hole "
                 f"(a force-deleted pod) still takes {busy.describe()}",
-                "add --user-timeout",
+                _user_timeout_fix(kernel, tcp, in_force, busy),
             )
         )
     if kernel.tcp_retries2 != DEFAULT_TCP_RETRIES2:
@@ -253,17 +272,13 @@ def traps(
             )
         )
     if connect.low_s > SLOW_CONNECT_S:
-        found.append(
-            Trap(
-                "slow-connect",
-                f"a connect to an address that never answers takes {connect.describe()}",
-                "add --connect-timeout (for example 5s) or --syn-retries",
-            )
-        )
+        found.append(_slow_connect(kernel, tcp, connect))
     return found
 
 
-def _keepalive_traps(in_force: InForce, busy: Prediction) -> list[Trap]:
+def _keepalive_traps(
+    kernel: KernelSettings, tcp: TcpOptions, in_force: InForce, busy: Prediction, idle: Prediction
+) -> list[Trap]:
     found = []
     ut = in_force.user_timeout_s
     keepalive = in_force.keepalive
@@ -271,18 +286,20 @@ def _keepalive_traps(in_force: InForce, busy: Prediction) -> list[Trap]:
         found.append(
             Trap(
                 "no-bound",
-                f"nothing but tcp_retries2 bounds a request the peer never answers: "
-                f"{busy.describe()} (the field report's 15 m 39 s)",
-                "add --user-timeout (for example 30s), and keepalive for idle connections",
+                f"nothing but tcp_retries2={kernel.tcp_retries2} bounds a request the peer "
+                f"never answers: {busy.describe()} (the field report's 15 m 39 s)",
+                f"{_user_timeout_fix(kernel, tcp, in_force, busy)}; and keepalive for idle "
+                "connections, which the user timeout does not watch",
             )
         )
-    if keepalive is not None and ut == 0:
+    if busy.mechanism is Mechanism.TCP_RETRIES2 and keepalive is not None:
         found.append(
             Trap(
                 "keepalive-without-user-timeout",
                 "keepalive sends no probe while a request is unacknowledged: a busy "
-                f"connection still hangs {busy.describe()}",
-                "add --user-timeout (for example 30s)",
+                f"connection still hangs until tcp_retries2={kernel.tcp_retries2} gives up, "
+                f"{busy.describe()}",
+                _user_timeout_fix(kernel, tcp, in_force, busy),
             )
         )
     if ut > 0 and keepalive is None:
@@ -291,31 +308,124 @@ def _keepalive_traps(in_force: InForce, busy: Prediction) -> list[Trap]:
                 "user-timeout-without-keepalive",
                 "TCP_USER_TIMEOUT runs only while data is unacknowledged: a client that "
                 "idles between requests finds a dead peer only at its next request",
-                "add --keepalive-idle, --keepalive-interval and --keepalive-count",
+                _keepalive_fix(kernel, tcp, ut),
             )
         )
     if keepalive is not None:
         probing = keepalive.probing_s
         if ut > probing:
-            found.append(
-                Trap(
-                    "user-timeout-exceeds-keepalive",
-                    f"TCP_USER_TIMEOUT {format_duration(ut)} is longer than keepalive's idle + "
-                    f"interval x count = {probing} s: it overrides the count, so probing goes "
-                    f"on until the first probe past {format_duration(ut)}",
-                    f"make --user-timeout at most {probing}s, or accept the longer idle detection",
-                )
-            )
+            found.append(_user_timeout_past_keepalive(tcp, keepalive, idle))
         if keepalive.idle_from_namespace and keepalive.idle_s >= 600:
             found.append(
                 Trap(
                     "keepalive-default-idle",
                     f"keepalive waits this namespace's tcp_keepalive_time "
-                    f"({keepalive.idle_s} s) before its first probe",
+                    f"({keepalive.idle_s} s) before its first probe: a dead idle peer is "
+                    f"noticed only {idle.describe()} after the last data",
                     "set --keepalive-idle (and --keepalive-interval, --keepalive-count)",
                 )
             )
     return found
+
+
+def _slow_connect(kernel: KernelSettings, tcp: TcpOptions, connect: Prediction) -> Trap:
+    fewer = replace(tcp, syn_retries=EXAMPLE_SYN_RETRIES)
+    fewer_after = predict(kernel, fewer, Failure.SILENT, Activity.CONNECTING).describe()
+    return Trap(
+        "slow-connect",
+        f"a connect to an address that never answers takes {connect.describe()}",
+        f"add --connect-timeout, for example {EXAMPLE_CONNECT_TIMEOUT_S}s: a connect that works "
+        f"takes one round trip and a lost SYN is sent again after {TCP_TIMEOUT_INIT_S:g} s, so "
+        f"{EXAMPLE_CONNECT_TIMEOUT_S} s still allows for a few lost SYNs; or fewer SYN retries "
+        f"(--syn-retries {EXAMPLE_SYN_RETRIES} gives up after {fewer_after})",
+    )
+
+
+def _user_timeout_past_keepalive(tcp: TcpOptions, keepalive: Keepalive, idle: Prediction) -> Trap:
+    """The user timeout, not the count, ends the probing: past idle + count x interval, it
+    makes a dead idle peer noticed later than the count says."""
+    probing = keepalive.probing_s
+    return Trap(
+        "user-timeout-exceeds-keepalive",
+        "with keepalive on, the kernel ends an idle connection's probing at the first probe at "
+        "or past TCP_USER_TIMEOUT, not after the probe count: with "
+        f"{_flag(tcp, 'user_timeout_ms')} it probes on to {idle.low_s:g} s after the last data, "
+        f"{idle.low_s - probing:g} s later than the {probing} s that "
+        f"{_keepalive_terms(tcp, keepalive)} would give",
+        f"make --user-timeout at most {probing}s, so probing ends by then (a dead idle peer "
+        f"noticed within {probing} s), or accept the idle detection at {idle.low_s:g} s",
+    )
+
+
+def _user_timeout_fix(
+    kernel: KernelSettings, tcp: TcpOptions, in_force: InForce, busy: Prediction
+) -> str:
+    """Add --user-timeout: an example, what it would give, and why that much.
+
+    30 s, well above a lossy path's streak of retransmissions; with keepalive on, no more
+    than its idle + count x interval (when that is at least 10 s), past which a user
+    timeout stretches the probing (``user-timeout-exceeds-keepalive``)."""
+    keepalive = in_force.keepalive
+    example = EXAMPLE_USER_TIMEOUT_S
+    if keepalive is not None and ENOUGH_USER_TIMEOUT_S <= keepalive.probing_s < example:
+        example = keepalive.probing_s
+    bounded = replace(tcp, user_timeout_ms=example * 1000)
+    after = predict(kernel, bounded, Failure.SILENT, Activity.ACTIVE).describe()
+    text = (
+        f"add --user-timeout, for example {example}s: a request the peer never answers then "
+        f"fails after {after} instead of {busy.describe()}, and {example} s stays well above "
+        f"the {sum(LOSSY_STREAK_S):g} s a lossy but healthy path takes to retransmit "
+        f"{len(LOSSY_STREAK_S)} times in a row"
+    )
+    if keepalive is not None and example == keepalive.probing_s:
+        text += (
+            f", and no longer than keepalive's {_keepalive_terms(tcp, keepalive)} = "
+            f"{keepalive.probing_s} s: a longer one would keep probing past the count"
+        )
+    return text
+
+
+def _keepalive_fix(kernel: KernelSettings, tcp: TcpOptions, user_timeout_s: float) -> str:
+    """Add keepalive: an example whose idle + count x interval reaches the user timeout, so
+    the user timeout, which ends the probing too, does not stretch it past the count."""
+    idle = EXAMPLE_KEEPALIVE_IDLE_S
+    interval = max(EXAMPLE_KEEPALIVE_INTERVAL_S, math.ceil((user_timeout_s - idle) / MAX_COUNT))
+    count = max(1, math.ceil((user_timeout_s - idle) / interval))
+    example = replace(
+        tcp,
+        keepalive=True,  # a --no-keepalive given would refuse the tuning
+        keepalive_idle_s=idle,
+        keepalive_interval_s=interval,
+        keepalive_count=count,
+    )
+    noticed = predict(kernel, example, Failure.SILENT, Activity.IDLE)
+    flags = " ".join(_flag(example, field) for field in _KEEPALIVE_FIELDS)
+    return (
+        f"add keepalive, for example {flags}: a dead idle peer is then noticed "
+        f"{noticed.low_s:g} s after the last data; keep idle + count x interval (here "
+        f"{idle + count * interval} s) at least the user timeout "
+        f"({format_duration(user_timeout_s)}), which also ends the probing, at the first probe "
+        "at or past it"
+    )
+
+
+def _keepalive_terms(tcp: TcpOptions, keepalive: Keepalive) -> str:
+    """``idle + count x interval`` as the user knows them: the flags they gave, the
+    namespace's sysctls for the others."""
+    idle = _flag(tcp, "keepalive_idle_s") or f"tcp_keepalive_time={keepalive.idle_s}"
+    count = _flag(tcp, "keepalive_count") or f"tcp_keepalive_probes={keepalive.count}"
+    interval = _flag(tcp, "keepalive_interval_s") or f"tcp_keepalive_intvl={keepalive.interval_s}"
+    return f"{idle} + {count} x {interval}"
+
+
+def _flag(tcp: TcpOptions, field: str) -> str:
+    """``--keepalive-idle 10s``: the flag that gave the option, or "" when none did."""
+    option = next(option for option in OPTIONS if option.field == field)
+    return " ".join(option.flags(getattr(tcp, field)))
+
+
+def _sum_of(steps: tuple[float, ...]) -> str:
+    return f"{'+'.join(f'{step:g}' for step in steps)} = {sum(steps):g}"
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -362,29 +472,58 @@ def render(explanation: Explanation, width: int = 100) -> str:
         "options: " + (" ".join(flags) if flags else "none (the kernel's defaults)"),
         *textwrap.wrap(f"this network namespace: {shown}", width, subsequent_indent="  "),
         "",
-        f"{'scenario':<16}{'detected after':<16}{'error':<14}what happens",
+        *_scenario_table(explanation.outcomes, width),
     ]
-    indent = " " * 16
-    for outcome in explanation.outcomes:
-        prediction = outcome.prediction
-        errno = prediction.errnos[0] if prediction.errnos else "-"
-        lines.append(
-            f"{outcome.scenario.name:<16}{prediction.describe():<16}{errno:<14}"
-            f"{outcome.scenario.description}"
-        )
-        lines += textwrap.wrap(
-            f"because {outcome.reasoning}", width, initial_indent=indent, subsequent_indent=indent
-        )
     if explanation.traps:
         lines += ["", "warnings:"]
         for trap in explanation.traps:
-            lines += textwrap.wrap(
-                f"{trap.code}: {trap.message}", width, initial_indent="  ", subsequent_indent="    "
-            )
-            lines += textwrap.wrap(
-                f"fix: {trap.fix}", width, initial_indent="    ", subsequent_indent="      "
-            )
+            lines += _wrap(f"{trap.code}: {trap.message}", width, "  ", "    ")
+            lines += _wrap(f"fix: {trap.fix}", width, "    ", "      ")
     return "\n".join(lines)
+
+
+_HEADERS = ("scenario", "detected after", "error", "what happens")
+_GAP = "  "  # between columns: a cell as wide as its column still stands apart
+_NARROWEST_DESCRIPTION = 30  # a narrower last column would be wrapped into a word a line
+
+
+def _scenario_table(outcomes: tuple[Outcome, ...], width: int) -> list[str]:
+    """One row per scenario, each column as wide as its widest cell (the header's included),
+    so no value runs into the next; the reasoning below each row, from the second column.
+    What happens, the last column, wraps within ``width``."""
+    rows = [
+        (
+            outcome.scenario.name,
+            outcome.prediction.describe(),
+            outcome.prediction.errnos[0] if outcome.prediction.errnos else "-",
+        )
+        for outcome in outcomes
+    ]
+    widths = [max(len(row[i]) for row in [_HEADERS[:-1], *rows]) for i in range(len(rows[0]))]
+
+    def leading(cells: tuple[str, ...]) -> str:
+        padded = (cell.ljust(column) for cell, column in zip(cells, widths, strict=True))
+        return "".join(f"{cell}{_GAP}" for cell in padded)
+
+    lines = [leading(_HEADERS[:-1]) + _HEADERS[-1]]
+    indent = " " * (widths[0] + len(_GAP))
+    for outcome, row in zip(outcomes, rows, strict=True):
+        start = leading(row)
+        described = textwrap.wrap(
+            outcome.scenario.description, max(width - len(start), _NARROWEST_DESCRIPTION)
+        )
+        lines.append(start + described[0])
+        lines += [" " * len(start) + rest for rest in described[1:]]
+        lines += _wrap(f"because {outcome.reasoning}", width, indent, indent)
+    return lines
+
+
+def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
+    """Lines of ``text`` within ``width``, broken at spaces only: a flag (--keepalive-count)
+    or a range (30.4-32.5 s) stays whole."""
+    return textwrap.wrap(
+        text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False
+    )
 
 
 def _shown_sysctls(explanation: Explanation) -> list[tuple[str, int]]:

@@ -85,4 +85,6 @@ def test_an_address_has_one_spelling(host: str, spelling: str) -> None:
 def test_a_host_stands_for_its_addresses() -> None:
     assert host_addresses("::ffff:127.0.0.1") == {"127.0.0.1"}
     assert "127.0.0.1" in host_addresses("localhost")  # resolved, from /etc/hosts
-    assert host_addresses("no-such-host.invalid") == frozenset()  # RFC 6761: never resolves
+    with pytest.raises(socket.gaierror) as refused:  # RFC 6761: .invalid never resolves
+        host_addresses("no-such-host.invalid")
+    assert error_name(refused.value) == "EAI_NONAME"

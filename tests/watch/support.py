@@ -1,11 +1,16 @@
-"""What the watch's tests share: running ``tcpecho watch`` as users run it, and reading its
-one JSON snapshot back."""
+"""What the watch's tests share: running ``tcpecho watch`` as users run it, off a terminal
+or on one of a given width, and reading its one JSON snapshot back."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import select
+import struct
 import subprocess
+import termios
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,3 +55,56 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"no {what if isinstance(what, str) else what()} in {timeout}s")
         time.sleep(0.05)
+
+
+CLEAR = "\x1b[H\x1b[J"  # home and clear: how the watch starts each frame on a terminal
+
+
+def watch_on_terminal(args: list[str], columns: int, timeout: float = 30) -> list[str]:
+    """The lines ``tcpecho watch --once ARGS`` draws on a terminal ``columns`` wide: a
+    pseudo-terminal of that size, as a user's terminal window is."""
+    leader, follower = pty.openpty()
+    try:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+        watcher = subprocess.Popen(
+            watch_argv("--once", *args),
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        os.close(follower)
+    drawn = bytearray()
+    try:
+        deadline = time.monotonic() + timeout
+        while chunk := _read_terminal(leader, deadline - time.monotonic()):
+            drawn += chunk
+    finally:
+        os.close(leader)
+        _, stderr = watcher.communicate(timeout=5)
+    assert watcher.returncode == 0, stderr
+    text = drawn.decode().replace("\r\n", "\n")  # the terminal's own line ends
+    assert text.startswith(CLEAR), text
+    return text[len(CLEAR) :].splitlines()
+
+
+def _read_terminal(fd: int, timeout: float) -> bytes:
+    """What the terminal shows next; b"" once its last writer is gone."""
+    readable, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    assert readable, "the watch drew nothing in time"
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: no process holds the terminal any more
+        return b""
+
+
+def command_cell(lines: list[str], pid: int) -> str:
+    """The COMMAND cell of process ``pid``'s row: from where the COMMAND header starts to
+    where the next (left-aligned) one does."""
+    heading = next(line for line in lines if line.split()[:2] == ["PID", "COMMAND"])
+    start = heading.index("COMMAND")
+    after = start + len("COMMAND")
+    end = after + len(heading[after:]) - len(heading[after:].lstrip())
+    row = next(line for line in lines if line.split()[:1] == [str(pid)])
+    assert row[end - 2 : end] == "  ", row  # the cell stands apart from the next
+    return row[start:end].strip()

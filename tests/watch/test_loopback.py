@@ -194,6 +194,18 @@ def test_a_command_line_is_shown_escaped_as_ps_shows_it() -> None:
     assert line.split()[1] == "?[2J?[31mEVIL"
 
 
+def test_a_peer_given_by_name_is_matched_by_the_addresses_it_resolves_to(
+    own_connection: tuple[int, int],
+) -> None:
+    """localhost resolves (from /etc/hosts) to 127.0.0.1: the client's end of our connection,
+    whose peer is the listener, is listed; the accepted end, whose peer port differs, is not."""
+    port, client_port = own_connection
+    rows = snapshot_of(run_watch(watch_argv("--once", "--json", "--peer", f"localhost:{port}")))
+    assert [(row["local"], row["peer"]) for row in rows] == [
+        (f"127.0.0.1:{client_port}", f"127.0.0.1:{port}")
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
@@ -202,6 +214,18 @@ def test_a_command_line_is_shown_escaped_as_ps_shows_it() -> None:
         (["--port", "0"], {}, "--port"),
         (["--pid", "-1"], {}, "--pid"),
         (["--peer", "[::1"], {}, "--peer"),
+        # Issue 21: a name that does not resolve matched nothing, exit 0; now refused at start.
+        (
+            ["--once", "--peer", "no-such-host.invalid"],
+            {},
+            "'--peer': no-such-host.invalid does not resolve: ",
+        ),
+        (
+            ["--once"],
+            {"TCPECHO_WATCH_PEER": "no-such-host.invalid:8000"},
+            "TCPECHO_WATCH_PEER (the environment variable for '--peer'): "
+            "no-such-host.invalid does not resolve: ",
+        ),
         ([], {"TCPECHO_WATCH_INTERVAL": "soon"}, "TCPECHO_WATCH_INTERVAL"),
         ([], {"TCPECHO_WATCH_PORT": "70000"}, "TCPECHO_WATCH_PORT"),
     ],

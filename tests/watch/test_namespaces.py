@@ -408,6 +408,12 @@ def test_an_orphan_is_bounded_by_tcp_orphan_retries_not_tcp_retries2(
     timed.kill()
     timed.wait(5)
     watcher = spawn(lab.in_client(watch_argv("--json", "--interval", "0.2s")))
+    table = run_watch(lab.in_client(watch_argv("--once"))).stdout
+    _record(table, capsys)
+    assert "1 orphaned" in table.splitlines()[0]
+    row = next(line for line in table.splitlines() if line.rstrip().endswith(local))
+    assert "FIN-WAIT-1" in row and "tcp_orphan_retries" in row, row
+    assert f"after {ORPHAN_RETRIES} retries (tcp_orphan_retries={ORPHAN_RETRIES})" in table
     wait_until(
         lambda: _gone_since(watcher, local) is not None,
         timeout=40,

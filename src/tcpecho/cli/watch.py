@@ -15,8 +15,8 @@ EPILOG = environment_epilog("watch", "STUCK=true")
     "--peer",
     type=Endpoint(),
     default=None,
-    help="Only connections to this peer: an address or a name, with :PORT if you like "
-    "(10.96.0.10:8000, [::1]:8000, postgres).",
+    help="Only connections to this peer: an address or a name (resolved once, at start), "
+    "with :PORT if you like (10.96.0.10:8000, [::1]:8000, postgres).",
 )
 @option("--port", type=int, default=None, help="Only connections with this local or peer port.")
 @option("--pid", type=int, default=None, help="Only connections owned by this process.")

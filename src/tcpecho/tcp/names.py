@@ -89,11 +89,9 @@ def normalized(host: str) -> str:
 
 def host_addresses(host: str) -> frozenset[str]:
     """The addresses ``host`` stands for, ``normalized``: itself when it is one, else what
-    it resolves to; none for a name that does not resolve."""
-    try:
-        return frozenset({normalized(host)} if _is_address(host) else _resolve(host))
-    except OSError:
-        return frozenset()
+    it resolves to. A name that does not resolve raises the resolver's ``OSError``
+    (``socket.gaierror``, EAI_NONAME): the caller says so, rather than match nothing."""
+    return frozenset({normalized(host)} if _is_address(host) else _resolve(host))
 
 
 def _resolve(host: str) -> set[str]:

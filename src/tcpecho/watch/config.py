@@ -1,11 +1,14 @@
 """``tcpecho watch``'s settings (``WatchConfig``): which connections to show and how, each
-checked where it is declared, so a bad one is refused before anything is looked at."""
+checked where it is declared, so a bad one is refused before anything is looked at. A peer
+given by name is resolved here, once: a name that does not resolve is refused like any
+other bad value, and a watch that resolved a Service's name keeps its ClusterIP."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tcpecho.settings import SettingError, check_duration, check_range
+from tcpecho.tcp import names
 
 MIN_INTERVAL_S = 0.1  # below this the watch would mostly watch itself scanning /proc
 PORT_MAX = 65535
@@ -24,6 +27,8 @@ class WatchConfig:
     interval_s: float = 1.0
     once: bool = False
     json: bool = False
+    # The addresses peer_host stands for (normalized), resolved when the config is made.
+    peer_addresses: frozenset[str] = field(init=False, default=frozenset())
 
     def __post_init__(self) -> None:
         if self.peer_host is not None and not self.peer_host.strip():
@@ -34,3 +39,19 @@ class WatchConfig:
         check_range("port", self.port, 1, PORT_MAX)
         check_range("pid", self.pid, 1)
         check_duration("interval", self.interval_s, minimum=MIN_INTERVAL_S, step=0.001)
+        if self.peer_host is not None:
+            object.__setattr__(self, "peer_addresses", _resolved(self.peer_host))
+
+
+def _resolved(host: str) -> frozenset[str]:
+    """The addresses ``host`` stands for; a ``SettingError`` on ``peer`` when none."""
+    try:
+        addresses = names.host_addresses(host)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise SettingError(
+            "peer", f"{host} does not resolve: {reason} ({names.error_name(error)})"
+        ) from None
+    if not addresses:
+        raise SettingError("peer", f"{host} does not resolve: no address")
+    return addresses

@@ -15,7 +15,6 @@ from the kernel's timers (``model.stuck_for_s``), on the prediction's clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from tcpecho.model import (
     TIMER_SLACK,
@@ -157,14 +156,8 @@ def _addresses_match(connection: Connection, config: WatchConfig) -> bool:
         return True
     if config.peer_port is not None and connection.peer_port != config.peer_port:
         return False
-    return names.normalized(connection.peer_host) in _peer_addresses(config.peer_host)
-
-
-@lru_cache(maxsize=16)
-def _peer_addresses(host: str) -> frozenset[str]:
-    """The addresses ``host`` stands for, resolved once: a watch that resolved a Service's
-    name keeps its ClusterIP."""
-    return names.host_addresses(host)
+    # Resolved once, when the config was made: a Service's name keeps its ClusterIP.
+    return names.normalized(connection.peer_host) in config.peer_addresses
 
 
 def watch_connection(

@@ -2,7 +2,9 @@
 terminal, or one JSON object per line for programs (``render_json``).
 
 The table uses ``ss``'s names for states and counters, which users know, and puts the most
-telling columns first, since a narrow terminal cuts the last ones. A command line is
+telling columns first, since a narrow terminal cuts the last ones. COMMAND shows what ``ps``
+would, without directories, in the room the other columns leave: the interpreter goes
+before the script's name and its first argument, which tell two runs apart. A command line is
 another user's text: the table shows its control characters as ``ps`` does (``?``), so
 none can move the cursor or recolour the table; the JSON keeps it whole, since
 ``json.dumps`` escapes every control character.
@@ -13,11 +15,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 from tcpecho.durations import format_seconds
-from tcpecho.model import KernelSettings, Prediction
+from tcpecho.model import KernelSettings, Prediction, orphan_retries
 from tcpecho.streams import escape_controls
 from tcpecho.tcp.options import EffectiveOptions
 from tcpecho.watch.look import Watched
@@ -79,7 +82,12 @@ _SS_STATES = {  # the table uses ss's short names, which users know
     "LAST_ACK": "LAST-ACK",
     "CLOSE": "UNCONN",
 }
+# COMMAND takes the room the other columns leave on the terminal, at least _COMMAND_WIDTH;
+# off a terminal (a pipe, a file: no width to fill) _COMMAND_PLAIN_WIDTH. A program's or a
+# script's name is cut only past _COMMAND_NAME_WIDTH: the column widens for it instead.
 _COMMAND_WIDTH = 16
+_COMMAND_PLAIN_WIDTH = 48
+_COMMAND_NAME_WIDTH = 32
 
 
 def _retransmissions(watched: Watched) -> str:
@@ -99,16 +107,19 @@ def _gives_up(prediction: Prediction | None) -> str:
     return "never" if prediction.never else _seconds(prediction.low_s)
 
 
-def _command(watched: Watched) -> str:
-    """The owner's command line, as another user wrote it: escaped for the terminal."""
-    return "-" if watched.owner is None else escape_controls(short_command(watched.owner.command))
+def _command(watched: Watched, room: int | None = None) -> str:
+    """The owner's command line, as another user wrote it: short, within ``room`` if given,
+    and escaped for the terminal."""
+    if watched.owner is None:
+        return "-"
+    return escape_controls(short_command(watched.owner.command, room))
 
 
 # The columns, most telling first, since a narrow terminal cuts the last ones:
 # (header, right-aligned, cell).
 _COLUMNS: tuple[tuple[str, bool, Callable[[Watched], str]], ...] = (
     ("PID", True, lambda w: "-" if w.owner is None else str(w.owner.pid)),
-    ("COMMAND", False, lambda w: _command(w)[:_COMMAND_WIDTH]),
+    ("COMMAND", False, _command),  # fitted to the room the others leave: render_table
     ("PEER", False, lambda w: w.connection.peer),
     ("STATE", False, lambda w: _SS_STATES.get(w.connection.state, w.connection.state)),
     ("STUCK", True, lambda w: _seconds(w.stuck_for_s)),
@@ -148,7 +159,8 @@ def render_table(
         lines.append("no connection matches")
     else:
         header = tuple(name for name, _, _ in _COLUMNS)
-        lines += _aligned([header, *(tuple(cell(w) for _, _, cell in _COLUMNS) for w in watched)])
+        rows = [tuple(cell(w) for _, _, cell in _COLUMNS) for w in watched]
+        lines += _aligned([header, *_commands_fitted(header, rows, watched, width)])
         lines += [
             "STUCK and GIVES UP count from the first unanswered send (SYN-SENT: the connect;",
             "keepalive probes: the last data received); a healthy row's GIVES UP is what a",
@@ -156,11 +168,12 @@ def render_table(
             "sent is noticed this long after the last data, by keepalive; never without it.",
         ]
         if orphans:
-            lines.append(
-                "orphaned: no program holds it; the kernel ends it at tcp_orphan_retries "
-                f"(={kernel.tcp_orphan_retries}; 0 means 8)."
-            )
-    if any(w.options is None for w in watched):
+            lines += [
+                "orphaned: no program holds it, and its options went with the program; the",
+                f"kernel ends it after {orphan_retries(kernel)} retries (tcp_orphan_retries="
+                f"{kernel.tcp_orphan_retries}), not tcp_retries2.",
+            ]
+    if any(w.options is None and not w.orphaned for w in watched):
         lines += [
             "?: options unreadable, predicted with the kernel's defaults (no TCP_USER_TIMEOUT);",
             "--json's assumption says what it takes to read them.",
@@ -174,6 +187,25 @@ def _counted(number: int, thing: str) -> str:
     return f"{number} {thing}" + ("" if number == 1 else "s")
 
 
+def _commands_fitted(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], watched: list[Watched], width: int | None
+) -> list[tuple[str, ...]]:
+    """The rows with each COMMAND cut to the room the other columns leave in ``width``, at
+    least ``_COMMAND_WIDTH``: a wide terminal shows more of each command line."""
+    at = header.index("COMMAND")
+    room = _COMMAND_PLAIN_WIDTH
+    if width is not None:
+        others = sum(
+            max(len(row[i]) for row in [header, *rows]) + 2  # and the gap _aligned leaves
+            for i in range(len(header))
+            if i != at
+        )
+        room = max(_COMMAND_WIDTH, width - others)
+    return [
+        (*row[:at], _command(w, room), *row[at + 1 :]) for row, w in zip(rows, watched, strict=True)
+    ]
+
+
 def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     return [
@@ -185,14 +217,61 @@ def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
     ]
 
 
-def short_command(command: str) -> str:
-    """``python tcpecho server`` for ``/venv/bin/python /venv/bin/tcpecho server``: the
-    program's name first, without the directories that hide it."""
+def short_command(command: str, room: int | None = None) -> str:
+    """``python3 tcpecho server --port 8000`` for ``/venv/bin/python3 /venv/bin/tcpecho server
+    --port 8000``, as ``ps`` shows it but without the directories that hide the program's
+    and the script's names; within ``room`` characters if given.
+
+    Cut to ``room`` at the end, as ``ps`` cuts, but never into what tells the rows apart: where
+    the cut would reach the script's name or its first argument (``tcpecho server`` and
+    ``tcpecho client``), the interpreter is left out first; the program's and the script's
+    names are cut only past ``_COMMAND_NAME_WIDTH``."""
     words = command.split(" ")
-    for index, word in enumerate(words[:2]):
-        if word.startswith("/"):
-            words[index] = os.path.basename(word)
-    return " ".join(words)
+    script = _script_at(words)
+    words[0] = _without_directories(words[0])
+    if script is not None:
+        words[script] = _without_directories(words[script])
+    shown = " ".join(words)
+    if room is None or len(shown) <= room:
+        return shown
+    if script is None:
+        return shown[: _at_least(room, words[0])]
+    if len(" ".join(words[: script + 2])) > room:  # no room for the interpreter
+        shown = " ".join(words[script:])
+    return shown[: _at_least(room, words[script])]
+
+
+def _script_at(words: list[str]) -> int | None:
+    """Where an interpreter's script is among a command line's words: the first that is not
+    an option, when it names a file (``/venv/bin/tcpecho``, ``./run``, ``rclient.py``) or
+    follows python's ``-m``; None for a program that runs no script (``socat - TCP:...``)."""
+    for index, word in enumerate(words[1:], start=1):
+        if word.startswith("-"):
+            continue
+        if words[index - 1] == "-m" or _names_a_file(word):
+            return index
+        return None
+    return None
+
+
+def _names_a_file(word: str) -> bool:
+    """A path (``/venv/bin/tcpecho``, ``./run``) or a name with an extension (``rclient.py``),
+    not an address (``TCP:10.96.0.10:8000``, ``http://...``) or a word (``root@pts/0``)."""
+    if ":" in word:
+        return False
+    return word.startswith(("/", "./", "../")) or bool(_EXTENSION.search(word))
+
+
+_EXTENSION = re.compile(r"[^./]\.[A-Za-z][A-Za-z0-9]{0,4}$")
+
+
+def _without_directories(word: str) -> str:
+    return os.path.basename(word) or word if _names_a_file(word) else word
+
+
+def _at_least(room: int, name: str) -> int:
+    """``room``, or more to keep ``name`` whole, up to ``_COMMAND_NAME_WIDTH``."""
+    return max(room, min(len(name), _COMMAND_NAME_WIDTH))
 
 
 def _seconds(value: float | None) -> str:
