@@ -439,7 +439,7 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
             "tcp": dataclasses.asdict(explanation.tcp),
             "deadlines": dataclasses.asdict(explanation.deadlines),
         },
-        "sysctls": explanation.kernel.sysctls(),
+        "sysctls": _client_sysctls(explanation.kernel),
         "absent_sysctls": list(explanation.kernel.absent),
         "scenarios": [
             {
@@ -526,8 +526,17 @@ def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
     )
 
 
+def _client_sysctls(kernel: KernelSettings) -> dict[str, int]:
+    """The sysctls the scenarios depend on: an orphan's budget is no client's wait."""
+    sysctls = kernel.sysctls()
+    del sysctls["net.ipv4.tcp_orphan_retries"]
+    return sysctls
+
+
 def _shown_sysctls(explanation: Explanation) -> list[tuple[str, int]]:
     absent = set(explanation.kernel.absent)
     return [
-        (key, value) for key, value in explanation.kernel.sysctls().items() if key not in absent
+        (key, value)
+        for key, value in _client_sysctls(explanation.kernel).items()
+        if key not in absent
     ]
