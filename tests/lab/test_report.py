@@ -7,7 +7,16 @@ from pathlib import Path
 
 from tcpecho.experiment import Case, Fault, Result
 from tcpecho.lab.profiles import PROFILES
-from tcpecho.lab.report import RunInfo, plot, render, render_table, row, to_json, write_json
+from tcpecho.lab.report import (
+    RunInfo,
+    counted,
+    plot,
+    render,
+    render_table,
+    row,
+    to_json,
+    write_json,
+)
 from tcpecho.model import Activity, Mechanism, Prediction
 
 INFO = RunInfo(wall_s=41.5, quick_note="shortened", sysctl_note=None, kernel_release="6.18")
@@ -60,9 +69,32 @@ def test_table_columns_line_up() -> None:
 
 def test_report_flags_misses_and_shows_conntrack() -> None:
     text = render([_result(), _result(measured_s=9.0, conntrack=["tcp ESTABLISHED ..."])], INFO)
-    assert "1 case(s) outside the predicted range" in text
+    assert "model: 1 case outside the predicted range (MISS)" in text
     assert "tcp ESTABLISHED ..." in text
     assert "* shortened" in text
+
+
+def test_the_model_is_praised_only_for_cases_that_were_measured() -> None:
+    """Every case an error: the footer must not say every measurement fitted (there was
+    none); some errors beside fitting measurements are counted, not hidden."""
+    failed = _result(error="starting: timed out", measured_s=None, errno=None)
+    text = render([failed, failed], INFO)
+    assert "model: nothing measured (2 cases could not run)" in text.splitlines()
+    assert "within its predicted range" not in text
+    text = render([_result(), failed], INFO)
+    assert (
+        "model: every measurement within its predicted range; 1 case could not run"
+        in text.splitlines()
+    )
+    text = render([_result(), _result(measured_s=9.0), failed], INFO)
+    assert "model: 1 case outside the predicted range (MISS); 1 case could not run" in text
+    assert "model: every measurement within its predicted range" in render([_result()], INFO)
+
+
+def test_counts_are_in_the_right_number() -> None:
+    assert [counted(n, "case") for n in (0, 1, 2)] == ["0 cases", "1 case", "2 cases"]
+    assert render([_result()], INFO).startswith("tcpecho lab: 1 case in 41.5 s wall")
+    assert render([_result(), _result()], INFO).startswith("tcpecho lab: 2 cases in")
 
 
 def test_other_programs_words_are_shown_escaped_and_kept_whole_in_the_json() -> None:

@@ -107,7 +107,10 @@ def _has_capability(bit: int) -> bool:
 def cleanup() -> int:
     removed = remove_stale()
     if removed:
-        click.echo(f"removed {len(removed)} namespace(s) left by earlier runs: {' '.join(removed)}")
+        click.echo(
+            f"removed {report.counted(len(removed), 'namespace')} left by earlier runs: "
+            f"{' '.join(removed)}"
+        )
     else:
         click.echo("nothing to clean up: no namespaces left by earlier lab runs")
     return 0
@@ -154,9 +157,15 @@ def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
     os.register_at_fork(after_in_child=_forget_signal_handling)
     removed = remove_stale()
     if removed:
-        _note(f"removed {len(removed)} namespace(s) left by an earlier run that was killed")
+        _note(
+            f"removed {report.counted(len(removed), 'namespace')} left by an earlier run "
+            "that was killed"
+        )
     cases = plan(config.faults, config.profiles)
-    _note(f"tcpecho lab: {len(cases)} cases in parallel ({_budget_note(config.budget)})")
+    _note(
+        f"tcpecho lab: {report.counted(len(cases), 'case')} in parallel "
+        f"({_budget_note(config.budget)})"
+    )
     started = time.monotonic()
     stopped_by: list[str] = []
 
@@ -218,7 +227,7 @@ def _note(text: str) -> None:
 
 
 def _show_progress(lines: Sequence[str]) -> None:
-    _note(f"-- {len(lines)} case(s) running")
+    _note(f"-- {report.counted(len(lines), 'case')} running")
     for line in lines:
         _note(f"   {line}")
 

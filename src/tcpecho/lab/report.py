@@ -52,6 +52,11 @@ class RunInfo:
     kernel_release: str
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 case``, ``2 cases``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
 def format_measured(value: float) -> str:
     """``929 s (15m29s)``: past two minutes, the minutes too, as the field reports them."""
     shown = format_seconds(value)
@@ -107,7 +112,7 @@ def render_table(rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMN
 
 def render(results: Sequence[Result], info: RunInfo) -> str:
     parts = [
-        f"tcpecho lab: {len(results)} cases in {info.wall_s:.1f} s wall, "
+        f"tcpecho lab: {counted(len(results), 'case')} in {info.wall_s:.1f} s wall, "
         f"kernel {info.kernel_release}",
         render_table([row(result) for result in results]),
     ]
@@ -121,12 +126,7 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         "or the fault (FIN/RST/ICMP). verdict: fast < 1 s; detected by a mitigation; "
         "hang = not detected, or only by the kernel's retransmission budget."
     )
-    misses = [result for result in results if not result.matches and result.error is None]
-    notes.append(
-        "model: every measurement within its predicted range"
-        if not misses
-        else f"model: {len(misses)} case(s) outside the predicted range (MISS)"
-    )
+    notes.append(model_note(results))
     failed = [result for result in results if result.error is not None]
     for result in failed:
         notes.append(f"could not run {result.case.name}: {escape_controls(result.error or '')}")
@@ -138,6 +138,22 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         )
     parts.append("\n".join(notes))
     return "\n\n".join(parts)
+
+
+def model_note(results: Sequence[Result]) -> str:
+    """What the run says of the model: only cases that ran were held to it, and when none
+    ran, nothing was."""
+    failed = [result for result in results if result.error is not None]
+    judged = [result for result in results if result.error is None]
+    misses = [result for result in judged if not result.matches]
+    errors = f"{counted(len(failed), 'case')} could not run"
+    if not judged:
+        return f"model: nothing measured ({errors})"
+    if misses:
+        verdict = f"model: {counted(len(misses), 'case')} outside the predicted range (MISS)"
+    else:
+        verdict = "model: every measurement within its predicted range"
+    return f"{verdict}; {errors}" if failed else verdict
 
 
 def seconds_or_none(value: float | None) -> float | None:
