@@ -61,7 +61,8 @@ def _profile_names() -> Sequence[str]:
     "profiles",
     multiple=True,
     type=LazyChoice(_profile_names),
-    help="Client profile (repeat for several; default: all, or none with --client-args).",
+    help="Client profile (repeat for several; default: all, or none with --client-args or "
+    "--client-cmd).",
 )
 @option(
     "--client-args",
@@ -75,7 +76,8 @@ def _profile_names() -> Sequence[str]:
     multiple=True,
     help="Any program as the client, a shell command line ({host} and {port}: the service; "
     "also $TCPECHO_LAB_HOST, $TCPECHO_LAB_PORT), named NAME=CMD or after itself; repeatable. "
-    "The lab watches its socket, not its output.",
+    "The lab watches its socket, not its output. Without --profile, no built-in profile runs "
+    "beside it.",
 )
 @option(
     "--server-cmd",
@@ -145,16 +147,9 @@ def lab(
     ip and nft."""
     from tcpecho.experiment import Fault
     from tcpecho.lab import main as lab_main
-    from tcpecho.lab.profiles import PROFILES
     from tcpecho.lab.runner import KernelBudget
 
-    custom = client_args or client_commands
-    chosen = [PROFILES[name] for name in (profiles or (() if custom else PROFILES))]
-    for number, args in enumerate(client_args, start=1):
-        chosen.append(
-            custom_profile(args, "custom" if len(client_args) == 1 else f"custom-{number}")
-        )
-    chosen += program_profiles(client_commands)
+    chosen = chosen_profiles(profiles, client_args, client_commands)
     with settings_errors():
         budget = KernelBudget(
             quick=quick,
@@ -173,6 +168,23 @@ def lab(
     if cleanup:
         raise SystemExit(lab_main.cleanup())
     raise SystemExit(lab_main.run(config))
+
+
+def chosen_profiles(
+    profiles: Sequence[str], client_args: Sequence[str], client_commands: Sequence[str]
+) -> list[Profile]:
+    """The built-in profiles named by ``--profile``, then the custom ones (``--client-args``)
+    and the programs (``--client-cmd``). Without ``--profile``: every built-in profile, unless
+    a custom profile or a program is given, which then runs alone."""
+    from tcpecho.lab.profiles import PROFILES
+
+    custom = client_args or client_commands
+    chosen = [PROFILES[name] for name in (profiles or (() if custom else PROFILES))]
+    for number, args in enumerate(client_args, start=1):
+        chosen.append(
+            custom_profile(args, "custom" if len(client_args) == 1 else f"custom-{number}")
+        )
+    return chosen + program_profiles(tuple(client_commands))
 
 
 def custom_profile(text: str, name: str = "custom") -> Profile:
