@@ -127,7 +127,7 @@ class Result:
     error: str | None = None  # why the case could not be run
     # What the lab also records (the cluster run leaves them empty).
     sysctls: dict[str, int] = field(default_factory=dict)
-    quick: bool = False  # the baseline's kernel budget was shortened by --quick
+    quick: bool = False  # left to the retransmission budget, which --quick shortened: *
     fault_at: float | None = None  # wall clock, to set beside the logs' timestamps
     conntrack: list[str] = field(default_factory=list)
     client_events: list[dict[str, Any]] = field(default_factory=list)

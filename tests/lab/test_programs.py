@@ -21,11 +21,12 @@ from tcpecho.lab.programs import (
     program_names,
     unmapped,
 )
+from tcpecho.lab.runner import rto_max_supported
 from tcpecho.lab.topology import Topology
 from tcpecho.model import Mechanism, Prediction
 from tcpecho.tcp.info import TcpInfo
 from tests.conftest import requires_netns
-from tests.support import tcpecho_executable
+from tests.support import read_table, tcpecho_executable
 
 PING_EVERY_SECOND = "while :; do echo ping; sleep 1; done"
 SOCAT = f"{PING_EVERY_SECOND} | socat - TCP:{{host}}:{{port}}"
@@ -121,6 +122,23 @@ def test_real_clients_are_measured_through_their_sockets(
     )
     assert waiting, result.stderr[-2000:]
     assert set(waiting) == {expected}, (waiting, expected)
+    # Every program's namespace had --quick's budget (its options were unknown until it
+    # ran), and the model counted it; * marks only the programs that budget ended.
+    quick_sysctl = "net.ipv4.tcp_rto_max_ms" if rto_max_supported() else "net.ipv4.tcp_retries2"
+    marked = {name for name, case in cases.items() if case["quick"]}
+    assert marked == {"force-delete/socat", "force-delete/bash"}
+    for name, case in cases.items():
+        assert quick_sysctl in case["sysctls"], name
+    starred = {
+        f"{row['fault']}/{row['profile']}"
+        for row in read_table(result.stdout)
+        if row["expected"].endswith(" *")
+    }
+    assert starred == marked
+    assert "* --quick: only the kernel's retransmission budget ends the cases marked *" in (
+        result.stdout
+    )
+    assert "Every program case ran with" in result.stdout
     # The bash client ends its loop when its read fails: the lab records its exit.
     assert cases["force-delete/bash"]["exit_status"] == 0
     for name in ("socat", "socat-user-timeout", "bash", "socat-keepalive"):

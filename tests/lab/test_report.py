@@ -18,6 +18,7 @@ from tcpecho.lab.report import (
     write_json,
 )
 from tcpecho.model import Activity, Mechanism, Prediction
+from tests.support import read_table
 
 INFO = RunInfo(wall_s=41.5, quick_note="shortened", sysctl_note=None, kernel_release="6.18")
 
@@ -71,7 +72,9 @@ def test_report_flags_misses_and_shows_conntrack() -> None:
     text = render([_result(), _result(measured_s=9.0, conntrack=["tcp ESTABLISHED ..."])], INFO)
     assert "model: 1 case outside the predicted range (MISS)" in text
     assert "tcp ESTABLISHED ..." in text
-    assert "* shortened" in text
+    # The note on --quick is a footnote to * only when a case carries the mark.
+    assert "shortened" in text.splitlines()
+    assert "* shortened" in render([_result(), _result(quick=True)], INFO).splitlines()
 
 
 def test_the_model_is_praised_only_for_cases_that_were_measured() -> None:
@@ -138,3 +141,12 @@ def test_plot_draws_a_png(tmp_path: Path) -> None:
     plot([_result(), _result(measured_s=None)], INFO, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
+
+
+def test_a_table_reads_back_as_rows() -> None:
+    """The helper the end-to-end tests read the lab's table with."""
+    text = render([_result(), _result(quick=True, measured_s=None, observed_s=17.8)], INFO)
+    rows = read_table(text)
+    assert [row["expected"] for row in rows] == ["5.39-6.04 s", "5.39-6.04 s *"]
+    assert rows[1]["measured"] == "none in 17.8 s"
+    assert rows[0] == row(_result())

@@ -47,7 +47,7 @@ class RunInfo:
     """What the report says about the run as a whole."""
 
     wall_s: float
-    quick_note: str | None  # how --quick shortened the baseline, if it did
+    quick_note: str | None  # what --quick shortened (the cases marked *), if anything
     sysctl_note: str | None  # explicit --tcp-retries2 / --rto-max
     kernel_release: str
 
@@ -118,7 +118,7 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
     ]
     notes = []
     if info.quick_note:
-        notes.append(f"* {info.quick_note}")
+        notes.append(quick_footnote(results, info.quick_note))
     if info.sysctl_note:
         notes.append(info.sysctl_note)
     notes.append(
@@ -138,6 +138,11 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         )
     parts.append("\n".join(notes))
     return "\n\n".join(parts)
+
+
+def quick_footnote(results: Sequence[Result], note: str) -> str:
+    """The note on --quick, under a ``*`` when a case carries the mark."""
+    return f"* {note}" if any(result.quick for result in results) else note
 
 
 def model_note(results: Sequence[Result]) -> str:
@@ -249,7 +254,7 @@ def plot(results: Sequence[Result], info: RunInfo, path: Path) -> None:
     figure.legend(handles=legend, loc="upper right", fontsize=8, ncols=len(legend))
     title = "tcpecho lab: time to detect a vanished peer (black: the model's range)"
     if info.quick_note:
-        title += "\n" + textwrap.fill("* " + info.quick_note, 120)
+        title += "\n" + textwrap.fill(quick_footnote(results, info.quick_note), 120)
     figure.suptitle(title, fontsize=10, x=0.01, ha="left")
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     figure.savefig(path, dpi=110)

@@ -63,13 +63,20 @@ class KernelBudget:
         low, high = RTO_MAX_RANGE_S
         check_duration("rto_max", rto_max_s, minimum=low, maximum=high, step=0.001)
 
+    @property
+    def shortens(self) -> bool:
+        """Whether --quick changes anything: explicit sysctls take its place."""
+        return self.quick and self.tcp_retries2 is None and self.rto_max_ms is None
+
     def sysctls(self, baseline: bool) -> dict[str, int]:
+        """For a client namespace; ``baseline``: its case may be left to the retransmission
+        budget, which --quick shortens."""
         values: dict[str, int] = {}
         if self.tcp_retries2 is not None:
             values["net.ipv4.tcp_retries2"] = self.tcp_retries2
         if self.rto_max_ms is not None:
             values["net.ipv4.tcp_rto_max_ms"] = self.rto_max_ms
-        if self.quick and baseline and not values:
+        if self.shortens and baseline:
             if rto_max_supported():
                 values["net.ipv4.tcp_rto_max_ms"] = QUICK_RTO_MAX_MS
             else:
@@ -241,7 +248,8 @@ class LabCase:
             KernelSettings(), profile.tcp, case.fault.failure, case.activity, profile.deadlines
         )
         # The baseline: only the kernel's retransmission budget ends it (--quick shortens it).
-        # A program's options are known only once it runs: it counts as one.
+        # A program's options are known only once it runs, after its namespace's sysctls are
+        # written: it gets the shortened budget too, and its mark waits for its prediction.
         self.baseline = with_defaults.mechanism is Mechanism.TCP_RETRIES2 or bool(profile.command)
         # Cases the model says never end are watched until the finite ones are done; a
         # program's case decides its own patience, and nobody waits for it.
@@ -280,6 +288,7 @@ class LabCase:
         except Exception as error:  # netlink, nft, sysctl: one case's failure, not the run's
             self.result.error = f"{self.status}: {type(error).__name__}: {error}"
         finally:
+            self._mark_quick()
             self.status = "cleaning up"
             for process in reversed(started):
                 await process.stop()
@@ -351,7 +360,18 @@ class LabCase:
     def _plan_kernel(self) -> None:
         """Which sysctls this case's client namespace gets: --quick only for the baseline."""
         self.result.sysctls = self.run.budget.sysctls(self.baseline)
-        self.result.quick = self.run.budget.quick and self.baseline and bool(self.result.sysctls)
+
+    def _mark_quick(self) -> None:
+        """``*``: the case was left to the retransmission budget, and --quick shortened it.
+        A program's namespace has the shortened budget whatever it turns out to do, and its
+        prediction counts it; only the budget's own cases are marked."""
+        prediction = self.result.prediction
+        self.result.quick = (
+            self.run.budget.shortens
+            and self.baseline
+            and prediction is not None
+            and prediction.mechanism is Mechanism.TCP_RETRIES2
+        )
 
     def _write_sysctls(self, sysctls: dict[str, int]) -> None:
         for key, value in sysctls.items():
