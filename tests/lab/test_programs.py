@@ -139,6 +139,15 @@ def test_real_clients_are_measured_through_their_sockets(
         result.stdout
     )
     assert "Every program case ran with" in result.stdout
+    # And the table says what the lab read from each program's socket, as watch shows it.
+    lines = result.stdout.splitlines()
+    for shown in (
+        "  socat               defaults",
+        "  socat-user-timeout  user_timeout=5s",
+        "  bash                defaults",
+        "  socat-keepalive     keepalive=10s/1s/3",
+    ):
+        assert shown in lines, result.stdout
     # The bash client ends its loop when its read fails: the lab records its exit.
     assert cases["force-delete/bash"]["exit_status"] == 0
     for name in ("socat", "socat-user-timeout", "bash", "socat-keepalive"):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from tcpecho.experiment import Case, Fault, Result
+from tcpecho.experiment import Case, Fault, Profile, Result
 from tcpecho.lab.profiles import PROFILES
 from tcpecho.lab.report import (
     RunInfo,
@@ -18,6 +19,7 @@ from tcpecho.lab.report import (
     write_json,
 )
 from tcpecho.model import Activity, Mechanism, Prediction
+from tcpecho.tcp.options import EffectiveOptions
 from tests.support import read_table
 
 INFO = RunInfo(wall_s=41.5, quick_note="shortened", sysctl_note=None, kernel_release="6.18")
@@ -150,3 +152,36 @@ def test_a_table_reads_back_as_rows() -> None:
     assert [row["expected"] for row in rows] == ["5.39-6.04 s", "5.39-6.04 s *"]
     assert rows[1]["measured"] == "none in 17.8 s"
     assert rows[0] == row(_result())
+
+
+def test_the_options_read_from_a_programs_socket_are_under_the_table() -> None:
+    """Not only in --json: one line a program, as watch's OPTIONS column shows them."""
+
+    def program(name: str, fault: Fault, options: EffectiveOptions | None) -> Result:
+        case = Case(fault, Profile(name, command="socat ..."), Activity.ACTIVE)
+        return _result(case=case, options=None if options is None else options.as_dict())
+
+    # What the kernel reports for a socket with nothing set (read_effective's values).
+    plain = EffectiveOptions(
+        nodelay=False, user_timeout_ms=0, keepalive=False, keepalive_idle_s=7200,
+        keepalive_interval_s=75, keepalive_count=9, syn_retries=6, recverr=False,
+    )  # fmt: skip
+    bounded = replace(plain, user_timeout_ms=5000)
+    probing = replace(plain, keepalive=True, keepalive_idle_s=10, keepalive_interval_s=1,
+                      keepalive_count=3)  # fmt: skip
+    results = [
+        _result(),  # tcpecho's own client: its profile says what it sets
+        program("socat", Fault.FORCE_DELETE, plain),
+        program("socat-user-timeout", Fault.FORCE_DELETE, bounded),
+        program("socat-keepalive", Fault.FORCE_DELETE, probing),
+        program("socat-keepalive", Fault.KILL, plain),
+    ]
+    lines = render(results, INFO).splitlines()
+    at = lines.index("options read from each program's socket (as tcpecho watch shows them):")
+    assert lines[at + 1 : at + 4] == [
+        "  socat               defaults",
+        "  socat-user-timeout  user_timeout=5s",
+        "  socat-keepalive     keepalive=10s/1s/3 (force-delete); defaults (kill)",
+    ]
+    assert lines[at + 4 :] == []  # tcpecho's own client is not listed: its profile says it
+    assert "options read" not in render([_result()], INFO)

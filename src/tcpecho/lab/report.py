@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tcpecho.durations import format_seconds
 from tcpecho.experiment import Result, Verdict
 from tcpecho.streams import escape_controls
+from tcpecho.tcp.options import EffectiveOptions
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -127,6 +128,9 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         "hang = not detected, or only by the kernel's retransmission budget."
     )
     notes.append(model_note(results))
+    options = program_options_note(results)
+    if options:
+        notes.append(options)
     failed = [result for result in results if result.error is not None]
     for result in failed:
         notes.append(f"could not run {result.case.name}: {escape_controls(result.error or '')}")
@@ -143,6 +147,35 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
 def quick_footnote(results: Sequence[Result], note: str) -> str:
     """The note on --quick, under a ``*`` when a case carries the mark."""
     return f"* {note}" if any(result.quick for result in results) else note
+
+
+def program_options_note(results: Sequence[Result]) -> str | None:
+    """The options the lab read from each program's socket, as ``tcpecho watch`` shows them
+    (``TcpOptions.summary``): what the program's prediction comes from. One line a program,
+    naming the faults where its cases' sockets differ."""
+    shown: dict[str, dict[str, list[str]]] = {}
+    for result in results:
+        if result.case.profile.command is None:
+            continue
+        if result.options is not None:
+            summary = EffectiveOptions(**result.options).summary()
+        elif result.error is None:
+            summary = "not read (the kernel gave no duplicate of its socket)"
+        else:
+            continue  # it never got as far as a socket
+        faults = shown.setdefault(result.case.profile.name, {})
+        faults.setdefault(summary, []).append(str(result.case.fault))
+    if not shown:
+        return None
+    width = max(len(name) for name in shown)
+    lines = ["options read from each program's socket (as tcpecho watch shows them):"]
+    for name, summaries in shown.items():
+        if len(summaries) == 1:
+            text = next(iter(summaries))
+        else:
+            text = "; ".join(f"{summary} ({', '.join(f)})" for summary, f in summaries.items())
+        lines.append(f"  {name:{width}}  {text}")
+    return "\n".join(lines)
 
 
 def model_note(results: Sequence[Result]) -> str:
