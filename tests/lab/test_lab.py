@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tcpecho.lab.runner import RUN_PREFIX
 from tcpecho.lab.topology import leftover_namespaces
+from tcpecho.model import Mechanism, Prediction
 from tests.conftest import requires_netns
 
 pytestmark = [requires_netns, pytest.mark.netns]
@@ -100,6 +104,75 @@ def test_quick_matrix_matches_the_kernel_model(
     conntrack = cases["force-delete/default/active"]["conntrack"]
     assert any("ESTABLISHED" in line and "dst=10.96.0.10" in line for line in conntrack)
     assert "outside the predicted range" not in result.stdout
+
+
+IDLE_SOCAT = "idle-socat=(echo hello; sleep 3600) | socat - TCP:{host}:{port}"
+NEVER_IDLE = "expected never: nothing notices an idle connection without keepalive; watched"
+
+
+def _described(prediction: dict[str, Any]) -> str:
+    """The JSON's prediction as the table shows it."""
+    never = prediction["never"]
+    return Prediction(
+        math.inf if never else prediction["low_s"],
+        math.inf if never else prediction["high_s"],
+        prediction["clock"],
+        Mechanism(prediction["mechanism"]),
+        tuple(prediction["errnos"]),
+    ).describe()
+
+
+def test_progress_lines_count_on_the_clock_of_the_range_they_expect(
+    tmp_path: Path, clean_host: None
+) -> None:
+    """An idle case counts from the last data, as its range does, a busy one from the
+    unanswered request; the range is the one the table and the JSON hold (a program's
+    too, which is started as busy and found idle); a case nothing ends says never."""
+    report = tmp_path / "lab.json"
+    result = subprocess.run(
+        [
+            *LAB,
+            *("--quick", "--fault", "force-delete", "--json", str(report)),
+            *("--profile", "keepalive", "--profile", "default", "--client-cmd", IDLE_SOCAT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = {case["name"]: case for case in json.loads(report.read_text())["cases"]}
+    waiting: dict[str, list[str]] = {name: [] for name in cases}
+    for line in result.stderr.splitlines():
+        name, _, rest = line.strip().partition(" ")
+        if name in waiting and rest.strip().startswith("waiting"):
+            waiting[name].append(rest.strip())
+    for name, lines in waiting.items():
+        assert lines, (name, result.stderr[-3000:])  # each case waits for 11 s and more
+    keepalive_idle = cases["force-delete/keepalive/idle"]
+    assert keepalive_idle["mode"] == "idle"
+    expected = _described(keepalive_idle["prediction"])
+    for line in waiting["force-delete/keepalive/idle"]:
+        shown = re.fullmatch(
+            rf"waiting +([\d.]+) s since the last data \(expected {re.escape(expected)}\)", line
+        )
+        assert shown, line
+        # Still waiting: less time since the last data than its measured detection.
+        assert float(shown[1]) <= keepalive_idle["measured_s"] + 1.0, (line, keepalive_idle)
+    expected = _described(cases["force-delete/keepalive/active"]["prediction"])
+    for line in waiting["force-delete/keepalive/active"]:
+        assert re.fullmatch(
+            rf"waiting +[\d.]+ s (since the unanswered request|after the fault, for the next "
+            rf"request) \(expected {re.escape(expected)}( from it)?\)",
+            line,
+        ), line
+    program = cases["force-delete/idle-socat"]
+    assert (program["mode"], program["prediction"]["never"]) == ("idle", True)
+    for name in ("force-delete/default/idle", "force-delete/idle-socat"):
+        assert all(NEVER_IDLE in line for line in waiting[name]), waiting[name]
+    assert all("watched up to 15.0 s" in line for line in waiting["force-delete/idle-socat"])
+    # The busy expectation (the whole retransmission budget) is never shown as the idle
+    # program's, which is what it was before it was seen idle.
+    assert "14.6-16.3 s" not in "\n".join(waiting["force-delete/idle-socat"])
 
 
 def _start_and_wait_for_faults(argv: list[str]) -> subprocess.Popen[str]:

@@ -118,7 +118,9 @@ def test_real_clients_are_measured_through_their_sockets(
         (),
     ).describe()
     waiting = re.findall(
-        r"force-delete/socat-keepalive +waiting .*\(expected (.*)\)$", result.stderr, re.M
+        r"force-delete/socat-keepalive +waiting +[\d.]+ s since the last data \(expected (.*)\)$",
+        result.stderr,
+        re.M,
     )
     assert waiting, result.stderr[-2000:]
     assert set(waiting) == {expected}, (waiting, expected)

@@ -247,6 +247,17 @@ class Talking:
     seen_at: float  # monotonic
 
 
+def patience(
+    prediction: Prediction, watch_never_s: float, watch_at_most_s: float | None = None
+) -> float:
+    """How long after the fault a program's case is watched: ``watch_never_s`` when the
+    model says never, else well past the model's latest time; ``watch_at_most_s`` at most."""
+    # Past the model's latest: room for the program's next request (up to a few seconds
+    # after the fault) and for timers later than it.
+    watched = watch_never_s if prediction.never else prediction.high_s * 1.25 + 10.0
+    return watched if watch_at_most_s is None else min(watched, watch_at_most_s)
+
+
 class ProgramClient:
     """A client program in the lab: started, watched through the kernel, and measured."""
 
@@ -258,6 +269,10 @@ class ProgramClient:
         self.watch: SocketWatch | None = None
         self.talking: Talking | None = None
         self.tcp = TcpOptions()
+        # What observe has seen since the fault, for the progress line: busy or idle (None
+        # before its first look), and when each of the model's clocks started (monotonic).
+        self.activity: Activity | None = None
+        self.clock_starts: dict[Clock, float | None] = {}
 
     async def start(self) -> None:
         self.program = await Program.start(
@@ -376,23 +391,18 @@ class ProgramClient:
                 activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
                 prediction = predictions[activity]
                 self.result.prediction = prediction  # what the progress line expects now
+                self.activity = activity
+                self.clock_starts = {
+                    "request": sent_at,
+                    "last-data": last_data_at,
+                    "fault": fault_at,
+                }
                 if current is None or current.state != "ESTABLISHED":
                     self._record(at, fault_at, sent_at, last_data_at, activity, prediction)
                     return
-                patience = self._patience(prediction, watch_never_s)
-                if watch_at_most_s is not None:
-                    patience = min(patience, watch_at_most_s)
-                if at - fault_at > patience:
+                if at - fault_at > patience(prediction, watch_never_s, watch_at_most_s):
                     self._record(None, fault_at, sent_at, last_data_at, activity, prediction)
                     return
-
-    @staticmethod
-    def _patience(prediction: Prediction, watch_never_s: float) -> float:
-        if prediction.never:
-            return watch_never_s
-        # Room for the program's next request (up to a few seconds after the fault) and
-        # for timers later than the model's latest.
-        return prediction.high_s * 1.25 + 10.0
 
     def _record(
         self,

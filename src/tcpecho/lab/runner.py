@@ -28,12 +28,27 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from tcpecho import events
+from tcpecho.durations import format_seconds
 from tcpecho.experiment import Case, Fault, Profile, Result
 from tcpecho.lab import topology as net
 from tcpecho.lab.faults import inject
 from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL
-from tcpecho.lab.programs import Program, ProgramClient, ProgramError, wait_until_listening
-from tcpecho.model import Activity, InForce, KernelSettings, Mechanism, predict
+from tcpecho.lab.programs import (
+    Program,
+    ProgramClient,
+    ProgramError,
+    patience,
+    wait_until_listening,
+)
+from tcpecho.model import (
+    Activity,
+    Clock,
+    InForce,
+    KernelSettings,
+    Mechanism,
+    Prediction,
+    predict,
+)
 from tcpecho.settings import check_duration, check_range
 
 RUN_PREFIX = f"{net.PREFIX}lab-"
@@ -243,6 +258,12 @@ class LabCase:
         self.topology = net.Topology(f"{run.prefix}{case.number}")
         self.status = "building"
         self.fault_monotonic: float | None = None
+        # What the progress line reads: tcpecho's client and its last echo (wall time), or
+        # the program and what the model expects of it busy and idle.
+        self._client: _Process | None = None
+        self._last_echo_at: float | None = None
+        self._program: ProgramClient | None = None
+        self._predictions: dict[Activity, Prediction] | None = None
         profile = case.profile
         with_defaults = predict(
             KernelSettings(), profile.tcp, case.fault.failure, case.activity, profile.deadlines
@@ -257,12 +278,51 @@ class LabCase:
         self._counted_finite = self.finite
 
     def progress(self) -> str:
-        prediction = self.result.prediction
-        expected = prediction.describe() if prediction else "?"
-        if self.fault_monotonic is None:
-            return f"{self.case.name:42} {self.status}"
-        waited = time.monotonic() - self.fault_monotonic
-        return f"{self.case.name:42} waiting {waited:6.1f} s after the fault (expected {expected})"
+        """The case's line in the progress report: what it is doing; while it waits, how
+        long, on the clock of the range it expects (from the unanswered request, the last
+        data or the fault)."""
+        line = f"{self.case.name:42} {self.status}"
+        expected = self._expected()
+        if self.status != "waiting" or self.fault_monotonic is None:
+            if expected is None and self._predictions is not None:
+                return f"{line} ({expectations(self._predictions)})"
+            return line
+        since_fault = time.monotonic() - self.fault_monotonic
+        if expected is None:  # a program's first look since the fault is still to come
+            assert self._predictions is not None
+            since = f"{since_fault:6.1f} s after the fault"
+            return f"{self.case.name:42} waiting {since} ({expectations(self._predictions)})"
+        return f"{self.case.name:42} " + waiting_line(
+            expected, since_fault, self._since(expected.clock), self._watched(expected)
+        )
+
+    def _expected(self) -> Prediction | None:
+        """The prediction the case is held to, once known: a program's only once the lab
+        has seen whether it was busy or idle at the fault."""
+        if self._program is not None and self._program.activity is None:
+            return None
+        return self.result.prediction
+
+    def _since(self, clock: Clock) -> float | None:
+        """Seconds since ``clock`` started, where that is known yet."""
+        now = time.monotonic()
+        if clock == "fault":
+            return None if self.fault_monotonic is None else now - self.fault_monotonic
+        if self._program is not None:
+            start = self._program.clock_starts.get(clock)
+            return None if start is None else now - start
+        if clock == "last-data":
+            return None if self._last_echo_at is None else time.time() - self._last_echo_at
+        sent_at = None if self._client is None else _unanswered_since(self._client)
+        return None if sent_at is None else time.time() - sent_at
+
+    def _watched(self, prediction: Prediction) -> str:
+        """How long a case is watched, said for one the model says never ends."""
+        profile = self.case.profile
+        if self._program is not None:
+            watched = patience(prediction, NEVER_OBSERVED_S, profile.watch_s)
+            return f"up to {format_seconds(watched)}"
+        return f"until the other cases end, at least {format_seconds(NEVER_OBSERVED_S)}"
 
     async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
@@ -280,6 +340,7 @@ class LabCase:
             else:
                 await self._run_tcpecho_client(kernel, server_pid, started)
             if self.case.fault is Fault.FORCE_DELETE:
+                self.status = "reading the node's conntrack"
                 self.result.conntrack = await loop.run_in_executor(None, self.topology.conntrack)
         except (LabCaseError, ProgramError) as error:
             self.result.error = f"{self.status}: {error}"
@@ -319,11 +380,13 @@ class LabCase:
     ) -> None:
         client = await _Process.start(self._client_argv(), self.result.client_events)
         started.append(client)
+        self._client = client
         self.status = "warming up"
         warmup = WARMUP_ECHOES[self.case.activity]
         last_echo, last_echo_at = await client.wait_for(
             events.ResponseReceived, count=warmup, timeout=STARTUP_TIMEOUT_S
         )
+        self._last_echo_at = last_echo_at
         self._predict(kernel, last_echo)
         await self._inject(server_pid)
         self._check_idle_gap(kernel, last_echo_at)
@@ -340,19 +403,22 @@ class LabCase:
         assert command is not None
         client = ProgramClient(self.topology, command, self.result)
         started.append(client)
+        self._program = client
         await client.start()
         self.status = "warming up"
         profile = self.case.profile
         await client.wait_until_talking(STARTUP_TIMEOUT_S, profile.quiet_s)
         await client.read_options()
+        # Busy or idle: which of the two holds is seen only after the fault (observe sets
+        # the result's prediction then); until then the progress line shows both.
         predictions = client.predictions(kernel, self.case.fault.failure, profile.deadlines)
-        # What the case is run as, until the kernel shows what the program does.
-        self.result.prediction = predictions[self.case.activity]
+        self._predictions = predictions
         await self._inject(server_pid)
         assert self.fault_monotonic is not None
         self.status = "waiting"
         await client.observe(self.fault_monotonic, predictions, NEVER_OBSERVED_S, profile.watch_s)
         self.result.observed_s = time.monotonic() - self.fault_monotonic
+        self.status = "seeing whether the program exits"
         await client.note_exit(self.fault_monotonic)
 
     # -- steps ---------------------------------------------------------------------------
@@ -500,6 +566,52 @@ class LabCase:
         if self._counted_finite:
             self._counted_finite = False
             self.run.finite_case_finished()
+
+
+CLOCK_STARTS: dict[Clock, str] = {
+    "request": "the unanswered request",
+    "last-data": "the last data",
+    "fault": "the fault",
+}
+
+
+def waiting_line(
+    expected: Prediction, since_fault_s: float, since_clock_s: float | None, watched: str
+) -> str:
+    """A waiting case's progress: the time on the clock its expected range is counted on
+    (``since_clock_s``, None while that clock has not started: the request after the fault
+    is not sent yet), or since the fault when the model says never."""
+    if expected.never:
+        if expected.clock == "last-data":
+            reason = "nothing notices an idle connection without keepalive"
+        else:
+            reason = expected.mechanism.description
+        return (
+            f"waiting {since_fault_s:6.1f} s after the fault "
+            f"(expected never: {reason}; watched {watched})"
+        )
+    if since_clock_s is None:
+        return (
+            f"waiting {since_fault_s:6.1f} s after the fault, for the next request "
+            f"(expected {expected.describe()} from it)"
+        )
+    start = CLOCK_STARTS[expected.clock]
+    return f"waiting {since_clock_s:6.1f} s since {start} (expected {expected.describe()})"
+
+
+def expectations(predictions: dict[Activity, Prediction]) -> str:
+    """A program's two expectations, before the lab has seen it busy or idle."""
+    busy, idle = predictions[Activity.ACTIVE], predictions[Activity.IDLE]
+    return f"expected: busy {busy.describe()}, idle {idle.describe()}"
+
+
+def _unanswered_since(client: _Process) -> float | None:
+    """When tcpecho's client sent the oldest request still unanswered (wall time)."""
+    answered = {event.seq for event, _ in client.named(events.ResponseReceived)}
+    for event, logged_at in client.named(events.RequestSent):
+        if event.seq not in answered:
+            return logged_at
+    return None
 
 
 # -- the whole run -----------------------------------------------------------------------------
