@@ -69,6 +69,7 @@ BAD_INPUT = [
     # Variables are named after the flag: --json is TCPECHO_BENCH_JSON, --fault TCPECHO_LAB_FAULT.
     (["bench"], {"TCPECHO_BENCH_JSON": "maybe"}, "TCPECHO_BENCH_JSON (the environment"),
     (["lab"], {"TCPECHO_LAB_FAULT": "meteor"}, "TCPECHO_LAB_FAULT (the environment"),
+    (["lab"], {"TCPECHO_LAB_PROGRAM_TIMEOUT": "0s"}, "TCPECHO_LAB_PROGRAM_TIMEOUT (the environ"),
 ]
 
 

@@ -86,6 +86,14 @@ def _profile_names() -> Sequence[str]:
     help="Any program as the server, in every case: a shell command line listening on {port}.",
 )
 @option(
+    "--program-timeout",
+    type=Duration(),
+    default=None,
+    help="How long a --client-cmd or --server-cmd program may take to be ready (talking to "
+    "the service, listening on {port}); default: 10s while it holds no socket and uses no "
+    "CPU, 60s in all.",
+)
+@option(
     "--quick",
     is_flag=True,
     type=BOOLEAN,
@@ -132,6 +140,7 @@ def lab(
     client_args: tuple[str, ...],
     client_commands: tuple[str, ...],
     server_command: str | None,
+    program_timeout: float | None,
     quick: bool,
     tcp_retries2: int | None,
     rto_max: float | None,
@@ -147,6 +156,7 @@ def lab(
     ip and nft."""
     from tcpecho.experiment import Fault
     from tcpecho.lab import main as lab_main
+    from tcpecho.lab.programs import StartupTimeouts
     from tcpecho.lab.runner import KernelBudget
 
     chosen = chosen_profiles(profiles, client_args, client_commands)
@@ -163,6 +173,7 @@ def lab(
             json_path=json_path,
             plot_path=plot_path,
             server_command=server_command,
+            program_startup=StartupTimeouts.given(program_timeout),
         )
     lab_main.check_requirements(plot=plot_path is not None, rto_max=rto_max is not None)
     if cleanup:

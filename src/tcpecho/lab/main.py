@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -18,6 +18,7 @@ import click
 from tcpecho import loops
 from tcpecho.experiment import Fault, Profile, Result
 from tcpecho.lab import report
+from tcpecho.lab.programs import StartupTimeouts
 from tcpecho.lab.runner import (
     QUICK_RETRIES2,
     QUICK_RTO_MAX_MS,
@@ -46,6 +47,7 @@ class LabConfig:
     json_path: Path | None = None
     plot_path: Path | None = None
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
+    program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
 
     def __post_init__(self) -> None:
         # Checked before the run: a report that cannot be written is found out now, not after
@@ -185,7 +187,12 @@ def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
         on_stop_signals(loop, on_signal)
         every = 1.0 if sys.stderr.isatty() else 5.0
         return await run_cases(
-            cases, config.budget, _show_progress, every, server_command=config.server_command
+            cases,
+            config.budget,
+            _show_progress,
+            every,
+            server_command=config.server_command,
+            program_startup=config.program_startup,
         )
 
     try:

@@ -37,6 +37,7 @@ from tcpecho.lab.programs import (
     Program,
     ProgramClient,
     ProgramError,
+    StartupTimeouts,
     patience,
     wait_until_listening,
 )
@@ -54,7 +55,9 @@ from tcpecho.settings import check_duration, check_range
 RUN_PREFIX = f"{net.PREFIX}lab-"
 QUICK_RTO_MAX_MS = 1000  # with tcp_retries2=15: ~15 s instead of ~15.5 min, 16 retransmissions
 QUICK_RETRIES2 = 5  # for kernels before 6.15, which have no tcp_rto_max_ms: ~13 s
-STARTUP_TIMEOUT_S = 60.0  # a whole matrix starts ~100 Python processes on a small machine
+# tcpecho's own server and client (programs have StartupTimeouts): a whole matrix starts
+# ~100 Python processes on a small machine.
+STARTUP_TIMEOUT_S = 60.0
 NEVER_OBSERVED_S = 15.0  # how long a case the model says never ends is watched at least
 STDERR_LINES_KEPT = 5  # a process's last words, for the case's error
 WARMUP_ECHOES = {Activity.ACTIVE: 2, Activity.IDLE: 1}
@@ -242,6 +245,8 @@ class _Run:
     budget: KernelBudget
     finite_pending: int
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
+    # How long --client-cmd and --server-cmd programs may take to start
+    program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
     finite_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def finite_case_finished(self) -> None:
@@ -369,7 +374,8 @@ class LabCase:
             self.topology, self.topology.server_ns, command, net.SERVER_IP, net.SERVICE_PORT
         )
         started.append(program)
-        await wait_until_listening(program, self.topology, net.SERVICE_PORT, STARTUP_TIMEOUT_S)
+        startup = self.run.program_startup
+        await wait_until_listening(program, self.topology, net.SERVICE_PORT, startup)
         return program.process.pid
 
     async def _run_tcpecho_client(
@@ -407,7 +413,7 @@ class LabCase:
         await client.start()
         self.status = "warming up"
         profile = self.case.profile
-        await client.wait_until_talking(STARTUP_TIMEOUT_S, profile.quiet_s)
+        await client.wait_until_talking(self.run.program_startup, profile.quiet_s)
         await client.read_options()
         # Busy or idle: which of the two holds is seen only after the fault (observe sets
         # the result's prediction then); until then the progress line shows both.
@@ -623,6 +629,7 @@ async def run_cases(
     progress: Callable[[list[str]], None],
     progress_every_s: float,
     server_command: str | None = None,
+    program_startup: StartupTimeouts | None = None,
 ) -> list[Result]:
     """Run every case in parallel; cancelling this cleans every case up before it returns."""
     prefix = f"{RUN_PREFIX}{os.getpid()}-"
@@ -637,6 +644,7 @@ async def run_cases(
         budget,
         finite_pending=0,
         server_command=server_command,
+        program_startup=program_startup or StartupTimeouts(),
     )
     lab_cases = [LabCase(case, run) for case in cases]
     run.finite_pending = sum(lab_case.finite for lab_case in lab_cases)
