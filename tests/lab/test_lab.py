@@ -20,6 +20,7 @@ from tcpecho.lab.runner import RUN_PREFIX
 from tcpecho.lab.topology import leftover_namespaces
 from tcpecho.model import Mechanism, Prediction
 from tests.conftest import requires_netns
+from tests.support import read_table
 
 pytestmark = [requires_netns, pytest.mark.netns]
 
@@ -180,20 +181,63 @@ def _start_and_wait_for_faults(argv: list[str]) -> subprocess.Popen[str]:
     assert lab.stderr is not None
     deadline = time.monotonic() + 90
     for line in lab.stderr:  # progress lines: wait until the cases are under way
-        if "after the fault" in line or time.monotonic() > deadline:
+        if " waiting " in line or time.monotonic() > deadline:
             break
     assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-"), "the lab built no namespaces"
     return lab
 
 
-def test_sigint_stops_the_lab_and_removes_everything(clean_host: None) -> None:
-    lab = _start_and_wait_for_faults([*LAB, "--fault", "node-loss", "--profile", "default"])
+def test_sigint_reports_what_finished_and_marks_the_rest_interrupted(
+    tmp_path: Path, clean_host: None
+) -> None:
+    """Ctrl-C once some cases have finished: their measurements are in the table and the
+    JSON, the others are marked interrupted, everything is removed, and the exit is 130."""
+    report = tmp_path / "lab.json"
+    argv = [*LAB, "--quick", "--fault", "kill", "--fault", "node-loss", "--profile", "default"]
+    lab = subprocess.Popen(
+        [*argv, "--json", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert lab.stderr is not None
+    progress = []
+    for line in lab.stderr:  # the kill cases end within a second of their fault
+        progress.append(line)
+        if re.match(r"-- [12] cases? running", line):
+            break
+    else:
+        raise AssertionError("".join(progress))
     processes = _processes_of(lab.pid)
     assert processes, "no server or client running in the lab's namespaces"
     lab.send_signal(signal.SIGINT)
-    _, stderr = lab.communicate(timeout=60)
-    assert lab.returncode == 128 + signal.SIGINT
-    assert "removed" in stderr
+    stdout, stderr = lab.communicate(timeout=60)
+    assert lab.returncode == 128 + signal.SIGINT, stdout + stderr
+    assert "Traceback" not in stderr
+    assert "stopped; every namespace, rule and process of this run has been removed" in stderr
+    rows = {f"{row['fault']}/{row['profile']}/{row['mode']}": row for row in read_table(stdout)}
+    cases = {case["name"]: case for case in json.loads(report.read_text())["cases"]}
+    assert (
+        set(rows)
+        == set(cases)
+        == {
+            f"{fault}/default/{mode}"
+            for fault in ("kill", "node-loss")
+            for mode in ("active", "idle")
+        }
+    )
+    for mode in ("active", "idle"):
+        finished, unfinished = cases[f"kill/default/{mode}"], cases[f"node-loss/default/{mode}"]
+        assert (finished["verdict"], finished["matches_model"]) == ("fast", True), finished
+        assert finished["measured_s"] is not None
+        assert finished["measured_s"] < 1.0
+        assert finished["errno"] in ("EOF", "ECONNRESET")
+        assert rows[f"kill/default/{mode}"]["verdict"] == "fast"
+        assert unfinished["verdict"] == "interrupted", unfinished
+        assert unfinished["measured_s"] is None
+        assert unfinished["prediction"] is not None  # what it was waiting for
+        assert rows[f"node-loss/default/{mode}"]["verdict"] == "interrupted"
+        assert rows[f"node-loss/default/{mode}"]["measured"].startswith("interrupted ")
+    assert json.loads(report.read_text())["stopped_by"] == "SIGINT"
+    assert "model: every measurement within its predicted range; 2 cases interrupted" in stdout
+    assert "SIGINT stopped the run before 2 cases of 4 had finished" in stdout
     assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-") == []
     for pid in processes:
         assert not os.path.exists(f"/proc/{pid}"), f"process {pid} survived"

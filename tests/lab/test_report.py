@@ -185,3 +185,27 @@ def test_the_options_read_from_a_programs_socket_are_under_the_table() -> None:
     ]
     assert lines[at + 4 :] == []  # tcpecho's own client is not listed: its profile says it
     assert "options read" not in render([_result()], INFO)
+
+
+def test_an_interrupted_case_is_neither_measured_nor_held_to_the_model() -> None:
+    stopped = RunInfo(wall_s=12.0, quick_note=None, sysctl_note=None, kernel_release="6.18")
+    stopped = replace(stopped, stopped_by="SIGINT")
+    waiting = _result(interrupted=True, measured_s=None, errno=None, observed_s=9.3)
+    early = _result(interrupted=True, measured_s=None, errno=None, observed_s=None)
+    cells = row(waiting)
+    assert (cells["measured"], cells["verdict"], cells["model"]) == (
+        "interrupted 9.30 s after the fault",
+        "interrupted",
+        "-",
+    )
+    assert row(early)["measured"] == "interrupted before the fault"
+    lines = render([_result(), waiting, early], stopped).splitlines()
+    assert "model: every measurement within its predicted range; 2 cases interrupted" in lines
+    assert (
+        "interrupted: SIGINT stopped the run before 2 cases of 3 had finished (verdict interrupted)"
+    ) in lines
+    assert "model: nothing measured (1 case interrupted)" in render([waiting], stopped)
+    document = to_json([_result(), waiting], stopped)
+    assert document["stopped_by"] == "SIGINT"
+    assert [case["verdict"] for case in document["cases"]] == ["detected", "interrupted"]
+    assert to_json([_result()], INFO)["stopped_by"] is None

@@ -134,28 +134,44 @@ def _forget_signal_handling() -> None:
 
 
 class StoppedError(Exception):
-    """The run was stopped by a signal, after every case was cleaned up."""
+    """The run was stopped by a signal, after every case was cleaned up: ``status`` to exit
+    with, and the results (the cases that had not finished marked interrupted) with the
+    run's facts, for the report."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(
+        self,
+        status: int,
+        results: Sequence[Result] = (),
+        info: report.RunInfo | None = None,
+    ) -> None:
         super().__init__(status)
         self.status = status
+        self.results = list(results)
+        self.info = info
 
 
 def run(config: LabConfig) -> int:
-    """Run the lab; the exit status (0 when every case ran, 1 when one could not)."""
+    """Run the lab; the exit status (0 when every case ran, 1 when one could not; 130 or 143
+    when a signal stopped it, after the report of what had finished)."""
+    stopped: StoppedError | None = None
     try:
         results, info = run_matrix(config)
-    except StoppedError as stopped:
+    except StoppedError as error:
         _note("stopped; every namespace, rule and process of this run has been removed")
-        return stopped.status
+        if error.info is None:
+            return error.status
+        stopped, results, info = error, error.results, error.info
     write_stdout(report.render(results, info))
     written = _write_files(results, info, config)
+    if stopped is not None:
+        return stopped.status
     return 1 if not written or any(result.error for result in results) else 0
 
 
 def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
-    """Every case of ``config``, run in parallel and cleaned up; ``StoppedError`` on a signal.
-    The lab's command and ``cluster/pods.py`` share it."""
+    """Every case of ``config``, run in parallel and cleaned up; ``StoppedError`` on a signal,
+    which carries the results, those that had not finished marked interrupted. The lab's
+    command and ``cluster/pods.py`` share it."""
     os.register_at_fork(after_in_child=_forget_signal_handling)
     removed = remove_stale()
     if removed:
@@ -172,17 +188,19 @@ def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
     stopped_by: list[str] = []
 
     async def main() -> list[Result]:
-        task = asyncio.current_task()
-        assert task is not None
         loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
 
         def on_signal(signum: int) -> None:
             if stopped_by:
                 _note("still cleaning up the namespaces, please wait")
                 return
             stopped_by.append(signal.Signals(signum).name)
-            _note(f"{stopped_by[0]}: stopping every case and removing its namespaces")
-            task.cancel()
+            _note(
+                f"{stopped_by[0]}: stopping the cases still running and removing every "
+                "namespace; the report follows with what had finished"
+            )
+            stop.set()
 
         on_stop_signals(loop, on_signal)
         every = 1.0 if sys.stderr.isatty() else 5.0
@@ -193,20 +211,19 @@ def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
             every,
             server_command=config.server_command,
             program_startup=config.program_startup,
+            stop=stop,
         )
 
-    try:
-        results = loops.run(main(), "auto")
-    except asyncio.CancelledError:
-        raise StoppedError(
-            128 + (signal.SIGINT if stopped_by == ["SIGINT"] else signal.SIGTERM)
-        ) from None
+    results = loops.run(main(), "auto")
     info = report.RunInfo(
         wall_s=time.monotonic() - started,
         quick_note=_quick_note(config.budget, results),
         sysctl_note=_explicit_note(config.budget),
         kernel_release=platform.release(),
+        stopped_by=stopped_by[0] if stopped_by else None,
     )
+    if info.stopped_by is not None:
+        raise StoppedError(128 + signal.Signals[info.stopped_by], results, info)
     return results, info
 
 

@@ -51,6 +51,7 @@ class RunInfo:
     quick_note: str | None  # what --quick shortened (the cases marked *), if anything
     sysctl_note: str | None  # explicit --tcp-retries2 / --rto-max
     kernel_release: str
+    stopped_by: str | None = None  # the signal that ended the run early (SIGINT, SIGTERM)
 
 
 def counted(count: int, noun: str, plural: str | None = None) -> str:
@@ -66,7 +67,13 @@ def format_measured(value: float) -> str:
 
 def row(result: Result) -> dict[str, str]:
     case, prediction = result.case, result.prediction
-    if result.error is not None:
+    if result.interrupted:
+        measured = (
+            "interrupted before the fault"
+            if result.observed_s is None
+            else f"interrupted {format_measured(result.observed_s)} after the fault"
+        )
+    elif result.error is not None:
         measured = f"error: {_shortened(escape_controls(result.error))}"
     elif result.measured_s is None and result.observed_s is not None:
         measured = f"none in {format_measured(result.observed_s)}"
@@ -88,8 +95,16 @@ def row(result: Result) -> dict[str, str]:
         "error": result.errno or "-",
         "retrans": "-" if result.retransmissions is None else str(result.retransmissions),
         "verdict": str(result.verdict),
-        "model": "?" if prediction is None else ("ok" if result.matches else "MISS"),
+        "model": _model_cell(result),
     }
+
+
+def _model_cell(result: Result) -> str:
+    if result.interrupted:
+        return "-"
+    if result.prediction is None:
+        return "?"
+    return "ok" if result.matches else "MISS"
 
 
 def _shortened(text: str, length: int = 60) -> str:
@@ -131,6 +146,12 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
     options = program_options_note(results)
     if options:
         notes.append(options)
+    if info.stopped_by is not None:
+        unfinished = sum(result.interrupted for result in results)
+        notes.append(
+            f"interrupted: {info.stopped_by} stopped the run before "
+            f"{counted(unfinished, 'case')} of {len(results)} had finished (verdict interrupted)"
+        )
     failed = [result for result in results if result.error is not None]
     for result in failed:
         notes.append(f"could not run {result.case.name}: {escape_controls(result.error or '')}")
@@ -181,17 +202,22 @@ def program_options_note(results: Sequence[Result]) -> str | None:
 def model_note(results: Sequence[Result]) -> str:
     """What the run says of the model: only cases that ran were held to it, and when none
     ran, nothing was."""
-    failed = [result for result in results if result.error is not None]
-    judged = [result for result in results if result.error is None]
+    interrupted = [result for result in results if result.interrupted]
+    failed = [result for result in results if result.error is not None and not result.interrupted]
+    judged = [result for result in results if result.error is None and not result.interrupted]
     misses = [result for result in judged if not result.matches]
-    errors = f"{counted(len(failed), 'case')} could not run"
+    unjudged = [
+        f"{counted(len(failed), 'case')} could not run" if failed else "",
+        f"{counted(len(interrupted), 'case')} interrupted" if interrupted else "",
+    ]
+    apart = ", ".join(part for part in unjudged if part)
     if not judged:
-        return f"model: nothing measured ({errors})"
+        return f"model: nothing measured ({apart})" if apart else "model: nothing measured"
     if misses:
         verdict = f"model: {counted(len(misses), 'case')} outside the predicted range (MISS)"
     else:
         verdict = "model: every measurement within its predicted range"
-    return f"{verdict}; {errors}" if failed else verdict
+    return f"{verdict}; {apart}" if apart else verdict
 
 
 def seconds_or_none(value: float | None) -> float | None:
@@ -246,6 +272,7 @@ def to_json(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
         "kernel_release": info.kernel_release,
         "quick": info.quick_note,
         "sysctls": info.sysctl_note,
+        "stopped_by": info.stopped_by,
         "cases": cases,
     }
 
@@ -259,6 +286,7 @@ _COLORS = {
     Verdict.DETECTED: "#4c78a8",
     Verdict.HANG: "#e76f51",
     Verdict.ERROR: "#999999",
+    Verdict.INTERRUPTED: "#cccccc",
 }
 
 

@@ -9,7 +9,9 @@ to expect; the report sets the two side by side.
 
 Cleanup is the runner's first duty: every case tears its topology down in ``finally``
 (killing what runs in it); a final sweep removes whatever carries this run's prefix; and
-a run started after one that was SIGKILLed removes that run's leftovers first.
+a run started after one that was SIGKILLed removes that run's leftovers first. A stop
+signal ends the cases still waiting for their outcome, marked interrupted, and the run
+returns every result, the finished cases' measurements with them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tcpecho import events
 from tcpecho.durations import format_seconds
@@ -269,6 +271,7 @@ class LabCase:
         self._last_echo_at: float | None = None
         self._program: ProgramClient | None = None
         self._predictions: dict[Activity, Prediction] | None = None
+        self.cleaning_up = False  # the case has its outcome (a measurement or an error)
         profile = case.profile
         with_defaults = predict(
             KernelSettings(), profile.tcp, case.fault.failure, case.activity, profile.deadlines
@@ -301,6 +304,13 @@ class LabCase:
             expected, since_fault, self._since(expected.clock), self._watched(expected)
         )
 
+    def interrupt(self) -> None:
+        """Mark the case as ended by a stop signal before its outcome (its task is about to
+        be cancelled): it keeps what it had, and how long it was watched after the fault."""
+        self.result.interrupted = True
+        if self.fault_monotonic is not None and self.result.observed_s is None:
+            self.result.observed_s = time.monotonic() - self.fault_monotonic
+
     def _expected(self) -> Prediction | None:
         """The prediction the case is held to, once known: a program's only once the lab
         has seen whether it was busy or idle at the fault."""
@@ -332,8 +342,11 @@ class LabCase:
     async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
         started: list[_Process | Program | ProgramClient] = []
+        # A stop signal may come while a thread builds the namespaces: they are removed only
+        # once it is done, or it would create them after their removal.
+        building = loop.run_in_executor(None, self.topology.build)
         try:
-            await loop.run_in_executor(None, self.topology.build)
+            await asyncio.shield(building)
             self._plan_kernel()
             sysctls = self.result.sysctls
             await loop.run_in_executor(None, self._write_sysctls, sysctls)
@@ -355,9 +368,11 @@ class LabCase:
             self.result.error = f"{self.status}: {type(error).__name__}: {error}"
         finally:
             self._mark_quick()
+            self.cleaning_up = True
             self.status = "cleaning up"
             for process in reversed(started):
                 await process.stop()
+            await asyncio.wait({building})
             await loop.run_in_executor(None, self.topology.destroy)
             self._finish_finite()
         return self.result
@@ -630,8 +645,13 @@ async def run_cases(
     progress_every_s: float,
     server_command: str | None = None,
     program_startup: StartupTimeouts | None = None,
+    stop: asyncio.Event | None = None,
 ) -> list[Result]:
-    """Run every case in parallel; cancelling this cleans every case up before it returns."""
+    """Run every case in parallel; cancelling this cleans every case up before it returns.
+
+    Once ``stop`` is set (by a stop signal), the cases still waiting for their outcome are
+    cancelled and marked interrupted, every case is cleaned up, and the results are
+    returned: the finished cases' with their measurements."""
     prefix = f"{RUN_PREFIX}{os.getpid()}-"
     # Every case blocks a thread at times (netlink, sysctls, nft); a fault must not wait
     # in a queue behind other cases' work, or its timing would be off.
@@ -654,9 +674,20 @@ async def run_cases(
         asyncio.create_task(lab_case.execute(), name=lab_case.case.name) for lab_case in lab_cases
     ]
     reporter = asyncio.create_task(_report_progress(lab_cases, tasks, progress, progress_every_s))
+    stopping = asyncio.create_task((stop or asyncio.Event()).wait())
     try:
-        return list(await asyncio.gather(*tasks))
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        first: list[asyncio.Future[Any]] = [everything, stopping]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():
+            for lab_case, task in zip(lab_cases, tasks, strict=True):
+                if not task.done() and not lab_case.cleaning_up:
+                    lab_case.interrupt()
+                    task.cancel()
+            await everything  # every case's cleanup
+        return [lab_case.result for lab_case in lab_cases]
     finally:
+        stopping.cancel()
         reporter.cancel()
         for task in tasks:
             task.cancel()
