@@ -54,9 +54,9 @@ class RunInfo:
     stopped_by: str | None = None  # the signal that ended the run early (SIGINT, SIGTERM)
 
 
-def counted(count: int, noun: str, plural: str | None = None) -> str:
+def counted(count: int, noun: str) -> str:
     """``1 case``, ``2 cases``: a count with its noun in the right number."""
-    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+    return f"{count} {noun if count == 1 else noun + 's'}"
 
 
 def format_measured(value: float) -> str:
