@@ -41,15 +41,19 @@ KEEPALIVE = Prediction(11.0, 12.2, "last-data", Mechanism.KEEPALIVE_USER_TIMEOUT
 
 
 def test_a_waiting_case_counts_on_the_clock_of_its_range() -> None:
-    assert waiting_line(KEEPALIVE, 9.3, 12.3, "-") == (
+    assert waiting_line(KEEPALIVE, 9.3, 12.3) == (
         "waiting   12.3 s since the last data (expected 11.0-12.2 s)"
     )
-    assert waiting_line(BUSY, 5.0, 4.1, "-") == (
+    assert waiting_line(BUSY, 5.0, 4.1) == (
         "waiting    4.1 s since the unanswered request (expected 929-985 s)"
     )
     # tcpecho's active client sends its next request up to a second after the fault.
-    assert waiting_line(BUSY, 0.4, None, "-") == (
+    assert waiting_line(BUSY, 0.4, None) == (
         "waiting    0.4 s after the fault, for the next request (expected 929-985 s from it)"
+    )
+    # A program the cookbook watches for less than its range says so.
+    assert waiting_line(KEEPALIVE, 9.3, 12.3, "up to 10.0 s") == (
+        "waiting   12.3 s since the last data (expected 11.0-12.2 s; watched up to 10.0 s)"
     )
     assert waiting_line(IDLE_NEVER, 14.0, 16.0, "up to 15.0 s") == (
         "waiting   14.0 s after the fault (expected never: nothing notices an idle "

@@ -331,13 +331,17 @@ class LabCase:
         sent_at = None if self._client is None else _unanswered_since(self._client)
         return None if sent_at is None else time.time() - sent_at
 
-    def _watched(self, prediction: Prediction) -> str:
-        """How long a case is watched, said for one the model says never ends."""
-        profile = self.case.profile
-        if self._program is not None:
-            watched = patience(prediction, NEVER_OBSERVED_S, profile.watch_s)
-            return f"up to {format_seconds(watched)}"
-        return f"until the other cases end, at least {format_seconds(NEVER_OBSERVED_S)}"
+    def _watched(self, prediction: Prediction) -> str | None:
+        """How long the case is watched, when that is to be said: for one the model says
+        never ends, and for a program watched less long than its range (``watch_s``)."""
+        if self._program is None:
+            if not prediction.never:
+                return None
+            return f"until the other cases end, at least {format_seconds(NEVER_OBSERVED_S)}"
+        watched = patience(prediction, NEVER_OBSERVED_S, self.case.profile.watch_s)
+        if not prediction.never and watched >= prediction.high_s:
+            return None
+        return f"up to {format_seconds(watched)}"
 
     async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
@@ -597,11 +601,15 @@ CLOCK_STARTS: dict[Clock, str] = {
 
 
 def waiting_line(
-    expected: Prediction, since_fault_s: float, since_clock_s: float | None, watched: str
+    expected: Prediction,
+    since_fault_s: float,
+    since_clock_s: float | None,
+    watched: str | None = None,
 ) -> str:
     """A waiting case's progress: the time on the clock its expected range is counted on
     (``since_clock_s``, None while that clock has not started: the request after the fault
-    is not sent yet), or since the fault when the model says never."""
+    is not sent yet), or since the fault when the model says never; and how long it is
+    ``watched``, where that is to be said."""
     if expected.never:
         if expected.clock == "last-data":
             reason = "nothing notices an idle connection without keepalive"
@@ -611,13 +619,14 @@ def waiting_line(
             f"waiting {since_fault_s:6.1f} s after the fault "
             f"(expected never: {reason}; watched {watched})"
         )
+    limit = f"; watched {watched}" if watched else ""
     if since_clock_s is None:
         return (
             f"waiting {since_fault_s:6.1f} s after the fault, for the next request "
-            f"(expected {expected.describe()} from it)"
+            f"(expected {expected.describe()} from it{limit})"
         )
     start = CLOCK_STARTS[expected.clock]
-    return f"waiting {since_clock_s:6.1f} s since {start} (expected {expected.describe()})"
+    return f"waiting {since_clock_s:6.1f} s since {start} (expected {expected.describe()}{limit})"
 
 
 def expectations(predictions: dict[Activity, Prediction]) -> str:
