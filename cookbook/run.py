@@ -110,6 +110,8 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
             json_path=lab_json,
         )
         status = run_lab(config)
+        if status >= 128:  # a signal stopped the lab, which reported what had finished
+            return status
         if not lab_json.exists():
             print(f"cookbook: the lab wrote no JSON (status {status})", file=sys.stderr)
             return 1

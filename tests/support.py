@@ -30,6 +30,7 @@ __all__ = [
     "http_request_on_loop",
     "parse_http_answer",
     "port_of",
+    "read_table",
     "scrape",
     "scrape_on_loop",
     "tcpecho_executable",
@@ -245,6 +246,26 @@ def _scraped(status: int, headers: dict[str, str], body: bytes) -> Scrape:
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8", headers
     assert int(headers["Content-Length"]) == len(body)
     return Scrape.parse(body.decode())
+
+
+def read_table(text: str) -> list[dict[str, str]]:
+    """The rows of the first table in ``text`` (``lab.report.render_table``'s form: a header,
+    a line of dashes per column, rows lined up under them), each as {column: cell}."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("---"))
+    spans, at = [], 0
+    for dashes in lines[rule].split("  "):
+        spans.append((at, at + len(dashes)))
+        at += len(dashes) + 2
+    names = [lines[rule - 1][start:end].strip() for start, end in spans]
+    rows = []
+    for line in lines[rule + 1 :]:
+        if not line.strip():
+            break
+        rows.append(
+            {name: line[start:end].strip() for name, (start, end) in zip(names, spans, strict=True)}
+        )
+    return rows
 
 
 def abandoned_namespaces(prefix: str) -> list[str]:

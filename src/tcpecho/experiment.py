@@ -111,6 +111,7 @@ class Verdict(StrEnum):
     DETECTED = "detected"  # a mitigation the user chose ended the wait
     HANG = "hang"  # not noticed, or only by the kernel's retransmission budget
     ERROR = "error"  # the case could not be run
+    INTERRUPTED = "interrupted"  # a stop signal ended the run before the case did
 
 
 @dataclass
@@ -125,9 +126,10 @@ class Result:
     retransmissions: int | None = None
     observed_s: float | None = None  # how long the case was watched after the fault
     error: str | None = None  # why the case could not be run
+    interrupted: bool = False  # a stop signal ended the run before the case had its outcome
     # What the lab also records (the cluster run leaves them empty).
     sysctls: dict[str, int] = field(default_factory=dict)
-    quick: bool = False  # the baseline's kernel budget was shortened by --quick
+    quick: bool = False  # left to the retransmission budget, which --quick shortened: *
     fault_at: float | None = None  # wall clock, to set beside the logs' timestamps
     conntrack: list[str] = field(default_factory=list)
     client_events: list[dict[str, Any]] = field(default_factory=list)
@@ -173,6 +175,8 @@ class Result:
 def judge(result: Result) -> tuple[Verdict, bool]:
     """The verdict on ``result``, and whether it matches the model's prediction."""
     prediction = result.prediction
+    if result.interrupted:
+        return Verdict.INTERRUPTED, False
     if result.error is not None or prediction is None:
         return Verdict.ERROR, False
     measured = result.measured_s

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from tcpecho.tcp.names import format_address
 from tcpecho.tcp.options import OPTIONS as TCP_OPTIONS
 from tests.support import free_port, tcpecho_executable
 from tests.tcp.test_options import ALL_SET
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 BAD_INPUT = [
     # (arguments, environment, words the error must contain)
@@ -66,6 +69,7 @@ BAD_INPUT = [
     # Variables are named after the flag: --json is TCPECHO_BENCH_JSON, --fault TCPECHO_LAB_FAULT.
     (["bench"], {"TCPECHO_BENCH_JSON": "maybe"}, "TCPECHO_BENCH_JSON (the environment"),
     (["lab"], {"TCPECHO_LAB_FAULT": "meteor"}, "TCPECHO_LAB_FAULT (the environment"),
+    (["lab"], {"TCPECHO_LAB_PROGRAM_TIMEOUT": "0s"}, "TCPECHO_LAB_PROGRAM_TIMEOUT (the environ"),
 ]
 
 
@@ -257,3 +261,26 @@ def test_the_labs_examples_are_not_broken_across_lines() -> None:
         [tcpecho_executable(), "lab", "--help"], capture_output=True, text=True, check=True
     )
     assert '--client-args "--user-timeout 10s --keepalive"' in result.stdout
+
+
+def test_a_program_or_custom_profile_runs_alone_unless_profiles_are_named() -> None:
+    """--client-cmd, like --client-args, replaces the built-in profiles; --profile adds them
+    back. The help of both options, and the lab's page, say so."""
+    from tcpecho.cli.lab import chosen_profiles
+    from tcpecho.lab.profiles import PROFILES
+
+    def names(*args: tuple[str, ...]) -> list[str]:
+        return [profile.name for profile in chosen_profiles(*args)]
+
+    assert names((), (), ()) == list(PROFILES)
+    assert names((), (), ("pinger=socat - TCP:{host}:{port}",)) == ["pinger"]
+    assert names((), ("--user-timeout 5s",), ()) == ["custom"]
+    assert names(("default",), (), ("pinger=nc {host} {port}",)) == ["default", "pinger"]
+    from tcpecho.cli import main
+
+    helps = {param.name: getattr(param, "help", "") for param in main.commands["lab"].params}
+    assert "default: all, or none with --client-args or --client-cmd" in helps["profiles"]
+    assert "Without --profile, no built-in profile runs beside it." in helps["client_commands"]
+    page = " ".join((ROOT / "docs" / "lab.md").read_text().split())
+    assert "none with `--client-args` or `--client-cmd`" in page
+    assert "alone, it runs no built-in profile" in page

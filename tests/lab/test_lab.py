@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,9 @@ import pytest
 
 from tcpecho.lab.runner import RUN_PREFIX
 from tcpecho.lab.topology import leftover_namespaces
+from tcpecho.model import Mechanism, Prediction
 from tests.conftest import requires_netns
+from tests.support import read_table
 
 pytestmark = [requires_netns, pytest.mark.netns]
 
@@ -134,25 +138,137 @@ def _assert_explain_expects(case: dict[str, Any], flags: list[str]) -> None:
     ), (case["name"], explained)
 
 
+IDLE_SOCAT = "idle-socat=(echo hello; sleep 3600) | socat - TCP:{host}:{port}"
+NEVER_IDLE = "expected never: nothing notices an idle connection without keepalive; watched"
+
+
+def _described(prediction: dict[str, Any]) -> str:
+    """The JSON's prediction as the table shows it."""
+    never = prediction["never"]
+    return Prediction(
+        math.inf if never else prediction["low_s"],
+        math.inf if never else prediction["high_s"],
+        prediction["clock"],
+        Mechanism(prediction["mechanism"]),
+        tuple(prediction["errnos"]),
+    ).describe()
+
+
+def test_progress_lines_count_on_the_clock_of_the_range_they_expect(
+    tmp_path: Path, clean_host: None
+) -> None:
+    """An idle case counts from the last data, as its range does, a busy one from the
+    unanswered request; the range is the one the table and the JSON hold (a program's
+    too, which is started as busy and found idle); a case nothing ends says never."""
+    report = tmp_path / "lab.json"
+    result = subprocess.run(
+        [
+            *LAB,
+            *("--quick", "--fault", "force-delete", "--json", str(report)),
+            *("--profile", "keepalive", "--profile", "default", "--client-cmd", IDLE_SOCAT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cases = {case["name"]: case for case in json.loads(report.read_text())["cases"]}
+    waiting: dict[str, list[str]] = {name: [] for name in cases}
+    for line in result.stderr.splitlines():
+        name, _, rest = line.strip().partition(" ")
+        if name in waiting and rest.strip().startswith("waiting"):
+            waiting[name].append(rest.strip())
+    for name, lines in waiting.items():
+        assert lines, (name, result.stderr[-3000:])  # each case waits for 11 s and more
+    keepalive_idle = cases["force-delete/keepalive/idle"]
+    assert keepalive_idle["mode"] == "idle"
+    expected = _described(keepalive_idle["prediction"])
+    for line in waiting["force-delete/keepalive/idle"]:
+        shown = re.fullmatch(
+            rf"waiting +([\d.]+) s since the last data \(expected {re.escape(expected)}\)", line
+        )
+        assert shown, line
+        # Still waiting: less time since the last data than its measured detection.
+        assert float(shown[1]) <= keepalive_idle["measured_s"] + 1.0, (line, keepalive_idle)
+    expected = _described(cases["force-delete/keepalive/active"]["prediction"])
+    for line in waiting["force-delete/keepalive/active"]:
+        assert re.fullmatch(
+            rf"waiting +[\d.]+ s (since the unanswered request|after the fault, for the next "
+            rf"request) \(expected {re.escape(expected)}( from it)?\)",
+            line,
+        ), line
+    program = cases["force-delete/idle-socat"]
+    assert (program["mode"], program["prediction"]["never"]) == ("idle", True)
+    for name in ("force-delete/default/idle", "force-delete/idle-socat"):
+        assert all(NEVER_IDLE in line for line in waiting[name]), waiting[name]
+    assert all("watched up to 15.0 s" in line for line in waiting["force-delete/idle-socat"])
+    # The busy expectation (the whole retransmission budget) is never shown as the idle
+    # program's, which is what it was before it was seen idle.
+    assert "14.6-16.3 s" not in "\n".join(waiting["force-delete/idle-socat"])
+
+
 def _start_and_wait_for_faults(argv: list[str]) -> subprocess.Popen[str]:
     lab = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert lab.stderr is not None
     deadline = time.monotonic() + 90
     for line in lab.stderr:  # progress lines: wait until the cases are under way
-        if "after the fault" in line or time.monotonic() > deadline:
+        if " waiting " in line or time.monotonic() > deadline:
             break
     assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-"), "the lab built no namespaces"
     return lab
 
 
-def test_sigint_stops_the_lab_and_removes_everything(clean_host: None) -> None:
-    lab = _start_and_wait_for_faults([*LAB, "--fault", "node-loss", "--profile", "default"])
+def test_sigint_reports_what_finished_and_marks_the_rest_interrupted(
+    tmp_path: Path, clean_host: None
+) -> None:
+    """Ctrl-C once some cases have finished: their measurements are in the table and the
+    JSON, the others are marked interrupted, everything is removed, and the exit is 130."""
+    report = tmp_path / "lab.json"
+    argv = [*LAB, "--quick", "--fault", "kill", "--fault", "node-loss", "--profile", "default"]
+    lab = subprocess.Popen(
+        [*argv, "--json", str(report)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert lab.stderr is not None
+    progress = []
+    for line in lab.stderr:  # the kill cases end within a second of their fault
+        progress.append(line)
+        if re.match(r"-- [12] cases? running", line):
+            break
+    else:
+        raise AssertionError("".join(progress))
     processes = _processes_of(lab.pid)
     assert processes, "no server or client running in the lab's namespaces"
     lab.send_signal(signal.SIGINT)
-    _, stderr = lab.communicate(timeout=60)
-    assert lab.returncode == 128 + signal.SIGINT
-    assert "removed" in stderr
+    stdout, stderr = lab.communicate(timeout=60)
+    assert lab.returncode == 128 + signal.SIGINT, stdout + stderr
+    assert "Traceback" not in stderr
+    assert "stopped; every namespace, rule and process of this run has been removed" in stderr
+    rows = {f"{row['fault']}/{row['profile']}/{row['mode']}": row for row in read_table(stdout)}
+    cases = {case["name"]: case for case in json.loads(report.read_text())["cases"]}
+    assert (
+        set(rows)
+        == set(cases)
+        == {
+            f"{fault}/default/{mode}"
+            for fault in ("kill", "node-loss")
+            for mode in ("active", "idle")
+        }
+    )
+    for mode in ("active", "idle"):
+        finished, unfinished = cases[f"kill/default/{mode}"], cases[f"node-loss/default/{mode}"]
+        assert (finished["verdict"], finished["matches_model"]) == ("fast", True), finished
+        assert finished["measured_s"] is not None
+        assert finished["measured_s"] < 1.0
+        assert finished["errno"] in ("EOF", "ECONNRESET")
+        assert rows[f"kill/default/{mode}"]["verdict"] == "fast"
+        assert unfinished["verdict"] == "interrupted", unfinished
+        assert unfinished["measured_s"] is None
+        assert unfinished["prediction"] is not None  # what it was waiting for
+        assert rows[f"node-loss/default/{mode}"]["verdict"] == "interrupted"
+        assert rows[f"node-loss/default/{mode}"]["measured"].startswith("interrupted ")
+    assert json.loads(report.read_text())["stopped_by"] == "SIGINT"
+    assert "model: every measurement within its predicted range; 2 cases interrupted" in stdout
+    assert "SIGINT stopped the run before 2 cases of 4 had finished" in stdout
     assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-") == []
     for pid in processes:
         assert not os.path.exists(f"/proc/{pid}"), f"process {pid} survived"
@@ -167,7 +283,7 @@ def test_after_sigkill_cleanup_removes_what_the_run_left(clean_host: None) -> No
     assert left, "SIGKILL leaves the namespaces behind: that is what --cleanup is for"
     result = subprocess.run([*LAB, "--cleanup"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    assert f"removed {len(left)} namespace(s)" in result.stdout
+    assert f"removed {len(left)} namespaces left by earlier runs" in result.stdout
     assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-") == []
     time.sleep(0.2)  # killed processes may take a moment to be reaped by init
     for pid in processes:
@@ -190,6 +306,9 @@ def _is_zombie(pid: int) -> bool:
         (["--rto-max", "500ms"], "below the minimum of 1s"),
         (["--rto-max", "5"], "not a duration"),
         (["--tcp-retries2", "0"], "--tcp-retries2"),
+        (["--program-timeout", "30"], "not a duration"),
+        (["--program-timeout", "500ms"], "'--program-timeout': 500ms is below the minimum of 1s"),
+        (["--program-timeout", "2h"], "2h is above the maximum of 1h"),
         (["--client-args", "--interval 5s"], "must not set --interval"),
         (["--client-args", "--user-timeout 30"], "not a duration"),
         (["--client-args", "--no-such-flag"], "No such option"),

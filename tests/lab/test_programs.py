@@ -8,6 +8,8 @@ import json
 import os
 import re
 import subprocess
+import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +17,21 @@ import pytest
 
 from tcpecho.experiment import Result
 from tcpecho.lab.programs import (
+    Program,
     ProgramClient,
     ProgramError,
     SendClock,
+    StartupTimeouts,
     program_names,
     unmapped,
+    wait_until_listening,
 )
-from tcpecho.lab.topology import Topology
+from tcpecho.lab.runner import RUN_PREFIX, rto_max_supported
+from tcpecho.lab.topology import SERVER_IP, SERVICE_PORT, Topology, leftover_namespaces
 from tcpecho.model import Mechanism, Prediction
 from tcpecho.tcp.info import TcpInfo
 from tests.conftest import requires_netns
-from tests.support import tcpecho_executable
+from tests.support import read_table, tcpecho_executable
 
 PING_EVERY_SECOND = "while :; do echo ping; sleep 1; done"
 SOCAT = f"{PING_EVERY_SECOND} | socat - TCP:{{host}}:{{port}}"
@@ -117,10 +123,38 @@ def test_real_clients_are_measured_through_their_sockets(
         (),
     ).describe()
     waiting = re.findall(
-        r"force-delete/socat-keepalive +waiting .*\(expected (.*)\)$", result.stderr, re.M
+        r"force-delete/socat-keepalive +waiting +[\d.]+ s since the last data \(expected (.*)\)$",
+        result.stderr,
+        re.M,
     )
     assert waiting, result.stderr[-2000:]
     assert set(waiting) == {expected}, (waiting, expected)
+    # Every program's namespace had --quick's budget (its options were unknown until it
+    # ran), and the model counted it; * marks only the programs that budget ended.
+    quick_sysctl = "net.ipv4.tcp_rto_max_ms" if rto_max_supported() else "net.ipv4.tcp_retries2"
+    marked = {name for name, case in cases.items() if case["quick"]}
+    assert marked == {"force-delete/socat", "force-delete/bash"}
+    for name, case in cases.items():
+        assert quick_sysctl in case["sysctls"], name
+    starred = {
+        f"{row['fault']}/{row['profile']}"
+        for row in read_table(result.stdout)
+        if row["expected"].endswith(" *")
+    }
+    assert starred == marked
+    assert "* --quick: only the kernel's retransmission budget ends the cases marked *" in (
+        result.stdout
+    )
+    assert "Every program case ran with" in result.stdout
+    # And the table says what the lab read from each program's socket, as watch shows it.
+    lines = result.stdout.splitlines()
+    for shown in (
+        "  socat               defaults",
+        "  socat-user-timeout  user_timeout=5s",
+        "  bash                defaults",
+        "  socat-keepalive     keepalive=10s/1s/3",
+    ):
+        assert shown in lines, result.stdout
     # The bash client ends its loop when its read fails: the lab records its exit.
     assert cases["force-delete/bash"]["exit_status"] == 0
     for name in ("socat", "socat-user-timeout", "bash", "socat-keepalive"):
@@ -151,23 +185,126 @@ def test_a_real_server_and_programs_that_fail_are_clear_case_errors(tmp_path: Pa
 
 @requires_netns
 @pytest.mark.netns
-def test_a_program_that_never_connects_is_an_error_not_a_hang() -> None:
+def test_a_program_that_shows_nothing_fails_fast_and_one_on_its_way_gets_longer() -> None:
+    """``sleep`` holds no socket and uses no CPU: it connects to nothing, and fails after
+    ``lifeless_s``; a server listening on another port, and a client connected that sends
+    nothing, are visibly doing something: they get ``ready_s``."""
     from tcpecho.experiment import Case, Fault, Profile
     from tcpecho.model import Activity
 
+    timeouts = StartupTimeouts(ready_s=4.0, lifeless_s=1.0)
+
+    def client_of(topology: Topology, command: str) -> ProgramClient:
+        case = Case(Fault.KILL, Profile("program", command=command), Activity.ACTIVE)
+        return ProgramClient(topology, command, Result(case))
+
+    async def failing(wait: Awaitable[None], message: str) -> float:
+        started = time.monotonic()
+        with pytest.raises(ProgramError, match=message):
+            await wait
+        return time.monotonic() - started
+
     async def run(topology: Topology) -> None:
-        case = Case(Fault.KILL, Profile("sleeper", command="sleep 30"), Activity.ACTIVE)
-        client = ProgramClient(topology, "sleep 30", Result(case))
-        await client.start()
+        sleeper = client_of(topology, "sleep 30")
+        await sleeper.start()
         try:
-            with pytest.raises(ProgramError, match="no connection to the service"):
-                await client.wait_until_talking(timeout_s=1.0)
+            waited = await failing(
+                sleeper.wait_until_talking(timeouts),
+                r"^'sleep 30' connects to nothing: no socket in its namespace and no CPU "
+                r"time used for 1s \(--program-timeout to wait longer\)$",
+            )
+            assert 1.0 <= waited < 3.0
         finally:
-            await client.stop()
+            await sleeper.stop()
+        elsewhere = await Program.start(
+            topology, topology.server_ns, "socat TCP-LISTEN:9000,fork,reuseaddr PIPE", "", 0
+        )
+        try:
+            waited = await failing(
+                wait_until_listening(elsewhere, topology, SERVICE_PORT, timeouts),
+                r"^the server 'socat .*' listened on no port 8000 within 4s "
+                r"\(it listens on 9000\)$",
+            )
+            assert 4.0 <= waited < 6.0
+        finally:
+            await elsewhere.stop()
+        server = await Program.start(
+            topology, topology.server_ns, SOCAT_ECHO_SERVER, SERVER_IP, SERVICE_PORT
+        )
+        silent = client_of(topology, "sleep 30 | socat - TCP:{host}:{port}")
+        try:
+            await wait_until_listening(server, topology, SERVICE_PORT, timeouts)
+            await silent.start()
+            waited = await failing(
+                silent.wait_until_talking(timeouts),
+                r"had no connection to the service with data both ways within 4s$",
+            )
+            assert 4.0 <= waited < 6.0
+        finally:
+            await silent.stop()
+            await server.stop()
 
     # Built outside the event loop, as the lab does: pyroute2 runs a loop of its own.
     with Topology(f"tcpecho-test-programs-{os.getpid()}") as topology:
         asyncio.run(run(topology))
+
+
+@requires_netns
+@pytest.mark.netns
+def test_sleep_as_a_client_or_a_server_fails_fast_with_what_it_did_not_do(
+    tmp_path: Path,
+) -> None:
+    """The real lab: 60 s were spent on each before; --program-timeout sets one limit."""
+    runs = {
+        "client": ["--fault", "kill", "--client-cmd", "sleeper=sleep 100"],
+        "server": ["--fault", "kill", "--profile", "default", "--server-cmd", "sleep 100"],
+        "elsewhere": [
+            *("--fault", "kill", "--profile", "default", "--program-timeout", "3s"),
+            *("--server-cmd", "socat TCP-LISTEN:9000,fork,reuseaddr PIPE"),
+        ],
+    }
+    started = time.monotonic()
+    labs = {
+        name: subprocess.Popen(
+            [tcpecho_executable(), "lab", "--json", str(tmp_path / f"{name}.json"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in runs.items()
+    }
+    outputs, took = {}, {}
+    for name, lab in labs.items():
+        outputs[name] = lab.communicate(timeout=120)
+        took[name] = time.monotonic() - started
+        assert lab.returncode == 1, outputs[name]  # a case could not run
+        assert "Traceback" not in outputs[name][1]
+        assert leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-") == []
+    errors = {
+        name: [
+            case["error"] for case in json.loads((tmp_path / f"{name}.json").read_text())["cases"]
+        ]
+        for name in runs
+    }
+    lifeless = "no socket in its namespace and no CPU time used for 10s"
+    assert errors["client"] == [
+        f"warming up: 'sleep 100' connects to nothing: {lifeless} "
+        "(--program-timeout to wait longer)"
+    ]
+    assert f"could not run kill/sleeper: {errors['client'][0]}" in outputs["client"][0]
+    assert outputs["client"][1].startswith("tcpecho lab: 1 case in parallel")
+    assert errors["server"] == 2 * [
+        f"starting: the server 'sleep 100' listens on nothing: {lifeless} "
+        "(--program-timeout to wait longer)"
+    ]
+    assert errors["elsewhere"] == 2 * [
+        "starting: the server 'socat TCP-LISTEN:9000,fork,reuseaddr PIPE' listened on no port "
+        "8000 within 3s (it listens on 9000)"
+    ]
+    # Each after its limit, far from the minute it was.
+    assert 10.0 <= took["client"] < 25.0, took
+    assert 10.0 <= took["server"] < 25.0, took
+    assert 3.0 <= took["elsewhere"] < 15.0, took
 
 
 def test_a_dual_stack_socket_reaches_the_service_through_a_v4_mapped_address() -> None:

@@ -61,7 +61,8 @@ def _profile_names() -> Sequence[str]:
     "profiles",
     multiple=True,
     type=LazyChoice(_profile_names),
-    help="Client profile (repeat for several; default: all, or none with --client-args).",
+    help="Client profile (repeat for several; default: all, or none with --client-args or "
+    "--client-cmd).",
 )
 @option(
     "--client-args",
@@ -75,13 +76,22 @@ def _profile_names() -> Sequence[str]:
     multiple=True,
     help="Any program as the client, a shell command line ({host} and {port}: the service; "
     "also $TCPECHO_LAB_HOST, $TCPECHO_LAB_PORT), named NAME=CMD or after itself; repeatable. "
-    "The lab watches its socket, not its output.",
+    "The lab watches its socket, not its output. Without --profile, no built-in profile runs "
+    "beside it.",
 )
 @option(
     "--server-cmd",
     "server_command",
     default=None,
     help="Any program as the server, in every case: a shell command line listening on {port}.",
+)
+@option(
+    "--program-timeout",
+    type=Duration(),
+    default=None,
+    help="How long a --client-cmd or --server-cmd program may take to be ready (talking to "
+    "the service, listening on {port}); default: 10s while it holds no socket and uses no "
+    "CPU, 60s in all.",
 )
 @option(
     "--quick",
@@ -130,6 +140,7 @@ def lab(
     client_args: tuple[str, ...],
     client_commands: tuple[str, ...],
     server_command: str | None,
+    program_timeout: float | None,
     quick: bool,
     tcp_retries2: int | None,
     rto_max: float | None,
@@ -145,16 +156,10 @@ def lab(
     ip and nft."""
     from tcpecho.experiment import Fault
     from tcpecho.lab import main as lab_main
-    from tcpecho.lab.profiles import PROFILES
+    from tcpecho.lab.programs import StartupTimeouts
     from tcpecho.lab.runner import KernelBudget
 
-    custom = client_args or client_commands
-    chosen = [PROFILES[name] for name in (profiles or (() if custom else PROFILES))]
-    for number, args in enumerate(client_args, start=1):
-        chosen.append(
-            custom_profile(args, "custom" if len(client_args) == 1 else f"custom-{number}")
-        )
-    chosen += program_profiles(client_commands)
+    chosen = chosen_profiles(profiles, client_args, client_commands)
     with settings_errors():
         budget = KernelBudget(
             quick=quick,
@@ -168,11 +173,29 @@ def lab(
             json_path=json_path,
             plot_path=plot_path,
             server_command=server_command,
+            program_startup=StartupTimeouts.given(program_timeout),
         )
     lab_main.check_requirements(plot=plot_path is not None, rto_max=rto_max is not None)
     if cleanup:
         raise SystemExit(lab_main.cleanup())
     raise SystemExit(lab_main.run(config))
+
+
+def chosen_profiles(
+    profiles: Sequence[str], client_args: Sequence[str], client_commands: Sequence[str]
+) -> list[Profile]:
+    """The built-in profiles named by ``--profile``, then the custom ones (``--client-args``)
+    and the programs (``--client-cmd``). Without ``--profile``: every built-in profile, unless
+    a custom profile or a program is given, which then runs alone."""
+    from tcpecho.lab.profiles import PROFILES
+
+    custom = client_args or client_commands
+    chosen = [PROFILES[name] for name in (profiles or (() if custom else PROFILES))]
+    for number, args in enumerate(client_args, start=1):
+        chosen.append(
+            custom_profile(args, "custom" if len(client_args) == 1 else f"custom-{number}")
+        )
+    return chosen + program_profiles(tuple(client_commands))
 
 
 def custom_profile(text: str, name: str = "custom") -> Profile:

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -18,6 +18,7 @@ import click
 from tcpecho import loops
 from tcpecho.experiment import Fault, Profile, Result
 from tcpecho.lab import report
+from tcpecho.lab.programs import StartupTimeouts
 from tcpecho.lab.runner import (
     QUICK_RETRIES2,
     QUICK_RTO_MAX_MS,
@@ -46,6 +47,7 @@ class LabConfig:
     json_path: Path | None = None
     plot_path: Path | None = None
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
+    program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
 
     def __post_init__(self) -> None:
         # Checked before the run: a report that cannot be written is found out now, not after
@@ -107,7 +109,10 @@ def _has_capability(bit: int) -> bool:
 def cleanup() -> int:
     removed = remove_stale()
     if removed:
-        click.echo(f"removed {len(removed)} namespace(s) left by earlier runs: {' '.join(removed)}")
+        click.echo(
+            f"removed {report.counted(len(removed), 'namespace')} left by earlier runs: "
+            f"{' '.join(removed)}"
+        )
     else:
         click.echo("nothing to clean up: no namespaces left by earlier lab runs")
     return 0
@@ -129,68 +134,96 @@ def _forget_signal_handling() -> None:
 
 
 class StoppedError(Exception):
-    """The run was stopped by a signal, after every case was cleaned up."""
+    """The run was stopped by a signal, after every case was cleaned up: ``status`` to exit
+    with, and the results (the cases that had not finished marked interrupted) with the
+    run's facts, for the report."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(
+        self,
+        status: int,
+        results: Sequence[Result] = (),
+        info: report.RunInfo | None = None,
+    ) -> None:
         super().__init__(status)
         self.status = status
+        self.results = list(results)
+        self.info = info
 
 
 def run(config: LabConfig) -> int:
-    """Run the lab; the exit status (0 when every case ran, 1 when one could not)."""
+    """Run the lab; the exit status (0 when every case ran, 1 when one could not; 130 or 143
+    when a signal stopped it, after the report of what had finished)."""
+    stopped: StoppedError | None = None
     try:
         results, info = run_matrix(config)
-    except StoppedError as stopped:
+    except StoppedError as error:
         _note("stopped; every namespace, rule and process of this run has been removed")
-        return stopped.status
+        if error.info is None:
+            return error.status
+        stopped, results, info = error, error.results, error.info
     write_stdout(report.render(results, info))
     written = _write_files(results, info, config)
+    if stopped is not None:
+        return stopped.status
     return 1 if not written or any(result.error for result in results) else 0
 
 
 def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
-    """Every case of ``config``, run in parallel and cleaned up; ``StoppedError`` on a signal.
-    The lab's command and ``cluster/pods.py`` share it."""
+    """Every case of ``config``, run in parallel and cleaned up; ``StoppedError`` on a signal,
+    which carries the results, those that had not finished marked interrupted. The lab's
+    command and ``cluster/pods.py`` share it."""
     os.register_at_fork(after_in_child=_forget_signal_handling)
     removed = remove_stale()
     if removed:
-        _note(f"removed {len(removed)} namespace(s) left by an earlier run that was killed")
+        _note(
+            f"removed {report.counted(len(removed), 'namespace')} left by an earlier run "
+            "that was killed"
+        )
     cases = plan(config.faults, config.profiles)
-    _note(f"tcpecho lab: {len(cases)} cases in parallel ({_budget_note(config.budget)})")
+    _note(
+        f"tcpecho lab: {report.counted(len(cases), 'case')} in parallel "
+        f"({_budget_note(config.budget)})"
+    )
     started = time.monotonic()
     stopped_by: list[str] = []
 
     async def main() -> list[Result]:
-        task = asyncio.current_task()
-        assert task is not None
         loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
 
         def on_signal(signum: int) -> None:
             if stopped_by:
                 _note("still cleaning up the namespaces, please wait")
                 return
             stopped_by.append(signal.Signals(signum).name)
-            _note(f"{stopped_by[0]}: stopping every case and removing its namespaces")
-            task.cancel()
+            _note(
+                f"{stopped_by[0]}: stopping the cases still running and removing every "
+                "namespace; the report follows with what had finished"
+            )
+            stop.set()
 
         on_stop_signals(loop, on_signal)
         every = 1.0 if sys.stderr.isatty() else 5.0
         return await run_cases(
-            cases, config.budget, _show_progress, every, server_command=config.server_command
+            cases,
+            config.budget,
+            _show_progress,
+            every,
+            server_command=config.server_command,
+            program_startup=config.program_startup,
+            stop=stop,
         )
 
-    try:
-        results = loops.run(main(), "auto")
-    except asyncio.CancelledError:
-        raise StoppedError(
-            128 + (signal.SIGINT if stopped_by == ["SIGINT"] else signal.SIGTERM)
-        ) from None
+    results = loops.run(main(), "auto")
     info = report.RunInfo(
         wall_s=time.monotonic() - started,
-        quick_note=_quick_note(config.budget) if any(r.quick for r in results) else None,
+        quick_note=_quick_note(config.budget, results),
         sysctl_note=_explicit_note(config.budget),
         kernel_release=platform.release(),
+        stopped_by=stopped_by[0] if stopped_by else None,
     )
+    if info.stopped_by is not None:
+        raise StoppedError(128 + signal.Signals[info.stopped_by], results, info)
     return results, info
 
 
@@ -218,7 +251,7 @@ def _note(text: str) -> None:
 
 
 def _show_progress(lines: Sequence[str]) -> None:
-    _note(f"-- {len(lines)} case(s) running")
+    _note(f"-- {report.counted(len(lines), 'case')} running")
     for line in lines:
         _note(f"   {line}")
 
@@ -231,14 +264,31 @@ def _budget_note(budget: KernelBudget) -> str:
     return "kernel defaults: the baseline takes ~15.5 minutes"
 
 
-def _quick_note(budget: KernelBudget) -> str:
+def _quick_note(budget: KernelBudget, results: Sequence[Result]) -> str | None:
+    """What --quick did, when it did anything: the cases it shortened (marked ``*``), and the
+    program cases, which all get its sysctl, since a program's options are known only once
+    it runs."""
     if rto_max_supported():
-        change = f"tcp_rto_max_ms={QUICK_RTO_MAX_MS}"
+        change, took = f"tcp_rto_max_ms={QUICK_RTO_MAX_MS}", "~15 s"
     else:
-        change = f"tcp_retries2={QUICK_RETRIES2}"
-    return (
-        f"--quick: baseline cases ran with {change} in their client namespace, so the "
-        "~15.5 min hang (tcp_retries2=15, RTO capped at 120 s) took ~15 s here"
+        change, took = f"tcp_retries2={QUICK_RETRIES2}", "~13 s"
+    parts = []
+    if any(result.quick for result in results):
+        parts.append(
+            "only the kernel's retransmission budget ends the cases marked * (~15.5 min with "
+            f"its defaults: tcp_retries2=15, RTO capped at 120 s); their client namespace had "
+            f"{change}, so it took {took} here"
+        )
+    if any(result.case.profile.command and result.sysctls for result in results):
+        parts.append(
+            f"every program case ran with {change}, since a program's options are known only "
+            "once it runs: the model predicts it with that, and * marks it only when the "
+            "budget ends it"
+        )
+    if not budget.shortens or not parts:
+        return None
+    return "--quick: " + ". ".join(
+        part[0].upper() + part[1:] if n else part for n, part in enumerate(parts)
     )
 
 

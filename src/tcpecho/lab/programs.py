@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from tcpecho.durations import format_duration
 from tcpecho.experiment import Result
 from tcpecho.lab import topology as net
 from tcpecho.model import (
@@ -38,7 +39,7 @@ from tcpecho.model import (
     Prediction,
     predict,
 )
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, check_duration
 from tcpecho.tcp import diag
 from tcpecho.tcp.info import TcpInfo
 from tcpecho.tcp.names import format_address, normalized, parse_endpoint
@@ -51,10 +52,121 @@ POLL_S = 0.05  # how often the kernel is asked: the measurement's resolution
 # for a user timeout the kernel ended by 6.04 s).
 SEEN_LATE_S = 0.25
 OUTPUT_LINES_KEPT = 20
+# How long a program may take to be ready (a client talking to the service, a server
+# listening on its port), while it shows signs of life: a whole matrix starts ~100 processes
+# on a small machine, and a server may have a database to open.
+READY_S = 60.0
+# And while nothing of it shows in its namespace: no TCP or UDP socket, no CPU time used. A
+# program that does that connects to nothing (a wrong command, a `sleep`), and waiting
+# longer will not change it; a JVM or a Python import uses CPU, a connect or listen makes a
+# socket, a name lookup too.
+LIFELESS_S = 10.0
+VITALS_EVERY_S = 0.5
+PROGRAM_TIMEOUT_RANGE_S = (1.0, 3600.0)  # what --program-timeout takes
 
 
 class ProgramError(RuntimeError):
     """A program that did not start, never connected, or exited before its time."""
+
+
+@dataclass(frozen=True)
+class StartupTimeouts:
+    """How long a program may take to be ready: ``ready_s`` in all, and ``lifeless_s``
+    while nothing of it shows (``Vitals``): ``sleep 100`` fails after ``lifeless_s``."""
+
+    ready_s: float = READY_S
+    lifeless_s: float = LIFELESS_S
+
+    @classmethod
+    def given(cls, seconds: float | None) -> StartupTimeouts:
+        """``--program-timeout``: one limit for both, whatever the program shows; None for
+        the defaults."""
+        if seconds is None:
+            return cls()
+        low, high = PROGRAM_TIMEOUT_RANGE_S
+        check_duration("program_timeout", seconds, minimum=low, maximum=high, step=0.001)
+        return cls(seconds, seconds)
+
+
+@dataclass(frozen=True)
+class Vitals:
+    """What shows of a namespace's processes: the TCP and UDP sockets of the namespace (in
+    any state: listening, connecting, closing), and the CPU time the processes and their
+    reaped children have used, in clock ticks. (Unix sockets do not count: the lab's own
+    pipes to a program are socket pairs under uvloop.)"""
+
+    processes: int
+    sockets: int
+    cpu_ticks: int
+
+
+_INET_TABLES = ("tcp", "tcp6", "udp", "udp6")
+
+
+def vitals(namespace: str) -> Vitals:
+    """The processes in ``namespace`` (a name under /run/netns), read from /proc."""
+    wanted = os.stat(f"/run/netns/{namespace}")
+    pids, ticks = [], 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            own = os.stat(f"/proc/{entry}/ns/net")
+            if (own.st_dev, own.st_ino) != (wanted.st_dev, wanted.st_ino):
+                continue
+            with open(f"/proc/{entry}/stat") as handle:
+                # After the command's closing parenthesis: utime, stime, cutime, cstime are
+                # the 12th to 15th fields (proc(5) counts them 14 to 17).
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        pids.append(entry)
+        ticks += sum(int(value) for value in fields[11:15])
+    sockets = 0
+    for pid in pids[:1]:  # any process of the namespace sees its tables
+        for table in _INET_TABLES:
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{table}") as handle:
+                sockets += max(0, len(handle.readlines()) - 1)  # a header line first
+    return Vitals(len(pids), sockets, ticks)
+
+
+class Startup:
+    """A program on its way to being ready, held to its ``StartupTimeouts``: ``check``, called
+    as the wait goes, raises ``ProgramError`` once nothing of it has shown for
+    ``lifeless_s`` or it has not been ready for ``ready_s``."""
+
+    def __init__(
+        self, namespace: str, timeouts: StartupTimeouts, subject: str, nothing: str
+    ) -> None:
+        self.namespace = namespace
+        self.timeouts = timeouts
+        self.subject = subject  # 'socat - TCP:...', the server 'socat ...'
+        self.nothing = nothing  # connects to nothing, listens on nothing
+        self.started_at = time.monotonic()
+        self._alive_at = self.started_at  # the last look that showed a socket or CPU used
+        self._looked_at = 0.0
+        self._ticks: int | None = None
+
+    async def check(self, not_ready: str, seen: str = "") -> None:
+        """Raise if the program's time is up; ``not_ready`` says what it had not done, and
+        ``seen`` what it did instead, if anything."""
+        now = time.monotonic()
+        if now - self._looked_at >= VITALS_EVERY_S:
+            self._looked_at = now
+            loop = asyncio.get_running_loop()
+            shown = await loop.run_in_executor(None, vitals, self.namespace)
+            if shown.sockets or (self._ticks is not None and shown.cpu_ticks != self._ticks):
+                self._alive_at = now
+            self._ticks = shown.cpu_ticks
+        lifeless = self.timeouts.lifeless_s
+        if now - self._alive_at > lifeless:
+            raise ProgramError(
+                f"{self.subject} {self.nothing}: no socket in its namespace and no CPU time "
+                f"used for {format_duration(lifeless)} (--program-timeout to wait longer)"
+            )
+        if now - self.started_at > self.timeouts.ready_s:
+            ready = format_duration(self.timeouts.ready_s)
+            raise ProgramError(f"{self.subject} {not_ready} within {ready}{seen}")
 
 
 def fill(command: str, host: str, port: int) -> str:
@@ -221,21 +333,25 @@ class SocketWatch:
 
 
 async def wait_until_listening(
-    program: Program, topology: net.Topology, port: int, timeout_s: float
+    program: Program,
+    topology: net.Topology,
+    port: int,
+    timeouts: StartupTimeouts = StartupTimeouts(),
 ) -> None:
     """Until a socket listens on ``port`` in the server's namespace."""
 
-    def listening() -> bool:
+    def listening() -> list[int]:
         found = net.in_namespace(topology.server_ns, lambda: diag.connections(listening=True))
-        return any(c.state == "LISTEN" and c.local_port == port for c in found)
+        return sorted({c.local_port for c in found if c.state == "LISTEN"})
 
     loop = asyncio.get_running_loop()
-    deadline = time.monotonic() + timeout_s
-    while not await loop.run_in_executor(None, listening):
+    subject = f"the server {program.command!r}"
+    startup = Startup(topology.server_ns, timeouts, subject, "listens on nothing")
+    while port not in (ports := await loop.run_in_executor(None, listening)):
         if program.returncode is not None:
             raise ProgramError(f"the server {program.ending()}")
-        if time.monotonic() > deadline:
-            raise ProgramError(f"the server {program.command!r} listened on no port {port}")
+        elsewhere = f" (it listens on {', '.join(map(str, ports))})" if ports else ""
+        await startup.check(f"listened on no port {port}", elsewhere)
         await asyncio.sleep(0.1)
 
 
@@ -245,6 +361,17 @@ class Talking:
 
     connection: diag.Connection
     seen_at: float  # monotonic
+
+
+def patience(
+    prediction: Prediction, watch_never_s: float, watch_at_most_s: float | None = None
+) -> float:
+    """How long after the fault a program's case is watched: ``watch_never_s`` when the
+    model says never, else well past the model's latest time; ``watch_at_most_s`` at most."""
+    # Past the model's latest: room for the program's next request (up to a few seconds
+    # after the fault) and for timers later than it.
+    watched = watch_never_s if prediction.never else prediction.high_s * 1.25 + 10.0
+    return watched if watch_at_most_s is None else min(watched, watch_at_most_s)
 
 
 class ProgramClient:
@@ -258,6 +385,10 @@ class ProgramClient:
         self.watch: SocketWatch | None = None
         self.talking: Talking | None = None
         self.tcp = TcpOptions()
+        # What observe has seen since the fault, for the progress line: busy or idle (None
+        # before its first look), and when each of the model's clocks started (monotonic).
+        self.activity: Activity | None = None
+        self.clock_starts: dict[Clock, float | None] = {}
 
     async def start(self) -> None:
         self.program = await Program.start(
@@ -267,14 +398,20 @@ class ProgramClient:
         self.watch = SocketWatch(self.topology.client_ns, peer)
         self.watch.start()
 
-    async def wait_until_talking(self, timeout_s: float, quiet_s: float = 0.0) -> None:
+    async def wait_until_talking(
+        self,
+        timeouts: StartupTimeouts = StartupTimeouts(),
+        quiet_s: float = 0.0,
+    ) -> None:
         """Until the program's connection is ESTABLISHED with data acknowledged both ways,
         and, with ``quiet_s``, has carried nothing new for that long: an idle program's
         setup (a handshake, its last request) is over, so the fault finds it idle."""
         assert self.program is not None
         assert self.watch is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        namespace = self.topology.client_ns
+        startup = Startup(namespace, timeouts, repr(self.command), "connects to nothing")
+        quiet = f", then quiet for {quiet_s:g} s," if quiet_s else ""
+        while True:
             at, found = await self.watch.next()
             for connection in found:
                 # bytes_acked counts the SYN: more than 1 is data.
@@ -297,11 +434,7 @@ class ProgramClient:
                     return
             if self.program.returncode is not None:
                 raise ProgramError(f"{self.program.ending()}, before it talked to the service")
-        quiet = f", then quiet for {quiet_s:g} s," if quiet_s else ""
-        raise ProgramError(
-            f"{self.command!r} had no connection to the service with data both ways{quiet} "
-            f"within {timeout_s:.0f} s"
-        )
+            await startup.check(f"had no connection to the service with data both ways{quiet}")
 
     async def read_options(self) -> None:
         """The options the program's socket really carries (root reads them)."""
@@ -376,23 +509,18 @@ class ProgramClient:
                 activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
                 prediction = predictions[activity]
                 self.result.prediction = prediction  # what the progress line expects now
+                self.activity = activity
+                self.clock_starts = {
+                    "request": sent_at,
+                    "last-data": last_data_at,
+                    "fault": fault_at,
+                }
                 if current is None or current.state != "ESTABLISHED":
                     self._record(at, fault_at, sent_at, last_data_at, activity, prediction)
                     return
-                patience = self._patience(prediction, watch_never_s)
-                if watch_at_most_s is not None:
-                    patience = min(patience, watch_at_most_s)
-                if at - fault_at > patience:
+                if at - fault_at > patience(prediction, watch_never_s, watch_at_most_s):
                     self._record(None, fault_at, sent_at, last_data_at, activity, prediction)
                     return
-
-    @staticmethod
-    def _patience(prediction: Prediction, watch_never_s: float) -> float:
-        if prediction.never:
-            return watch_never_s
-        # Room for the program's next request (up to a few seconds after the fault) and
-        # for timers later than the model's latest.
-        return prediction.high_s * 1.25 + 10.0
 
     def _record(
         self,

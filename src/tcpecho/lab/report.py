@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tcpecho.durations import format_seconds
 from tcpecho.experiment import Result, Verdict
 from tcpecho.streams import escape_controls
+from tcpecho.tcp.options import EffectiveOptions
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -47,9 +48,15 @@ class RunInfo:
     """What the report says about the run as a whole."""
 
     wall_s: float
-    quick_note: str | None  # how --quick shortened the baseline, if it did
+    quick_note: str | None  # what --quick shortened (the cases marked *), if anything
     sysctl_note: str | None  # explicit --tcp-retries2 / --rto-max
     kernel_release: str
+    stopped_by: str | None = None  # the signal that ended the run early (SIGINT, SIGTERM)
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 case``, ``2 cases``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else noun + 's'}"
 
 
 def format_measured(value: float) -> str:
@@ -60,7 +67,13 @@ def format_measured(value: float) -> str:
 
 def row(result: Result) -> dict[str, str]:
     case, prediction = result.case, result.prediction
-    if result.error is not None:
+    if result.interrupted:
+        measured = (
+            "interrupted before the fault"
+            if result.observed_s is None
+            else f"interrupted {format_measured(result.observed_s)} after the fault"
+        )
+    elif result.error is not None:
         measured = f"error: {_shortened(escape_controls(result.error))}"
     elif result.measured_s is None and result.observed_s is not None:
         measured = f"none in {format_measured(result.observed_s)}"
@@ -82,8 +95,16 @@ def row(result: Result) -> dict[str, str]:
         "error": result.errno or "-",
         "retrans": "-" if result.retransmissions is None else str(result.retransmissions),
         "verdict": str(result.verdict),
-        "model": "?" if prediction is None else ("ok" if result.matches else "MISS"),
+        "model": _model_cell(result),
     }
+
+
+def _model_cell(result: Result) -> str:
+    if result.interrupted:
+        return "-"
+    if result.prediction is None:
+        return "?"
+    return "ok" if result.matches else "MISS"
 
 
 def _shortened(text: str, length: int = 60) -> str:
@@ -107,13 +128,13 @@ def render_table(rows: Sequence[dict[str, str]], columns: Sequence[str] = COLUMN
 
 def render(results: Sequence[Result], info: RunInfo) -> str:
     parts = [
-        f"tcpecho lab: {len(results)} cases in {info.wall_s:.1f} s wall, "
+        f"tcpecho lab: {counted(len(results), 'case')} in {info.wall_s:.1f} s wall, "
         f"kernel {info.kernel_release}",
         render_table([row(result) for result in results]),
     ]
     notes = []
     if info.quick_note:
-        notes.append(f"* {info.quick_note}")
+        notes.append(quick_footnote(results, info.quick_note))
     if info.sysctl_note:
         notes.append(info.sysctl_note)
     notes.append(
@@ -121,12 +142,16 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         "or the fault (FIN/RST/ICMP). verdict: fast < 1 s; detected by a mitigation; "
         "hang = not detected, or only by the kernel's retransmission budget."
     )
-    misses = [result for result in results if not result.matches and result.error is None]
-    notes.append(
-        "model: every measurement within its predicted range"
-        if not misses
-        else f"model: {len(misses)} case(s) outside the predicted range (MISS)"
-    )
+    notes.append(model_note(results))
+    options = program_options_note(results)
+    if options:
+        notes.append(options)
+    if info.stopped_by is not None:
+        unfinished = sum(result.interrupted for result in results)
+        notes.append(
+            f"interrupted: {info.stopped_by} stopped the run before "
+            f"{counted(unfinished, 'case')} of {len(results)} had finished (verdict interrupted)"
+        )
     failed = [result for result in results if result.error is not None]
     for result in failed:
         notes.append(f"could not run {result.case.name}: {escape_controls(result.error or '')}")
@@ -138,6 +163,61 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         )
     parts.append("\n".join(notes))
     return "\n\n".join(parts)
+
+
+def quick_footnote(results: Sequence[Result], note: str) -> str:
+    """The note on --quick, under a ``*`` when a case carries the mark."""
+    return f"* {note}" if any(result.quick for result in results) else note
+
+
+def program_options_note(results: Sequence[Result]) -> str | None:
+    """The options the lab read from each program's socket, as ``tcpecho watch`` shows them
+    (``TcpOptions.summary``): what the program's prediction comes from. One line a program,
+    naming the faults where its cases' sockets differ."""
+    shown: dict[str, dict[str, list[str]]] = {}
+    for result in results:
+        if result.case.profile.command is None:
+            continue
+        if result.options is not None:
+            summary = EffectiveOptions(**result.options).summary()
+        elif result.error is None:
+            summary = "not read (the kernel gave no duplicate of its socket)"
+        else:
+            continue  # it never got as far as a socket
+        faults = shown.setdefault(result.case.profile.name, {})
+        faults.setdefault(summary, []).append(str(result.case.fault))
+    if not shown:
+        return None
+    width = max(len(name) for name in shown)
+    lines = ["options read from each program's socket (as tcpecho watch shows them):"]
+    for name, summaries in shown.items():
+        if len(summaries) == 1:
+            text = next(iter(summaries))
+        else:
+            text = "; ".join(f"{summary} ({', '.join(f)})" for summary, f in summaries.items())
+        lines.append(f"  {name:{width}}  {text}")
+    return "\n".join(lines)
+
+
+def model_note(results: Sequence[Result]) -> str:
+    """What the run says of the model: only cases that ran were held to it, and when none
+    ran, nothing was."""
+    interrupted = [result for result in results if result.interrupted]
+    failed = [result for result in results if result.error is not None and not result.interrupted]
+    judged = [result for result in results if result.error is None and not result.interrupted]
+    misses = [result for result in judged if not result.matches]
+    unjudged = [
+        f"{counted(len(failed), 'case')} could not run" if failed else "",
+        f"{counted(len(interrupted), 'case')} interrupted" if interrupted else "",
+    ]
+    apart = ", ".join(part for part in unjudged if part)
+    if not judged:
+        return f"model: nothing measured ({apart})" if apart else "model: nothing measured"
+    if misses:
+        verdict = f"model: {counted(len(misses), 'case')} outside the predicted range (MISS)"
+    else:
+        verdict = "model: every measurement within its predicted range"
+    return f"{verdict}; {apart}" if apart else verdict
 
 
 def seconds_or_none(value: float | None) -> float | None:
@@ -192,6 +272,7 @@ def to_json(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
         "kernel_release": info.kernel_release,
         "quick": info.quick_note,
         "sysctls": info.sysctl_note,
+        "stopped_by": info.stopped_by,
         "cases": cases,
     }
 
@@ -205,6 +286,7 @@ _COLORS = {
     Verdict.DETECTED: "#4c78a8",
     Verdict.HANG: "#e76f51",
     Verdict.ERROR: "#999999",
+    Verdict.INTERRUPTED: "#cccccc",
 }
 
 
@@ -233,7 +315,7 @@ def plot(results: Sequence[Result], info: RunInfo, path: Path) -> None:
     figure.legend(handles=legend, loc="upper right", fontsize=8, ncols=len(legend))
     title = "tcpecho lab: time to detect a vanished peer (black: the model's range)"
     if info.quick_note:
-        title += "\n" + textwrap.fill("* " + info.quick_note, 120)
+        title += "\n" + textwrap.fill(quick_footnote(results, info.quick_note), 120)
     figure.suptitle(title, fontsize=10, x=0.01, ha="left")
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     figure.savefig(path, dpi=110)

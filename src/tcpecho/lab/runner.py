@@ -9,7 +9,9 @@ to expect; the report sets the two side by side.
 
 Cleanup is the runner's first duty: every case tears its topology down in ``finally``
 (killing what runs in it); a final sweep removes whatever carries this run's prefix; and
-a run started after one that was SIGKILLed removes that run's leftovers first.
+a run started after one that was SIGKILLed removes that run's leftovers first. A stop
+signal ends the cases still waiting for their outcome, marked interrupted, and the run
+returns every result, the finished cases' measurements with them.
 """
 
 from __future__ import annotations
@@ -25,21 +27,39 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tcpecho import events
+from tcpecho.durations import format_seconds
 from tcpecho.experiment import Case, Fault, Profile, Result
 from tcpecho.lab import topology as net
 from tcpecho.lab.faults import inject
 from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL
-from tcpecho.lab.programs import Program, ProgramClient, ProgramError, wait_until_listening
-from tcpecho.model import Activity, InForce, KernelSettings, Mechanism, predict
+from tcpecho.lab.programs import (
+    Program,
+    ProgramClient,
+    ProgramError,
+    StartupTimeouts,
+    patience,
+    wait_until_listening,
+)
+from tcpecho.model import (
+    Activity,
+    Clock,
+    InForce,
+    KernelSettings,
+    Mechanism,
+    Prediction,
+    predict,
+)
 from tcpecho.settings import check_duration, check_range
 
 RUN_PREFIX = f"{net.PREFIX}lab-"
 QUICK_RTO_MAX_MS = 1000  # with tcp_retries2=15: ~15 s instead of ~15.5 min, 16 retransmissions
 QUICK_RETRIES2 = 5  # for kernels before 6.15, which have no tcp_rto_max_ms: ~13 s
-STARTUP_TIMEOUT_S = 60.0  # a whole matrix starts ~100 Python processes on a small machine
+# tcpecho's own server and client (programs have StartupTimeouts): a whole matrix starts
+# ~100 Python processes on a small machine.
+STARTUP_TIMEOUT_S = 60.0
 NEVER_OBSERVED_S = 15.0  # how long a case the model says never ends is watched at least
 STDERR_LINES_KEPT = 5  # a process's last words, for the case's error
 WARMUP_ECHOES = {Activity.ACTIVE: 2, Activity.IDLE: 1}
@@ -63,13 +83,20 @@ class KernelBudget:
         low, high = RTO_MAX_RANGE_S
         check_duration("rto_max", rto_max_s, minimum=low, maximum=high, step=0.001)
 
+    @property
+    def shortens(self) -> bool:
+        """Whether --quick changes anything: explicit sysctls take its place."""
+        return self.quick and self.tcp_retries2 is None and self.rto_max_ms is None
+
     def sysctls(self, baseline: bool) -> dict[str, int]:
+        """For a client namespace; ``baseline``: its case may be left to the retransmission
+        budget, which --quick shortens."""
         values: dict[str, int] = {}
         if self.tcp_retries2 is not None:
             values["net.ipv4.tcp_retries2"] = self.tcp_retries2
         if self.rto_max_ms is not None:
             values["net.ipv4.tcp_rto_max_ms"] = self.rto_max_ms
-        if self.quick and baseline and not values:
+        if self.shortens and baseline:
             if rto_max_supported():
                 values["net.ipv4.tcp_rto_max_ms"] = QUICK_RTO_MAX_MS
             else:
@@ -220,6 +247,8 @@ class _Run:
     budget: KernelBudget
     finite_pending: int
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
+    # How long --client-cmd and --server-cmd programs may take to start
+    program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
     finite_done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def finite_case_finished(self) -> None:
@@ -236,12 +265,20 @@ class LabCase:
         self.topology = net.Topology(f"{run.prefix}{case.number}")
         self.status = "building"
         self.fault_monotonic: float | None = None
+        # What the progress line reads: tcpecho's client and its last echo (wall time), or
+        # the program and what the model expects of it busy and idle.
+        self._client: _Process | None = None
+        self._last_echo_at: float | None = None
+        self._program: ProgramClient | None = None
+        self._predictions: dict[Activity, Prediction] | None = None
+        self.cleaning_up = False  # the case has its outcome (a measurement or an error)
         profile = case.profile
         with_defaults = predict(
             KernelSettings(), profile.tcp, case.fault.failure, case.activity, profile.deadlines
         )
         # The baseline: only the kernel's retransmission budget ends it (--quick shortens it).
-        # A program's options are known only once it runs: it counts as one.
+        # A program's options are known only once it runs, after its namespace's sysctls are
+        # written: it gets the shortened budget too, and its mark waits for its prediction.
         self.baseline = with_defaults.mechanism is Mechanism.TCP_RETRIES2 or bool(profile.command)
         # Cases the model says never end are watched until the finite ones are done; a
         # program's case decides its own patience, and nobody waits for it.
@@ -249,18 +286,71 @@ class LabCase:
         self._counted_finite = self.finite
 
     def progress(self) -> str:
-        prediction = self.result.prediction
-        expected = prediction.describe() if prediction else "?"
-        if self.fault_monotonic is None:
-            return f"{self.case.name:42} {self.status}"
-        waited = time.monotonic() - self.fault_monotonic
-        return f"{self.case.name:42} waiting {waited:6.1f} s after the fault (expected {expected})"
+        """The case's line in the progress report: what it is doing; while it waits, how
+        long, on the clock of the range it expects (from the unanswered request, the last
+        data or the fault)."""
+        line = f"{self.case.name:42} {self.status}"
+        expected = self._expected()
+        if self.status != "waiting" or self.fault_monotonic is None:
+            if expected is None and self._predictions is not None:
+                return f"{line} ({expectations(self._predictions)})"
+            return line
+        since_fault = time.monotonic() - self.fault_monotonic
+        if expected is None:  # a program's first look since the fault is still to come
+            assert self._predictions is not None
+            since = f"{since_fault:6.1f} s after the fault"
+            return f"{self.case.name:42} waiting {since} ({expectations(self._predictions)})"
+        return f"{self.case.name:42} " + waiting_line(
+            expected, since_fault, self._since(expected.clock), self._watched(expected)
+        )
+
+    def interrupt(self) -> None:
+        """Mark the case as ended by a stop signal before its outcome (its task is about to
+        be cancelled): it keeps what it had, and how long it was watched after the fault."""
+        self.result.interrupted = True
+        if self.fault_monotonic is not None and self.result.observed_s is None:
+            self.result.observed_s = time.monotonic() - self.fault_monotonic
+
+    def _expected(self) -> Prediction | None:
+        """The prediction the case is held to, once known: a program's only once the lab
+        has seen whether it was busy or idle at the fault."""
+        if self._program is not None and self._program.activity is None:
+            return None
+        return self.result.prediction
+
+    def _since(self, clock: Clock) -> float | None:
+        """Seconds since ``clock`` started, where that is known yet."""
+        now = time.monotonic()
+        if clock == "fault":
+            return None if self.fault_monotonic is None else now - self.fault_monotonic
+        if self._program is not None:
+            start = self._program.clock_starts.get(clock)
+            return None if start is None else now - start
+        if clock == "last-data":
+            return None if self._last_echo_at is None else time.time() - self._last_echo_at
+        sent_at = None if self._client is None else _unanswered_since(self._client)
+        return None if sent_at is None else time.time() - sent_at
+
+    def _watched(self, prediction: Prediction) -> str | None:
+        """How long the case is watched, when that is to be said: for one the model says
+        never ends, and for a program watched less long than its range (``watch_s``)."""
+        if self._program is None:
+            if not prediction.never:
+                return None
+            return f"until the other cases end, at least {format_seconds(NEVER_OBSERVED_S)}"
+        watched = patience(prediction, NEVER_OBSERVED_S, self.case.profile.watch_s)
+        if not prediction.never and watched >= prediction.high_s:
+            return None
+        return f"up to {format_seconds(watched)}"
 
     async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
         started: list[_Process | Program | ProgramClient] = []
+        # A stop signal may come while a thread builds the namespaces: they are removed only
+        # once it is done, or it would create them after their removal.
+        building = loop.run_in_executor(None, self.topology.build)
         try:
-            await loop.run_in_executor(None, self.topology.build)
+            await asyncio.shield(building)
             self._plan_kernel()
             sysctls = self.result.sysctls
             await loop.run_in_executor(None, self._write_sysctls, sysctls)
@@ -272,6 +362,7 @@ class LabCase:
             else:
                 await self._run_tcpecho_client(kernel, server_pid, started)
             if self.case.fault is Fault.FORCE_DELETE:
+                self.status = "reading the node's conntrack"
                 self.result.conntrack = await loop.run_in_executor(None, self.topology.conntrack)
         except (LabCaseError, ProgramError) as error:
             self.result.error = f"{self.status}: {error}"
@@ -280,9 +371,12 @@ class LabCase:
         except Exception as error:  # netlink, nft, sysctl: one case's failure, not the run's
             self.result.error = f"{self.status}: {type(error).__name__}: {error}"
         finally:
+            self._mark_quick()
+            self.cleaning_up = True
             self.status = "cleaning up"
             for process in reversed(started):
                 await process.stop()
+            await asyncio.wait({building})
             await loop.run_in_executor(None, self.topology.destroy)
             self._finish_finite()
         return self.result
@@ -299,7 +393,8 @@ class LabCase:
             self.topology, self.topology.server_ns, command, net.SERVER_IP, net.SERVICE_PORT
         )
         started.append(program)
-        await wait_until_listening(program, self.topology, net.SERVICE_PORT, STARTUP_TIMEOUT_S)
+        startup = self.run.program_startup
+        await wait_until_listening(program, self.topology, net.SERVICE_PORT, startup)
         return program.process.pid
 
     async def _run_tcpecho_client(
@@ -310,11 +405,13 @@ class LabCase:
     ) -> None:
         client = await _Process.start(self._client_argv(), self.result.client_events)
         started.append(client)
+        self._client = client
         self.status = "warming up"
         warmup = WARMUP_ECHOES[self.case.activity]
         last_echo, last_echo_at = await client.wait_for(
             events.ResponseReceived, count=warmup, timeout=STARTUP_TIMEOUT_S
         )
+        self._last_echo_at = last_echo_at
         self._predict(kernel, last_echo)
         await self._inject(server_pid)
         self._check_idle_gap(kernel, last_echo_at)
@@ -331,19 +428,22 @@ class LabCase:
         assert command is not None
         client = ProgramClient(self.topology, command, self.result)
         started.append(client)
+        self._program = client
         await client.start()
         self.status = "warming up"
         profile = self.case.profile
-        await client.wait_until_talking(STARTUP_TIMEOUT_S, profile.quiet_s)
+        await client.wait_until_talking(self.run.program_startup, profile.quiet_s)
         await client.read_options()
+        # Busy or idle: which of the two holds is seen only after the fault (observe sets
+        # the result's prediction then); until then the progress line shows both.
         predictions = client.predictions(kernel, self.case.fault.failure, profile.deadlines)
-        # What the case is run as, until the kernel shows what the program does.
-        self.result.prediction = predictions[self.case.activity]
+        self._predictions = predictions
         await self._inject(server_pid)
         assert self.fault_monotonic is not None
         self.status = "waiting"
         await client.observe(self.fault_monotonic, predictions, NEVER_OBSERVED_S, profile.watch_s)
         self.result.observed_s = time.monotonic() - self.fault_monotonic
+        self.status = "seeing whether the program exits"
         await client.note_exit(self.fault_monotonic)
 
     # -- steps ---------------------------------------------------------------------------
@@ -351,7 +451,18 @@ class LabCase:
     def _plan_kernel(self) -> None:
         """Which sysctls this case's client namespace gets: --quick only for the baseline."""
         self.result.sysctls = self.run.budget.sysctls(self.baseline)
-        self.result.quick = self.run.budget.quick and self.baseline and bool(self.result.sysctls)
+
+    def _mark_quick(self) -> None:
+        """``*``: the case was left to the retransmission budget, and --quick shortened it.
+        A program's namespace has the shortened budget whatever it turns out to do, and its
+        prediction counts it; only the budget's own cases are marked."""
+        prediction = self.result.prediction
+        self.result.quick = (
+            self.run.budget.shortens
+            and self.baseline
+            and prediction is not None
+            and prediction.mechanism is Mechanism.TCP_RETRIES2
+        )
 
     def _write_sysctls(self, sysctls: dict[str, int]) -> None:
         for key, value in sysctls.items():
@@ -482,6 +593,57 @@ class LabCase:
             self.run.finite_case_finished()
 
 
+CLOCK_STARTS: dict[Clock, str] = {
+    "request": "the unanswered request",
+    "last-data": "the last data",
+    "fault": "the fault",
+}
+
+
+def waiting_line(
+    expected: Prediction,
+    since_fault_s: float,
+    since_clock_s: float | None,
+    watched: str | None = None,
+) -> str:
+    """A waiting case's progress: the time on the clock its expected range is counted on
+    (``since_clock_s``, None while that clock has not started: the request after the fault
+    is not sent yet), or since the fault when the model says never; and how long it is
+    ``watched``, where that is to be said."""
+    if expected.never:
+        if expected.clock == "last-data":
+            reason = "nothing notices an idle connection without keepalive"
+        else:
+            reason = expected.mechanism.description
+        return (
+            f"waiting {since_fault_s:6.1f} s after the fault "
+            f"(expected never: {reason}; watched {watched})"
+        )
+    limit = f"; watched {watched}" if watched else ""
+    if since_clock_s is None:
+        return (
+            f"waiting {since_fault_s:6.1f} s after the fault, for the next request "
+            f"(expected {expected.describe()} from it{limit})"
+        )
+    start = CLOCK_STARTS[expected.clock]
+    return f"waiting {since_clock_s:6.1f} s since {start} (expected {expected.describe()}{limit})"
+
+
+def expectations(predictions: dict[Activity, Prediction]) -> str:
+    """A program's two expectations, before the lab has seen it busy or idle."""
+    busy, idle = predictions[Activity.ACTIVE], predictions[Activity.IDLE]
+    return f"expected: busy {busy.describe()}, idle {idle.describe()}"
+
+
+def _unanswered_since(client: _Process) -> float | None:
+    """When tcpecho's client sent the oldest request still unanswered (wall time)."""
+    answered = {event.seq for event, _ in client.named(events.ResponseReceived)}
+    for event, logged_at in client.named(events.RequestSent):
+        if event.seq not in answered:
+            return logged_at
+    return None
+
+
 # -- the whole run -----------------------------------------------------------------------------
 
 
@@ -491,8 +653,14 @@ async def run_cases(
     progress: Callable[[list[str]], None],
     progress_every_s: float,
     server_command: str | None = None,
+    program_startup: StartupTimeouts | None = None,
+    stop: asyncio.Event | None = None,
 ) -> list[Result]:
-    """Run every case in parallel; cancelling this cleans every case up before it returns."""
+    """Run every case in parallel; cancelling this cleans every case up before it returns.
+
+    Once ``stop`` is set (by a stop signal), the cases still waiting for their outcome are
+    cancelled and marked interrupted, every case is cleaned up, and the results are
+    returned: the finished cases' with their measurements."""
     prefix = f"{RUN_PREFIX}{os.getpid()}-"
     # Every case blocks a thread at times (netlink, sysctls, nft); a fault must not wait
     # in a queue behind other cases' work, or its timing would be off.
@@ -505,6 +673,7 @@ async def run_cases(
         budget,
         finite_pending=0,
         server_command=server_command,
+        program_startup=program_startup or StartupTimeouts(),
     )
     lab_cases = [LabCase(case, run) for case in cases]
     run.finite_pending = sum(lab_case.finite for lab_case in lab_cases)
@@ -514,9 +683,20 @@ async def run_cases(
         asyncio.create_task(lab_case.execute(), name=lab_case.case.name) for lab_case in lab_cases
     ]
     reporter = asyncio.create_task(_report_progress(lab_cases, tasks, progress, progress_every_s))
+    stopping = asyncio.create_task((stop or asyncio.Event()).wait())
     try:
-        return list(await asyncio.gather(*tasks))
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        first: list[asyncio.Future[Any]] = [everything, stopping]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():
+            for lab_case, task in zip(lab_cases, tasks, strict=True):
+                if not task.done() and not lab_case.cleaning_up:
+                    lab_case.interrupt()
+                    task.cancel()
+            await everything  # every case's cleanup
+        return [lab_case.result for lab_case in lab_cases]
     finally:
+        stopping.cancel()
         reporter.cancel()
         for task in tasks:
             task.cancel()
