@@ -412,7 +412,8 @@ def test_an_orphan_is_bounded_by_tcp_orphan_retries_not_tcp_retries2(
     _record(table, capsys)
     assert "1 orphaned" in table.splitlines()[0]
     row = next(line for line in table.splitlines() if line.rstrip().endswith(local))
-    assert "FIN-WAIT-1" in row and "tcp_orphan_retries" in row, row
+    assert "FIN-WAIT-1" in row, row
+    assert "tcp_orphan_retries" in row, row
     assert f"after {ORPHAN_RETRIES} retries (tcp_orphan_retries={ORPHAN_RETRIES})" in table
     wait_until(
         lambda: _gone_since(watcher, local) is not None,
