@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -222,19 +222,30 @@ def test_black_holed_programs_are_stuck_until_the_kernel_gives_up(
     time.sleep(3)
     table = run_watch(lab.in_client(watch_argv("--once")))
     _record(table.stdout, capsys)
-    wait_until(
+    snapshots = _snapshots_until(
+        watcher,
         lambda: _latest(watcher) >= sent_at + 21,
         timeout=40,
         what=lambda: f"21 s of snapshots: exit {watcher.proc.poll()}, {watcher.stderr_lines[-5:]}",
     )
-    watcher.signal(signal.SIGTERM)
-    assert watcher.wait(5) == 0
-    watcher.assert_no_traceback()
-    snapshots = [event for event in list(watcher.events) if "connections" in event]
     _check_timed(_rows_of(snapshots, timed.pid, since=sent_at), capsys)
     _check_pinger(_rows_of(snapshots, pinger.pid, since=fault_at), table.stdout, pinger)
     _check_bash(_rows_of(snapshots, bash.pid, since=fault_at))
     _check_connecting(_rows_of(snapshots, connecting.pid, since=connect_at))
+
+
+def _snapshots_until(
+    watcher: LoggedProcess,
+    condition: Callable[[], bool],
+    timeout: float,
+    what: Callable[[], str],
+) -> list[dict[str, Any]]:
+    """The watch's JSON snapshots once ``condition`` holds; the watch stopped cleanly."""
+    wait_until(condition, timeout=timeout, what=what)
+    watcher.signal(signal.SIGTERM)
+    assert watcher.wait(5) == 0
+    watcher.assert_no_traceback()
+    return [event for event in list(watcher.events) if "connections" in event]
 
 
 def _latest(watcher: LoggedProcess) -> float:
@@ -415,15 +426,12 @@ def test_an_orphan_is_bounded_by_tcp_orphan_retries_not_tcp_retries2(
     assert "FIN-WAIT-1" in row, row
     assert "tcp_orphan_retries" in row, row
     assert f"after {ORPHAN_RETRIES} retries (tcp_orphan_retries={ORPHAN_RETRIES})" in table
-    wait_until(
+    snapshots = _snapshots_until(
+        watcher,
         lambda: _gone_since(watcher, local) is not None,
         timeout=40,
         what=lambda: f"end of the orphan {local}: {watcher.stderr_lines[-5:]}",
     )
-    watcher.signal(signal.SIGTERM)
-    assert watcher.wait(5) == 0
-    watcher.assert_no_traceback()
-    snapshots = [event for event in list(watcher.events) if "connections" in event]
     rows = [
         row for snapshot in snapshots for row in snapshot["connections"] if row["local"] == local
     ]
