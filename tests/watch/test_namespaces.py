@@ -471,3 +471,47 @@ def _gone_since(watcher: LoggedProcess, local: str) -> float | None:
             arrived: float = event["_received_at"]
             return arrived
     return None
+
+
+@requires_netns
+@pytest.mark.netns
+def test_an_orphan_whose_rto_reached_its_cap_ends_at_its_next_expiry(
+    lab: Lab, spawn: Spawn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the RTO at its cap the kernel no longer counts the orphan "alive", and the
+    sysctl's 0 then allows it no retry: it ends at the timer's next expiry, not after the
+    8 retries' budget. A 1 s cap (tcp_rto_max_ms, per namespace) gets there in 2 s."""
+    lab.topology.sysctl(lab.topology.client_ns, "net.ipv4.tcp_rto_max_ms", 1000)
+    timed = lab.start(["socat", "-", f"TCP:{CLUSTER}"], stdin=True)
+    local = lab.wait_for_owners({timed.pid})[timed.pid]["local"]
+    _send(timed, b"hello\n")
+    time.sleep(0.5)
+    lab.topology.drop_pod_traffic()
+    _send(timed, b"ping\n")
+    watcher = spawn(lab.in_client(watch_argv("--json", "--interval", "0.2s")))
+    time.sleep(3.0)  # 0.2, 0.4, 0.8 s, then 1 s steps: the RTO is at its cap
+    timed.kill()
+    timed.wait(5)
+    killed_at = time.monotonic()
+    snapshots = _snapshots_until(
+        watcher,
+        lambda: _gone_since(watcher, local) is not None,
+        timeout=20,
+        what=lambda: f"end of the orphan {local}: {watcher.stderr_lines[-5:]}",
+    )
+    orphans = [
+        row
+        for snapshot in snapshots
+        for row in snapshot["connections"]
+        if row["local"] == local and row["orphaned"]
+    ]
+    assert orphans, "the orphan was never listed"
+    for row in orphans:
+        assert row["tcp_info"]["rto_ms"] == 1000
+        assert row["limited_by"] == "tcp_orphan_retries"
+        assert row["gives_up_in_s"] <= 1.0 * 1.06  # the next expiry, not the 7.4 s budget
+    gone_at = _gone_since(watcher, local)
+    assert gone_at is not None
+    _record(f"capped orphan gone {gone_at - killed_at:.2f} s after the kill", capsys)
+    # At most one 1 s step after the kill, a late timer, a snapshot interval and a scan.
+    assert gone_at - killed_at <= 1.06 + 0.2 + 0.5
