@@ -8,7 +8,10 @@ to what they measure. It takes the client's settings as they are (``TcpOptions``
 Its parts: ``kernel`` (the sysctls, the budgets they stand for and the timers' schedule),
 ``in_force`` (a socket's own options over its namespace's sysctls), ``predict`` (when and
 how a failure is noticed), ``elapsed`` (how long a connection has been waiting, rebuilt
-from its timers). This package's names are its interface: import them from here.
+from its timers), ``field`` (the faults of the path users report most: a middlebox that
+forgets an idle flow, a partition that heals, a reused address, a stalled reader, a proxy
+in between; survival is a prediction there too). This package's names are its
+interface: import them from here.
 
 The rules, for a small request that is never acknowledged (an *active* connection):
 
@@ -36,6 +39,14 @@ data received, or from the fault itself (a FIN or RST arrives at once).
 """
 
 from tcpecho.model.elapsed import first_rto_s, stuck_for_s
+from tcpecho.model.field import (
+    Traffic,
+    after_idle_expiry,
+    after_ip_reuse,
+    after_partition,
+    behind_proxy,
+    stalled_reader,
+)
 from tcpecho.model.in_force import InForce, Keepalive
 from tcpecho.model.kernel import (
     FIRST_RTO_S,
@@ -64,6 +75,7 @@ from tcpecho.model.predict import (
     Clock,
     Failure,
     Mechanism,
+    Outcome,
     Prediction,
     predict,
 )
@@ -86,7 +98,13 @@ __all__ = [
     "Keepalive",
     "KernelSettings",
     "Mechanism",
+    "Outcome",
     "Prediction",
+    "Traffic",
+    "after_idle_expiry",
+    "after_ip_reuse",
+    "after_partition",
+    "behind_proxy",
     "first_rto_s",
     "give_up_after_send",
     "orphan_budget",
@@ -95,6 +113,7 @@ __all__ = [
     "read_own_sysctl",
     "retransmission_expiries",
     "retries2_budget",
+    "stalled_reader",
     "step_at",
     "stuck_for_s",
     "syn_budget",

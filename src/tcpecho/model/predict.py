@@ -67,6 +67,9 @@ class Mechanism(StrEnum):
     PEER_CLOSED = "peer_closed"
     SYN_RETRIES = "tcp_syn_retries"  # the kernel's SYN retransmission budget
     CONNECT_TIMEOUT = "connect_timeout"  # the client's own deadline on connecting
+    MIDDLEBOX_RESET = "middlebox_reset"  # a middlebox that forgot the flow answers with RST
+    ADDRESS_REUSED = "address_reused"  # the host that took the peer's address answers RST
+    PROXY_TIMEOUT = "proxy_timeout"  # a proxy's own data timeout closes the app's side
     NOTHING = "nothing"
 
     @property
@@ -85,8 +88,19 @@ _MECHANISM_DESCRIPTIONS = {
     Mechanism.PEER_CLOSED: "FIN/RST from the peer",
     Mechanism.SYN_RETRIES: "the kernel's SYN retransmission budget (tcp_syn_retries)",
     Mechanism.CONNECT_TIMEOUT: "--connect-timeout (the client's deadline)",
+    Mechanism.MIDDLEBOX_RESET: "RST from the middlebox that forgot the flow",
+    Mechanism.ADDRESS_REUSED: "RST from the host that took the peer's address",
+    Mechanism.PROXY_TIMEOUT: "the proxy's own timeout",
     Mechanism.NOTHING: "nothing notices it",
 }
+
+
+class Outcome(StrEnum):
+    """What becomes of the connection: the model predicts the verdict's kind as well."""
+
+    FAILS = "fails"  # the peer is gone (or unreachable for good): the failure is the news
+    CUT = "cut"  # a failure, though the peer is still there or comes back
+    SURVIVES = "survives"  # nothing fails: the echo works after the fault's window
 
 
 Clock = Literal["request", "last-data", "fault"]
@@ -101,10 +115,16 @@ class Prediction:
     clock: Clock
     mechanism: Mechanism
     errnos: tuple[str, ...]
+    # SURVIVES: the range is when the first echo after the fault's window comes back.
+    outcome: Outcome = Outcome.FAILS
 
     @property
     def never(self) -> bool:
         return math.isinf(self.low_s)
+
+    @property
+    def survives(self) -> bool:
+        return self.outcome is Outcome.SURVIVES
 
     def contains(self, seconds: float | None) -> bool:
         """Whether a measurement fits; ``None`` (not detected) fits only "never"."""
@@ -115,9 +135,12 @@ class Prediction:
     def describe(self) -> str:
         if self.never:
             return "never"
+        span = f"{format_seconds(self.low_s, unit='')}-{format_seconds(self.high_s)}"
+        if self.survives:
+            return f"survives: echo {span}"
         if self.high_s <= FAST_S and self.low_s == 0:
             return f"< {self.high_s:g} s"
-        return f"{format_seconds(self.low_s, unit='')}-{format_seconds(self.high_s)}"
+        return span
 
 
 NEVER = math.inf

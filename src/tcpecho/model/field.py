@@ -1,0 +1,363 @@
+"""The field's faults (``docs/lab.md``): a path that forgets an idle flow, a partition that
+heals, a new host on the peer's address, and a proxy in between; when each ends a
+connection, or whether it survives.
+
+They rest on ``predict``'s rules for a send never acknowledged and for keepalive, and on
+the measurements in ``docs/kernel-facts.md`` ("Field faults"):
+
+- a middlebox forgets a flow once it has carried nothing for its idle timeout; every packet
+  refreshes it, a keepalive probe and its ACK too. After it forgot, the next packet is
+  dropped (or answered with RST, as the AWS NAT gateway does);
+- during a partition nothing passes; after it heals, the next retransmission (or keepalive
+  probe) gets through and the connection goes on as if nothing happened: the recovery
+  waits for that backed-off expiry;
+- a host that took the peer's address knows nothing of the connection and answers the next
+  segment that reaches it with RST;
+- behind a proxy, the app's own socket is on loopback: its options see nothing of the
+  upstream, and only the app's deadline or the proxy's own connection ends the wait.
+
+Survival is a prediction too (``Prediction.survives``): its range is when the first echo
+after the fault's window (the heal, the idle timeout) comes back, on the stated clock: the
+fault's for a busy client, the last data's for an idle one (its next request leaves that
+long after its last echo).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from tcpecho.model.in_force import InForce
+from tcpecho.model.kernel import (
+    FIRST_RTO_S,
+    TIMER_SLACK,
+    TLP_ANY_S,
+    TLP_S,
+    KernelSettings,
+    retransmission_expiries,
+)
+from tcpecho.model.predict import (
+    APP_TIMER_S,
+    FAST_S,
+    SCHEDULING_S,
+    Activity,
+    Clock,
+    Failure,
+    Mechanism,
+    Outcome,
+    Prediction,
+    predict,
+)
+from tcpecho.settings import Deadlines
+from tcpecho.tcp.options import TcpOptions
+
+# An echo comes back a round trip after the packet that got through, and the client sees it
+# when it is scheduled: on a loaded machine, a few hundred milliseconds.
+ECHO_LATE_S = SCHEDULING_S
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the client does around the fault.
+
+    ``next_request_s``: an idle client's next request, that long after its last data (None:
+    it sends nothing while watched). ``request_offset_s``: how late after the fault a busy
+    client's next request may leave (its interval: the fault comes just after an echo)."""
+
+    next_request_s: float | None = None
+    request_offset_s: float = 1.0
+    first_rto_s: float | None = None
+    lone_segment: bool = True
+
+
+def after_idle_expiry(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    activity: Activity,
+    idle_timeout_s: float,
+    traffic: Traffic,
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+    reset: bool = False,
+) -> Prediction:
+    """A middlebox on the path forgets the flow after ``idle_timeout_s`` without a packet;
+    the fault's clock starts at the last data (the fault comes just after an echo)."""
+    in_force = InForce.of(tcp, kernel)
+    if activity is Activity.ACTIVE:
+        if traffic.request_offset_s < idle_timeout_s:
+            # Every request refreshes the flow: the first echo after the timeout comes back.
+            return _survives(idle_timeout_s, idle_timeout_s + traffic.request_offset_s)
+        activity = Activity.IDLE  # a request rarer than the timeout is an idle connection's
+    keepalive = in_force.keepalive
+    if keepalive is not None and keepalive.idle_s < idle_timeout_s:
+        # Each probe and its ACK refresh the flow before it is forgotten.
+        if traffic.next_request_s is None:
+            return _never_seen()
+        return _survives(traffic.next_request_s, traffic.next_request_s, "last-data")
+    if keepalive is not None:
+        idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+        if reset:  # the first probe finds the flow forgotten and is answered with RST
+            probe_at = keepalive.idle_s
+            high = probe_at * TIMER_SLACK[1] + SCHEDULING_S
+            idle = Prediction(
+                probe_at, high, "last-data", Mechanism.KEEPALIVE, ("ECONNRESET", "EPIPE")
+            )
+        if traffic.next_request_s is None or idle.high_s < traffic.next_request_s:
+            return idle
+    if traffic.next_request_s is None:
+        return _never_seen()
+    if reset:
+        return Prediction(
+            0.0, FAST_S, "request", Mechanism.MIDDLEBOX_RESET, ("ECONNRESET", "EPIPE")
+        )
+    return predict(
+        kernel,
+        tcp,
+        Failure.SILENT,
+        Activity.ACTIVE,
+        deadlines,
+        traffic.first_rto_s,
+        traffic.lone_segment,
+    )
+
+
+def after_partition(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    activity: Activity,
+    outage_s: float,
+    traffic: Traffic,
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+) -> Prediction:
+    """Nothing passes for ``outage_s`` from the fault, then the path heals.
+
+    Busy: the request left up to ``traffic.request_offset_s`` into the outage; it gets
+    through at the first retransmission after the heal, unless the kernel (its budget, the
+    user timeout) or the client's deadline gave up before. Idle: keepalive probes sent
+    during the outage are lost; the connection is cut only when its probing ends before
+    the heal."""
+    in_force = InForce.of(tcp, kernel)
+    if activity is Activity.IDLE:
+        keepalive = in_force.keepalive
+        idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+        if keepalive is not None and idle.low_s - keepalive.interval_s < outage_s:
+            # Cut when the last probe goes out before the heal: every probe is lost.
+            return _cut(idle)
+        if traffic.next_request_s is None:
+            return _never_seen()
+        # The request leaves after the heal (the lab's idle client asks just after it).
+        request = max(traffic.next_request_s, outage_s)
+        return _survives(request, request, "last-data")
+    failing = predict(
+        kernel,
+        tcp,
+        Failure.SILENT,
+        Activity.ACTIVE,
+        deadlines,
+        traffic.first_rto_s,
+        traffic.lone_segment,
+    )
+    through: list[float] = []  # fault clock: when a retransmission got through
+    cut = False
+    tlp_range = TLP_S if traffic.lone_segment else TLP_ANY_S
+    rto_range = _rto_range(traffic.first_rto_s)
+    for offset in _steps(0.0, traffic.request_offset_s, 5):
+        heal = outage_s - offset  # on the request's clock
+        for rto in rto_range:
+            for tlp in tlp_range:
+                for slack in _steps(*TIMER_SLACK, 5):
+                    if heal <= 0:
+                        through.append(offset)
+                        continue
+                    got_through = next(t for t in _sends(kernel, rto, tlp, slack) if t >= heal)
+                    if got_through >= failing.low_s:
+                        cut = True
+                    else:
+                        through.append(offset + got_through)
+    if cut:
+        # Where some timings heal in time and some do not, the model says cut: the outage
+        # is then too close to the give-up for a mitigation to count on surviving it.
+        return _cut(failing)
+    return _survives(min(through), max(through))
+
+
+def after_ip_reuse(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    activity: Activity,
+    reuse_after_s: float,
+    traffic: Traffic,
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+) -> Prediction:
+    """The peer vanished silently; ``reuse_after_s`` later a host that does not know the
+    connection takes its address and answers the next segment with RST. Busy: detected at
+    the first retransmission after that, on the request's clock. Idle: at the first
+    keepalive probe after it."""
+    in_force = InForce.of(tcp, kernel)
+    if activity is Activity.IDLE:
+        keepalive = in_force.keepalive
+        idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+        if keepalive is None:
+            return idle  # never
+        probes = [keepalive.idle_s + n * keepalive.interval_s for n in range(keepalive.count)]
+        answered = [p for p in probes if p >= reuse_after_s]
+        if not answered or answered[0] >= idle.low_s:
+            return idle
+        probe = answered[0]
+        return Prediction(
+            probe,
+            probe * TIMER_SLACK[1] + SCHEDULING_S,
+            "last-data",
+            Mechanism.ADDRESS_REUSED,
+            ("ECONNRESET",),
+        )
+    failing = predict(
+        kernel,
+        tcp,
+        Failure.SILENT,
+        Activity.ACTIVE,
+        deadlines,
+        traffic.first_rto_s,
+        traffic.lone_segment,
+    )
+    resets: list[float] = []  # the request's clock
+    tlp_range = TLP_S if traffic.lone_segment else TLP_ANY_S
+    for offset in _steps(0.0, traffic.request_offset_s, 5):
+        reuse = reuse_after_s - offset
+        for rto in _rto_range(traffic.first_rto_s):
+            for tlp in tlp_range:
+                for slack in _steps(*TIMER_SLACK, 5):
+                    first = next(t for t in _sends(kernel, rto, tlp, slack) if t >= reuse)
+                    if first < failing.low_s:
+                        resets.append(first)
+    if not resets:
+        return failing
+    return Prediction(
+        min(resets),
+        max(resets) + SCHEDULING_S,
+        "request",
+        Mechanism.ADDRESS_REUSED,
+        ("ECONNRESET",),
+    )
+
+
+def stalled_reader(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    activity: Activity,
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+    fills_windows: bool = False,
+) -> Prediction:
+    """The peer's kernel ACKs, its program reads nothing. A request that fits the windows is
+    acknowledged, and only the client's deadline ends the wait; a sender that fills them
+    (``fills_windows``) gets zero-window probes answered forever, unless TCP_USER_TIMEOUT
+    cuts it: the probe timer starts ~one RTO after the window closed, and the kernel gives
+    up at the first probe past the user timeout from there, clamped to it."""
+    prediction = predict(kernel, tcp, Failure.STALLED, activity, deadlines)
+    limit = InForce.of(tcp, kernel).user_timeout_s
+    if activity is not Activity.ACTIVE or not fills_windows or limit <= 0:
+        return _cut(prediction)
+    low = FIRST_RTO_S[0] + limit
+    high = (2 * FIRST_RTO_S[1] + limit) * TIMER_SLACK[1] + ZERO_WINDOW_FILL_S + SCHEDULING_S
+    deadline = deadlines.read_timeout_s
+    if deadline is not None and deadline + APP_TIMER_S[1] < low:
+        return _cut(prediction)
+    return Prediction(
+        low, high, "request", Mechanism.USER_TIMEOUT, ("ETIMEDOUT", "EPIPE"), Outcome.CUT
+    )
+
+
+# How long a window-filling request takes to fill the stopped reader's buffers: megabytes
+# at loopback speed.
+ZERO_WINDOW_FILL_S = 0.2
+
+
+def behind_proxy(
+    kernel: KernelSettings,
+    proxy_tcp: TcpOptions,
+    activity: Activity,
+    traffic: Traffic,
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+    proxy_timeout_s: float | None = None,
+) -> Prediction:
+    """The app talks to a proxy on loopback; the proxy's upstream peer vanished silently.
+    The app's TCP options act on its loopback connection, which stays healthy: its read
+    deadline, the proxy's data timeout (``proxy_timeout_s``) or the kernel's give-up on the
+    proxy's own upstream socket (``proxy_tcp``, in the same namespace) ends it, and the app
+    then sees the proxy close its side."""
+    if activity is not Activity.ACTIVE:
+        return _never_seen()
+    upstream = predict(
+        kernel, proxy_tcp, Failure.SILENT, Activity.ACTIVE, Deadlines(), traffic.first_rto_s
+    )
+    closed_by_proxy = Prediction(
+        upstream.low_s,
+        upstream.high_s,
+        "request",
+        upstream.mechanism,
+        ("EOF", "ECONNRESET"),
+    )
+    if proxy_timeout_s is not None and proxy_timeout_s + APP_TIMER_S[1] < upstream.low_s:
+        closed_by_proxy = Prediction(
+            proxy_timeout_s,
+            proxy_timeout_s * TIMER_SLACK[1] + SCHEDULING_S,
+            "request",
+            Mechanism.PROXY_TIMEOUT,
+            ("EOF", "ECONNRESET"),
+        )
+    deadline = deadlines.read_timeout_s
+    if deadline is not None and deadline + APP_TIMER_S[1] < closed_by_proxy.low_s:
+        return Prediction(
+            deadline + APP_TIMER_S[0],
+            deadline + APP_TIMER_S[1],
+            "request",
+            Mechanism.READ_TIMEOUT,
+            ("READ_TIMEOUT",),
+        )
+    return closed_by_proxy
+
+
+def _survives(low_s: float, high_s: float, clock: Clock = "fault") -> Prediction:
+    """The first echo after the fault's window, between ``low_s`` and ``high_s`` on
+    ``clock`` (an idle client's next request: from its last data)."""
+    return Prediction(
+        low_s,
+        high_s + ECHO_LATE_S,
+        clock,
+        Mechanism.NOTHING,
+        (),
+        Outcome.SURVIVES,
+    )
+
+
+def _never_seen() -> Prediction:
+    """Nothing fails, and nothing is sent that would show it: not noticed while watched."""
+    return Prediction(math.inf, math.inf, "last-data", Mechanism.NOTHING, ())
+
+
+def _cut(prediction: Prediction) -> Prediction:
+    """``prediction``'s failure, on a connection whose peer is still there (or comes back)."""
+    if prediction.never:
+        return prediction
+    return replace(prediction, outcome=Outcome.CUT)
+
+
+def _rto_range(first_rto_s: float | None) -> tuple[float, float]:
+    if first_rto_s is None or first_rto_s <= FIRST_RTO_S[1]:
+        return FIRST_RTO_S
+    return (first_rto_s, first_rto_s)
+
+
+def _sends(kernel: KernelSettings, rto: float, tlp: float, slack: float) -> list[float]:
+    """When the request and its retransmissions leave (from the send), for two hours."""
+    sends = [0.0, tlp]
+    for t in retransmission_expiries(kernel, rto, tlp, slack):
+        sends.append(t)
+        if t > 7200:
+            return sends
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _steps(low: float, high: float, count: int) -> list[float]:
+    if low == high:
+        return [low]
+    return [low + (high - low) * i / (count - 1) for i in range(count)]
