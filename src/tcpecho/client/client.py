@@ -517,9 +517,23 @@ class EchoClient:
     async def _read_echo(
         self, connection: _Connection, size: int, seq: int, sent_at: float
     ) -> bytes:
+        """The echo, read while the request is still being written.
+
+        A request larger than the socket buffers comes back before it is all sent: a client
+        that read only after writing would fill its own receive buffer, the server would stop
+        reading (it does not read what it cannot echo), and both would wait forever. The first
+        failure of either side ends the exchange, and both sides are finished on the way out.
+        """
+        reading = asyncio.ensure_future(connection.reader.readexactly(size))
+        writing = asyncio.ensure_future(connection.writer.drain())
         try:
-            await connection.writer.drain()
-            return await connection.reader.readexactly(size)
+            await asyncio.wait((reading, writing), return_when=asyncio.FIRST_EXCEPTION)
+            # The reader's account first: the transport hands a kernel error to both sides,
+            # and a FIN reaches only the reader while the writer may still be waiting.
+            for side in (reading, writing):
+                if side.done() and not side.cancelled() and (failed := side.exception()):
+                    raise failed
+            return reading.result()
         except (OSError, asyncio.IncompleteReadError) as error:
             raise ConnectionFailedError(
                 error_name(error),
@@ -528,6 +542,10 @@ class EchoClient:
                 unanswered_since=sent_at,
                 seq=seq,
             ) from None
+        finally:
+            for side in (reading, writing):
+                side.cancel()
+            await asyncio.gather(reading, writing, return_exceptions=True)
 
     async def _idle(self, connection: _Connection, seconds: float) -> None:
         """Wait ``seconds`` while watching the idle connection for a close or an error."""
