@@ -17,7 +17,7 @@ from tcpecho.cli.options import (
     settings_errors,
     tcp_options,
 )
-from tcpecho.cli.params import Duration, option
+from tcpecho.cli.params import ByteSize, Duration, option
 
 if TYPE_CHECKING:
     from tcpecho.settings import Deadlines
@@ -31,6 +31,14 @@ EPILOG = environment_epilog("client", "USER_TIMEOUT=30s")
 @option("--interval", type=Duration(), default="5s", help="Pause between requests.")
 @option("--count", type=int, default=0, help="Echoes to complete; 0 = forever.")
 @option("--message", default="ping", help="Text sent in each request, after its number.")
+@option(
+    "--request-size",
+    type=ByteSize(),
+    default=None,
+    help="Pad each request to exactly this many bytes (up to 1024MiB); its echo is read while "
+    "it is written. 16MiB fills the TCP windows of a peer that stopped reading. "
+    "Default: the number and --message alone.",
+)
 @deadline_options
 @option(
     "--retries",
@@ -61,6 +69,7 @@ def client(
     interval: float,
     count: int,
     message: str,
+    request_size: int | None,
     deadlines: Deadlines,
     retries: int,
     retry_backoff: float,
@@ -84,6 +93,7 @@ def client(
             interval_s=interval,
             count=count,
             message=message,
+            request_size=request_size,
             tcp=tcp,
             deadlines=deadlines,
             retries=retries,

@@ -27,6 +27,7 @@ import os
 import random
 import signal
 import socket
+import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from tcpecho.logs import get_logger
 from tcpecho.model import Activity, Failure, KernelSettings, Prediction, predict
 from tcpecho.process import forget_stop_signals, on_stop_signals
 from tcpecho.settings import Deadlines, SettingError, check_duration, check_range
+from tcpecho.sizes import format_size
 from tcpecho.tcp.connect import connect
 from tcpecho.tcp.info import TcpInfo, read_tcp_info
 from tcpecho.tcp.names import EOF, error_name, format_address
@@ -51,10 +53,39 @@ if TYPE_CHECKING:
 FOREVER = -1  # --retries value that never gives up, like the original reproduction's client
 
 
-def encode_request(seq: int, message: str) -> bytes:
+# --request-size: at most 1 GiB, since the client holds the request and its echo in memory
+# (about three times the size at the peak); 16 MiB already fills the windows of a peer that
+# stopped reading under Linux's default buffer limits.
+MAX_REQUEST_SIZE = 1024**3
+# A sized request keeps this many digits free for its number, so that every request of the
+# run, however long it goes on (2**64 - 1 has 20 digits), fits the size.
+SEQ_DIGITS = 20
+# What pads a sized request, repeated: printable, a space after the message, then letters and
+# digits. Its period (63 bytes) is not a power of two, so a lost, doubled or shifted chunk of
+# the echo does not line up with the bytes it replaces.
+_PADDING = (" " + string.ascii_letters + string.digits).encode()
+
+
+def encode_request(seq: int, message: str, size: int | None = None) -> bytes:
     """The bytes sent for request ``seq``: ``"<seq> <message>\\n"``. Any RFC 862 server sends
-    them back unchanged, and the echo must match them exactly."""
-    return f"{seq} {message}\n".encode()
+    them back unchanged, and the echo must match them exactly.
+
+    With ``size``, exactly ``size`` bytes: the same ``"<seq> <message>"``, padded with
+    ``_PADDING`` repeated, then ``"\\n"``; ``ValueError`` when they do not fit."""
+    if size is None:
+        return f"{seq} {message}\n".encode()
+    prefix = f"{seq} {message}".encode()
+    padding = size - len(prefix) - 1
+    if padding < 0:
+        raise ValueError(f"request {seq} needs {len(prefix) + 1} bytes, more than {size}")
+    repeated = _PADDING * (padding // len(_PADDING) + 1)
+    return b"".join((prefix, memoryview(repeated)[:padding], b"\n"))
+
+
+def smallest_request_size(message: str) -> int:
+    """The least ``--request-size`` that holds every request with ``message``: its number
+    (up to ``SEQ_DIGITS`` digits), a space, the message and the newline."""
+    return SEQ_DIGITS + 1 + len(message.encode()) + 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +103,7 @@ class ClientConfig:
     tcp_info_interval_s: float = 1.0  # waiting_for_response's pace; 0: none
     loop: loops.LoopName = "auto"
     metrics_port: int | None = None  # /metrics on every address (0: any free port); None: off
+    request_size: int | None = None  # bytes in each request, padded; None: "<seq> <message>\n"
 
     def __post_init__(self) -> None:
         check_range("port", self.port, 1, 65535)
@@ -84,6 +116,47 @@ class ClientConfig:
         check_range("metrics_port", self.metrics_port, 0, 65535)
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise SettingError("retry_backoff_max", "must not be shorter than --retry-backoff")
+        self._check_request_size()
+
+    def _check_request_size(self) -> None:
+        size = self.request_size
+        if size is None:
+            return
+        smallest = smallest_request_size(self.message)
+        if size < smallest:
+            raise SettingError(
+                "request_size",
+                f"{format_size(size)} is below the minimum of {smallest} bytes: a request holds "
+                f"its number (room for {SEQ_DIGITS} digits), a space, the message "
+                f"({len(self.message.encode())} bytes) and a newline",
+            )
+        if size > MAX_REQUEST_SIZE:
+            raise SettingError(
+                "request_size",
+                f"{format_size(size)} is above the maximum of {format_size(MAX_REQUEST_SIZE)}",
+            )
+
+
+def describe_mismatch(request: bytes, echo: bytes) -> str:
+    """What came back instead of ``request``: both whole when short, else where they part."""
+    if len(request) <= 200:
+        return f"sent {request!r}, got back {echo!r}"
+    at = _first_difference(request, echo)
+    return (
+        f"the echo of {len(request)} bytes first differs at byte {at}: sent "
+        f"{request[at : at + 32]!r}..., got back {echo[at : at + 32]!r}..."
+    )
+
+
+def _first_difference(one: bytes, other: bytes, chunk: int = 65536) -> int:
+    """The offset of the first byte where ``one`` and ``other`` differ (chunk by chunk: a
+    sized request may be a gigabyte)."""
+    shortest = min(len(one), len(other))
+    for start in range(0, shortest, chunk):
+        end = min(start + chunk, shortest)
+        if one[start:end] != other[start:end]:
+            return next(i for i in range(start, end) if one[i] != other[i])
+    return shortest
 
 
 @dataclass
@@ -427,7 +500,7 @@ class EchoClient:
         while count == 0 or self.summary.received < count:
             self._seq += 1
             seq = self._seq
-            request = encode_request(seq, self.config.message)
+            request = encode_request(seq, self.config.message, self.config.request_size)
             sent_at = time.monotonic()
             connection.writer.write(request)
             self.summary.sent += 1
@@ -439,7 +512,7 @@ class EchoClient:
             if echo != request:
                 raise ConnectionFailedError(
                     MISMATCH,
-                    f"sent {request!r}, got back {echo!r}",
+                    describe_mismatch(request, echo),
                     phase="request",
                     unanswered_since=sent_at,
                     seq=seq,
@@ -517,9 +590,23 @@ class EchoClient:
     async def _read_echo(
         self, connection: _Connection, size: int, seq: int, sent_at: float
     ) -> bytes:
+        """The echo, read while the request is still being written.
+
+        A request larger than the socket buffers comes back before it is all sent: a client
+        that read only after writing would fill its own receive buffer, the server would stop
+        reading (it does not read what it cannot echo), and both would wait forever. The first
+        failure of either side ends the exchange, and both sides are finished on the way out.
+        """
+        reading = asyncio.ensure_future(connection.reader.readexactly(size))
+        writing = asyncio.ensure_future(connection.writer.drain())
         try:
-            await connection.writer.drain()
-            return await connection.reader.readexactly(size)
+            await asyncio.wait((reading, writing), return_when=asyncio.FIRST_EXCEPTION)
+            # The reader's account first: the transport hands a kernel error to both sides,
+            # and a FIN reaches only the reader while the writer may still be waiting.
+            for side in (reading, writing):
+                if side.done() and not side.cancelled() and (failed := side.exception()):
+                    raise failed
+            return reading.result()
         except (OSError, asyncio.IncompleteReadError) as error:
             raise ConnectionFailedError(
                 error_name(error),
@@ -528,6 +615,10 @@ class EchoClient:
                 unanswered_since=sent_at,
                 seq=seq,
             ) from None
+        finally:
+            for side in (reading, writing):
+                side.cancel()
+            await asyncio.gather(reading, writing, return_exceptions=True)
 
     async def _idle(self, connection: _Connection, seconds: float) -> None:
         """Wait ``seconds`` while watching the idle connection for a close or an error."""
