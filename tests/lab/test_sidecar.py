@@ -1,4 +1,5 @@
-"""The client pod's sidecar: its HAProxy configuration and HAProxy's own check of it.
+"""The client pod's sidecar: its HAProxy configuration, HAProxy's own check of it, and a real
+echo through the proxy from the client pod to the server pod.
 
 HAProxy comes from Debian's package, which scripts/system-packages installs (CI runs it on a
 fresh machine); without it the tests that run HAProxy skip and say so.
@@ -7,13 +8,17 @@ fresh machine); without it the tests that run HAProxy skip and say so.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tcpecho.lab import sidecar
 from tcpecho.lab.sidecar import Sidecar, SidecarError, TimeoutSettings
-from tcpecho.lab.topology import CLUSTER_IP, SERVICE_PORT
+from tcpecho.lab.topology import CLUSTER_IP, SERVER_IP, SERVICE_PORT, Topology, remove_namespaces
+from tests.conftest import Spawn, requires_netns
 from tests.support import free_port
 
 requires_haproxy = pytest.mark.skipif(
@@ -119,3 +124,61 @@ def test_a_sidecar_that_cannot_bind_says_why() -> None:
         Sidecar(None, listen_port=port, upstream_host="127.0.0.1", upstream_port=9),
     ):
         pass
+
+
+# -- a real echo through the proxy -------------------------------------------------------------
+
+
+@pytest.fixture
+def topology() -> Iterator[Topology]:
+    """The lab's three namespaces, named for this test run; removed whatever happens."""
+    topology = Topology(f"tcpecho-sidecartest-{os.getpid()}")
+    try:
+        topology.build()
+        yield topology
+    finally:
+        remove_namespaces(topology.namespaces)
+
+
+@requires_netns
+@requires_haproxy
+@pytest.mark.netns
+def test_an_echo_goes_through_the_proxy_to_the_server_pod(
+    topology: Topology, spawn: Spawn, tcpecho: str
+) -> None:
+    server = spawn(
+        topology.command(
+            topology.server_ns,
+            [tcpecho, "server", "--port", str(SERVICE_PORT), "--log-format", "json"],
+        ),
+    )
+    server.wait_for("server_started")
+    with Sidecar(topology.client_ns) as proxy:
+        client = subprocess.run(
+            topology.command(
+                topology.client_ns,
+                [
+                    tcpecho,
+                    "client",
+                    "--server",
+                    sidecar.SIDECAR_HOST,
+                    "--port",
+                    str(sidecar.SIDECAR_PORT),
+                    "--count",
+                    "1",
+                    "--log-format",
+                    "json",
+                ],
+            ),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert client.returncode == 0, client.stdout + client.stderr
+        assert '"event": "response_received"' in client.stdout
+        # The server saw the proxy's connection from the client pod, through the DNAT.
+        accepted = server.wait_for("connection_accepted")
+        assert accepted["peer"].startswith("10.244.1.2:")
+        assert accepted["local"] == f"{SERVER_IP}:{SERVICE_PORT}"
+    # HAProxy logged the connection when it ended: a normal close ("--") on both sides.
+    assert any(" sidecar sidecar/upstream " in line and " -- " in line for line in proxy.lines)
