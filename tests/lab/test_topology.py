@@ -31,7 +31,7 @@ def _addresses(topology: Topology, namespace: str) -> str:
 def test_builds_three_namespaces_and_removes_them() -> None:
     topology = Topology(f"{PREFIX}-a")
     with topology:
-        assert set(leftover_namespaces(PREFIX)) == set(topology.namespaces)
+        assert set(leftover_namespaces(PREFIX)) == set(topology.pods)
         assert CLIENT_IP in _addresses(topology, topology.client_ns)
         assert SERVER_IP in _addresses(topology, topology.server_ns)
         assert topology.read_sysctl(topology.node_ns, "net.ipv4.ip_forward") == 1

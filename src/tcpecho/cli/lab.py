@@ -94,6 +94,24 @@ def _profile_names() -> Sequence[str]:
     "CPU, 60s in all.",
 )
 @option(
+    "--path-idle-timeout",
+    type=Duration(),
+    default="15s",
+    help="idle-expiry: the node forgets a flow idle this long (whole seconds, 2s-1h).",
+)
+@option(
+    "--outage",
+    type=Duration(),
+    default="9s",
+    help="partition: the path drops everything this long, then heals (1s-1h).",
+)
+@option(
+    "--ip-reuse-after",
+    type=Duration(),
+    default="3s",
+    help="ip-reuse: a new pod takes the vanished pod's IP this long after the fault (0.5s-1h).",
+)
+@option(
     "--quick",
     is_flag=True,
     type=BOOLEAN,
@@ -141,6 +159,9 @@ def lab(
     client_commands: tuple[str, ...],
     server_command: str | None,
     program_timeout: float | None,
+    path_idle_timeout: float,
+    outage: float,
+    ip_reuse_after: float,
     quick: bool,
     tcp_retries2: int | None,
     rto_max: float | None,
@@ -154,7 +175,7 @@ def lab(
     fresh network namespaces, runs the real server and client, injects the fault and
     measures when the client notices, next to what the kernel model predicts. Needs root,
     ip and nft."""
-    from tcpecho.experiment import Fault
+    from tcpecho.experiment import Fault, FaultTiming
     from tcpecho.lab import main as lab_main
     from tcpecho.lab.programs import StartupTimeouts
     from tcpecho.lab.runner import KernelBudget
@@ -169,6 +190,12 @@ def lab(
         config = lab_main.LabConfig(
             faults=tuple(Fault(name) for name in faults) or tuple(Fault),
             profiles=tuple(chosen),
+            paired=not (profiles or client_args or client_commands),
+            timing=FaultTiming(
+                path_idle_timeout_s=path_idle_timeout,
+                outage_s=outage,
+                reuse_after_s=ip_reuse_after,
+            ),
             budget=budget,
             json_path=json_path,
             plot_path=plot_path,

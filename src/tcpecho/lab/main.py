@@ -16,18 +16,20 @@ from pathlib import Path
 import click
 
 from tcpecho import loops
-from tcpecho.experiment import Fault, Profile, Result
+from tcpecho.experiment import Fault, FaultTiming, Profile, Result
 from tcpecho.lab import report
 from tcpecho.lab.programs import StartupTimeouts
 from tcpecho.lab.runner import (
     QUICK_RETRIES2,
     QUICK_RTO_MAX_MS,
+    QUICK_SYN_RETRIES,
     KernelBudget,
     plan,
     remove_stale,
     rto_max_supported,
     run_cases,
 )
+from tcpecho.model import Activity
 from tcpecho.process import on_stop_signals
 from tcpecho.settings import SettingError
 from tcpecho.streams import write_stdout
@@ -48,6 +50,9 @@ class LabConfig:
     plot_path: Path | None = None
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
     program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
+    timing: FaultTiming = field(default_factory=FaultTiming)
+    # The built-in profiles run only with the faults they can change (no --profile named).
+    paired: bool = False
 
     def __post_init__(self) -> None:
         # Checked before the run: a report that cannot be written is found out now, not after
@@ -179,7 +184,7 @@ def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
             f"removed {report.counted(len(removed), 'namespace')} left by an earlier run "
             "that was killed"
         )
-    cases = plan(config.faults, config.profiles)
+    cases = plan(config.faults, config.profiles, config.paired)
     _note(
         f"tcpecho lab: {report.counted(len(cases), 'case')} in parallel "
         f"({_budget_note(config.budget)})"
@@ -212,6 +217,7 @@ def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
             server_command=config.server_command,
             program_startup=config.program_startup,
             stop=stop,
+            timing=config.timing,
         )
 
     results = loops.run(main(), "auto")
@@ -273,11 +279,18 @@ def _quick_note(budget: KernelBudget, results: Sequence[Result]) -> str | None:
     else:
         change, took = f"tcp_retries2={QUICK_RETRIES2}", "~13 s"
     parts = []
-    if any(result.quick for result in results):
+    connecting = [r for r in results if r.quick and r.activity is Activity.CONNECTING]
+    if any(result.quick and result not in connecting for result in results):
         parts.append(
             "only the kernel's retransmission budget ends the cases marked * (~15.5 min with "
             f"its defaults: tcp_retries2=15, RTO capped at 120 s); their client namespace had "
             f"{change}, so it took {took} here"
+        )
+    if connecting:
+        parts.append(
+            "a connect left to the kernel's SYN budget (marked *) takes ~131 s with "
+            f"tcp_syn_retries=6; its client namespace had tcp_syn_retries={QUICK_SYN_RETRIES} "
+            "(~7 s)"
         )
     if any(result.case.profile.command and result.sysctls for result in results):
         parts.append(

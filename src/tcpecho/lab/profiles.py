@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tcpecho.experiment import Profile
+from tcpecho.experiment import WINDOW_FILLING_BYTES, Fault, Profile
 from tcpecho.model import Activity
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
@@ -37,6 +37,49 @@ PROFILES = {
         Profile("keepalive+user-timeout", replace(_KEEPALIVE, user_timeout_ms=_USER_TIMEOUT_MS)),
         Profile("read-timeout", deadlines=Deadlines(read_timeout_s=3.0), activities=_ACTIVE_ONLY),
         Profile("recverr", TcpOptions(recverr=True), activities=_ACTIVE_ONLY),
+        # A fresh socket (a new source port) escapes a stale conntrack entry.
+        Profile("connect-timeout", deadlines=Deadlines(connect_timeout_s=2.0)),
+        # Requests larger than a stopped reader's buffers: the windows fill.
+        Profile("bulk", request_size=WINDOW_FILLING_BYTES, activities=_ACTIVE_ONLY),
+        Profile(
+            "bulk+user-timeout",
+            TcpOptions(user_timeout_ms=_USER_TIMEOUT_MS),
+            request_size=WINDOW_FILLING_BYTES,
+            activities=_ACTIVE_ONLY,
+        ),
     )
 }
 PROFILE_NAMES = tuple(PROFILES)
+
+_FIRST_SIX = (
+    "default",
+    "user-timeout",
+    "keepalive",
+    "keepalive+user-timeout",
+    "read-timeout",
+    "recverr",
+)
+# The built-in profiles each fault runs with when no --profile names them: those whose
+# outcome the fault can change (recverr acts only on ICMP errors, a connect timeout only on
+# the connect, a window-filling sender only on a reader that stopped).
+FAULT_PROFILES: dict[Fault, tuple[str, ...]] = {
+    Fault.FORCE_DELETE: _FIRST_SIX,
+    Fault.NODE_LOSS: _FIRST_SIX,
+    Fault.UNREACHABLE: _FIRST_SIX,
+    Fault.KILL: _FIRST_SIX,
+    Fault.GRACEFUL: _FIRST_SIX,
+    Fault.IDLE_EXPIRY: _FIRST_SIX[:5],
+    Fault.IDLE_EXPIRY_RESET: _FIRST_SIX[:5],
+    Fault.STALE_CONNTRACK: ("default", "user-timeout", "connect-timeout"),
+    Fault.IP_REUSE: ("default", "user-timeout", "keepalive", "read-timeout"),
+    Fault.PARTITION: _FIRST_SIX[:5],
+    Fault.STALLED_READER: (
+        "default",
+        "user-timeout",
+        "keepalive",
+        "read-timeout",
+        "bulk",
+        "bulk+user-timeout",
+    ),
+    Fault.SIDECAR: ("default", "user-timeout", "keepalive+user-timeout", "read-timeout"),
+}

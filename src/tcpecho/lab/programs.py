@@ -25,21 +25,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from tcpecho.durations import format_duration
 from tcpecho.experiment import Result
 from tcpecho.lab import topology as net
-from tcpecho.model import (
-    Activity,
-    Clock,
-    Failure,
-    KernelSettings,
-    Prediction,
-    predict,
-)
-from tcpecho.settings import Deadlines, check_duration
+from tcpecho.model import Activity, Clock, Prediction
+from tcpecho.settings import check_duration
 from tcpecho.tcp import diag
 from tcpecho.tcp.info import TcpInfo
 from tcpecho.tcp.names import format_address, normalized, parse_endpoint
@@ -271,6 +264,21 @@ class SendClock:
             self.sent_at = self._clear_at
 
 
+@dataclass
+class DataAfter:
+    """Whether data came back after ``window_end`` (monotonic), from successive looks at the
+    program's socket: more bytes received than at the last look before it."""
+
+    window_end: float
+    _received: int | None = None  # at the last look before the window's end
+
+    def look(self, start: float, connection: diag.Connection) -> bool:
+        if start < self.window_end:
+            self._received = connection.bytes_received
+            return False
+        return self._received is not None and connection.bytes_received > self._received
+
+
 class SocketWatch:
     """A thread inside a namespace that lists, every POLL_S, the connections to one peer."""
 
@@ -377,10 +385,17 @@ def patience(
 class ProgramClient:
     """A client program in the lab: started, watched through the kernel, and measured."""
 
-    def __init__(self, topology: net.Topology, command: str, result: Result) -> None:
+    def __init__(
+        self,
+        topology: net.Topology,
+        command: str,
+        result: Result,
+        service: tuple[str, int] = (net.CLUSTER_IP, net.SERVICE_PORT),
+    ) -> None:
         self.topology = topology
         self.command = command
         self.result = result
+        self.service = service  # where it connects: {host} and {port}
         self.program: Program | None = None
         self.watch: SocketWatch | None = None
         self.talking: Talking | None = None
@@ -391,10 +406,11 @@ class ProgramClient:
         self.clock_starts: dict[Clock, float | None] = {}
 
     async def start(self) -> None:
+        host, port = self.service
         self.program = await Program.start(
-            self.topology, self.topology.client_ns, self.command, net.CLUSTER_IP, net.SERVICE_PORT
+            self.topology, self.topology.client_ns, self.command, host, port
         )
-        peer = f"{net.CLUSTER_IP}:{net.SERVICE_PORT}"
+        peer = f"{host}:{port}"
         self.watch = SocketWatch(self.topology.client_ns, peer)
         self.watch.start()
 
@@ -448,21 +464,15 @@ class ProgramClient:
             self.result.options = options.as_dict()
             self.tcp = options
 
-    def predictions(
-        self,
-        kernel: KernelSettings,
-        failure: Failure,
-        deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
-    ) -> dict[Activity, Prediction]:
-        """What the model expects, busy and idle, from the options read and the program's
-        own deadlines, where its profile declares them (the kernel cannot show those)."""
+    def predictions(self, expect: Expectation) -> dict[Activity, Prediction]:
+        """What the model expects, busy and idle, from the options read (``expect`` adds the
+        fault, the kernel and the program's own deadlines, where its profile declares them:
+        the kernel cannot show those)."""
         info = self.talking.connection.info if self.talking else None
         first_rto_s = None if info is None else info.rto_ms / 1000
         predictions = {}
         for activity in (Activity.ACTIVE, Activity.IDLE):
-            prediction = predict(
-                kernel, self.tcp, failure, activity, deadlines, first_rto_s, lone_segment=False
-            )
+            prediction = expect(activity, self.tcp, first_rto_s)
             if not prediction.never:
                 # The lab sees the end only at its next look at the program's socket.
                 prediction = replace(prediction, high_s=prediction.high_s + SEEN_LATE_S)
@@ -475,9 +485,11 @@ class ProgramClient:
         predictions: dict[Activity, Prediction],
         watch_never_s: float,
         watch_at_most_s: float | None = None,
+        window_s: float | None = None,
     ) -> None:
         """Until the connection leaves ESTABLISHED, or the expected time has long passed
-        (or ``watch_at_most_s`` has, when given).
+        (or ``watch_at_most_s`` has, when given), or, with ``window_s``, data came back
+        after the fault's window: the connection survived it.
 
         Every listing since the fault counts, also those taken while the fault was being
         injected: the first one with unacknowledged data holds the clock of the send."""
@@ -486,6 +498,7 @@ class ProgramClient:
         before = self.talking.connection
         last_data_at: float | None = None
         send = SendClock()
+        after = None if window_s is None else DataAfter(fault_at + window_s)
         while True:
             for listing in await self.watch.listings():
                 if listing.before < fault_at:
@@ -496,16 +509,16 @@ class ProgramClient:
                 found = listing.connections
                 current = next((c for c in found if c.inode == before.inode), None)
                 info = current.info if current is not None else None
-                if info is not None and last_data_at is None:
-                    # The idle clock: nothing arrives once the peer is gone, so the first
-                    # look after the fault still shows the last data received before it.
-                    last_data_at = start - info.last_data_recv_ms / 1000
                 if info is not None:
+                    if last_data_at is None:
+                        # The idle clock: nothing arrives once the peer is gone, so the first
+                        # look after the fault still shows the last data received before it.
+                        last_data_at = start - info.last_data_recv_ms / 1000
                     # The first unanswered send after the fault (or the one in flight at it).
                     send.look(start, info)
-                sent_at = send.sent_at
-                if info is not None:  # the last look before the socket went holds the count
+                    # The last look before the socket went holds the count.
                     self.result.retransmissions = info.total_retrans
+                sent_at = send.sent_at
                 activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
                 prediction = predictions[activity]
                 self.result.prediction = prediction  # what the progress line expects now
@@ -518,9 +531,19 @@ class ProgramClient:
                 if current is None or current.state != "ESTABLISHED":
                     self._record(at, fault_at, sent_at, last_data_at, activity, prediction)
                     return
+                if after is not None and after.look(start, current):
+                    self._record(None, fault_at, sent_at, last_data_at, activity, prediction)
+                    self._record_echo(at, fault_at, prediction)
+                    return
                 if at - fault_at > patience(prediction, watch_never_s, watch_at_most_s):
                     self._record(None, fault_at, sent_at, last_data_at, activity, prediction)
                     return
+
+    def _record_echo(self, at: float, fault_at: float, prediction: Prediction) -> None:
+        """Data came back after the fault's window: the connection survived it."""
+        clock_start = self.clock_starts.get(prediction.clock) or fault_at
+        self.result.recovered_s = round(at - clock_start, 6)
+        self.result.measured_clock = prediction.clock
 
     def _record(
         self,
@@ -562,6 +585,58 @@ class ProgramClient:
             await self.watch.stop()
         if self.program is not None:
             await self.program.stop()
+
+    async def observe_connect(
+        self, fault_at: float, prediction: Prediction, waited_s: float
+    ) -> None:
+        """A connect caught by a stale conntrack entry: until the program's SYN-SENT socket
+        goes (it gave up), then until a connection of its own carries data back (a fresh
+        socket got through), or ``waited_s`` after the fault."""
+        assert self.watch is not None
+        assert self.talking is not None
+        syn = self.talking.connection.inode
+        self.result.prediction = prediction
+        self.result.observed_activity = Activity.CONNECTING
+        self.activity = Activity.CONNECTING
+        self.clock_starts = {"request": self.talking.seen_at, "fault": fault_at}
+        while True:
+            for listing in await self.watch.listings():
+                at = listing.after
+                pending = any(c.inode == syn for c in listing.connections)
+                if not pending and self.result.measured_s is None:
+                    self.result.measured_clock = "request"
+                    self.result.measured_s = round(at - self.talking.seen_at, 6)
+                talking = [
+                    c
+                    for c in listing.connections
+                    if c.state == "ESTABLISHED" and c.bytes_received > 0 and c.inode != syn
+                ]
+                if talking and self.result.measured_s is not None:
+                    self.result.recovered_s = round(at - fault_at, 6)
+                    return
+                if at - fault_at > waited_s:
+                    return
+
+    async def wait_until_connecting(self, timeouts: StartupTimeouts = StartupTimeouts()) -> None:
+        """Until the program's SYN is out (its socket in SYN-SENT): the connect's clock starts
+        at the first look that saw it, so it errs late by at most a poll."""
+        assert self.program is not None
+        assert self.watch is not None
+        startup = Startup(
+            self.topology.client_ns, timeouts, repr(self.command), "connects to nothing"
+        )
+        while True:
+            at, found = await self.watch.next()
+            connecting = [c for c in found if c.state == "SYN_SENT"]
+            if connecting:
+                self.talking = Talking(connecting[0], at)
+                return
+            if self.program.returncode is not None:
+                raise ProgramError(f"{self.program.ending()}, before it connected")
+            await startup.check("sent no SYN to the service")
+
+
+Expectation = Callable[[Activity, TcpOptions, "float | None"], Prediction]
 
 
 def program_names(commands: Sequence[str]) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tcpecho.durations import format_seconds
-from tcpecho.experiment import Result, Verdict
+from tcpecho.experiment import Fault, Result, Verdict
 from tcpecho.streams import escape_controls
 from tcpecho.tcp.options import EffectiveOptions
 
@@ -75,6 +75,8 @@ def row(result: Result) -> dict[str, str]:
         )
     elif result.error is not None:
         measured = f"error: {_shortened(escape_controls(result.error))}"
+    elif result.measured_s is None and result.recovered_s is not None:
+        measured = f"echo at {format_measured(result.recovered_s)}"
     elif result.measured_s is None and result.observed_s is not None:
         measured = f"none in {format_measured(result.observed_s)}"
     elif result.measured_s is None:
@@ -91,12 +93,16 @@ def row(result: Result) -> dict[str, str]:
         "mode": str(result.activity),
         "expected": expected,
         "measured": measured,
-        "from": CLOCK_NAMES.get(clock or "", "-") if result.measured_s is not None else "-",
+        "from": CLOCK_NAMES.get(clock or "", "-") if _measured(result) else "-",
         "error": result.errno or "-",
         "retrans": "-" if result.retransmissions is None else str(result.retransmissions),
         "verdict": str(result.verdict),
         "model": _model_cell(result),
     }
+
+
+def _measured(result: Result) -> bool:
+    return result.measured_s is not None or result.recovered_s is not None
 
 
 def _model_cell(result: Result) -> str:
@@ -139,8 +145,10 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
         notes.append(info.sysctl_note)
     notes.append(
         "expected/measured: from the unanswered request (active), the last data (idle), "
-        "or the fault (FIN/RST/ICMP). verdict: fast < 1 s; detected by a mitigation; "
-        "hang = not detected, or only by the kernel's retransmission budget."
+        "or the fault (FIN/RST/ICMP; a survivor's first echo after the fault's window). "
+        "verdict: fast < 1 s; detected by a mitigation; hang = not detected, or only by the "
+        "kernel's retransmission budget; survived = nothing failed and the echo worked after "
+        "the window; cut = a failure though the peer was still there or came back."
     )
     notes.append(model_note(results))
     options = program_options_note(results)
@@ -155,14 +163,26 @@ def render(results: Sequence[Result], info: RunInfo) -> str:
     failed = [result for result in results if result.error is not None]
     for result in failed:
         notes.append(f"could not run {result.case.name}: {escape_controls(result.error or '')}")
-    conntrack = next((r for r in results if r.conntrack), None)
-    if conntrack is not None:
+    for fault, caption in _CONNTRACK_CAPTIONS.items():
+        shown = next((r for r in results if r.conntrack and r.case.fault is fault), None)
+        if shown is not None:
+            notes.append(f"node conntrack {caption}:\n  " + "\n  ".join(shown.conntrack))
+    reconnected = [r for r in results if r.measured_s is not None and r.recovered_s is not None]
+    for result in reconnected:
         notes.append(
-            "node conntrack after force-delete (the pod is gone, the flow is not):\n  "
-            + "\n  ".join(conntrack.conntrack)
+            f"{result.case.name}: then a fresh socket (a new source port) got its echo "
+            f"{format_seconds(result.recovered_s or 0)} after the fault"
         )
     parts.append("\n".join(notes))
     return "\n\n".join(parts)
+
+
+_CONNTRACK_CAPTIONS = {
+    Fault.FORCE_DELETE: "after force-delete (the pod is gone, the flow is not)",
+    Fault.STALE_CONNTRACK: (
+        "after stale-conntrack (the first SYN's entry, untranslated, beside the fresh socket's)"
+    ),
+}
 
 
 def quick_footnote(results: Sequence[Result], note: str) -> str:
@@ -252,11 +272,13 @@ def to_json(results: Sequence[Result], info: RunInfo) -> dict[str, Any]:
                     "clock": prediction.clock,
                     "mechanism": str(prediction.mechanism),
                     "errnos": list(prediction.errnos),
+                    "outcome": str(prediction.outcome),
                 },
                 "fault_at": result.fault_at,
                 "measured_s": result.measured_s,
                 "measured_clock": result.measured_clock,
                 "observed_s": seconds_or_none(result.observed_s),
+                "recovered_s": result.recovered_s,
                 "errno": result.errno,
                 "retransmissions": result.retransmissions,
                 "verdict": str(result.verdict),
@@ -285,6 +307,8 @@ _COLORS = {
     Verdict.FAST: "#2a9d8f",
     Verdict.DETECTED: "#4c78a8",
     Verdict.HANG: "#e76f51",
+    Verdict.SURVIVED: "#8ab17d",
+    Verdict.CUT: "#e9c46a",
     Verdict.ERROR: "#999999",
     Verdict.INTERRUPTED: "#cccccc",
 }
@@ -313,7 +337,10 @@ def plot(results: Sequence[Result], info: RunInfo, path: Path) -> None:
         Patch(facecolor="white", edgecolor="black", hatch="//", label="not detected (watched)")
     )
     figure.legend(handles=legend, loc="upper right", fontsize=8, ncols=len(legend))
-    title = "tcpecho lab: time to detect a vanished peer (black: the model's range)"
+    title = (
+        "tcpecho lab: time to detect a vanished peer, or a survivor's first echo after the "
+        "fault's window (black: the model's range)"
+    )
     if info.quick_note:
         title += "\n" + textwrap.fill(quick_footnote(results, info.quick_note), 120)
     figure.suptitle(title, fontsize=10, x=0.01, ha="left")
@@ -327,15 +354,17 @@ def _plot_fault(axis: Axes, fault: str, chosen: Sequence[Result]) -> None:
     labels, heights, colors, hatches = [], [], [], []
     for result in chosen:
         labels.append(f"{result.case.profile.name}\n{result.activity}")
-        value = result.measured_s if result.measured_s is not None else result.observed_s or 0
-        heights.append(max(value, _LOG_FLOOR_S))
+        value = result.measured_s
+        if value is None:
+            value = result.recovered_s if result.recovered_s is not None else result.observed_s
+        heights.append(max(value or 0, _LOG_FLOOR_S))
         colors.append(_COLORS.get(result.verdict, "#999999"))
-        hatches.append("//" if result.measured_s is None else "")
+        hatches.append("//" if not _measured(result) else "")
     positions = range(len(chosen))
     bars = axis.bar(positions, heights, color=colors)
     for bar, hatch, result in zip(bars, hatches, chosen, strict=True):
         bar.set_hatch(hatch)
-        text = "none" if result.measured_s is None else format_measured(result.measured_s)
+        text = row(result)["measured"] if _measured(result) else "none"
         if result.quick:
             text += " *"
         axis.annotate(

@@ -31,10 +31,11 @@ from typing import Any, TypeVar
 
 from tcpecho import events
 from tcpecho.durations import format_seconds
-from tcpecho.experiment import Case, Fault, Profile, Result
+from tcpecho.experiment import Case, Fault, FaultTiming, Profile, Result, expect
+from tcpecho.lab import sidecar
 from tcpecho.lab import topology as net
-from tcpecho.lab.faults import inject
-from tcpecho.lab.profiles import ACTIVE_INTERVAL, IDLE_INTERVAL
+from tcpecho.lab.faults import follow_up, inject, prepare
+from tcpecho.lab.profiles import ACTIVE_INTERVAL, FAULT_PROFILES, IDLE_INTERVAL
 from tcpecho.lab.programs import (
     Program,
     ProgramClient,
@@ -50,13 +51,19 @@ from tcpecho.model import (
     KernelSettings,
     Mechanism,
     Prediction,
-    predict,
+    Traffic,
 )
 from tcpecho.settings import check_duration, check_range
+from tcpecho.tcp.options import TcpOptions
 
 RUN_PREFIX = f"{net.PREFIX}lab-"
 QUICK_RTO_MAX_MS = 1000  # with tcp_retries2=15: ~15 s instead of ~15.5 min, 16 retransmissions
 QUICK_RETRIES2 = 5  # for kernels before 6.15, which have no tcp_rto_max_ms: ~13 s
+QUICK_SYN_RETRIES = 2  # a connect's budget of 7 s instead of 127 s (tcp_syn_retries=6)
+# How long the node's conntrack is searched for a connect's stale entry (stale-conntrack).
+STALE_ENTRY_WAIT_S = 10.0
+# After a connect that failed, how long the client's next connection has to echo.
+RECONNECT_WAIT_S = 10.0
 # tcpecho's own server and client (programs have StartupTimeouts): a whole matrix starts
 # ~100 Python processes on a small machine.
 STARTUP_TIMEOUT_S = 60.0
@@ -88,15 +95,17 @@ class KernelBudget:
         """Whether --quick changes anything: explicit sysctls take its place."""
         return self.quick and self.tcp_retries2 is None and self.rto_max_ms is None
 
-    def sysctls(self, baseline: bool) -> dict[str, int]:
+    def sysctls(self, baseline: bool, connecting: bool = False) -> dict[str, int]:
         """For a client namespace; ``baseline``: its case may be left to the retransmission
-        budget, which --quick shortens."""
+        budget (``connecting``: the SYN's), which --quick shortens."""
         values: dict[str, int] = {}
         if self.tcp_retries2 is not None:
             values["net.ipv4.tcp_retries2"] = self.tcp_retries2
         if self.rto_max_ms is not None:
             values["net.ipv4.tcp_rto_max_ms"] = self.rto_max_ms
-        if self.shortens and baseline:
+        if self.shortens and baseline and connecting:
+            values["net.ipv4.tcp_syn_retries"] = QUICK_SYN_RETRIES
+        elif self.shortens and baseline:
             if rto_max_supported():
                 values["net.ipv4.tcp_rto_max_ms"] = QUICK_RTO_MAX_MS
             else:
@@ -109,13 +118,22 @@ def rto_max_supported() -> bool:
     return os.path.exists("/proc/sys/net/ipv4/tcp_rto_max_ms")
 
 
-def plan(faults: Sequence[Fault], profiles: Sequence[Profile]) -> list[Case]:
+def plan(faults: Sequence[Fault], profiles: Sequence[Profile], paired: bool = False) -> list[Case]:
+    """Every fault with every profile, in each of the profile's activities for the fault;
+    ``paired``: a built-in profile only with the faults it can change (``FAULT_PROFILES``),
+    as when no --profile names them."""
     cases: list[Case] = []
     for fault in faults:
         for profile in profiles:
-            for activity in profile.activities:
+            builtin = profile.command is None and profile.name in _BUILTIN_NAMES
+            if paired and builtin and profile.name not in FAULT_PROFILES[fault]:
+                continue
+            for activity in fault.activities(profile):
                 cases.append(Case(fault, profile, activity, number=len(cases)))
     return cases
+
+
+_BUILTIN_NAMES = frozenset(name for names in FAULT_PROFILES.values() for name in names)
 
 
 # -- leftovers ---------------------------------------------------------------------------------
@@ -234,6 +252,19 @@ class _Process:
         await self.error_reader
 
 
+class _SidecarProcess:
+    """The sidecar among a case's processes: stopped with the others."""
+
+    def __init__(self, proxy: sidecar.Sidecar) -> None:
+        self.proxy = proxy
+
+    async def stop(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.proxy.stop)
+
+
+_Started = _Process | Program | ProgramClient | _SidecarProcess
+
+
 class LabCaseError(RuntimeError):
     """A case could not be run (a process did not start, no echo came back)."""
 
@@ -246,6 +277,7 @@ class _Run:
     python: Sequence[str]
     budget: KernelBudget
     finite_pending: int
+    timing: FaultTiming = field(default_factory=FaultTiming)
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
     # How long --client-cmd and --server-cmd programs may take to start
     program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
@@ -272,14 +304,13 @@ class LabCase:
         self._program: ProgramClient | None = None
         self._predictions: dict[Activity, Prediction] | None = None
         self.cleaning_up = False  # the case has its outcome (a measurement or an error)
+        self._follow_ups: list[asyncio.Task[None]] = []  # what the fault does later
         profile = case.profile
-        with_defaults = predict(
-            KernelSettings(), profile.tcp, case.fault.failure, case.activity, profile.deadlines
-        )
+        with_defaults = self._expect(KernelSettings())
         # The baseline: only the kernel's retransmission budget ends it (--quick shortens it).
         # A program's options are known only once it runs, after its namespace's sysctls are
         # written: it gets the shortened budget too, and its mark waits for its prediction.
-        self.baseline = with_defaults.mechanism is Mechanism.TCP_RETRIES2 or bool(profile.command)
+        self.baseline = with_defaults.mechanism in _BUDGETS or bool(profile.command)
         # Cases the model says never end are watched until the finite ones are done; a
         # program's case decides its own patience, and nobody waits for it.
         self.finite = not with_defaults.never and not profile.command
@@ -343,9 +374,29 @@ class LabCase:
             return None
         return f"up to {format_seconds(watched)}"
 
+    def _expect(
+        self,
+        kernel: KernelSettings,
+        activity: Activity | None = None,
+        tcp: TcpOptions | None = None,
+        first_rto_s: float | None = None,
+        lone_segment: bool = True,
+    ) -> Prediction:
+        """The model's expectation for this case (``activity``: a program's, as seen)."""
+        case, timing = self.case, self.run.timing
+        activity = activity or case.activity
+        next_request = timing.idle_interval_s(case.fault) if activity is Activity.IDLE else None
+        traffic = Traffic(
+            next_request_s=next_request,
+            request_offset_s=_seconds(ACTIVE_INTERVAL),
+            first_rto_s=first_rto_s,
+            lone_segment=lone_segment,
+        )
+        return expect(case.fault, timing, kernel, case.profile, activity, tcp, traffic)
+
     async def execute(self) -> Result:
         loop = asyncio.get_running_loop()
-        started: list[_Process | Program | ProgramClient] = []
+        started: list[_Started] = []
         # A stop signal may come while a thread builds the namespaces: they are removed only
         # once it is done, or it would create them after their removal.
         building = loop.run_in_executor(None, self.topology.build)
@@ -355,13 +406,21 @@ class LabCase:
             sysctls = self.result.sysctls
             await loop.run_in_executor(None, self._write_sysctls, sysctls)
             kernel = await loop.run_in_executor(None, self._kernel_settings)
+            self.status = "preparing the fault"
+            await loop.run_in_executor(
+                None, prepare, self.case.fault, self.topology, self.run.timing
+            )
             self.status = "starting"
             server_pid = await self._start_server(started)
+            if self.case.fault is Fault.SIDECAR:
+                await self._start_sidecar(started)
             if self.case.profile.command is not None:
                 await self._run_program(kernel, server_pid, started)
+            elif self.case.activity is Activity.CONNECTING:
+                await self._run_connecting_client(kernel, server_pid, started)
             else:
                 await self._run_tcpecho_client(kernel, server_pid, started)
-            if self.case.fault is Fault.FORCE_DELETE:
+            if self.case.fault in (Fault.FORCE_DELETE, Fault.STALE_CONNTRACK):
                 self.status = "reading the node's conntrack"
                 self.result.conntrack = await loop.run_in_executor(None, self.topology.conntrack)
         except (LabCaseError, ProgramError) as error:
@@ -374,6 +433,8 @@ class LabCase:
             self._mark_quick()
             self.cleaning_up = True
             self.status = "cleaning up"
+            for task in self._follow_ups:
+                task.cancel()
             for process in reversed(started):
                 await process.stop()
             await asyncio.wait({building})
@@ -381,7 +442,7 @@ class LabCase:
             self._finish_finite()
         return self.result
 
-    async def _start_server(self, started: list[_Process | Program | ProgramClient]) -> int:
+    async def _start_server(self, started: list[_Started]) -> int:
         """tcpecho's server, or the program asked for; its pid (and process group)."""
         command = self.case.profile.server_command or self.run.server_command
         if command is None:
@@ -401,7 +462,7 @@ class LabCase:
         self,
         kernel: KernelSettings,
         server_pid: int,
-        started: list[_Process | Program | ProgramClient],
+        started: list[_Started],
     ) -> None:
         client = await _Process.start(self._client_argv(), self.result.client_events)
         started.append(client)
@@ -415,33 +476,129 @@ class LabCase:
         self._predict(kernel, last_echo)
         await self._inject(server_pid)
         self._check_idle_gap(kernel, last_echo_at)
+        await self._check_fault_took()
         await self._observe(client)
+
+    async def _run_connecting_client(
+        self,
+        kernel: KernelSettings,
+        server_pid: int,
+        started: list[_Started],
+    ) -> None:
+        """stale-conntrack: the client's SYN leaves while the Service has no DNAT rule; once
+        the node holds its untranslated entry, the rule appears. The connect is measured,
+        and then whether the client's next socket gets through."""
+        client = await _Process.start(self._client_argv(), self.result.client_events)
+        started.append(client)
+        self._client = client
+        self.status = "waiting for the stale entry"
+        await self._wait_for_stale_entry()
+        self.result.prediction = self._expect(kernel)
+        await self._inject(server_pid)
+        self.status = "waiting"
+        await self._observe(client)
+        if not client.named(events.ConnectionFailed):
+            return
+        self.status = "waiting for the next connection's echo"
+        assert self.result.fault_at is not None
+        with contextlib.suppress(TimeoutError, LabCaseError):
+            await asyncio.wait_for(_echo_after(client, self.result.fault_at), RECONNECT_WAIT_S)
+        echoed = _echoes_after(client, self.result.fault_at)
+        if echoed:
+            self.result.recovered_s = round(echoed[0] - self.result.fault_at, 6)
+
+    async def _wait_for_stale_entry(self) -> None:
+        """Until the node's conntrack holds the client's SYN without translation: the fault
+        takes only then (an error of the case when it does not)."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + STALE_ENTRY_WAIT_S
+        while time.monotonic() < deadline:
+            flows = await loop.run_in_executor(None, self.topology.flows)
+            stale = [
+                flow
+                for flow in flows
+                if flow.destination == net.CLUSTER_IP and flow.state == "SYN_SENT"
+            ]
+            if any(flow.translated for flow in stale):
+                raise LabCaseError(f"the SYN was translated already: {stale[0]}")
+            if stale:
+                return
+            await asyncio.sleep(0.02)
+        raise LabCaseError(
+            f"no untranslated SYN_SENT entry in the node's conntrack within "
+            f"{format_seconds(STALE_ENTRY_WAIT_S)}"
+        )
+
+    async def _start_sidecar(self, started: list[_Started]) -> None:
+        """The proxy in the client's pod, listening on loopback, forwarding to the Service."""
+        timeouts = sidecar.TimeoutSettings(
+            client_s=self.run.timing.proxy_timeout_s, server_s=self.run.timing.proxy_timeout_s
+        )
+        proxy = sidecar.Sidecar(self.topology.client_ns, timeouts)
+        started.append(_SidecarProcess(proxy))
+        await asyncio.get_running_loop().run_in_executor(None, proxy.__enter__)
 
     async def _run_program(
         self,
         kernel: KernelSettings,
         server_pid: int,
-        started: list[_Process | Program | ProgramClient],
+        started: list[_Started],
     ) -> None:
         """A client program: watched through the kernel, not through its output."""
         command = self.case.profile.command
         assert command is not None
-        client = ProgramClient(self.topology, command, self.result)
+        client = ProgramClient(self.topology, command, self.result, self._service())
         started.append(client)
         self._program = client
         await client.start()
-        self.status = "warming up"
         profile = self.case.profile
+        if self.case.activity is Activity.CONNECTING:
+            await self._run_connecting_program(client, kernel, server_pid)
+            return
+        self.status = "warming up"
         await client.wait_until_talking(self.run.program_startup, profile.quiet_s)
         await client.read_options()
         # Busy or idle: which of the two holds is seen only after the fault (observe sets
         # the result's prediction then); until then the progress line shows both.
-        predictions = client.predictions(kernel, self.case.fault.failure, profile.deadlines)
+
+        def expect_of_program(
+            activity: Activity, tcp: TcpOptions, first_rto_s: float | None
+        ) -> Prediction:
+            return self._expect(kernel, activity, tcp, first_rto_s, lone_segment=False)
+
+        predictions = client.predictions(expect_of_program)
         self._predictions = predictions
         await self._inject(server_pid)
         assert self.fault_monotonic is not None
         self.status = "waiting"
-        await client.observe(self.fault_monotonic, predictions, NEVER_OBSERVED_S, profile.watch_s)
+        await client.observe(
+            self.fault_monotonic,
+            predictions,
+            NEVER_OBSERVED_S,
+            profile.watch_s,
+            self.run.timing.window_s(self.case.fault),
+        )
+        self.result.observed_s = time.monotonic() - self.fault_monotonic
+        self.status = "seeing whether the program exits"
+        await client.note_exit(self.fault_monotonic)
+
+    async def _run_connecting_program(
+        self, client: ProgramClient, kernel: KernelSettings, server_pid: int
+    ) -> None:
+        """stale-conntrack with a program: its SYN, then the rule; the connect measured from
+        the first look that saw it, then whether a fresh socket of its own gets through."""
+        self.status = "waiting for its SYN"
+        await client.wait_until_connecting(self.run.program_startup)
+        await self._wait_for_stale_entry()
+        await client.read_options()
+        prediction = self._expect(kernel, Activity.CONNECTING, client.tcp)
+        self._predictions = {Activity.CONNECTING: prediction}
+        await self._inject(server_pid)
+        assert self.fault_monotonic is not None
+        self.status = "waiting"
+        await client.observe_connect(
+            self.fault_monotonic, prediction, prediction.high_s * 1.25 + RECONNECT_WAIT_S
+        )
         self.result.observed_s = time.monotonic() - self.fault_monotonic
         self.status = "seeing whether the program exits"
         await client.note_exit(self.fault_monotonic)
@@ -450,7 +607,8 @@ class LabCase:
 
     def _plan_kernel(self) -> None:
         """Which sysctls this case's client namespace gets: --quick only for the baseline."""
-        self.result.sysctls = self.run.budget.sysctls(self.baseline)
+        connecting = self.case.activity is Activity.CONNECTING
+        self.result.sysctls = self.run.budget.sysctls(self.baseline, connecting)
 
     def _mark_quick(self) -> None:
         """``*``: the case was left to the retransmission budget, and --quick shortened it.
@@ -461,7 +619,7 @@ class LabCase:
             self.run.budget.shortens
             and self.baseline
             and prediction is not None
-            and prediction.mechanism is Mechanism.TCP_RETRIES2
+            and prediction.mechanism in _BUDGETS
         )
 
     def _write_sysctls(self, sysctls: dict[str, int]) -> None:
@@ -487,35 +645,46 @@ class LabCase:
         launch = self.case.profile.client_argv
         if launch is not None:
             return self.topology.command(self.topology.client_ns, launch)
-        interval = ACTIVE_INTERVAL if self.case.activity is Activity.ACTIVE else IDLE_INTERVAL
+        host, port = self._service()
         args = [
             *self.run.python,
             "client",
             "--server",
-            net.CLUSTER_IP,
+            host,
             "--port",
-            str(net.SERVICE_PORT),
+            str(port),
             "--interval",
-            interval,
-            "--retries",
-            "0",
+            self._interval(),
+            # After a failed connect, one more: a fresh socket shows whether a new source
+            # port escapes the stale entry.
+            *("--retries", "1" if self.case.activity is Activity.CONNECTING else "0"),
+            *("--retry-backoff", "100ms"),
             "--log-format",
             "json",
             *self.case.profile.client_flags(),
         ]
         return self.topology.command(self.topology.client_ns, args)
 
+    def _interval(self) -> str:
+        """Busy: a request a second. Idle: one an hour, or, where the fault has a window (the
+        idle timeout, the outage), the next request just after it: the one that shows
+        whether the connection survived."""
+        if self.case.activity is Activity.ACTIVE:
+            return ACTIVE_INTERVAL
+        window_interval = self.run.timing.idle_interval_s(self.case.fault)
+        return IDLE_INTERVAL if window_interval is None else f"{window_interval:g}s"
+
+    def _service(self) -> tuple[str, int]:
+        """Where the client connects: the Service, or the sidecar in its own pod."""
+        if self.case.fault is Fault.SIDECAR:
+            return sidecar.SIDECAR_HOST, sidecar.SIDECAR_PORT
+        return net.CLUSTER_IP, net.SERVICE_PORT
+
     def _predict(self, kernel: KernelSettings, last_echo: events.ResponseReceived) -> None:
-        profile = self.case.profile
         rto_ms = last_echo.rto_ms
-        self.result.prediction = predict(
-            kernel,
-            profile.tcp,
-            self.case.fault.failure,
-            self.case.activity,
-            profile.deadlines,
-            first_rto_s=None if rto_ms is None else rto_ms / 1000,
-        )
+        first_rto_s = None if rto_ms is None else rto_ms / 1000
+        lone = self.case.profile.request_size is None
+        self.result.prediction = self._expect(kernel, first_rto_s=first_rto_s, lone_segment=lone)
 
     async def _inject(self, server_pid: int) -> None:
         self.status = "injecting the fault"
@@ -524,6 +693,36 @@ class LabCase:
         self.result.fault_at = await loop.run_in_executor(
             None, inject, self.case.fault, self.topology, server_pid
         )
+        later = follow_up(self.case.fault, self.topology, self.run.timing)
+        if later is not None:
+            delay, action = later
+            self._follow_ups.append(asyncio.create_task(self._after(delay, action)))
+
+    async def _after(self, delay_s: float, action: Callable[[], None]) -> None:
+        """``action`` ``delay_s`` after the fault (the heal, the new pod); a failure of it is
+        the case's error, never a quiet survival."""
+        assert self.fault_monotonic is not None
+        await asyncio.sleep(max(0.0, self.fault_monotonic + delay_s - time.monotonic()))
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, action)
+        except Exception as error:
+            self.result.error = f"after the fault: {type(error).__name__}: {error}"
+
+    async def _check_fault_took(self) -> None:
+        """A fault whose mechanism did not take is the case's error: the node forgets an
+        idle flow only if its conntrack entry counts the path's idle timeout."""
+        if self.case.fault not in (Fault.IDLE_EXPIRY, Fault.IDLE_EXPIRY_RESET):
+            return
+        loop = asyncio.get_running_loop()
+        flows = await loop.run_in_executor(None, self.topology.flows)
+        limit = self.run.timing.path_idle_timeout_s + 1
+        ours = [f for f in flows if f.destination_port == net.SERVICE_PORT and f.translated]
+        if not ours or any(flow.timeout_s > limit for flow in ours):
+            raise LabCaseError(
+                f"the node's conntrack does not forget the flow after "
+                f"{format_seconds(self.run.timing.path_idle_timeout_s)}: "
+                + ("; ".join(map(str, ours)) or "no entry for it")
+            )
 
     def _check_idle_gap(self, kernel: KernelSettings, last_echo_at: float) -> None:
         """An idle case needs the fault before the first keepalive probe: a probe answered
@@ -546,33 +745,50 @@ class LabCase:
         prediction = self.result.prediction
         assert prediction is not None
         assert self.fault_monotonic is not None
+        assert self.result.fault_at is not None
         self.status = "waiting"
         failure = asyncio.create_task(client.wait_for(events.ConnectionFailed))
+        window = self.run.timing.window_s(self.case.fault)
+        outcomes: set[asyncio.Future[Any]] = {failure}
+        if window is not None:
+            outcomes.add(asyncio.create_task(_echo_after(client, self.result.fault_at + window)))
         try:
             if prediction.never:
-                await self._watch_never(failure)
+                await self._watch_never(outcomes)
             else:
                 # Allow the active client's next request (up to one interval after the
-                # fault) and timers later than the model's latest.
-                deadline = prediction.high_s * 1.25 + 5.0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(failure), deadline)
-        except LabCaseError:
-            pass  # the client exited without reporting a failure: judged as not detected
+                # fault), an idle client's next request (where the fault has a window), and
+                # timers later than the model's latest.
+                deadline = self._clock_starts_within() + prediction.high_s * 1.25 + 5.0
+                await asyncio.wait(outcomes, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.result.observed_s = time.monotonic() - self.fault_monotonic
-            failure.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LabCaseError):
-                await failure
+            for outcome in outcomes:
+                outcome.cancel()
+            # LabCaseError: the client exited without reporting a failure (not detected).
+            await asyncio.gather(*outcomes, return_exceptions=True)
         failed = client.named(events.ConnectionFailed)
         if failed:
             event, logged_at = failed[0]
-            assert self.result.fault_at is not None
             self.result.record(event, since_fault_s=logged_at - self.result.fault_at)
+        elif window is not None:
+            echoed = _echoes_after(client, self.result.fault_at + window)
+            starts = {"fault": self.result.fault_at, "last-data": self._last_echo_at}
+            start = starts.get(prediction.clock) or self.result.fault_at
+            if echoed:
+                self.result.recovered_s = round(echoed[0] - start, 6)
+                self.result.measured_clock = prediction.clock if start is not None else "fault"
 
-    async def _watch_never(
-        self, failure: asyncio.Task[tuple[events.ConnectionFailed, float]]
-    ) -> None:
+    def _clock_starts_within(self) -> float:
+        """How long after the fault the prediction's clock starts at the latest: an idle
+        client's next request (or its last data), where the fault has a window."""
+        prediction = self.result.prediction
+        interval = self.run.timing.idle_interval_s(self.case.fault)
+        if self.case.activity is not Activity.IDLE or interval is None or prediction is None:
+            return 0.0
+        return interval if prediction.clock == "request" else 0.0
+
+    async def _watch_never(self, outcomes: set[asyncio.Future[Any]]) -> None:
         """Watch until every finite case of the run is done, and at least a while."""
         assert self.fault_monotonic is not None
         self._finish_finite()
@@ -583,7 +799,7 @@ class LabCase:
 
         watched = asyncio.create_task(long_enough())
         try:
-            await asyncio.wait({failure, watched}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*outcomes, watched}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watched.cancel()
 
@@ -635,6 +851,29 @@ def expectations(predictions: dict[Activity, Prediction]) -> str:
     return f"expected: busy {busy.describe()}, idle {idle.describe()}"
 
 
+def _echoes_after(client: _Process, wall: float) -> list[float]:
+    """When tcpecho's client logged each echo after ``wall`` (wall time)."""
+    return [at for _, at in client.named(events.ResponseReceived) if at >= wall]
+
+
+async def _echo_after(client: _Process, wall: float) -> None:
+    """Until tcpecho's client logs an echo after ``wall``: the connection survived."""
+    while not _echoes_after(client, wall):
+        if client.reader.done():
+            raise LabCaseError("the client exited")
+        client.changed.clear()
+        await client.changed.wait()
+
+
+def _seconds(duration: str) -> float:
+    from tcpecho.durations import parse_duration
+
+    return parse_duration(duration)
+
+
+_BUDGETS = (Mechanism.TCP_RETRIES2, Mechanism.SYN_RETRIES)  # the kernel's own budgets: hangs
+
+
 def _unanswered_since(client: _Process) -> float | None:
     """When tcpecho's client sent the oldest request still unanswered (wall time)."""
     answered = {event.seq for event, _ in client.named(events.ResponseReceived)}
@@ -655,6 +894,7 @@ async def run_cases(
     server_command: str | None = None,
     program_startup: StartupTimeouts | None = None,
     stop: asyncio.Event | None = None,
+    timing: FaultTiming | None = None,
 ) -> list[Result]:
     """Run every case in parallel; cancelling this cleans every case up before it returns.
 
@@ -674,6 +914,7 @@ async def run_cases(
         finite_pending=0,
         server_command=server_command,
         program_startup=program_startup or StartupTimeouts(),
+        timing=timing or FaultTiming(),
     )
     lab_cases = [LabCase(case, run) for case in cases]
     run.finite_pending = sum(lab_case.finite for lab_case in lab_cases)

@@ -41,6 +41,11 @@ NODE_CLIENT_SIDE_IP = "10.244.1.1"
 SERVER_IP = "10.244.2.2"
 NODE_SERVER_SIDE_IP = "10.244.2.1"
 PREFIX_LEN = 24
+# stale-conntrack's way out of the node (documentation addresses, RFC 5737; a locally
+# administered MAC that no interface has).
+UPLINK_IP = "192.0.2.1"
+UPLINK_GATEWAY_IP = "192.0.2.254"
+UPLINK_GATEWAY_MAC = "02:00:00:00:00:fe"
 
 # kube-proxy's shape: DNAT in prerouting, and a filter rule that references conntrack.
 # The filter rule matters: with only the DNAT rule, deleting it would leave the netns
@@ -64,6 +69,34 @@ class LabError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Flow:
+    """One of the node's conntrack entries."""
+
+    state: str
+    source: str
+    destination: str
+    source_port: int
+    destination_port: int
+    reply_source: str
+    reply_destination: str
+    status: str
+    timeout_s: int
+
+    @property
+    def translated(self) -> bool:
+        """Whether the Service's DNAT applies: the reply comes from another address."""
+        return self.reply_source != self.destination
+
+    def __str__(self) -> str:
+        return (
+            f"tcp {self.state} src={self.source} dst={self.destination} "
+            f"sport={self.source_port} dport={self.destination_port} "
+            f"src={self.reply_source} dst={self.reply_destination} "
+            f"[{self.status}] timeout={self.timeout_s}s"
+        )
+
+
+@dataclass(frozen=True)
 class Topology:
     """Three namespaces named after ``prefix`` (unique per case); build, use, destroy."""
 
@@ -82,8 +115,19 @@ class Topology:
         return f"{self.prefix}-server"
 
     @property
-    def namespaces(self) -> tuple[str, str, str]:
+    def new_server_ns(self) -> str:
+        """The pod that takes the server pod's IP after it vanished (``ip-reuse``)."""
+        return f"{self.prefix}-reused"
+
+    @property
+    def pods(self) -> tuple[str, str, str]:
+        """The namespaces ``build`` creates."""
         return (self.client_ns, self.node_ns, self.server_ns)
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """Every namespace the topology may hold, for ``destroy``."""
+        return (*self.pods, self.new_server_ns)
 
     def __enter__(self) -> Topology:
         self.build()
@@ -103,38 +147,36 @@ class Topology:
         from pyroute2 import IPRoute, netns
 
         try:
-            for name in self.namespaces:
+            for name in self.pods:
                 netns.create(name)
             with IPRoute(netns=self.node_ns) as node:
                 _link_up(node, "lo")
-                for ifname, peer_ns, address in (
-                    ("veth-c", self.client_ns, NODE_CLIENT_SIDE_IP),
-                    ("veth-s", self.server_ns, NODE_SERVER_SIDE_IP),
-                ):
-                    node.link(
-                        "add",
-                        ifname=ifname,
-                        kind="veth",
-                        peer={"ifname": "eth0", "net_ns_fd": peer_ns},
-                    )
-                    index = node.link_lookup(ifname=ifname)[0]
-                    node.addr("add", index=index, address=address, prefixlen=PREFIX_LEN)
-                    node.link("set", index=index, state="up")
-            for name, address, gateway in (
-                (self.client_ns, CLIENT_IP, NODE_CLIENT_SIDE_IP),
-                (self.server_ns, SERVER_IP, NODE_SERVER_SIDE_IP),
-            ):
-                with IPRoute(netns=name) as pod:
-                    _link_up(pod, "lo")
-                    index = pod.link_lookup(ifname="eth0")[0]
-                    pod.addr("add", index=index, address=address, prefixlen=PREFIX_LEN)
-                    pod.link("set", index=index, state="up")
-                    pod.route("add", dst="0.0.0.0/0", gateway=gateway)
+            self._wire_pod("veth-c", self.client_ns, CLIENT_IP, NODE_CLIENT_SIDE_IP)
+            self._wire_pod("veth-s", self.server_ns, SERVER_IP, NODE_SERVER_SIDE_IP)
             self.sysctl(self.node_ns, "net.ipv4.ip_forward", 1)
             self.nft(self.node_ns, _KUBE_PROXY_RULES)
         except BaseException:
             self.destroy()
             raise
+
+    def _wire_pod(self, ifname: str, pod_ns: str, address: str, gateway: str) -> None:
+        """What a CNI plugin does for a new pod: a veth pair from the node into the pod's
+        namespace, the pod's address and its default route through the node."""
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=self.node_ns) as node:
+            node.link(
+                "add", ifname=ifname, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod_ns}
+            )
+            index = node.link_lookup(ifname=ifname)[0]
+            node.addr("add", index=index, address=gateway, prefixlen=PREFIX_LEN)
+            node.link("set", index=index, state="up")
+        with IPRoute(netns=pod_ns) as pod:
+            _link_up(pod, "lo")
+            index = pod.link_lookup(ifname="eth0")[0]
+            pod.addr("add", index=index, address=address, prefixlen=PREFIX_LEN)
+            pod.link("set", index=index, state="up")
+            pod.route("add", dst="0.0.0.0/0", gateway=gateway)
 
     def destroy(self) -> None:
         """Kill what runs in the namespaces, then remove them (their links and rules go too)."""
@@ -189,20 +231,102 @@ class Topology:
 
     def conntrack(self) -> list[str]:
         """The node's conntrack entries, one line each, as ``conntrack -L`` would show."""
+        return [str(flow) for flow in self.flows()]
+
+    def flows(self) -> list[Flow]:
+        """The node's conntrack entries."""
         from pyroute2 import Conntrack
 
-        lines = []
+        flows = []
         with Conntrack(netns=self.node_ns) as table:
             for entry in table.dump_entries():
                 orig, reply = entry.tuple_orig, entry.tuple_reply
                 state = entry.protoinfo.state_name() if entry.protoinfo is not None else "-"
-                lines.append(
-                    f"tcp {state} src={orig.saddr} dst={orig.daddr} "
-                    f"sport={orig.sport} dport={orig.dport} "
-                    f"src={reply.saddr} dst={reply.daddr} "
-                    f"[{entry.status_name()}] timeout={entry.timeout}s"
+                flows.append(
+                    Flow(
+                        state=state,
+                        source=orig.saddr,
+                        destination=orig.daddr,
+                        source_port=orig.sport,
+                        destination_port=orig.dport,
+                        reply_source=reply.saddr,
+                        reply_destination=reply.daddr,
+                        status=entry.status_name(),
+                        timeout_s=entry.timeout,
+                    )
                 )
-        return lines
+        return flows
+
+    # -- the field's faults (see faults.py) -----------------------------------------------
+
+    def forget_idle_flows(self, idle_timeout_s: int, reset: bool = False) -> None:
+        """Make the node a middlebox that forgets a flow idle for ``idle_timeout_s``: the
+        established timeout is per network namespace, and with ``nf_conntrack_tcp_loose``
+        off a mid-stream packet of a forgotten flow is INVALID instead of picked up again.
+        Such packets are dropped (the Azure and GCP load balancers, IPVS) or answered with
+        RST (the AWS NAT gateway) before routing: the un-NATed ClusterIP has no route, and
+        the node would otherwise answer ICMP unreachable, which no middlebox does."""
+        self.sysctl(
+            self.node_ns, "net.netfilter.nf_conntrack_tcp_timeout_established", idle_timeout_s
+        )
+        self.sysctl(self.node_ns, "net.netfilter.nf_conntrack_tcp_loose", 0)
+        action = "meta l4proto tcp reject with tcp reset" if reset else "drop"
+        self.nft(
+            self.node_ns,
+            f"""
+table ip middlebox {{
+    chain prerouting {{
+        type filter hook prerouting priority mangle; policy accept;
+        ct state invalid {action}
+    }}
+}}
+""",
+        )
+
+    def remove_service_rule(self) -> None:
+        """The Service's DNAT rule not there yet (an endpoint not yet programmed), and a way
+        out of the node for what is not translated: the un-NATed SYN leaves (so conntrack
+        confirms its entry) and vanishes, as it would on the node's uplink. The uplink is a
+        veth whose peer stays in the node and drops what comes, being addressed to another
+        host's MAC (a permanent neighbour: no ARP, whose failure would answer the client
+        with ICMP host unreachable)."""
+        from pyroute2 import IPRoute
+
+        self.nft(self.node_ns, "flush chain ip kube prerouting")
+        with IPRoute(netns=self.node_ns) as node:
+            node.link("add", ifname="uplink", kind="veth", peer={"ifname": "uplink-peer"})
+            for ifname in ("uplink", "uplink-peer"):
+                _link_up(node, ifname)
+            index = node.link_lookup(ifname="uplink")[0]
+            node.addr("add", index=index, address=UPLINK_IP, prefixlen=PREFIX_LEN)
+            node.neigh(
+                "add", dst=UPLINK_GATEWAY_IP, lladdr=UPLINK_GATEWAY_MAC, ifindex=index, state=0x80
+            )
+            node.route("add", dst="0.0.0.0/0", gateway=UPLINK_GATEWAY_IP)
+
+    def add_service_rule(self) -> None:
+        """kube-proxy programs the endpoint: new connections are translated from now on."""
+        self.nft(
+            self.node_ns,
+            f"add rule ip kube prerouting ip daddr {CLUSTER_IP} tcp dport {SERVICE_PORT} "
+            f"dnat to {SERVER_IP}:{SERVICE_PORT}",
+        )
+
+    def heal(self) -> None:
+        """End ``drop_pod_traffic``: the path carries the pod's packets again."""
+        self.nft(self.node_ns, "delete table ip fault")
+
+    def reuse_server_ip(self) -> None:
+        """After a force-delete: a new pod with the server pod's IP, listening on nothing.
+        The old pod's veth goes (and its blackhole route), as the CNI removes them; the new
+        pod gets a veth of its own, as the CNI adds it."""
+        from pyroute2 import IPRoute, netns
+
+        with IPRoute(netns=self.node_ns) as node:
+            node.route("del", dst=f"{SERVER_IP}/32", type="blackhole")
+            node.link("del", index=node.link_lookup(ifname="veth-s")[0])
+        netns.create(self.new_server_ns)
+        self._wire_pod("veth-s", self.new_server_ns, SERVER_IP, NODE_SERVER_SIDE_IP)
 
     def drop_pod_traffic(self) -> None:
         """Black-hole the server pod on the node: every packet to or from it is dropped
