@@ -70,6 +70,9 @@ STARTUP_TIMEOUT_S = 60.0
 NEVER_OBSERVED_S = 15.0  # how long a case the model says never ends is watched at least
 STDERR_LINES_KEPT = 5  # a process's last words, for the case's error
 WARMUP_ECHOES = {Activity.ACTIVE: 2, Activity.IDLE: 1}
+# Cases set up at once (namespaces, server, client, warm-up), per CPU: enough to keep the
+# CPUs busy while one waits, few enough that a warm case's fault is not held up.
+SETUP_SLOTS_PER_CPU = 4
 TCP_RETRIES2_MAX = 100
 RTO_MAX_RANGE_S = (1.0, 120.0)  # what the kernel takes for tcp_rto_max_ms
 
@@ -282,6 +285,9 @@ class _Run:
     # How long --client-cmd and --server-cmd programs may take to start
     program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
     finite_done: asyncio.Event = field(default_factory=asyncio.Event)
+    setup_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(SETUP_SLOTS_PER_CPU * (os.cpu_count() or 1))
+    )
 
     def finite_case_finished(self) -> None:
         self.finite_pending -= 1
@@ -305,8 +311,9 @@ class LabCase:
         self._predictions: dict[Activity, Prediction] | None = None
         self.cleaning_up = False  # the case has its outcome (a measurement or an error)
         self._follow_ups: list[asyncio.Task[None]] = []  # what the fault does later
+        self._holding_slot = False
         profile = case.profile
-        with_defaults = self._expect(KernelSettings())
+        with_defaults = self._with_defaults = self._expect(KernelSettings())
         # The baseline: only the kernel's retransmission budget ends it (--quick shortens it).
         # A program's options are known only once it runs, after its namespace's sysctls are
         # written: it gets the shortened budget too, and its mark waits for its prediction.
@@ -381,8 +388,10 @@ class LabCase:
         tcp: TcpOptions | None = None,
         first_rto_s: float | None = None,
         lone_segment: bool = True,
+        fault_lag_s: float = 0.0,
     ) -> Prediction:
-        """The model's expectation for this case (``activity``: a program's, as seen)."""
+        """The model's expectation for this case (``activity``: a program's, as seen;
+        ``fault_lag_s``: how long after the last echo the fault came)."""
         case, timing = self.case, self.run.timing
         activity = activity or case.activity
         next_request = timing.idle_interval_s(case.fault) if activity is Activity.IDLE else None
@@ -391,10 +400,40 @@ class LabCase:
             request_offset_s=_seconds(ACTIVE_INTERVAL),
             first_rto_s=first_rto_s,
             lone_segment=lone_segment,
+            fault_lag_s=fault_lag_s,
         )
         return expect(case.fault, timing, kernel, case.profile, activity, tcp, traffic)
 
+    @property
+    def expected_length_s(self) -> float:
+        """About how long the case runs after its fault: the longest go first, so that the
+        run's length is the longest case's, not the last to start's."""
+        prediction = self._with_defaults
+        interval = self.run.timing.idle_interval_s(self.case.fault)
+        lead = interval if interval is not None and self.case.activity is Activity.IDLE else 0.0
+        return lead + (NEVER_OBSERVED_S if prediction.never else prediction.high_s)
+
     async def execute(self) -> Result:
+        """The case, once one of the run's setup slots is free: a whole matrix starting at
+        once would starve the cases already warm, and their faults would come late."""
+        self.status = "waiting to start"
+        try:
+            await self.run.setup_slots.acquire()
+        except asyncio.CancelledError:
+            self._finish_finite()
+            raise
+        self._holding_slot = True
+        try:
+            return await self._execute()
+        finally:
+            self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._holding_slot:
+            self._holding_slot = False
+            self.run.setup_slots.release()
+
+    async def _execute(self) -> Result:
         loop = asyncio.get_running_loop()
         started: list[_Started] = []
         # A stop signal may come while a thread builds the namespaces: they are removed only
@@ -475,6 +514,7 @@ class LabCase:
         self._last_echo_at = last_echo_at
         self._predict(kernel, last_echo)
         await self._inject(server_pid)
+        self._predict(kernel, last_echo)  # again, with the fault's lag after the last echo
         self._check_idle_gap(kernel, last_echo_at)
         await self._check_fault_took()
         await self._observe(client)
@@ -684,9 +724,14 @@ class LabCase:
         rto_ms = last_echo.rto_ms
         first_rto_s = None if rto_ms is None else rto_ms / 1000
         lone = self.case.profile.request_size is None
-        self.result.prediction = self._expect(kernel, first_rto_s=first_rto_s, lone_segment=lone)
+        fault_at, last_echo_at = self.result.fault_at, self._last_echo_at
+        lag = 0.0 if fault_at is None or last_echo_at is None else fault_at - last_echo_at
+        self.result.prediction = self._expect(
+            kernel, first_rto_s=first_rto_s, lone_segment=lone, fault_lag_s=max(0.0, lag)
+        )
 
     async def _inject(self, server_pid: int) -> None:
+        self._release_slot()  # set up: the next case may start
         self.status = "injecting the fault"
         loop = asyncio.get_running_loop()
         self.fault_monotonic = time.monotonic()
@@ -748,10 +793,10 @@ class LabCase:
         assert self.result.fault_at is not None
         self.status = "waiting"
         failure = asyncio.create_task(client.wait_for(events.ConnectionFailed))
-        window = self.run.timing.window_s(self.case.fault)
+        window_end = self._window_end()
         outcomes: set[asyncio.Future[Any]] = {failure}
-        if window is not None:
-            outcomes.add(asyncio.create_task(_echo_after(client, self.result.fault_at + window)))
+        if window_end is not None:
+            outcomes.add(asyncio.create_task(_echo_after(client, window_end)))
         try:
             if prediction.never:
                 await self._watch_never(outcomes)
@@ -771,13 +816,25 @@ class LabCase:
         if failed:
             event, logged_at = failed[0]
             self.result.record(event, since_fault_s=logged_at - self.result.fault_at)
-        elif window is not None:
-            echoed = _echoes_after(client, self.result.fault_at + window)
+        elif window_end is not None:
+            echoed = _echoes_after(client, window_end)
             starts = {"fault": self.result.fault_at, "last-data": self._last_echo_at}
             start = starts.get(prediction.clock) or self.result.fault_at
             if echoed:
                 self.result.recovered_s = round(echoed[0] - start, 6)
                 self.result.measured_clock = prediction.clock if start is not None else "fault"
+
+    def _window_end(self) -> float | None:
+        """When the fault's window ends (wall time): the partition's heal, from the fault;
+        the idle timeout, from the last echo (the flow is forgotten that long after its
+        last packet)."""
+        window = self.run.timing.window_s(self.case.fault)
+        if window is None or self.result.fault_at is None:
+            return None
+        anchor = self.result.fault_at
+        if self.case.fault is not Fault.PARTITION and self._last_echo_at is not None:
+            anchor = self._last_echo_at
+        return anchor + window
 
     def _clock_starts_within(self) -> float:
         """How long after the fault the prediction's clock starts at the latest: an idle
@@ -920,9 +977,13 @@ async def run_cases(
     run.finite_pending = sum(lab_case.finite for lab_case in lab_cases)
     if run.finite_pending == 0:
         run.finite_done.set()
-    tasks = [
-        asyncio.create_task(lab_case.execute(), name=lab_case.case.name) for lab_case in lab_cases
-    ]
+    # Created longest first: the setup slots go to them first.
+    by_length = sorted(lab_cases, key=lambda lab_case: -lab_case.expected_length_s)
+    created = {
+        id(lab_case): asyncio.create_task(lab_case.execute(), name=lab_case.case.name)
+        for lab_case in by_length
+    }
+    tasks = [created[id(lab_case)] for lab_case in lab_cases]
     reporter = asyncio.create_task(_report_progress(lab_cases, tasks, progress, progress_every_s))
     stopping = asyncio.create_task((stop or asyncio.Event()).wait())
     try:

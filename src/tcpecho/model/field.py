@@ -66,6 +66,9 @@ class Traffic:
 
     next_request_s: float | None = None
     request_offset_s: float = 1.0
+    # How long after the last data the fault came (an idle client's clock starts there, a
+    # partition's or a new pod's at the fault).
+    fault_lag_s: float = 0.0
     first_rto_s: float | None = None
     lone_segment: bool = True
 
@@ -137,16 +140,37 @@ def after_partition(
     the heal."""
     in_force = InForce.of(tcp, kernel)
     if activity is Activity.IDLE:
+        heal = traffic.fault_lag_s + outage_s  # on the last data's clock
         keepalive = in_force.keepalive
         idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
-        if keepalive is not None and idle.low_s - keepalive.interval_s < outage_s:
+        if keepalive is not None and idle.low_s - keepalive.interval_s < heal:
             # Cut when the last probe goes out before the heal: every probe is lost.
             return _cut(idle)
-        if traffic.next_request_s is None:
+        request = traffic.next_request_s
+        if request is None:
             return _never_seen()
-        # The request leaves after the heal (the lab's idle client asks just after it).
-        request = max(traffic.next_request_s, outage_s)
-        return _survives(request, request, "last-data")
+        if request >= heal:
+            return _survives(request, request, "last-data")
+        busy = _busy_through(kernel, tcp, traffic, deadlines, [heal - request])
+        return replace(busy, low_s=busy.low_s + request, high_s=busy.high_s + request)
+    offsets = _steps(0.0, traffic.request_offset_s, 5)
+    busy = _busy_through(kernel, tcp, traffic, deadlines, [outage_s - o for o in offsets])
+    if busy.survives:  # on the request's clock: the request left up to an interval late
+        return replace(busy, high_s=busy.high_s + traffic.request_offset_s, clock="fault")
+    return busy
+
+
+def _busy_through(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    traffic: Traffic,
+    deadlines: Deadlines,
+    heals_s: list[float],
+) -> Prediction:
+    """A request sent before a heal (``heals_s``: how long before, each a possible timing)
+    gets through at the first retransmission after it, unless the kernel (its budget, the
+    user timeout) or the client's deadline gave up before: survival on the request's
+    clock, or the cut."""
     failing = predict(
         kernel,
         tcp,
@@ -156,28 +180,23 @@ def after_partition(
         traffic.first_rto_s,
         traffic.lone_segment,
     )
-    through: list[float] = []  # fault clock: when a retransmission got through
-    cut = False
+    through: list[float] = []  # the request's clock: when a retransmission got through
     tlp_range = TLP_S if traffic.lone_segment else TLP_ANY_S
-    rto_range = _rto_range(traffic.first_rto_s)
-    for offset in _steps(0.0, traffic.request_offset_s, 5):
-        heal = outage_s - offset  # on the request's clock
-        for rto in rto_range:
+    for heal in heals_s:
+        for rto in _rto_range(traffic.first_rto_s):
             for tlp in tlp_range:
                 for slack in _steps(*TIMER_SLACK, 5):
                     if heal <= 0:
-                        through.append(offset)
+                        through.append(0.0)
                         continue
                     got_through = next(t for t in _sends(kernel, rto, tlp, slack) if t >= heal)
                     if got_through >= failing.low_s:
-                        cut = True
-                    else:
-                        through.append(offset + got_through)
-    if cut:
-        # Where some timings heal in time and some do not, the model says cut: the outage
-        # is then too close to the give-up for a mitigation to count on surviving it.
-        return _cut(failing)
-    return _survives(min(through), max(through))
+                        # Where some timings heal in time and some do not, the model says
+                        # cut: a mitigation cannot count on surviving an outage that close
+                        # to its give-up.
+                        return _cut(failing)
+                    through.append(got_through)
+    return _survives(min(through), max(through), "request")
 
 
 def after_ip_reuse(
@@ -199,7 +218,8 @@ def after_ip_reuse(
         if keepalive is None:
             return idle  # never
         probes = [keepalive.idle_s + n * keepalive.interval_s for n in range(keepalive.count)]
-        answered = [p for p in probes if p >= reuse_after_s]
+        reuse = traffic.fault_lag_s + reuse_after_s  # on the last data's clock
+        answered = [p for p in probes if p >= reuse]
         if not answered or answered[0] >= idle.low_s:
             return idle
         probe = answered[0]
