@@ -292,7 +292,12 @@ def _quick_note(budget: KernelBudget, results: Sequence[Result]) -> str | None:
             f"tcp_syn_retries=6; its client namespace had tcp_syn_retries={QUICK_SYN_RETRIES} "
             "(~7 s)"
         )
-    if any(result.case.profile.command and result.sysctls for result in results):
+    if any(
+        result.case.profile.command
+        and result.sysctls
+        and result.activity is not Activity.CONNECTING
+        for result in results
+    ):
         parts.append(
             f"every program case ran with {change}, since a program's options are known only "
             "once it runs: the model predicts it with that, and * marks it only when the "

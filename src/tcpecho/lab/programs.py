@@ -519,7 +519,11 @@ class ProgramClient:
                     # The last look before the socket went holds the count.
                     self.result.retransmissions = info.total_retrans
                 sent_at = send.sent_at
-                activity = Activity.ACTIVE if sent_at is not None else Activity.IDLE
+                # Busy: a send waits for its ACK, or data it sent since the fault was ACKed
+                # (on a path that still works, a busy program never shows one waiting).
+                sent_since = current is not None and current.bytes_acked > before.bytes_acked
+                busy = sent_at is not None or sent_since
+                activity = Activity.ACTIVE if busy else Activity.IDLE
                 prediction = predictions[activity]
                 self.result.prediction = prediction  # what the progress line expects now
                 self.activity = activity

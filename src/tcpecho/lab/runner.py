@@ -394,7 +394,9 @@ class LabCase:
         ``fault_lag_s``: how long after the last echo the fault came)."""
         case, timing = self.case, self.run.timing
         activity = activity or case.activity
-        next_request = timing.idle_interval_s(case.fault) if activity is Activity.IDLE else None
+        # An idle tcpecho client's next request (a program's schedule is its own).
+        idle = activity is Activity.IDLE and case.profile.command is None
+        next_request = timing.idle_interval_s(case.fault) if idle else None
         traffic = Traffic(
             next_request_s=next_request,
             request_offset_s=_seconds(ACTIVE_INTERVAL),
