@@ -25,6 +25,7 @@ from tests.support import read_table
 pytestmark = [requires_netns, pytest.mark.netns]
 
 LAB = [sys.executable, "-m", "tcpecho", "lab"]
+OLD_FAULTS = ("force-delete", "node-loss", "unreachable", "kill", "graceful")
 
 
 def _host_ruleset() -> str:
@@ -70,6 +71,7 @@ def test_quick_matrix_matches_the_kernel_model(
         [
             *LAB,
             "--quick",
+            *(arg for fault in OLD_FAULTS for arg in ("--fault", fault)),
             *("--profile", "default", "--profile", "user-timeout", "--profile", "keepalive"),
             "--json",
             str(report),

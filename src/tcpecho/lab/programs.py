@@ -622,19 +622,22 @@ class ProgramClient:
                     return
 
     async def wait_until_connecting(self, timeouts: StartupTimeouts = StartupTimeouts()) -> None:
-        """Until the program's SYN is out (its socket in SYN-SENT): the connect's clock starts
-        at the first look that saw it, so it errs late by at most a poll."""
+        """Until the program's SYN is out (its socket in SYN-SENT). The connect's clock
+        starts at the last look that saw no SYN: the measurement errs late, never early."""
         assert self.program is not None
         assert self.watch is not None
         startup = Startup(
             self.topology.client_ns, timeouts, repr(self.command), "connects to nothing"
         )
+        cleared_at: float | None = None  # the last look that saw no SYN
         while True:
-            at, found = await self.watch.next()
-            connecting = [c for c in found if c.state == "SYN_SENT"]
-            if connecting:
-                self.talking = Talking(connecting[0], at)
-                return
+            for listing in await self.watch.listings():
+                connecting = [c for c in listing.connections if c.state == "SYN_SENT"]
+                if connecting:
+                    start = cleared_at if cleared_at is not None else listing.before - POLL_S
+                    self.talking = Talking(connecting[0], start)
+                    return
+                cleared_at = listing.before
             if self.program.returncode is not None:
                 raise ProgramError(f"{self.program.ending()}, before it connected")
             await startup.check("sent no SYN to the service")

@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from tcpecho import events
@@ -37,6 +37,7 @@ from tcpecho.lab import topology as net
 from tcpecho.lab.faults import follow_up, inject, prepare
 from tcpecho.lab.profiles import ACTIVE_INTERVAL, FAULT_PROFILES, IDLE_INTERVAL
 from tcpecho.lab.programs import (
+    SEEN_LATE_S,
     Program,
     ProgramClient,
     ProgramError,
@@ -634,6 +635,8 @@ class LabCase:
         await self._wait_for_stale_entry()
         await client.read_options()
         prediction = self._expect(kernel, Activity.CONNECTING, client.tcp)
+        # The lab sees the end only at its next look at the program's socket.
+        prediction = replace(prediction, high_s=prediction.high_s + SEEN_LATE_S)
         self._predictions = {Activity.CONNECTING: prediction}
         await self._inject(server_pid)
         assert self.fault_monotonic is not None

@@ -82,13 +82,14 @@ def after_idle_expiry(
     deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
     reset: bool = False,
 ) -> Prediction:
-    """A middlebox on the path forgets the flow after ``idle_timeout_s`` without a packet;
-    the fault's clock starts at the last data (the fault comes just after an echo)."""
+    """A middlebox on the path forgets the flow after ``idle_timeout_s`` without a packet:
+    the clock is the last data's, busy or idle."""
     in_force = InForce.of(tcp, kernel)
     if activity is Activity.ACTIVE:
         if traffic.request_offset_s < idle_timeout_s:
-            # Every request refreshes the flow: the first echo after the timeout comes back.
-            return _survives(idle_timeout_s, idle_timeout_s + traffic.request_offset_s)
+            # Every request refreshes the flow: the first echo after the timeout (from the
+            # last data before the fault) comes back.
+            return _survives(idle_timeout_s, idle_timeout_s + traffic.request_offset_s, "last-data")
         activity = Activity.IDLE  # a request rarer than the timeout is an idle connection's
     keepalive = in_force.keepalive
     if keepalive is not None and keepalive.idle_s < idle_timeout_s:
