@@ -44,6 +44,13 @@ BAD_INPUT = [
     (["client", "--read-timeout", "0s"], {}, "below the minimum"),
     (["client", "--connect-timeout", "10"], {}, "not a duration"),
     (["client", "--retry-backoff", "5s", "--retry-backoff-max", "1s"], {}, "--retry-backoff-max"),
+    (["client", "--request-size", "4"], {}, "below the minimum of 26 bytes"),
+    (["client", "--request-size", "25"], {}, "below the minimum of 26 bytes"),
+    (["client", "--message", "a longer message", "--request-size", "26"], {}, "minimum of 38"),
+    (["client", "--request-size", "1025MiB"], {}, "above the maximum of 1024MiB"),
+    (["client", "--request-size", "lots"], {}, "not a size"),
+    (["client", "--request-size", "-1"], {}, "not a size"),
+    (["client"], {"TCPECHO_CLIENT_REQUEST_SIZE": "10"}, "TCPECHO_CLIENT_REQUEST_SIZE (the environ"),
     (["client", "--loop", "tokio"], {}, "--loop"),
     (["client", "--log-format", "xml"], {}, "--log-format"),
     (["client", "--log-level", "loud"], {}, "--log-level"),
@@ -117,6 +124,23 @@ def test_environment_variables_set_options() -> None:
     assert (started["server"], started["port"]) == ("127.0.0.1", port)
     failed = next(e for e in events if e["event"] == "connection_failed")
     assert failed["errno"] == "ECONNREFUSED"
+
+
+def test_the_request_size_comes_from_the_environment_too(start_server: Any) -> None:
+    """TCPECHO_CLIENT_REQUEST_SIZE sets --request-size, its smallest value (26 bytes with
+    "ping") included, and each request is that long and echoed."""
+    server = start_server()
+    result = subprocess.run(
+        [tcpecho_executable(), "client", "--server", f"127.0.0.1:{server.port}", "--count", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCPECHO_CLIENT_REQUEST_SIZE": "26", "TCPECHO_CLIENT_INTERVAL": "0s"},
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["bytes"] for e in events if e["event"] == "request_sent"] == [26, 26]
+    assert [e["seq"] for e in events if e["event"] == "response_received"] == [1, 2]
 
 
 @pytest.mark.parametrize("source", ["flags", "environment"])

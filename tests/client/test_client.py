@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import platform
 import random
 import signal
 import socket
+import string
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from tcpecho.client.client import ClientConfig, EchoClient, backoff_delay
+from tcpecho.client.client import (
+    MAX_REQUEST_SIZE,
+    ClientConfig,
+    EchoClient,
+    backoff_delay,
+    encode_request,
+    smallest_request_size,
+)
 from tcpecho.model import KernelSettings
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
@@ -24,6 +36,8 @@ from tests.support import free_port
 
 StartServer = Callable[..., RunningServer]
 ClientArgv = Callable[..., list[str]]
+
+MiB = 1024**2
 
 
 async def _serve(
@@ -133,6 +147,140 @@ def test_backoff_doubles_up_to_the_cap_with_jitter_in_the_lower_half() -> None:
         delays = [backoff_delay(attempt, 1.0, 30.0, rng) for _ in range(200)]
         assert all(nominal / 2 <= delay <= nominal for delay in delays)
         assert max(delays) - min(delays) > nominal / 4  # jittered, not constant
+
+
+# -- sized requests (--request-size) ---------------------------------------------------------
+
+
+@pytest.fixture
+def never_reading_peer() -> Iterator[int]:
+    """A loopback port whose connections are accepted and held, never read from: a stalled
+    reader, whose kernel acknowledges what fits into its receive buffer, then advertises a
+    zero window and answers every probe of it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # closed at teardown
+                return
+
+    accepting = threading.Thread(target=accept, daemon=True)
+    accepting.start()
+    yield listener.getsockname()[1]
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept, which close alone does not
+    listener.close()
+    accepting.join(5)
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.parametrize("size", [26, 27, 100, 16 * MiB])
+def test_a_sized_request_is_its_number_and_message_padded_to_exactly_its_size(size: int) -> None:
+    request = encode_request(7, "ping", size)
+    assert len(request) == size
+    assert request.startswith(b"7 ping")
+    assert request.endswith(b"\n")
+    assert request.count(b"\n") == 1
+    padding = request[len(b"7 ping") : -1]
+    assert padding.startswith(b" ")  # the message ends where the padding begins
+    assert set(padding.decode()) <= set(" " + string.ascii_letters + string.digits)
+
+
+def test_the_smallest_size_holds_every_request_number() -> None:
+    smallest = smallest_request_size("ping")
+    assert smallest == 26
+    largest = encode_request(10**20 - 1, "ping", smallest)  # 20 digits: 2**64 - 1 has 20
+    assert largest == f"{10**20 - 1} ping\n".encode()
+    with pytest.raises(ValueError, match="needs 27 bytes"):
+        encode_request(10**20, "ping", smallest)
+
+
+async def _echo_with_a_flipped_byte(
+    at: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Echo everything, reading while writing, with the byte at stream offset ``at`` changed."""
+    offset = 0
+    with contextlib.suppress(ConnectionError):  # the client hangs up on the mismatch
+        while chunk := await reader.read(65536):
+            if offset <= at < offset + len(chunk):
+                i = at - offset
+                chunk = chunk[:i] + bytes([chunk[i] ^ 0x20]) + chunk[i + 1 :]
+            offset += len(chunk)
+            writer.write(chunk)
+            await writer.drain()
+
+
+async def test_a_large_request_echoed_with_one_byte_changed_is_a_mismatch_that_says_where() -> None:
+    at = 5 * MiB + 3
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _echo_with_a_flipped_byte(at, reader, writer)
+
+    server, port = await _serve(handler)
+    async with server:
+        with capture_logs() as events:
+            status = await EchoClient(_config(port, count=1, request_size=8 * MiB)).run()
+    assert status == 1
+    sent = next(e for e in events if e["event"] == "request_sent")
+    assert sent["bytes"] == 8 * MiB
+    failed = [e for e in events if e["event"] == "connection_failed"]
+    assert len(failed) == 1
+    assert failed[0]["errno"] == "MISMATCH"
+    assert f"first differs at byte {at}:" in failed[0]["error"]
+    assert len(failed[0]["error"]) < 300  # where they part, not 16 MiB of both
+
+
+def _exchange_tasks() -> list[asyncio.Task[object]]:
+    """Tasks still running a read or a drain of the client's exchange."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__name__", "") in {"readexactly", "drain"}
+    ]
+
+
+async def test_a_peer_that_closes_in_the_middle_of_a_request_fails_it_once() -> None:
+    """The peer reads 1 MiB of an 8 MiB request and closes with the rest unread (a reset):
+    the one failure is reported once, whichever side of the exchange met it, and neither
+    the read nor the write is left behind."""
+
+    async def read_some_then_close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readexactly(MiB)
+        writer.close()
+
+    server, port = await _serve(read_some_then_close)
+    async with server:
+        with capture_logs() as events:
+            status = await EchoClient(_config(port, count=1, request_size=8 * MiB)).run()
+    assert status == 1
+    failed = [e for e in events if e["event"] == "connection_failed"]
+    assert len(failed) == 1, failed
+    assert failed[0]["errno"] in {"ECONNRESET", "EPIPE", "EOF"}
+    assert (failed[0]["phase"], failed[0]["seq"]) == ("request", 1)
+    assert _exchange_tasks() == []
+
+
+async def test_the_read_timeout_bounds_a_large_exchange_and_leaves_nothing_pending(
+    never_reading_peer: int,
+) -> None:
+    config = _config(
+        never_reading_peer,
+        count=1,
+        request_size=16 * MiB,
+        deadlines=Deadlines(read_timeout_s=0.5),
+    )
+    with capture_logs() as events:
+        status = await EchoClient(config).run()
+    assert status == 1
+    failed = [e for e in events if e["event"] == "connection_failed"]
+    assert [(e["errno"], e["seq"]) for e in failed] == [("READ_TIMEOUT", 1)]
+    assert 0.49 <= failed[0]["detection_s"] < 1.5  # see the read-timeout test on early timers
+    assert _exchange_tasks() == []
 
 
 # -- the installed program -------------------------------------------------------------------
@@ -335,3 +483,90 @@ def test_works_against_other_rfc862_servers(
     finally:
         echo.kill()
         echo.wait()
+
+
+def _beyond_every_buffer() -> int:
+    """A request no buffer between client and server can hold: both directions' send and
+    receive buffers at their limits (net.ipv4.tcp_wmem, tcp_rmem), and 1 MiB for what the
+    programs hold. Without reading while writing, it deadlocks."""
+    limits = [
+        int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+        for name in ("tcp_rmem", "tcp_wmem")
+    ]
+    return 2 * sum(limits) + MiB
+
+
+@pytest.mark.parametrize("size", ["16MiB", "beyond-every-buffer"])
+def test_a_large_request_is_echoed_by_the_server_and_verified(
+    start_server: StartServer, spawn: Spawn, client_argv: ClientArgv, size: str
+) -> None:
+    """The server echoes a large request while it is still arriving: the client reads while
+    it writes, or both would wait forever once the buffers between them are full."""
+    size_bytes = 16 * MiB if size == "16MiB" else _beyond_every_buffer()
+    if size_bytes > MAX_REQUEST_SIZE // 4:
+        pytest.skip(f"the buffers here need {size_bytes} bytes, too many for a quick test")
+    server = start_server()
+    argv = client_argv(
+        server.port,
+        "--count",
+        2,
+        "--interval",
+        "0s",
+        "--request-size",
+        size if size == "16MiB" else size_bytes,
+        "--read-timeout",
+        "30s",
+    )
+    client = spawn(argv)
+    assert client.wait(60) == 0, client.named("connection_failed")
+    assert [e["bytes"] for e in client.named("request_sent")] == [size_bytes] * 2
+    assert [e["seq"] for e in client.named("response_received")] == [1, 2]
+    summary = client.named("summary")[0]
+    assert (summary["sent"], summary["received"], summary["failures"]) == (2, 2, 0)
+    client.assert_no_traceback()
+
+
+def _kernel_release() -> tuple[int, int]:
+    major, minor = platform.release().split(".")[:2]
+    return int(major), int(minor.split("-")[0])
+
+
+@pytest.mark.skipif(
+    _kernel_release() < (5, 11), reason="TCP_USER_TIMEOUT bounds zero-window probing from 5.11"
+)
+def test_the_user_timeout_cuts_a_stalled_reader_whose_windows_a_large_request_filled(
+    never_reading_peer: int, spawn: Spawn, client_argv: ClientArgv
+) -> None:
+    """The peer's kernel acknowledges and advertises a zero window; the client's kernel probes
+    it and every probe is answered, so nothing retransmits. The user timeout, counted from the
+    first probe (an RTO after the window closed), ends it: ETIMEDOUT, 3.26 s here."""
+    argv = client_argv(
+        never_reading_peer, "--count", 1, "--user-timeout", "3s", "--request-size", "16MiB"
+    )
+    client = spawn(argv)
+    assert client.wait(15) == 1
+    failed = client.named("connection_failed")
+    assert len(failed) == 1, failed
+    assert (failed[0]["errno"], failed[0]["phase"], failed[0]["seq"]) == (
+        "ETIMEDOUT",
+        "request",
+        1,
+    )
+    assert 3.0 <= failed[0]["detection_s"] <= 3.0 + 2.0
+    assert client.named("request_sent")[0]["bytes"] == 16 * MiB
+    assert client.named("waiting_for_response")  # the live view while the window was shut
+    client.assert_no_traceback()
+
+
+def test_without_a_user_timeout_only_the_read_timeout_ends_a_stalled_reader(
+    never_reading_peer: int, spawn: Spawn, client_argv: ClientArgv
+) -> None:
+    argv = client_argv(
+        never_reading_peer, "--count", 1, "--read-timeout", "2s", "--request-size", "16MiB"
+    )
+    client = spawn(argv)
+    assert client.wait(15) == 1
+    failed = client.named("connection_failed")
+    assert [(f["errno"], f["phase"], f["seq"]) for f in failed] == [("READ_TIMEOUT", "request", 1)]
+    assert 1.99 <= failed[0]["detection_s"] < 3.0  # see the read-timeout test on early timers
+    client.assert_no_traceback()
