@@ -41,9 +41,9 @@ def _run(tmp_path: Path, *args: str) -> dict[str, dict[str, Any]]:
     a namespace behind, and each measurement lies in the range the model predicted."""
     report = tmp_path / "lab.json"
     before = set(leftover_namespaces(RUN_PREFIX))
+    faults = [arg for fault in FIELD_FAULTS for arg in ("--fault", fault)]
     result = subprocess.run(
-        [*LAB, "--quick", *(a for f in FIELD_FAULTS for a in ("--fault", f))]
-        + [*args, "--json", str(report)],
+        [*LAB, "--quick", *faults, *args, "--json", str(report)],
         capture_output=True,
         text=True,
         timeout=300,
