@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -66,4 +67,72 @@ def test_removing_namespaces_kills_what_runs_in_them() -> None:
     finally:
         remove_namespaces(topology.namespaces)
     assert sleeper.wait(5) == -15  # SIGTERM
+    assert leftover_namespaces(PREFIX) == []
+
+
+def _ruleset(topology: Topology) -> str:
+    return subprocess.run(
+        topology.command(topology.node_ns, ["nft", "list", "ruleset"]),
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def test_a_node_that_forgets_idle_flows_changes_only_its_own_namespace() -> None:
+    keys = (
+        "net.netfilter.nf_conntrack_tcp_timeout_established",
+        "net.netfilter.nf_conntrack_tcp_loose",
+    )
+    with Topology(f"{PREFIX}-d") as topology:
+        before = {key: topology.read_sysctl(topology.client_ns, key) for key in keys}
+        topology.forget_idle_flows(7, reset=True)
+        assert [topology.read_sysctl(topology.node_ns, key) for key in keys] == [7, 0]
+        # Per network namespace: the client pod's conntrack keeps the kernel's values.
+        assert {key: topology.read_sysctl(topology.client_ns, key) for key in keys} == before
+        rules = _ruleset(topology)
+        assert "hook prerouting" in rules
+        assert "ct state invalid reject with tcp reset" in rules
+    assert leftover_namespaces(PREFIX) == []
+
+
+def test_the_service_rule_goes_and_comes_back_and_a_partition_heals() -> None:
+    with Topology(f"{PREFIX}-e") as topology:
+        topology.remove_service_rule()
+        assert "dnat to" not in _ruleset(topology)
+        routes = subprocess.run(
+            topology.command(topology.node_ns, ["ip", "route", "show", "default"]),
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "dev uplink" in routes  # what is not translated leaves the node, to vanish
+        topology.add_service_rule()
+        assert f"dnat to {SERVER_IP}:8000" in _ruleset(topology)
+        topology.drop_pod_traffic()
+        assert "table ip fault" in _ruleset(topology)
+        topology.heal()
+        assert "table ip fault" not in _ruleset(topology)
+
+
+def test_a_new_pod_takes_the_vanished_pods_ip_and_goes_with_the_topology() -> None:
+    with Topology(f"{PREFIX}-f") as topology:
+        topology.blackhole_pod_route()
+        topology.pod_link_down()
+        topology.reuse_server_ip()
+        assert SERVER_IP in _addresses(topology, topology.new_server_ns)
+        assert SERVER_IP not in _addresses(topology, topology.server_ns)  # its link went
+        # The route to the IP is back, to a pod that listens on nothing: refused at once.
+        connect = subprocess.run(
+            topology.command(
+                topology.client_ns,
+                [
+                    sys.executable,
+                    "-c",
+                    f"import socket; socket.create_connection(({SERVER_IP!r}, 8000), 2)",
+                ],
+            ),
+            capture_output=True,
+            text=True,
+        )
+        assert "ConnectionRefusedError" in connect.stderr
+        assert set(leftover_namespaces(PREFIX)) == set(topology.namespaces)
     assert leftover_namespaces(PREFIX) == []
