@@ -62,8 +62,6 @@ import math
 import os
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import tempfile
 import threading
@@ -72,7 +70,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcpecho.lab.topology import CLUSTER_IP, SERVICE_PORT
+from tcpecho.lab.topology import CLUSTER_IP, SERVICE_PORT, in_namespace
+from tcpecho.tcp import diag
+from tcpecho.tcp.names import format_address
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -295,10 +295,7 @@ class Sidecar:
 
     def _wait_listening(self, process: subprocess.Popen[str]) -> None:
         deadline = time.monotonic() + self._ready_timeout_s
-        while not (
-            _in_namespace_of(process.pid, self.namespace)
-            and _listens(process.pid, SIDECAR_HOST, self.listen_port)
-        ):
+        while not _listens(process.pid, self.namespace, SIDECAR_HOST, self.listen_port):
             if process.poll() is not None:
                 if self._reader is not None:
                     self._reader.join(2)
@@ -328,42 +325,16 @@ class Sidecar:
             files.close()
 
 
-def _in_namespace_of(pid: int, namespace: str | None) -> bool:
-    """Whether ``pid`` has entered ``namespace`` yet (``ip netns exec`` does so before it
-    execs the program): until then its sockets would be the host's."""
-    if namespace is None:
-        return True
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{namespace}").st_ino
-    except FileNotFoundError:
-        return False
+def _listens(pid: int, namespace: str | None, host: str, port: int) -> bool:
+    """Whether ``pid`` itself holds a socket listening on ``host:port`` in ``namespace``
+    (the kernel's socket diagnostics, as everywhere in the lab): another process's listener
+    on the same port does not count, nor a socket of ``pid``'s before it entered the
+    namespace."""
 
+    def listening() -> set[int]:
+        found = diag.connections(listening=True)
+        wanted = format_address((host, port))
+        return {c.inode for c in found if c.state == "LISTEN" and c.local == wanted}
 
-def _listens(pid: int, host: str, port: int) -> bool:
-    """Whether ``pid`` itself holds a socket listening on ``host:port`` (IPv4) in its network
-    namespace: another process's listener on the same port does not count."""
-    wanted = f"{_hex_ipv4(host)}:{port:04X}"
-    try:
-        with open(f"/proc/{pid}/net/tcp") as table:
-            next(table)
-            # Fields: sl local_address rem_address st ... inode; st 0A is LISTEN.
-            inodes = {
-                fields[9]
-                for fields in (line.split() for line in table)
-                if fields[1] == wanted and fields[3] == "0A"
-            }
-        if not inodes:
-            return False
-        held = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(FileNotFoundError):
-                held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return any(f"socket:[{inode}]" in held for inode in inodes)
-
-
-def _hex_ipv4(host: str) -> str:
-    """An IPv4 address as /proc/net/tcp writes it: the 32-bit value in host order, in hex."""
-    (value,) = struct.unpack("=I", socket.inet_aton(host))
-    return f"{value:08X}"
+    inodes = listening() if namespace is None else in_namespace(namespace, listening)
+    return any(owner.pid == pid for owner in diag.owners(inodes).values())
