@@ -264,6 +264,15 @@ class SendClock:
             self.sent_at = self._clear_at
 
 
+def _activity(
+    sent_at: float | None, before: diag.Connection, current: diag.Connection | None
+) -> Activity:
+    """Busy: a send waits for its ACK, or data it sent since the fault was ACKed (on a path
+    that still works, a busy program never shows one waiting)."""
+    sent_since = current is not None and current.bytes_acked > before.bytes_acked
+    return Activity.ACTIVE if sent_at is not None or sent_since else Activity.IDLE
+
+
 @dataclass
 class DataAfter:
     """Whether data came back after ``window_end`` (monotonic), from successive looks at the
@@ -519,11 +528,7 @@ class ProgramClient:
                     # The last look before the socket went holds the count.
                     self.result.retransmissions = info.total_retrans
                 sent_at = send.sent_at
-                # Busy: a send waits for its ACK, or data it sent since the fault was ACKed
-                # (on a path that still works, a busy program never shows one waiting).
-                sent_since = current is not None and current.bytes_acked > before.bytes_acked
-                busy = sent_at is not None or sent_since
-                activity = Activity.ACTIVE if busy else Activity.IDLE
+                activity = _activity(sent_at, before, current)
                 prediction = predictions[activity]
                 self.result.prediction = prediction  # what the progress line expects now
                 self.activity = activity

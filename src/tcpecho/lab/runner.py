@@ -982,13 +982,7 @@ async def run_cases(
     run.finite_pending = sum(lab_case.finite for lab_case in lab_cases)
     if run.finite_pending == 0:
         run.finite_done.set()
-    # Created longest first: the setup slots go to them first.
-    by_length = sorted(lab_cases, key=lambda lab_case: -lab_case.expected_length_s)
-    created = {
-        id(lab_case): asyncio.create_task(lab_case.execute(), name=lab_case.case.name)
-        for lab_case in by_length
-    }
-    tasks = [created[id(lab_case)] for lab_case in lab_cases]
+    tasks = _start_longest_first(lab_cases)
     reporter = asyncio.create_task(_report_progress(lab_cases, tasks, progress, progress_every_s))
     stopping = asyncio.create_task((stop or asyncio.Event()).wait())
     try:
@@ -1012,6 +1006,17 @@ async def run_cases(
         await asyncio.get_running_loop().run_in_executor(
             None, net.remove_namespaces, net.leftover_namespaces(prefix)
         )
+
+
+def _start_longest_first(lab_cases: Sequence[LabCase]) -> list[asyncio.Task[Result]]:
+    """A task per case, in the cases' order, created longest first: the setup slots go to
+    them first."""
+    by_length = sorted(lab_cases, key=lambda lab_case: -lab_case.expected_length_s)
+    created = {
+        id(lab_case): asyncio.create_task(lab_case.execute(), name=lab_case.case.name)
+        for lab_case in by_length
+    }
+    return [created[id(lab_case)] for lab_case in lab_cases]
 
 
 async def _report_progress(
