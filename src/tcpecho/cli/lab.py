@@ -30,6 +30,7 @@ EPILOG = """\b
 Examples:
   sudo tcpecho lab --quick --json out/lab.json --plot out/lab.png
   sudo tcpecho lab --fault force-delete --client-args "--user-timeout 10s --keepalive"
+  sudo tcpecho lab --fault partition --outage 20s --client-args "--user-timeout 30s"
   sudo tcpecho lab --fault force-delete \\
       --client-cmd 'pinger=while :; do echo ping; sleep 1; done | socat - TCP:{host}:{port}'
 

@@ -519,7 +519,7 @@ class LabCase:
         await self._inject(server_pid)
         self._predict(kernel, last_echo)  # again, with the fault's lag after the last echo
         self._check_idle_gap(kernel, last_echo_at)
-        await self._check_fault_took()
+        await self._check_fault_took(server_pid)
         await self._observe(client)
 
     async def _run_connecting_client(
@@ -612,6 +612,7 @@ class LabCase:
         predictions = client.predictions(expect_of_program)
         self._predictions = predictions
         await self._inject(server_pid)
+        await self._check_fault_took(server_pid)
         assert self.fault_monotonic is not None
         self.status = "waiting"
         await client.observe(
@@ -758,9 +759,12 @@ class LabCase:
         except Exception as error:
             self.result.error = f"after the fault: {type(error).__name__}: {error}"
 
-    async def _check_fault_took(self) -> None:
-        """A fault whose mechanism did not take is the case's error: the node forgets an
-        idle flow only if its conntrack entry counts the path's idle timeout."""
+    async def _check_fault_took(self, server_pid: int) -> None:
+        """A fault whose mechanism did not take is the case's error, never a quiet survival
+        or hang: a stalled reader must be stopped; the node forgets an idle flow only if its
+        conntrack entry counts the path's idle timeout."""
+        if self.case.fault is Fault.STALLED_READER and _process_state(server_pid) not in "tT":
+            raise LabCaseError(f"the server (pid {server_pid}) was not stopped")
         if self.case.fault not in (Fault.IDLE_EXPIRY, Fault.IDLE_EXPIRY_RESET):
             return
         loop = asyncio.get_running_loop()
@@ -925,6 +929,15 @@ async def _echo_after(client: _Process, wall: float) -> None:
             raise LabCaseError("the client exited")
         client.changed.clear()
         await client.changed.wait()
+
+
+def _process_state(pid: int) -> str:
+    """A process's state letter (``T``: stopped), or ``?`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def _seconds(duration: str) -> float:
