@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from tcpecho.explain import Trap, explain
-from tcpecho.model import KernelSettings
+from tcpecho.explain import PathContext, Trap, explain
+from tcpecho.model import KernelSettings, Mechanism
+from tcpecho.model import Outcome as PredictedOutcome
+from tcpecho.model.paths import PATHS
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
 from tests.conftest import requires_netns
@@ -78,7 +80,7 @@ def test_the_scenarios_come_from_the_model() -> None:
     tcp = replace(KEEPALIVE, user_timeout_ms=30_000)
     explanation = explain(DEFAULTS, tcp, Deadlines())
     names = [outcome.scenario.name for outcome in explanation.outcomes]
-    assert names == ["busy", "idle", "unreachable", "connect", "stalled-reader"]
+    assert names == ["busy", "idle", "unreachable", "connect", "stalled-reader", "stale-conntrack"]
     assert explanation.outcome("busy").prediction.contains(30.43)
     assert explanation.outcome("idle").prediction.contains(30.2)  # first probe past 30 s
     assert explanation.outcome("connect").prediction.contains(30.01)
@@ -347,3 +349,110 @@ def test_explains_ranges_contain_what_the_lab_measures(
     with capsys.disabled():  # how close: the figures go into the test log
         print("\n" + "\n".join(compared))
     assert len(compared) >= 10
+
+
+# -- the path ----------------------------------------------------------------------------------
+
+NLB = PathContext(350.0, preset="aws-nlb")
+
+
+def _names(explanation: Any) -> list[str]:
+    return [outcome.scenario.name for outcome in explanation.outcomes]
+
+
+def test_the_path_adds_the_field_scenarios_it_describes() -> None:
+    plain = explain(DEFAULTS, PROTECTED, NONE)
+    assert _names(plain)[-1] == "stale-conntrack"  # any Service can leave one
+    assert "idle-expiry" not in _names(plain)
+    full = explain(DEFAULTS, PROTECTED, NONE, replace(NLB, outage_s=10.0, via_proxy=True))
+    assert _names(full)[-4:] == ["idle-expiry", "partition", "sidecar", "stale-conntrack"]
+    stale = full.outcome("stale-conntrack")
+    assert stale.prediction == explain(DEFAULTS, PROTECTED, NONE).outcome("connect").prediction
+    assert "a new socket" in stale.reasoning
+
+
+def test_keepalive_below_the_paths_idle_timeout_keeps_the_flow() -> None:
+    kept = explain(DEFAULTS, PROTECTED, NONE, NLB).outcome("idle-expiry")
+    assert kept.prediction.survives
+    assert "comes before aws-nlb's idle timeout (5m50s)" in kept.reasoning
+    late = replace(PROTECTED, keepalive_idle_s=400)
+    explanation = explain(DEFAULTS, late, NONE, NLB)
+    assert (
+        explanation.outcome("idle-expiry").prediction.mechanism is Mechanism.KEEPALIVE_USER_TIMEOUT
+    )
+    trap = next(t for t in explanation.traps if t.code == "keepalive-exceeds-path-idle")
+    assert "400 s idle" in trap.message
+    assert "175s" in trap.fix
+    # Without keepalive the idle connection is forgotten, and its next request hangs.
+    bare = explain(DEFAULTS, TcpOptions(), NONE, NLB)
+    assert bare.outcome("idle-expiry").prediction.mechanism is Mechanism.TCP_RETRIES2
+    assert "keepalive-exceeds-path-idle" in {t.code for t in bare.traps}
+    reset = explain(DEFAULTS, TcpOptions(), NONE, PathContext(240.0, resets=True))
+    assert reset.outcome("idle-expiry").prediction.mechanism is Mechanism.MIDDLEBOX_RESET
+
+
+def test_a_user_timeout_shorter_than_the_outage_is_a_trap_whose_fix_survives_it() -> None:
+    outage = PathContext(outage_s=10.0)
+    cut = explain(DEFAULTS, TcpOptions(user_timeout_ms=5000), NONE, outage)
+    assert cut.outcome("partition").prediction.outcome is PredictedOutcome.CUT
+    trap = next(t for t in cut.traps if t.code == "user-timeout-cuts-outage")
+    suggested = int(re.search(r"at least (\d+)s", trap.fix)[1])  # type: ignore[index]
+    for seconds, survives in ((suggested, True), (suggested - 1, False)):
+        tcp = TcpOptions(user_timeout_ms=seconds * 1000)
+        assert explain(DEFAULTS, tcp, NONE, outage).outcome("partition").prediction.survives is (
+            survives
+        )
+    kept = explain(DEFAULTS, TcpOptions(user_timeout_ms=suggested * 1000), NONE, outage)
+    assert "user-timeout-cuts-outage" not in {t.code for t in kept.traps}
+
+
+def test_behind_a_sidecar_the_apps_tcp_options_are_a_trap() -> None:
+    proxied = PathContext(via_proxy=True)
+    explanation = explain(DEFAULTS, PROTECTED, NONE, proxied)
+    sidecar = explanation.outcome("sidecar")
+    # The app's user timeout does not bound it: the proxy's upstream socket has none.
+    assert sidecar.prediction.low_s > 900
+    assert "options-behind-proxy" in {t.code for t in explanation.traps}
+    deadline = explain(DEFAULTS, TcpOptions(), Deadlines(read_timeout_s=3), proxied)
+    assert deadline.outcome("sidecar").prediction.mechanism is Mechanism.READ_TIMEOUT
+    assert "options-behind-proxy" not in {t.code for t in deadline.traps}
+
+
+def test_every_path_preset_is_sourced_and_documented() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "explain.md").read_text()
+    for preset in PATHS.values():
+        assert preset.source.startswith("https://")
+        assert preset.idle_timeout_s > 0
+        assert f"`{preset.name}`" in page
+        assert preset.source in page
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--path", "aws-nlb", "--path-idle-timeout", "5m"), "not both"),
+        (("--path", "nowhere"), "nowhere"),
+        (("--outage", "0s"), "--outage must be more than 0s"),
+        (("--path-idle-timeout", "soon"), "not a duration"),
+    ],
+)
+def test_bad_path_options_are_usage_errors(args: tuple[str, ...], expected: str) -> None:
+    result = _explain(*args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "Error" in line]) == 1
+
+
+def test_the_path_shows_in_the_table_and_the_json() -> None:
+    shown = _explain("--path", "azure-lb", "--outage", "10s", "--user-timeout", "30s")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^idle-expiry +", shown.stdout, flags=re.MULTILINE)
+    assert re.search(r"^partition +survives", shown.stdout, flags=re.MULTILINE)
+    document = json.loads(
+        _explain("--path", "azure-lb", "--outage", "10s", "--user-timeout", "30s", "--json").stdout
+    )
+    partition = next(s for s in document["scenarios"] if s["name"] == "partition")
+    assert partition["outcome"] == "survives"
+    assert partition["detected_after_s"] is None
+    assert partition["echo_after_s"]["low"] > 10

@@ -28,9 +28,16 @@ from tcpecho.model import (
     KernelSettings,
     Mechanism,
     Prediction,
+    Traffic,
+    after_idle_expiry,
+    after_partition,
+    behind_proxy,
     predict,
     retries2_budget,
     syn_budget,
+)
+from tcpecho.model import (
+    Outcome as PredictedOutcome,
 )
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import OPTIONS, TcpOptions
@@ -92,6 +99,36 @@ SCENARIOS = (
 
 
 @dataclass(frozen=True)
+class PathContext:
+    """What the path adds to the scenarios: the shortest idle timeout of its middleboxes (and
+    whether that one resets a forgotten flow), an outage the connection must survive, and a
+    proxy in the client's pod (a sidecar) that the app talks to on loopback."""
+
+    idle_timeout_s: float | None = None
+    resets: bool = False
+    preset: str | None = None  # the --path that gave the idle timeout
+    outage_s: float | None = None
+    via_proxy: bool = False
+
+    @property
+    def idle_timeout_named(self) -> str:
+        """``the path's idle timeout (350 s)``, or the preset's name with it."""
+        assert self.idle_timeout_s is not None
+        shown = format_duration(self.idle_timeout_s)
+        if self.preset is None:
+            return f"the path's idle timeout ({shown})"
+        return f"{self.preset}'s idle timeout ({shown})"
+
+
+PATH_SCENARIOS = {
+    "idle-expiry": "a middlebox on the path forgets the flow while it is idle",
+    "partition": "the path drops everything for the outage, then heals",
+    "sidecar": "the app talks to a proxy in its pod; the proxy's peer vanished",
+    "stale-conntrack": "the SYN left before the Service's DNAT rule: a stale conntrack entry",
+}
+
+
+@dataclass(frozen=True)
 class Outcome:
     scenario: Scenario
     prediction: Prediction
@@ -119,18 +156,144 @@ class Explanation:
         return next(outcome for outcome in self.outcomes if outcome.scenario.name == name)
 
 
-def explain(kernel: KernelSettings, tcp: TcpOptions, deadlines: Deadlines) -> Explanation:
-    """Every scenario's expected detection with these options, and the traps in them."""
+def explain(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    deadlines: Deadlines,
+    path: PathContext = PathContext(),
+) -> Explanation:
+    """Every scenario's expected detection with these options (and the path's, where it is
+    described), and the traps in them."""
     in_force = InForce.of(tcp, kernel)
     outcomes = tuple(
         Outcome(scenario, prediction, _reasoning(scenario, prediction, kernel, in_force, deadlines))
         for scenario in SCENARIOS
         for prediction in [predict(kernel, tcp, scenario.failure, scenario.activity, deadlines)]
-    )
+    ) + tuple(_path_outcomes(kernel, tcp, deadlines, path))
     predicted = {outcome.scenario.name: outcome.prediction for outcome in outcomes}
-    return Explanation(
-        tcp, deadlines, kernel, outcomes, tuple(traps(kernel, tcp, deadlines, predicted))
+    found = traps(kernel, tcp, deadlines, predicted) + path_traps(kernel, tcp, path, predicted)
+    return Explanation(tcp, deadlines, kernel, outcomes, tuple(found))
+
+
+def _path_outcomes(
+    kernel: KernelSettings, tcp: TcpOptions, deadlines: Deadlines, path: PathContext
+) -> list[Outcome]:
+    """The field's scenarios: those the path's description calls for, and the stale
+    conntrack entry, which any Service can leave."""
+    in_force = InForce.of(tcp, kernel)
+    found = []
+    if path.idle_timeout_s is not None:
+        timeout = path.idle_timeout_s
+        prediction = after_idle_expiry(
+            kernel,
+            tcp,
+            Activity.IDLE,
+            timeout,
+            # With keepalive, what it does while idle; without, the next request's fate.
+            Traffic(next_request_s=None if in_force.keepalive else timeout + 1),
+            deadlines,
+            reset=path.resets,
+        )
+        reason = _idle_expiry_reason(prediction, kernel, in_force, deadlines, path)
+        found.append(Outcome(_path_scenario("idle-expiry"), prediction, reason))
+    if path.outage_s is not None:
+        prediction = after_partition(
+            kernel, tcp, Activity.ACTIVE, path.outage_s, Traffic(request_offset_s=0), deadlines
+        )
+        reason = _partition_reason(prediction, kernel, in_force, deadlines, path.outage_s)
+        found.append(Outcome(_path_scenario("partition"), prediction, reason))
+    if path.via_proxy:
+        prediction = behind_proxy(kernel, TcpOptions(), Activity.ACTIVE, Traffic(), deadlines)
+        found.append(Outcome(_path_scenario("sidecar"), prediction, _sidecar_reason(prediction)))
+    connect = predict(kernel, tcp, Failure.SILENT, Activity.CONNECTING, deadlines)
+    scenario = _path_scenario("stale-conntrack")
+    reason = (
+        "every retransmitted SYN of the socket follows the entry, untranslated, into nothing: "
+        + _mechanism_reason(scenario, connect.mechanism, kernel, in_force, deadlines)
+        + "; a new socket (a new source port) gets through at once"
     )
+    found.append(Outcome(scenario, connect, reason))
+    return found
+
+
+def _path_scenario(name: str) -> Scenario:
+    activity = Activity.CONNECTING if name == "stale-conntrack" else Activity.ACTIVE
+    if name == "idle-expiry":
+        activity = Activity.IDLE
+    return Scenario(name, PATH_SCENARIOS[name], Failure.SILENT, activity)
+
+
+def _idle_expiry_reason(
+    prediction: Prediction,
+    kernel: KernelSettings,
+    in_force: InForce,
+    deadlines: Deadlines,
+    path: PathContext,
+) -> str:
+    keepalive = in_force.keepalive
+    timeout = path.idle_timeout_named
+    if prediction.survives and keepalive is not None:
+        return (
+            f"keepalive's first probe, {keepalive.idle_s} s after the last data, comes before "
+            f"{timeout} runs out, and every probe and its ACK keep the flow"
+        )
+    if prediction.mechanism in (Mechanism.KEEPALIVE, Mechanism.KEEPALIVE_USER_TIMEOUT):
+        assert keepalive is not None
+        fate = "answered with RST" if path.resets else "dropped"
+        return (
+            f"keepalive's first probe comes after {keepalive.idle_s} s idle, past {timeout}: "
+            f"the path has forgotten the flow, the probes are {fate}, and "
+            + _keepalive_reason(in_force, prediction.mechanism)
+        )
+    if prediction.mechanism is Mechanism.MIDDLEBOX_RESET:
+        return (
+            f"nothing is sent while idle, so the path forgets the flow after {timeout}; it "
+            "answers the next request with RST"
+        )
+    scenario = Scenario("idle-expiry", "", Failure.SILENT, Activity.ACTIVE)
+    return (
+        f"nothing is sent while idle, so the path forgets the flow after {timeout} and drops "
+        "the next request, which then fares as a lost one (from that request): "
+        + _mechanism_reason(scenario, prediction.mechanism, kernel, in_force, deadlines)
+    )
+
+
+def _partition_reason(
+    prediction: Prediction,
+    kernel: KernelSettings,
+    in_force: InForce,
+    deadlines: Deadlines,
+    outage_s: float,
+) -> str:
+    outage = format_duration(outage_s)
+    if prediction.survives:
+        return (
+            f"the retransmissions back off through the {outage} outage; the first one after "
+            f"the heal gets through, {_span(prediction)} after the request, and nothing gives "
+            "up before it"
+        )
+    scenario = Scenario("partition", "", Failure.SILENT, Activity.ACTIVE)
+    return (
+        f"the connection is cut before the path heals ({outage}), though the peer is still "
+        "there: " + _mechanism_reason(scenario, prediction.mechanism, kernel, in_force, deadlines)
+    )
+
+
+def _sidecar_reason(prediction: Prediction) -> str:
+    ends = (
+        "--read-timeout ends it"
+        if prediction.mechanism is Mechanism.READ_TIMEOUT
+        else "the proxy's upstream socket gives up after the kernel's budget (its own options "
+        "unknown here), and the proxy then closes the app's side"
+    )
+    return (
+        "the app's TCP options act on its loopback connection to the proxy, which stays "
+        f"healthy and answers every probe: {ends}"
+    )
+
+
+def _span(prediction: Prediction) -> str:
+    return prediction.describe().removeprefix("survives: echo ")
 
 
 def _reasoning(
@@ -274,6 +437,95 @@ def traps(
     if connect.low_s > SLOW_CONNECT_S:
         found.append(_slow_connect(kernel, tcp, connect))
     return found
+
+
+def path_traps(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    path: PathContext,
+    predicted: dict[str, Prediction],
+) -> list[Trap]:
+    """The traps the path sets for these options: keepalive that lets a middlebox forget an
+    idle flow, a user timeout (or deadline) that cuts an outage the connection must survive,
+    TCP options that act only on the loopback connection to a sidecar."""
+    in_force = InForce.of(tcp, kernel)
+    found = []
+    keepalive = in_force.keepalive
+    timeout_s = path.idle_timeout_s
+    if timeout_s is not None and (keepalive is None or keepalive.idle_s >= timeout_s):
+        timeout = path.idle_timeout_named
+        why = (
+            "keepalive is off"
+            if keepalive is None
+            else f"keepalive's first probe comes after {keepalive.idle_s} s idle"
+        )
+        fate = "answers its next packet with RST" if path.resets else "drops its next packet"
+        suggested = max(1, math.floor(timeout_s / 2))
+        found.append(
+            Trap(
+                "keepalive-exceeds-path-idle",
+                f"{why}: an idle connection's flow is forgotten after {timeout}, and the path "
+                f"{fate}; the connection is not noticed dead until then, or hangs at its next "
+                "request",
+                f"set --keepalive-idle below it, for example {suggested}s (half of it): every "
+                "probe and its ACK then keep the flow",
+            )
+        )
+    partition = predicted.get("partition")
+    outage = path.outage_s
+    if outage is not None and partition is not None and partition.outcome is PredictedOutcome.CUT:
+        found.append(_cuts_outage(kernel, tcp, partition, outage))
+    set_here = in_force.user_timeout_s > 0 or tcp.keepalive or in_force.recverr
+    if path.via_proxy and set_here:
+        found.append(
+            Trap(
+                "options-behind-proxy",
+                "the app's TCP options (user timeout, keepalive, recverr) act on its loopback "
+                "connection to the proxy in its pod, which stays healthy: they never fire when "
+                "the proxy's peer vanishes",
+                "set --read-timeout (the app's own deadline), and the timeouts of the proxy's "
+                "upstream connections (Envoy: its cluster's TCP keepalive and idle timeout)",
+            )
+        )
+    return found
+
+
+def _cuts_outage(
+    kernel: KernelSettings, tcp: TcpOptions, partition: Prediction, outage_s: float
+) -> Trap:
+    """A user timeout (or deadline) that ends the connection before the outage heals: the
+    least whole-second user timeout that lets the first retransmission after the heal
+    through, as the fix."""
+    outage = format_duration(outage_s)
+    surviving = next(
+        (
+            seconds
+            for seconds in range(1, int(outage_s * 8) + 2)
+            if after_partition(
+                kernel,
+                replace(tcp, user_timeout_ms=seconds * 1000),
+                Activity.ACTIVE,
+                outage_s,
+                Traffic(request_offset_s=0),
+            ).survives
+        ),
+        None,
+    )
+    if partition.mechanism is Mechanism.READ_TIMEOUT:
+        fix = "make --read-timeout longer than the outage plus the retransmission after it"
+    elif surviving is not None:
+        fix = (
+            f"make --user-timeout at least {surviving}s: the retransmission after a {outage} "
+            "heal then comes before it gives up"
+        )
+    else:
+        fix = "no user timeout survives this outage: shorten what must be survived"
+    return Trap(
+        "user-timeout-cuts-outage",
+        f"{partition.mechanism.description} ends a request after {partition.describe()}, "
+        f"before a {outage} outage heals: a connection whose peer is still there is cut",
+        fix,
+    )
 
 
 def _keepalive_traps(
@@ -445,12 +697,19 @@ def to_json(explanation: Explanation) -> dict[str, Any]:
             {
                 "name": outcome.scenario.name,
                 "description": outcome.scenario.description,
+                "outcome": str(outcome.prediction.outcome),
                 "detected_after_s": None
-                if outcome.prediction.never
+                if outcome.prediction.never or outcome.prediction.survives
                 else {
                     "low": round(outcome.prediction.low_s, 3),
                     "high": round(outcome.prediction.high_s, 3),
                 },
+                "echo_after_s": {
+                    "low": round(outcome.prediction.low_s, 3),
+                    "high": round(outcome.prediction.high_s, 3),
+                }
+                if outcome.prediction.survives
+                else None,
                 "clock": outcome.prediction.clock,
                 "mechanism": str(outcome.prediction.mechanism),
                 "errno": outcome.prediction.errnos[0] if outcome.prediction.errnos else None,
@@ -494,7 +753,7 @@ def _scenario_table(outcomes: tuple[Outcome, ...], width: int) -> list[str]:
     rows = [
         (
             outcome.scenario.name,
-            outcome.prediction.describe(),
+            "survives" if outcome.prediction.survives else outcome.prediction.describe(),
             outcome.prediction.errnos[0] if outcome.prediction.errnos else "-",
         )
         for outcome in outcomes

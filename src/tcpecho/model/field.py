@@ -94,8 +94,8 @@ def after_idle_expiry(
     keepalive = in_force.keepalive
     if keepalive is not None and keepalive.idle_s < idle_timeout_s:
         # Each probe and its ACK refresh the flow before it is forgotten.
-        if traffic.next_request_s is None:
-            return _never_seen()
+        if traffic.next_request_s is None:  # nothing to show it, but nothing fails
+            return replace(_never_seen(), outcome=Outcome.SURVIVES)
         return _survives(traffic.next_request_s, traffic.next_request_s, "last-data")
     if keepalive is not None:
         idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
