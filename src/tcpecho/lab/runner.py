@@ -763,7 +763,7 @@ class LabCase:
         """A fault whose mechanism did not take is the case's error, never a quiet survival
         or hang: a stalled reader must be stopped; the node forgets an idle flow only if its
         conntrack entry counts the path's idle timeout."""
-        if self.case.fault is Fault.STALLED_READER and _process_state(server_pid) not in "tT":
+        if self.case.fault is Fault.STALLED_READER and not await _stopped(server_pid):
             raise LabCaseError(f"the server (pid {server_pid}) was not stopped")
         if self.case.fault not in (Fault.IDLE_EXPIRY, Fault.IDLE_EXPIRY_RESET):
             return
@@ -929,6 +929,17 @@ async def _echo_after(client: _Process, wall: float) -> None:
             raise LabCaseError("the client exited")
         client.changed.clear()
         await client.changed.wait()
+
+
+async def _stopped(pid: int, within_s: float = 2.0) -> bool:
+    """Whether ``pid`` is stopped, within ``within_s``: SIGSTOP takes effect when the
+    process is next scheduled, not when kill() returns."""
+    deadline = time.monotonic() + within_s
+    while _process_state(pid) not in "tT":
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def _process_state(pid: int) -> str:
