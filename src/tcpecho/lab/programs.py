@@ -175,6 +175,7 @@ class Program:
         self.command = command
         self.output: collections.deque[str] = collections.deque(maxlen=OUTPUT_LINES_KEPT)
         self.exited_at: float | None = None  # monotonic
+        self.started_at = time.monotonic()  # when it was asked to start (``start`` sets it)
         self._reader = asyncio.create_task(self._read())
         self.ended = asyncio.create_task(self._wait())
 
@@ -185,6 +186,7 @@ class Program:
         filled = fill(command, host, port)
         env = {key: value for key, value in os.environ.items() if not key.startswith("TCPECHO_")}
         env.update({HOST_ENV: host, PORT_ENV: str(port)})
+        started_at = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             *topology.command(namespace, ["sh", "-c", filled]),
             stdin=asyncio.subprocess.DEVNULL,
@@ -193,7 +195,9 @@ class Program:
             env=env,
             start_new_session=True,
         )
-        return cls(process, filled)
+        program = cls(process, filled)
+        program.started_at = started_at
+        return program
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
@@ -413,6 +417,7 @@ class ProgramClient:
         # before its first look), and when each of the model's clocks started (monotonic).
         self.activity: Activity | None = None
         self.clock_starts: dict[Clock, float | None] = {}
+        self.connect_uncertainty_s = 0.0  # wait_until_connecting's start, at most this early
 
     async def start(self) -> None:
         host, port = self.service
@@ -628,7 +633,8 @@ class ProgramClient:
 
     async def wait_until_connecting(self, timeouts: StartupTimeouts = StartupTimeouts()) -> None:
         """Until the program's SYN is out (its socket in SYN-SENT). The connect's clock
-        starts at the last look that saw no SYN: the measurement errs late, never early."""
+        starts at the last look that saw no SYN, or, when the first look saw it already, at
+        the program's start: the measurement errs late, never early."""
         assert self.program is not None
         assert self.watch is not None
         startup = Startup(
@@ -639,8 +645,10 @@ class ProgramClient:
             for listing in await self.watch.listings():
                 connecting = [c for c in listing.connections if c.state == "SYN_SENT"]
                 if connecting:
-                    start = cleared_at if cleared_at is not None else listing.before - POLL_S
+                    start = cleared_at if cleared_at is not None else self.program.started_at
                     self.talking = Talking(connecting[0], start)
+                    # How much earlier than the SYN the clock may have started.
+                    self.connect_uncertainty_s = listing.after - start
                     return
                 cleared_at = listing.before
             if self.program.returncode is not None:

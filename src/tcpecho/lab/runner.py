@@ -636,8 +636,10 @@ class LabCase:
         await self._wait_for_stale_entry()
         await client.read_options()
         prediction = self._expect(kernel, Activity.CONNECTING, client.tcp)
-        # The lab sees the end only at its next look at the program's socket.
-        prediction = replace(prediction, high_s=prediction.high_s + SEEN_LATE_S)
+        # The lab sees the end only at its next look at the program's socket, and its clock
+        # may have started before the SYN (the look before it, or the program's start).
+        late = SEEN_LATE_S + client.connect_uncertainty_s
+        prediction = replace(prediction, high_s=prediction.high_s + late)
         self._predictions = {Activity.CONNECTING: prediction}
         await self._inject(server_pid)
         assert self.fault_monotonic is not None
