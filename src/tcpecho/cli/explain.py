@@ -55,6 +55,26 @@ def _path_names() -> Sequence[str]:
     default=False,
     help="The app talks to a proxy in its pod (a sidecar); adds the sidecar scenario.",
 )
+@option(
+    "--recommend",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Instead of explaining options, choose them: the settings that meet --detect-within, "
+    "--survive-outage and the path's idle timeout.",
+)
+@option(
+    "--detect-within",
+    type=Duration(),
+    default=None,
+    help="--recommend: a dead peer must be noticed within this, busy and idle.",
+)
+@option(
+    "--survive-outage",
+    type=Duration(),
+    default=None,
+    help="--recommend: an outage this long must not cut a connection.",
+)
 @tcp_options(connect=True)
 @deadline_options
 def explain(
@@ -63,6 +83,9 @@ def explain(
     path_idle_timeout: float | None,
     outage: float | None,
     via_proxy: bool,
+    recommend: bool,
+    detect_within: float | None,
+    survive_outage: float | None,
     tcp: TcpOptions,
     deadlines: Deadlines,
 ) -> None:
@@ -77,6 +100,9 @@ def explain(
     from tcpecho.streams import write_stdout
 
     path = _path_context(path_name, path_idle_timeout, outage, via_proxy)
+    if recommend or detect_within is not None or survive_outage is not None:
+        _recommend(json_output, detect_within, survive_outage, path, tcp, deadlines)
+        return
     explanation = explaining.explain(KernelSettings.here(), tcp, deadlines, path)
     if json_output:
         write_stdout(json.dumps(explaining.to_json(explanation), indent=2))
@@ -101,3 +127,43 @@ def _path_context(
         preset = PATHS[path_name]
         return PathContext(preset.idle_timeout_s, preset.resets, preset.name, outage_s, via_proxy)
     return PathContext(idle_timeout_s, False, None, outage_s, via_proxy)
+
+
+def _recommend(
+    json_output: bool,
+    detect_within_s: float | None,
+    survive_outage_s: float | None,
+    path: PathContext,
+    tcp: TcpOptions,
+    deadlines: Deadlines,
+) -> None:
+    """--recommend: the settings for the constraints, or the conflict (exit 1)."""
+    from tcpecho import recommend as recommending
+    from tcpecho.model import KernelSettings
+    from tcpecho.settings import Deadlines
+    from tcpecho.streams import write_stdout
+    from tcpecho.tcp.options import TcpOptions
+
+    if detect_within_s is None:
+        raise click.UsageError("--recommend needs --detect-within")
+    if tcp != TcpOptions() or deadlines != Deadlines():
+        raise click.UsageError(
+            "--recommend chooses the TCP options and deadlines: give only the constraints "
+            "(--detect-within, --survive-outage, --path or --path-idle-timeout)"
+        )
+    for flag, seconds in (
+        ("--detect-within", detect_within_s),
+        ("--survive-outage", survive_outage_s),
+    ):
+        if seconds is not None and seconds <= 0:
+            raise click.UsageError(f"{flag} must be more than 0s")
+    constraints = recommending.Constraints(detect_within_s, survive_outage_s, path)
+    try:
+        chosen = recommending.recommend(KernelSettings.here(), constraints)
+    except recommending.ImpossibleError as error:
+        click.echo(f"tcpecho explain: impossible: {error}", err=True)
+        raise SystemExit(1) from None
+    if json_output:
+        write_stdout(json.dumps(recommending.to_json(chosen), indent=2))
+    else:
+        write_stdout(recommending.render(chosen))

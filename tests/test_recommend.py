@@ -1,0 +1,147 @@
+"""``tcpecho explain --recommend``: settings that meet the constraints by the model, the longest
+that do, a clear answer when none can, and the lab's confirmation of what is promised."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tcpecho.explain import PathContext
+from tcpecho.model import Activity, Failure, KernelSettings, Traffic, after_partition, predict
+from tcpecho.recommend import Constraints, ImpossibleError, _keepalive, recommend
+from tests.conftest import requires_netns
+from tests.support import tcpecho_executable
+
+DEFAULTS = KernelSettings()
+CONSTRAINTS = [
+    Constraints(30.0),
+    Constraints(30.0, 10.0, PathContext(350.0, preset="aws-nlb")),
+    Constraints(120.0, None, PathContext(60.0)),
+    Constraints(10.0, 3.0, PathContext(15.0)),
+    Constraints(900.0, 60.0, PathContext(900.0, preset="kube-proxy-ipvs")),
+]
+
+
+@pytest.mark.parametrize("constraints", CONSTRAINTS)
+def test_the_settings_meet_every_constraint_by_the_model(constraints: Constraints) -> None:
+    chosen = recommend(DEFAULTS, constraints)
+    tcp = chosen.tcp
+    deadline = constraints.detect_within_s
+    assert predict(DEFAULTS, tcp, Failure.SILENT, Activity.ACTIVE).high_s <= deadline
+    assert predict(DEFAULTS, tcp, Failure.SILENT, Activity.IDLE).high_s <= deadline
+    assert tcp.keepalive_idle_s is not None
+    assert tcp.keepalive_interval_s is not None
+    outage = constraints.survive_outage_s
+    if outage is not None:
+        busy = after_partition(DEFAULTS, tcp, Activity.ACTIVE, outage, Traffic(request_offset_s=0))
+        assert busy.survives
+        # An outage that begins at the first keepalive probe still meets a probe after it.
+        probes = range(
+            tcp.keepalive_idle_s, (tcp.user_timeout_ms or 0) // 1000, tcp.keepalive_interval_s
+        )
+        assert any(probe >= tcp.keepalive_idle_s + outage for probe in probes)
+    timeout = constraints.path.idle_timeout_s
+    if timeout is not None:
+        assert tcp.keepalive_idle_s < timeout
+        assert tcp.keepalive_interval_s < timeout
+        assert chosen.caveats == () or all(
+            not caveat.startswith("keepalive-exceeds-path-idle") for caveat in chosen.caveats
+        )
+
+
+@pytest.mark.parametrize("constraints", CONSTRAINTS)
+def test_the_user_timeout_is_the_longest_that_meets_them(constraints: Constraints) -> None:
+    chosen = recommend(DEFAULTS, constraints).tcp
+    longer = replace(chosen, user_timeout_ms=(chosen.user_timeout_ms or 0) + 1000)
+    too_slow = (
+        predict(DEFAULTS, longer, Failure.SILENT, Activity.ACTIVE).high_s
+        > constraints.detect_within_s
+    )
+    if not too_slow:  # then keepalive has no room left under it to watch an idle peer in time
+        with pytest.raises(ImpossibleError):
+            _keepalive(DEFAULTS, constraints, replace(longer, keepalive=None))
+
+
+@pytest.mark.parametrize(
+    ("constraints", "conflict"),
+    [
+        (Constraints(1.0), "no user timeout notices a busy dead peer within 1s"),
+        (Constraints(10.0, 8.0), "the user timeout must be at most"),
+    ],
+)
+def test_impossible_constraints_name_the_conflict(constraints: Constraints, conflict: str) -> None:
+    with pytest.raises(ImpossibleError, match=conflict):
+        recommend(DEFAULTS, constraints)
+
+
+def _explain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tcpecho_executable(), "explain", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_command_prints_settings_predictions_and_why() -> None:
+    shown = _explain(
+        "--recommend", "--detect-within", "30s", "--survive-outage", "10s", "--path", "aws-nlb"
+    )
+    assert shown.returncode == 0, shown.stderr
+    for part in ("settings:", "predicted:", "why:", "TCPECHO_CLIENT_USER_TIMEOUT=", "aws-nlb"):
+        assert part in shown.stdout
+    document = json.loads(
+        _explain("--recommend", "--detect-within", "30s", "--path", "aws-nlb", "--json").stdout
+    )
+    assert set(document) == {"constraints", "settings", "predictions", "why", "caveats"}
+    assert document["predictions"]["busy"]["high_s"] <= 30
+    assert document["predictions"]["path_margin_s"] > 0
+
+
+def test_impossible_is_one_line_and_exit_1_and_bad_values_exit_2() -> None:
+    impossible = _explain("--recommend", "--detect-within", "10s", "--survive-outage", "8s")
+    assert impossible.returncode == 1
+    assert impossible.stderr.count("\n") == 1
+    assert impossible.stderr.startswith("tcpecho explain: impossible: ")
+    for args in (
+        ("--recommend",),
+        ("--recommend", "--detect-within", "0s"),
+        ("--recommend", "--detect-within", "30s", "--user-timeout", "5s"),
+    ):
+        bad = _explain(*args)
+        assert bad.returncode == 2, args
+        assert "Traceback" not in bad.stderr
+
+
+@requires_netns
+@pytest.mark.netns
+def test_the_lab_confirms_what_is_promised(tmp_path: Path) -> None:
+    """The recommended settings, run in the lab under the faults they promise to handle:
+    force-delete detected within the deadline, busy and idle; the path's idle timeout and
+    the outage survived."""
+    deadline, outage, path_timeout = 20.0, 5.0, 15.0
+    chosen = recommend(DEFAULTS, Constraints(deadline, outage, PathContext(path_timeout)))
+    report = tmp_path / "lab.json"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "tcpecho", "lab", "--quick"),
+            *("--fault", "force-delete", "--fault", "idle-expiry", "--fault", "partition"),
+            *("--outage", f"{outage:g}s", "--path-idle-timeout", f"{path_timeout:g}s"),
+            *("--client-args", " ".join(chosen.tcp.as_flags()), "--json", str(report)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cases = {case["name"]: case for case in json.loads(report.read_text())["cases"]}
+    for mode in ("active", "idle"):
+        detected = cases[f"force-delete/custom/{mode}"]
+        assert detected["verdict"] == "detected"
+        assert detected["measured_s"] <= deadline
+        for fault in ("idle-expiry", "partition"):
+            assert cases[f"{fault}/custom/{mode}"]["verdict"] == "survived"
+    assert all(case["matches_model"] for case in cases.values())
