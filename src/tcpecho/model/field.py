@@ -47,6 +47,7 @@ from tcpecho.model.predict import (
     Outcome,
     Prediction,
     predict,
+    read_deadline_first,
 )
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
@@ -113,15 +114,7 @@ def after_idle_expiry(
         return Prediction(
             0.0, FAST_S, "request", Mechanism.MIDDLEBOX_RESET, ("ECONNRESET", "EPIPE")
         )
-    return predict(
-        kernel,
-        tcp,
-        Failure.SILENT,
-        Activity.ACTIVE,
-        deadlines,
-        traffic.first_rto_s,
-        traffic.lone_segment,
-    )
+    return _lost_request(kernel, tcp, traffic, deadlines)
 
 
 def after_partition(
@@ -172,15 +165,7 @@ def _busy_through(
     gets through at the first retransmission after it, unless the kernel (its budget, the
     user timeout) or the client's deadline gave up before: survival on the request's
     clock, or the cut."""
-    failing = predict(
-        kernel,
-        tcp,
-        Failure.SILENT,
-        Activity.ACTIVE,
-        deadlines,
-        traffic.first_rto_s,
-        traffic.lone_segment,
-    )
+    failing = _lost_request(kernel, tcp, traffic, deadlines)
     through: list[float] = []  # the request's clock: when a retransmission got through
     tlp_range = TLP_S if traffic.lone_segment else TLP_ANY_S
     for heal in heals_s:
@@ -231,15 +216,7 @@ def after_ip_reuse(
             Mechanism.ADDRESS_REUSED,
             ("ECONNRESET",),
         )
-    failing = predict(
-        kernel,
-        tcp,
-        Failure.SILENT,
-        Activity.ACTIVE,
-        deadlines,
-        traffic.first_rto_s,
-        traffic.lone_segment,
-    )
+    failing = _lost_request(kernel, tcp, traffic, deadlines)
     resets: list[float] = []  # the request's clock
     tlp_range = TLP_S if traffic.lone_segment else TLP_ANY_S
     for offset in _steps(0.0, traffic.request_offset_s, 5):
@@ -325,16 +302,22 @@ def behind_proxy(
             Mechanism.PROXY_TIMEOUT,
             ("EOF", "ECONNRESET"),
         )
-    deadline = deadlines.read_timeout_s
-    if deadline is not None and deadline + APP_TIMER_S[1] < closed_by_proxy.low_s:
-        return Prediction(
-            deadline + APP_TIMER_S[0],
-            deadline + APP_TIMER_S[1],
-            "request",
-            Mechanism.READ_TIMEOUT,
-            ("READ_TIMEOUT",),
-        )
-    return closed_by_proxy
+    return read_deadline_first(deadlines.read_timeout_s, closed_by_proxy)
+
+
+def _lost_request(
+    kernel: KernelSettings, tcp: TcpOptions, traffic: Traffic, deadlines: Deadlines
+) -> Prediction:
+    """A request that is never acknowledged (the busy case), with ``traffic``'s RTO."""
+    return predict(
+        kernel,
+        tcp,
+        Failure.SILENT,
+        Activity.ACTIVE,
+        deadlines,
+        traffic.first_rto_s,
+        traffic.lone_segment,
+    )
 
 
 def _survives(low_s: float, high_s: float, clock: Clock = "fault") -> Prediction:

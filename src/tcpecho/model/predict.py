@@ -189,16 +189,7 @@ def predict(
             kernel, in_force, failure, rto_range, tlp_range, orphan_budget(kernel)
         )
     by_kernel = _unacknowledged(kernel, in_force, failure, rto_range, tlp_range)
-    deadline = deadlines.read_timeout_s
-    if deadline is not None and deadline + APP_TIMER_S[1] < by_kernel.low_s:
-        return Prediction(
-            deadline + APP_TIMER_S[0],
-            deadline + APP_TIMER_S[1],
-            "request",
-            Mechanism.READ_TIMEOUT,
-            ("READ_TIMEOUT",),
-        )
-    return by_kernel
+    return read_deadline_first(deadlines.read_timeout_s, by_kernel)
 
 
 def _rto_range(first_rto_s: float | None) -> tuple[float, float]:
@@ -260,8 +251,14 @@ def _never(clock: Clock) -> Prediction:
 
 
 def _deadline_or_never(read_timeout_s: float | None) -> Prediction:
-    if read_timeout_s is None:
-        return _never("request")
+    return read_deadline_first(read_timeout_s, _never("request"))
+
+
+def read_deadline_first(read_timeout_s: float | None, otherwise: Prediction) -> Prediction:
+    """The client's read deadline, when it comes before ``otherwise`` (what the kernel, or a
+    proxy, would end the wait with)."""
+    if read_timeout_s is None or read_timeout_s + APP_TIMER_S[1] >= otherwise.low_s:
+        return otherwise
     return Prediction(
         read_timeout_s + APP_TIMER_S[0],
         read_timeout_s + APP_TIMER_S[1],
