@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING
 
 import click
 
-from tcpecho.cli.options import deadline_options, environment_epilog, tcp_options
-from tcpecho.cli.params import BOOLEAN, Duration, LazyChoice, option
+from tcpecho.cli.options import deadline_options, environment_epilog, path_options, tcp_options
+from tcpecho.cli.params import BOOLEAN, Duration, option
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from tcpecho.explain import PathContext
     from tcpecho.settings import Deadlines
     from tcpecho.tcp.options import TcpOptions
@@ -20,28 +19,9 @@ if TYPE_CHECKING:
 EPILOG = environment_epilog("explain", "USER_TIMEOUT=30s")
 
 
-def _path_names() -> Sequence[str]:
-    from tcpecho.model.paths import PATH_NAMES
-
-    return PATH_NAMES
-
-
 @click.command(epilog=EPILOG)
 @option("--json", "json_output", is_flag=True, type=BOOLEAN, help="Print one JSON object.")
-@option(
-    "--path",
-    "path_name",
-    type=LazyChoice(_path_names),
-    default=None,
-    help="The middlebox on the path with the shortest idle timeout, by name (its vendor's "
-    "default); adds the idle-expiry scenario.",
-)
-@option(
-    "--path-idle-timeout",
-    type=Duration(),
-    default=None,
-    help="The shortest idle timeout of any middlebox on the path, instead of --path.",
-)
+@path_options("adds the idle-expiry scenario")
 @option(
     "--outage",
     type=Duration(),
@@ -79,8 +59,7 @@ def _path_names() -> Sequence[str]:
 @deadline_options
 def explain(
     json_output: bool,
-    path_name: str | None,
-    path_idle_timeout: float | None,
+    path: PathContext,
     outage: float | None,
     via_proxy: bool,
     recommend: bool,
@@ -99,7 +78,9 @@ def explain(
     from tcpecho.model import KernelSettings
     from tcpecho.streams import write_stdout
 
-    path = _path_context(path_name, path_idle_timeout, outage, via_proxy)
+    if outage is not None and outage <= 0:
+        raise click.UsageError("--outage must be more than 0s")
+    path = dataclasses.replace(path, outage_s=outage, via_proxy=via_proxy)
     if recommend or detect_within is not None or survive_outage is not None:
         _recommend(json_output, detect_within, survive_outage, path, tcp, deadlines)
         return
@@ -108,25 +89,6 @@ def explain(
         write_stdout(json.dumps(explaining.to_json(explanation), indent=2))
     else:
         write_stdout(explaining.render(explanation))
-
-
-def _path_context(
-    path_name: str | None, idle_timeout_s: float | None, outage_s: float | None, via_proxy: bool
-) -> PathContext:
-    """The path as the options describe it; --path and --path-idle-timeout both name its
-    idle timeout, so only one of them may be given."""
-    from tcpecho.explain import PathContext
-    from tcpecho.model.paths import PATHS
-
-    if path_name is not None and idle_timeout_s is not None:
-        raise click.UsageError("give --path or --path-idle-timeout, not both")
-    for flag, seconds in (("--path-idle-timeout", idle_timeout_s), ("--outage", outage_s)):
-        if seconds is not None and seconds <= 0:
-            raise click.UsageError(f"{flag} must be more than 0s")
-    if path_name is not None:
-        preset = PATHS[path_name]
-        return PathContext(preset.idle_timeout_s, preset.resets, preset.name, outage_s, via_proxy)
-    return PathContext(idle_timeout_s, False, None, outage_s, via_proxy)
 
 
 def _recommend(

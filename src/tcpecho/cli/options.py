@@ -3,9 +3,11 @@
 ``tcp_options`` gives a command one ``TcpOptions`` (server, client, bench), its click options
 made from ``TcpOptions``' own descriptions of them, and
 ``deadline_options`` one ``Deadlines`` (client, and any command that predicts what a client
-will do): the commands never see the separate flags. ``server_endpoint_options`` gives the
-server a client talks to (client, bench); ``runtime_options`` are the event loop and logs;
-``metrics_port_option`` is the server's and the client's ``/metrics``.
+will do): the commands never see the separate flags. ``path_options`` gives the path's idle
+timeout, from a preset's name or a duration, as one ``PathContext`` (explain, watch).
+``server_endpoint_options`` gives the server a client talks to (client, bench);
+``runtime_options`` are the event loop and logs; ``metrics_port_option`` is the server's and
+the client's ``/metrics``.
 ``settings_errors`` turns a setting the domain refuses into click's usage error on the
 option, or the environment variable, that gave it.
 """
@@ -15,15 +17,18 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from click.core import ParameterSource
 
 from tcpecho import logs, loops
-from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, option
+from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, LazyChoice, option
 from tcpecho.tcp.options import OPTIONS as TCP_OPTIONS
 from tcpecho.tcp.options import SocketOption, TcpOptions
+
+if TYPE_CHECKING:
+    from tcpecho.explain import PathContext
 
 # The other settings' modules are imported when a command runs, not for ``--help``; the
 # TCP options' descriptions are what the options are made of.
@@ -182,6 +187,68 @@ def deadline_options(command: F) -> F:
             with_deadlines,
         ),
     )
+
+
+def _path_names() -> Sequence[str]:
+    from tcpecho.model.paths import PATH_NAMES
+
+    return PATH_NAMES
+
+
+def path_options(effect: str) -> Callable[[F], F]:
+    """--path NAME and --path-idle-timeout D, given to the command as ``path: PathContext``
+    (the idle timeout, and the preset that gave it, if any; no outage, no proxy).
+
+    Both name the path's shortest idle timeout, so only one of them may be given; the
+    timeout must be more than 0. ``effect`` ends --path's help: what the path adds to the
+    command's answer."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def with_path(*args: Any, **kwargs: Any) -> Any:
+            path = _path_context(kwargs.pop("path_name"), kwargs.pop("path_idle_timeout"))
+            return command(*args, path=path, **kwargs)
+
+        return cast(
+            F,
+            _apply(
+                [
+                    option(
+                        "--path",
+                        "path_name",
+                        type=LazyChoice(_path_names),
+                        default=None,
+                        help="The middlebox on the path with the shortest idle timeout, by "
+                        f"name (its vendor's default); {effect}.",
+                    ),
+                    option(
+                        "--path-idle-timeout",
+                        type=Duration(),
+                        default=None,
+                        help="The shortest idle timeout of any middlebox on the path, "
+                        "instead of --path.",
+                    ),
+                ],
+                with_path,
+            ),
+        )
+
+    return decorate
+
+
+def _path_context(path_name: str | None, idle_timeout_s: float | None) -> PathContext:
+    """The path as --path or --path-idle-timeout describes it (neither: no idle timeout)."""
+    from tcpecho.explain import PathContext
+    from tcpecho.model.paths import PATHS
+
+    if path_name is not None and idle_timeout_s is not None:
+        raise click.UsageError("give --path or --path-idle-timeout, not both")
+    if idle_timeout_s is not None and idle_timeout_s <= 0:
+        raise click.UsageError("--path-idle-timeout must be more than 0s")
+    if path_name is not None:
+        preset = PATHS[path_name]
+        return PathContext(preset.idle_timeout_s, preset.resets, preset.name)
+    return PathContext(idle_timeout_s)
 
 
 def server_endpoint_options(*, default_host: str) -> Callable[[F], F]:
