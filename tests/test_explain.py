@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tcpecho.explain import PathContext, Trap, explain
+from tcpecho.explain import PathContext, Trap, explain, socket_traps
 from tcpecho.model import KernelSettings, Mechanism
 from tcpecho.model import Outcome as PredictedOutcome
 from tcpecho.model.paths import PATHS
@@ -456,3 +456,15 @@ def test_the_path_shows_in_the_table_and_the_json() -> None:
     assert partition["outcome"] == "survives"
     assert partition["detected_after_s"] is None
     assert partition["echo_after_s"]["low"] > 10
+
+
+@pytest.mark.parametrize("path", [PathContext(), NLB, PathContext(240.0, resets=True)])
+@pytest.mark.parametrize(
+    "tcp", [tcp for tcp, deadlines, kernel, _ in TRAPS if deadlines == NONE and not kernel]
+)
+def test_a_sockets_traps_are_explains_without_deadlines(tcp: TcpOptions, path: PathContext) -> None:
+    """What ``watch`` gives a live socket: explain's traps for the same options and path,
+    every code and message, from a fraction of the scenarios."""
+    assert socket_traps(DEFAULTS, tcp, path) == list(explain(DEFAULTS, tcp, NONE, path).traps)
+    outage = replace(path, outage_s=10.0)
+    assert socket_traps(DEFAULTS, tcp, outage) == list(explain(DEFAULTS, tcp, NONE, outage).traps)

@@ -490,6 +490,30 @@ def path_traps(
     return found
 
 
+# The scenarios whose predictions ``traps`` and ``path_traps`` read (the partition aside).
+_TRAPS_READ = ("busy", "idle", "connect")
+
+
+def socket_traps(
+    kernel: KernelSettings, tcp: TcpOptions, path: PathContext = PathContext()
+) -> list[Trap]:
+    """The traps of these options on this path with no deadlines of the program's own, as
+    ``explain`` names them for the same options, path and no deadlines, in its order.
+
+    For ``tcpecho watch``, which reads a live socket's options but cannot see its program's
+    deadlines: only the scenarios the traps read are predicted, so it costs a fraction of
+    ``explain``."""
+    deadlines = Deadlines()
+    if path.outage_s is not None:  # the outage's trap reads the partition scenario
+        return list(explain(kernel, tcp, deadlines, path).traps)
+    predicted = {
+        scenario.name: predict(kernel, tcp, scenario.failure, scenario.activity)
+        for scenario in SCENARIOS
+        if scenario.name in _TRAPS_READ
+    }
+    return traps(kernel, tcp, deadlines, predicted) + path_traps(kernel, tcp, path, predicted)
+
+
 def _cuts_outage(
     kernel: KernelSettings, tcp: TcpOptions, partition: Prediction, outage_s: float
 ) -> Trap:
