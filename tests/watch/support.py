@@ -33,13 +33,23 @@ def run_watch(
     )
 
 
-def snapshot_of(result: subprocess.CompletedProcess[str]) -> list[Row]:
-    """The connections of the one JSON snapshot ``--once --json`` printed."""
-    assert result.returncode == 0, result
+def snapshot_of(result: subprocess.CompletedProcess[str], status: int | None = 0) -> list[Row]:
+    """The connections of the one JSON snapshot ``--once --json`` printed, with exit status
+    ``status`` (None: any)."""
+    if status is not None:
+        assert result.returncode == status, result
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 1, lines
     connections: list[Row] = json.loads(lines[0])["connections"]
+    return connections
+
+
+def matched_snapshot_of(result: subprocess.CompletedProcess[str]) -> list[Row]:
+    """The connections of ``--once --json`` with ``--stuck`` or ``--at-risk``, whose exit
+    status says whether any matched: 1 when it lists some, 0 when none."""
+    connections = snapshot_of(result, status=None)
+    assert result.returncode == (1 if connections else 0), result
     return connections
 
 

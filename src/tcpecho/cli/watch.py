@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from tcpecho.cli.options import environment_epilog, settings_errors
+from tcpecho.cli.options import environment_epilog, path_options, settings_errors
 from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, option
+
+if TYPE_CHECKING:
+    from tcpecho.explain import PathContext
 
 EPILOG = environment_epilog("watch", "STUCK=true")
 
@@ -28,6 +33,16 @@ EPILOG = environment_epilog("watch", "STUCK=true")
     help="Only connections the kernel is retransmitting on, or probing without an answer.",
 )
 @option(
+    "--at-risk",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Only connections at risk from their own options in the state they are in (explain's "
+    "traps: no user timeout while busy, keepalive off or too slow while idle), or whose "
+    "options cannot be read (cannot tell).",
+)
+@path_options("keepalive that first probes no sooner puts an idle connection at risk")
+@option(
     "-a",
     "--all",
     "all_states",
@@ -38,7 +53,14 @@ EPILOG = environment_epilog("watch", "STUCK=true")
     "by default connected ones only, as `ss`.",
 )
 @option("--interval", type=Duration(), default="1s", help="Time between snapshots.")
-@option("--once", is_flag=True, type=BOOLEAN, default=False, help="One snapshot, then exit.")
+@option(
+    "--once",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="One snapshot, then exit: with --stuck or --at-risk, status 1 when a connection "
+    "matched, 0 when none did.",
+)
 @option(
     "--json",
     "json_output",
@@ -52,6 +74,8 @@ def watch(
     port: int | None,
     pid: int | None,
     stuck: bool,
+    at_risk: bool,
+    path: PathContext,
     all_states: bool,
     interval: float,
     once: bool,
@@ -62,7 +86,8 @@ def watch(
     Lists the TCP connections of this network namespace (the connected ones, as `ss`; every
     state with --all) with the process that owns each, its socket options, what the kernel
     is doing about it (retransmissions, backoff, keepalive probes), how long it has been
-    stuck and when the kernel will give up, from the same model as `tcpecho explain`.
+    stuck and when the kernel will give up, from the same model as `tcpecho explain`, and
+    what its options will let go wrong (explain's traps, for the state it is in).
     Refreshes in place on a terminal; Ctrl-C stops."""
     from tcpecho.watch import WatchConfig, run
 
@@ -74,6 +99,8 @@ def watch(
             port=port,
             pid=pid,
             stuck=stuck,
+            at_risk=at_risk,
+            path=path,
             all_states=all_states,
             interval_s=interval,
             once=once,

@@ -4,9 +4,10 @@ about it, and when the kernel will give up on it.
 The question it answers is a user's: "is my program stuck in the 15-minute hang right now,
 and when will the kernel give up?". Its parts: the settings (``config``: ``WatchConfig``),
 one look at the connections with the kernel model's answer for each (``look``:
-``snapshot``, ``Watched``), and the ways a snapshot is shown (``render``: a table, or one
-JSON object per line). This module is the loop that repeats them (``run``); ``WatchConfig``
-and ``run`` are the package's interface.
+``snapshot``, ``Watched``, with what each connection is at risk from), and the ways a
+snapshot is shown (``render``: a table, or one JSON object per line). This module is the loop
+that repeats them (``run``), and its exit status; ``WatchConfig`` and ``run`` are the
+package's interface.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ __all__ = ["WatchConfig", "run"]
 
 
 def run(config: WatchConfig) -> int:
-    """Show snapshots until told to stop (SIGINT, SIGTERM), or one with ``once``; exit 0.
+    """Show snapshots until told to stop (SIGINT, SIGTERM), or one with ``once``; the exit
+    status: 0, but 1 for ``once`` with ``stuck`` or ``at_risk`` when a connection matched.
 
     On a terminal each snapshot replaces the last; elsewhere each is printed in turn. The
     watch also stops when its output is gone (``tcpecho watch --json | head -1``)."""
@@ -34,9 +36,18 @@ def run(config: WatchConfig) -> int:
         while True:
             at = datetime.datetime.now().astimezone()
             kernel = KernelSettings.here()  # a sysctl changed meanwhile counts from now
-            output.line(_frame(config, snapshot(config, kernel), kernel, at, output.tty))
-            if config.once or output.dropped or stop_signal_within(config.interval_s):
+            watched = snapshot(config, kernel)
+            output.line(_frame(config, watched, kernel, at, output.tty))
+            if config.once:
+                return _once_status(config, watched)
+            if output.dropped or stop_signal_within(config.interval_s):
                 return 0
+
+
+def _once_status(config: WatchConfig, watched: list[Watched]) -> int:
+    """``--once``'s exit status, for scripts, probes and CI: 1 when ``--stuck`` or
+    ``--at-risk`` matched a connection, as a failed check; 0 otherwise."""
+    return 1 if (config.stuck or config.at_risk) and watched else 0
 
 
 def _frame(

@@ -1,12 +1,14 @@
-"""``tcpecho watch``'s settings (``WatchConfig``): which connections to show and how, each
-checked where it is declared, so a bad one is refused before anything is looked at. A peer
-given by name is resolved here, once: a name that does not resolve is refused like any
-other bad value, and a watch that resolved a Service's name keeps its ClusterIP."""
+"""``tcpecho watch``'s settings (``WatchConfig``): which connections to show and how, and the
+path their risks are judged against, each checked where it is declared, so a bad one is
+refused before anything is looked at. A peer given by name is resolved here, once: a name
+that does not resolve is refused like any other bad value, and a watch that resolved a
+Service's name keeps its ClusterIP."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tcpecho.explain import PathContext
 from tcpecho.settings import SettingError, check_duration, check_range
 from tcpecho.tcp import names
 
@@ -23,10 +25,14 @@ class WatchConfig:
     port: int | None = None  # only connections with this local or peer port
     pid: int | None = None  # only connections owned by this process
     stuck: bool = False  # only connections the kernel is retransmitting or probing on
+    at_risk: bool = False  # only connections at risk, or whose risk cannot be told
     all_states: bool = False  # every state, as ss -a; else ss's default: connected ones only
     interval_s: float = 1.0
     once: bool = False
     json: bool = False
+    # The path's idle timeout (and the preset that gave it): keepalive that does not probe
+    # within it puts an idle connection at risk. No outage or proxy: those are explain's.
+    path: PathContext = field(default_factory=PathContext)
     # The addresses peer_host stands for (normalized), resolved when the config is made.
     peer_addresses: frozenset[str] = field(init=False, default=frozenset())
 
@@ -39,6 +45,9 @@ class WatchConfig:
         check_range("port", self.port, 1, PORT_MAX)
         check_range("pid", self.pid, 1)
         check_duration("interval", self.interval_s, minimum=MIN_INTERVAL_S, step=0.001)
+        idle_timeout = self.path.idle_timeout_s
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise SettingError("path_idle_timeout", "the path's idle timeout must be more than 0s")
         if self.peer_host is not None:
             object.__setattr__(self, "peer_addresses", _resolved(self.peer_host))
 

@@ -10,12 +10,21 @@ answer for a request lost now. Every open connection also gets the idle answer: 
 that vanished while nothing was being sent would be noticed (never, without keepalive),
 since the kernel shows nothing at all for that one. How long each has been stuck is rebuilt
 from the kernel's timers (``model.stuck_for_s``), on the prediction's clock.
+
+Each connection a program holds is also judged for what its options will let go wrong in
+the state it is in now (``Watched.at_risk``), with ``explain``'s traps for those options
+and the path: with data waiting for an acknowledgement, a missing user timeout; idle,
+keepalive off or slower than the path's idle timeout; connecting, the SYNs' budget. Where
+the options cannot be read it says it cannot tell (``options-unknown``), never that all is
+well.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+from tcpecho.explain import PathContext, Trap, socket_traps
 from tcpecho.model import (
     TIMER_SLACK,
     Activity,
@@ -39,6 +48,34 @@ _SENDING_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "CLOSING"
 _OPEN_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT"})
 # States of a socket whose FIN is sent: without a program it is an orphan.
 _CLOSING_STATES = frozenset({"FIN_WAIT1", "CLOSING", "LAST_ACK"})
+# What puts a connection at risk in the state it is in, among explain's traps for its options
+# (docs/watch.md, "At risk"): with data waiting for an acknowledgement, no user timeout (and
+# keepalive sends no probe meanwhile); idle, keepalive off (no-bound when no user timeout
+# bounds the next request either) or probing no sooner than the path forgets the flow;
+# connecting, the SYNs' budget.
+BUSY_RISKS = frozenset(
+    {"no-bound", "keepalive-without-user-timeout", "recverr-without-user-timeout"}
+)
+IDLE_RISKS = frozenset(
+    {"no-bound", "user-timeout-without-keepalive", "keepalive-exceeds-path-idle"}
+)
+CONNECTING_RISKS = frozenset({"slow-connect"})
+
+
+@dataclass(frozen=True)
+class Risk:
+    """What the options a connection's socket carries will let go wrong in its state: one of
+    explain's traps (its code and message, without the fix), or ``options-unknown``."""
+
+    code: str
+    message: str
+
+
+OPTIONS_UNKNOWN = Risk(
+    "options-unknown",
+    "its program's socket options could not be read, so whether it is at risk cannot be "
+    "told (the JSON's assumption says what it takes to read them)",
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +93,8 @@ class Watched:
     stuck_for_s: float | None
     # For an open connection: when a peer that vanished while it is idle would be noticed.
     if_idle: Prediction | None = None
+    # What its options will let go wrong in its state; empty: nothing, or no program holds it.
+    at_risk: tuple[Risk, ...] = ()
 
     @property
     def orphaned(self) -> bool:
@@ -128,7 +167,9 @@ def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
         selected = [c for c in selected if _owner_pid(owners.get(c.inode)) == config.pid]
     if config.stuck:
         selected = [c for c in selected if c.stuck]
-    watched = [watch_connection(c, owners.get(c.inode), kernel) for c in selected]
+    watched = [watch_connection(c, owners.get(c.inode), kernel, config.path) for c in selected]
+    if config.at_risk:
+        watched = [w for w in watched if w.at_risk]
     return sorted(watched, key=_urgency)
 
 
@@ -161,10 +202,13 @@ def _addresses_match(connection: Connection, config: WatchConfig) -> bool:
 
 
 def watch_connection(
-    connection: Connection, owner: Owner | None, kernel: KernelSettings
+    connection: Connection,
+    owner: Owner | None,
+    kernel: KernelSettings,
+    path: PathContext,
 ) -> Watched:
     """What the kernel model makes of one connection, with its program's own options when
-    they can be read, and the kernel's defaults otherwise."""
+    they can be read, and the kernel's defaults otherwise; its risks on ``path``."""
     options = None if owner is None else diag.socket_options(owner)
     tcp = _model_options(options, connection)
     idle = (
@@ -179,7 +223,51 @@ def watch_connection(
         prediction=_prediction(connection, tcp, kernel),
         stuck_for_s=stuck_for_s(connection, kernel),
         if_idle=idle,
+        at_risk=_risks(connection, options, kernel, path),
     )
+
+
+def _risks(
+    connection: Connection,
+    options: EffectiveOptions | None,
+    kernel: KernelSettings,
+    path: PathContext,
+) -> tuple[Risk, ...]:
+    """Explain's traps for the socket's own options that bite in the connection's state;
+    ``options-unknown`` where they could not be read."""
+    codes = _risks_in_state(connection)
+    if not codes:
+        return ()
+    if options is None:
+        return (OPTIONS_UNKNOWN,)
+    return tuple(
+        Risk(trap.code, trap.message)
+        for trap in _socket_traps(kernel, options, path)
+        if trap.code in codes
+    )
+
+
+def _risks_in_state(connection: Connection) -> frozenset[str]:
+    """The trap codes that can put ``connection`` at risk now: none for a socket no program
+    holds (an orphan, TIME-WAIT) or a state no option of its bounds (LISTEN, SYN-RECV,
+    FIN-WAIT-2, a closing socket with nothing in flight)."""
+    info = connection.info
+    if connection.inode == 0 or info is None:
+        return frozenset()
+    if connection.state == "SYN_SENT":
+        return CONNECTING_RISKS
+    if connection.state in _SENDING_STATES and (info.unacked > 0 or connection.send_queue > 0):
+        return BUSY_RISKS
+    if connection.state in _OPEN_STATES:
+        return IDLE_RISKS
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=256)
+def _socket_traps(kernel: KernelSettings, tcp: TcpOptions, path: PathContext) -> tuple[Trap, ...]:
+    """Explain's traps for one set of options, kept: many connections share their options,
+    and a snapshot repeats the last one's, while the model's predictions are costly."""
+    return tuple(socket_traps(kernel, tcp, path))
 
 
 def is_orphan(connection: Connection) -> bool:

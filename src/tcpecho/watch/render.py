@@ -7,7 +7,9 @@ would, without directories, in the room the other columns leave: the interpreter
 before the script's name and its first argument, which tell two runs apart. A command line is
 another user's text: the table shows its control characters as ``ps`` does (``?``), so
 none can move the cursor or recolour the table; the JSON keeps it whole, since
-``json.dumps`` escapes every control character.
+``json.dumps`` escapes every control character. RISK shows a connection's first risk's code
+(and how many more), and a note under the table each code's message, once: the messages,
+explain's, are too long for a row.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import datetime
 import json
 import os
 import re
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +26,7 @@ from tcpecho.durations import format_seconds
 from tcpecho.model import KernelSettings, Prediction, orphan_retries
 from tcpecho.streams import escape_controls
 from tcpecho.tcp.options import EffectiveOptions
-from tcpecho.watch.look import Watched
+from tcpecho.watch.look import Risk, Watched
 
 COMMAND_CHARS = 200  # the JSON's command line; the table shows a shorter form
 
@@ -59,6 +62,7 @@ def _as_dict(watched: Watched) -> dict[str, Any]:
         "options": None if watched.options is None else watched.options.as_dict(),
         "options_source": watched.options_source,
         "assumption": watched.assumption,
+        "at_risk": [{"code": risk.code, "message": risk.message} for risk in watched.at_risk],
     }
 
 
@@ -107,6 +111,14 @@ def _gives_up(prediction: Prediction | None) -> str:
     return "never" if prediction.never else _seconds(prediction.low_s)
 
 
+def _risk(watched: Watched) -> str:
+    """The first risk's code, and how many more the JSON and the note below list."""
+    if not watched.at_risk:
+        return "-"
+    more = len(watched.at_risk) - 1
+    return watched.at_risk[0].code + (f" +{more}" if more else "")
+
+
 def _command(watched: Watched, room: int | None = None) -> str:
     """The owner's command line, as another user wrote it: short, within ``room`` if given,
     and escaped for the terminal."""
@@ -127,6 +139,7 @@ _COLUMNS: tuple[tuple[str, bool, Callable[[Watched], str]], ...] = (
     ("LEFT", True, lambda w: _seconds(w.gives_up_in_s)),
     ("LIMITED BY", False, lambda w: w.limited_by or "-"),
     ("IF IDLE", True, lambda w: _gives_up(w.if_idle)),
+    ("RISK", False, _risk),
     ("RETRANS", True, _retransmissions),
     ("RTO", True, _rto),
     ("OPTIONS", False, lambda w: _options_summary(w.options)),
@@ -141,20 +154,7 @@ def render_table(
     width: int | None = None,
 ) -> str:
     """The snapshot as a table, one row per connection; lines cut at ``width`` if given."""
-    stuck = sum(1 for w in watched if w.connection.stuck)
-    unnoticed = sum(1 for w in watched if w.if_idle is not None and w.if_idle.never)
-    orphans = sum(1 for w in watched if w.orphaned)
-    counts = [
-        _counted(len(watched), "connection"),
-        f"{stuck} stuck",
-        *([f"{orphans} orphaned"] if orphans else []),
-        *([f"{unnoticed} never noticed if idle"] if unnoticed else []),
-    ]
-    lines = [
-        f"tcpecho watch  {at:%H:%M:%S}  {', '.join(counts)}  "
-        f"(tcp_retries2={kernel.tcp_retries2}, "
-        f"tcp_rto_max_ms={round(kernel.tcp_rto_max_s * 1000)})"
-    ]
+    lines = [_heading(watched, kernel, at)]
     if not watched:
         lines.append("no connection matches")
     else:
@@ -167,7 +167,7 @@ def render_table(
             "request lost now would take. IF IDLE: a peer that vanished while nothing is",
             "sent is noticed this long after the last data, by keepalive; never without it.",
         ]
-        if orphans:
+        if any(w.orphaned for w in watched):
             lines += [
                 "orphaned: no program holds it, and its options went with the program; the",
                 f"kernel ends it after {orphan_retries(kernel)} retries (tcp_orphan_retries="
@@ -178,9 +178,53 @@ def render_table(
             "?: options unreadable, predicted with the kernel's defaults (no TCP_USER_TIMEOUT);",
             "--json's assumption says what it takes to read them.",
         ]
+    lines += _risk_notes(watched, width)
     if width is not None:
         lines = [line[:width] for line in lines]
     return "\n".join(lines)
+
+
+def _heading(watched: list[Watched], kernel: KernelSettings, at: datetime.datetime) -> str:
+    """The snapshot's first line: when, what it counts, and the sysctls that bound it."""
+    stuck = sum(1 for w in watched if w.connection.stuck)
+    unnoticed = sum(1 for w in watched if w.if_idle is not None and w.if_idle.never)
+    orphans = sum(1 for w in watched if w.orphaned)
+    counts = [
+        _counted(len(watched), "connection"),
+        f"{stuck} stuck",
+        *([f"{orphans} orphaned"] if orphans else []),
+        *([f"{unnoticed} never noticed if idle"] if unnoticed else []),
+        f"{sum(1 for w in watched if w.at_risk)} at risk",
+    ]
+    return (
+        f"tcpecho watch  {at:%H:%M:%S}  {', '.join(counts)}  "
+        f"(tcp_retries2={kernel.tcp_retries2}, "
+        f"tcp_rto_max_ms={round(kernel.tcp_rto_max_s * 1000)})"
+    )
+
+
+_NOTE_WIDTH = 88  # the risks' messages are wrapped within this, or the terminal's width
+
+
+def _risk_notes(watched: list[Watched], width: int | None) -> list[str]:
+    """Each risk of the snapshot once, its code and message (a code whose message differs
+    between connections, with their own numbers, once with each), wrapped to be read whole
+    where the table's rows are cut."""
+    risks: dict[Risk, None] = {}  # in the order the rows show them
+    for w in watched:
+        risks.update(dict.fromkeys(w.at_risk))
+    if not risks:
+        return []
+    room = min(width or _NOTE_WIDTH, _NOTE_WIDTH)
+    lines = [
+        "RISK: what a connection's own options will let go wrong in the state it is in now,",
+        "the first of them (+N: more, all in --json):",
+    ]
+    for risk in risks:
+        lines += textwrap.wrap(
+            f"{risk.code}: {risk.message}", room, subsequent_indent="  ", break_on_hyphens=False
+        )
+    return lines
 
 
 def _counted(number: int, thing: str) -> str:
