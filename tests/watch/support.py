@@ -1,9 +1,12 @@
 """What the watch's tests share: running ``tcpecho watch`` as users run it, off a terminal
-or on one of a given width, and reading its one JSON snapshot back."""
+or on one of a given width, reading its one JSON snapshot back, and a lab (``running_lab``)
+whose client pod runs programs the tests black-hole."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import itertools
 import json
 import os
 import pty
@@ -12,10 +15,12 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from tests.support import tcpecho_executable
+from tcpecho.lab.topology import SERVICE_PORT, Topology, leftover_namespaces, remove_namespaces
+from tests.conftest import Spawn
+from tests.support import abandoned_namespaces, tcpecho_executable
 
 Row = dict[str, Any]
 
@@ -118,3 +123,72 @@ def command_cell(lines: list[str], pid: int) -> str:
     row = next(line for line in lines if line.split()[:1] == [str(pid)])
     assert row[end - 2 : end] == "  ", row  # the cell stands apart from the next
     return row[start:end].strip()
+
+
+_numbers = itertools.count()
+
+
+class Lab:
+    """A topology with ``tcpecho server`` in its server pod, and programs in its client pod
+    that are killed, with the namespaces, whatever the test did."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.programs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], *, stdin: bool = False) -> subprocess.Popen[bytes]:
+        program = subprocess.Popen(
+            self.topology.command(self.topology.client_ns, argv),
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.programs.append(program)
+        return program
+
+    def in_client(self, argv: list[str]) -> list[str]:
+        return self.topology.command(self.topology.client_ns, argv)
+
+    def watch_once(self, *args: str, prefix: tuple[str, ...] = ()) -> list[Row]:
+        return snapshot_of(
+            run_watch(self.in_client([*prefix, *watch_argv("--once", "--json", *args)]))
+        )
+
+    def wait_for_owners(self, pids: set[int], timeout: float = 10.0) -> dict[int, Row]:
+        """The watch's row of each program, once each has connected and the watch sees it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = {row["pid"]: row for row in self.watch_once("--port", str(SERVICE_PORT))}
+            if pids <= rows.keys():
+                return {pid: rows[pid] for pid in pids}
+            assert time.monotonic() < deadline, f"no connection of {pids} within {timeout}s"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for program in self.programs:
+            if program.poll() is None:
+                program.kill()
+            try:
+                program.wait(5)
+            finally:
+                if program.stdin is not None:
+                    program.stdin.close()
+
+
+@contextlib.contextmanager
+def running_lab(prefix: str, spawn: Spawn, tcpecho: str) -> Iterator[Lab]:
+    """A ``Lab`` in namespaces named ``PREFIX<pid>-<n>-...``, its server started; its programs
+    killed and its namespaces removed afterwards, also on failure (and those of earlier runs
+    of ``prefix`` that were killed)."""
+    remove_namespaces(abandoned_namespaces(prefix))
+    try:
+        with Topology(f"{prefix}{os.getpid()}-{next(_numbers)}") as topology:
+            built = Lab(topology)
+            try:
+                server = spawn(topology.command(topology.server_ns, [tcpecho, "server"]))
+                server.wait_for("server_started")
+                yield built
+            finally:
+                built.stop()
+    finally:
+        assert leftover_namespaces(f"{prefix}{os.getpid()}-") == []

@@ -12,9 +12,7 @@ where the options cannot be read the watch says what it assumed instead.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 import signal
 import subprocess
@@ -25,18 +23,21 @@ from typing import Any
 
 import pytest
 
-from tcpecho.lab.topology import (
-    CLUSTER_IP,
-    SERVICE_PORT,
-    Topology,
-    leftover_namespaces,
-    remove_namespaces,
-)
+from tcpecho.lab.topology import CLUSTER_IP, SERVICE_PORT
 from tcpecho.model import Activity, Failure, KernelSettings, predict
 from tcpecho.tcp.options import TcpOptions
 from tests.conftest import Spawn, requires_netns
-from tests.support import LoggedProcess, abandoned_namespaces
-from tests.watch.support import Row, port_of, run_watch, snapshot_of, wait_until, watch_argv
+from tests.support import LoggedProcess
+from tests.watch.support import (
+    Lab,
+    Row,
+    port_of,
+    run_watch,
+    running_lab,
+    snapshot_of,
+    wait_until,
+    watch_argv,
+)
 
 TEST_PREFIX = "tcpecho-test-watch-"
 CLUSTER = f"{CLUSTER_IP}:{SERVICE_PORT}"
@@ -82,70 +83,11 @@ CONNECT_TOLERANCE_S = 0.3
 # request leaves within this of the fault.
 PING_PERIOD_S = 1.2
 
-_numbers = itertools.count()
-
-
-class Lab:
-    """A topology with ``tcpecho server`` in its server pod, and programs in its client pod
-    that are killed, with the namespaces, whatever the test did."""
-
-    def __init__(self, topology: Topology) -> None:
-        self.topology = topology
-        self.programs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], *, stdin: bool = False) -> subprocess.Popen[bytes]:
-        program = subprocess.Popen(
-            self.topology.command(self.topology.client_ns, argv),
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.programs.append(program)
-        return program
-
-    def in_client(self, argv: list[str]) -> list[str]:
-        return self.topology.command(self.topology.client_ns, argv)
-
-    def watch_once(self, *args: str, prefix: tuple[str, ...] = ()) -> list[Row]:
-        return snapshot_of(
-            run_watch(self.in_client([*prefix, *watch_argv("--once", "--json", *args)]))
-        )
-
-    def wait_for_owners(self, pids: set[int], timeout: float = 10.0) -> dict[int, Row]:
-        """The watch's row of each program, once each has connected and the watch sees it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rows = {row["pid"]: row for row in self.watch_once("--port", str(SERVICE_PORT))}
-            if pids <= rows.keys():
-                return {pid: rows[pid] for pid in pids}
-            assert time.monotonic() < deadline, f"no connection of {pids} within {timeout}s"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        for program in self.programs:
-            if program.poll() is None:
-                program.kill()
-            try:
-                program.wait(5)
-            finally:
-                if program.stdin is not None:
-                    program.stdin.close()
-
 
 @pytest.fixture
 def lab(spawn: Spawn, tcpecho: str) -> Iterator[Lab]:
-    remove_namespaces(abandoned_namespaces(TEST_PREFIX))
-    try:
-        with Topology(f"{TEST_PREFIX}{os.getpid()}-{next(_numbers)}") as topology:
-            built = Lab(topology)
-            try:
-                server = spawn(topology.command(topology.server_ns, [tcpecho, "server"]))
-                server.wait_for("server_started")
-                yield built
-            finally:
-                built.stop()
-    finally:
-        assert leftover_namespaces(f"{TEST_PREFIX}{os.getpid()}-") == []
+    with running_lab(TEST_PREFIX, spawn, tcpecho) as built:
+        yield built
 
 
 def _send(program: subprocess.Popen[bytes], line: bytes) -> float:
