@@ -210,9 +210,11 @@ def _risk_notes(watched: list[Watched], width: int | None) -> list[str]:
     """Each risk of the snapshot once, its code and message (a code whose message differs
     between connections, with their own numbers, once with each), wrapped to be read whole
     where the table's rows are cut."""
-    risks: dict[Risk, None] = {}  # in the order the rows show them
+    by_code: dict[str, dict[Risk, None]] = {}  # codes in the order the rows show them
     for w in watched:
-        risks.update(dict.fromkeys(w.at_risk))
+        for risk in w.at_risk:
+            by_code.setdefault(risk.code, {})[risk] = None
+    risks = [risk for same_code in by_code.values() for risk in same_code]
     if not risks:
         return []
     room = min(width or _NOTE_WIDTH, _NOTE_WIDTH)
