@@ -53,13 +53,13 @@ _CLOSING_STATES = frozenset({"FIN_WAIT1", "CLOSING", "LAST_ACK"})
 # keepalive sends no probe meanwhile); idle, keepalive off (no-bound when no user timeout
 # bounds the next request either) or probing no sooner than the path forgets the flow;
 # connecting, the SYNs' budget.
-BUSY_RISKS = frozenset(
+_BUSY_RISKS = frozenset(
     {"no-bound", "keepalive-without-user-timeout", "recverr-without-user-timeout"}
 )
-IDLE_RISKS = frozenset(
+_IDLE_RISKS = frozenset(
     {"no-bound", "user-timeout-without-keepalive", "keepalive-exceeds-path-idle"}
 )
-CONNECTING_RISKS = frozenset({"slow-connect"})
+_CONNECTING_RISKS = frozenset({"slow-connect"})
 
 
 @dataclass(frozen=True)
@@ -233,8 +233,8 @@ def _risks(
     kernel: KernelSettings,
     path: PathContext,
 ) -> tuple[Risk, ...]:
-    """Explain's traps for the socket's own options that bite in the connection's state;
-    ``options-unknown`` where they could not be read."""
+    """Explain's traps for the socket's own options (those the model predicts from) that
+    bite in the connection's state; ``options-unknown`` where they could not be read."""
     codes = _risks_in_state(connection)
     if not codes:
         return ()
@@ -255,11 +255,11 @@ def _risks_in_state(connection: Connection) -> frozenset[str]:
     if connection.inode == 0 or info is None:
         return frozenset()
     if connection.state == "SYN_SENT":
-        return CONNECTING_RISKS
+        return _CONNECTING_RISKS
     if connection.state in _SENDING_STATES and (info.unacked > 0 or connection.send_queue > 0):
-        return BUSY_RISKS
+        return _BUSY_RISKS
     if connection.state in _OPEN_STATES:
-        return IDLE_RISKS
+        return _IDLE_RISKS
     return frozenset()
 
 
