@@ -468,3 +468,21 @@ def test_a_sockets_traps_are_explains_without_deadlines(tcp: TcpOptions, path: P
     assert socket_traps(DEFAULTS, tcp, path) == list(explain(DEFAULTS, tcp, NONE, path).traps)
     outage = replace(path, outage_s=10.0)
     assert socket_traps(DEFAULTS, tcp, outage) == list(explain(DEFAULTS, tcp, NONE, outage).traps)
+
+
+def test_a_reused_address_resets_the_first_retransmission_after_it() -> None:
+    reused = explain(DEFAULTS, TcpOptions(), NONE, PathContext(ip_reuse_after_s=3.0))
+    outcome = reused.outcome("ip-reuse")
+    assert outcome.prediction.mechanism is Mechanism.ADDRESS_REUSED
+    assert outcome.prediction.errnos == ("ECONNRESET",)
+    # The retransmission after 3 s leaves ~3.2-3.4 s after the request.
+    assert outcome.prediction.low_s >= 3.2
+    assert outcome.prediction.high_s <= 3.4 * 1.06 + 0.5
+    late = explain(
+        DEFAULTS, TcpOptions(user_timeout_ms=10_000), NONE, PathContext(ip_reuse_after_s=30.0)
+    )
+    assert late.outcome("ip-reuse").prediction.mechanism is Mechanism.USER_TIMEOUT
+    assert "before the new pod comes up (30s)" in late.outcome("ip-reuse").reasoning
+    bad = _explain("--ip-reuse-after", "0s")
+    assert bad.returncode == 2
+    assert "--ip-reuse-after must be more than 0s" in bad.stderr

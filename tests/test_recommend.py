@@ -95,7 +95,8 @@ def test_the_command_prints_settings_predictions_and_why() -> None:
     document = json.loads(
         _explain("--recommend", "--detect-within", "30s", "--path", "aws-nlb", "--json").stdout
     )
-    assert set(document) == {"constraints", "settings", "predictions", "why", "caveats"}
+    assert set(document) == {"constraints", "settings", "predictions", "why", "caveats", "stack"}
+    assert document["stack"] is None  # no --stack
     assert document["predictions"]["busy"]["high_s"] <= 30
     assert document["predictions"]["path_margin_s"] > 0
 

@@ -30,6 +30,7 @@ from tcpecho.model import (
     Prediction,
     Traffic,
     after_idle_expiry,
+    after_ip_reuse,
     after_partition,
     behind_proxy,
     predict,
@@ -109,6 +110,7 @@ class PathContext:
     preset: str | None = None  # the --path that gave the idle timeout
     outage_s: float | None = None
     via_proxy: bool = False
+    ip_reuse_after_s: float | None = None  # a new pod takes the vanished peer's IP after this
 
     @property
     def idle_timeout_named(self) -> str:
@@ -124,6 +126,7 @@ PATH_SCENARIOS = {
     "idle-expiry": "a middlebox on the path forgets the flow while it is idle",
     "partition": "the path drops everything for the outage, then heals",
     "sidecar": "the app talks to a proxy in its pod; the proxy's peer vanished",
+    "ip-reuse": "the peer vanished; a new pod with its IP, knowing nothing of it, came up",
     "stale-conntrack": "the SYN left before the Service's DNAT rule: a stale conntrack entry",
 }
 
@@ -202,6 +205,21 @@ def _path_outcomes(
         )
         reason = _partition_reason(prediction, kernel, in_force, deadlines, path.outage_s)
         found.append(Outcome(_path_scenario("partition"), prediction, reason))
+    if path.ip_reuse_after_s is not None:
+        reuse = path.ip_reuse_after_s
+        prediction = after_ip_reuse(
+            kernel, tcp, Activity.ACTIVE, reuse, Traffic(request_offset_s=0), deadlines
+        )
+        reason = (
+            f"the retransmissions go unanswered until the new pod comes up "
+            f"({format_duration(reuse)}); it answers the first one after that with RST"
+            if prediction.mechanism is Mechanism.ADDRESS_REUSED
+            else f"it ends before the new pod comes up ({format_duration(reuse)}): "
+            + _mechanism_reason(
+                _path_scenario("ip-reuse"), prediction.mechanism, kernel, in_force, deadlines
+            )
+        )
+        found.append(Outcome(_path_scenario("ip-reuse"), prediction, reason))
     if path.via_proxy:
         prediction = behind_proxy(kernel, TcpOptions(), Activity.ACTIVE, Traffic(), deadlines)
         found.append(Outcome(_path_scenario("sidecar"), prediction, _sidecar_reason(prediction)))

@@ -1,0 +1,226 @@
+"""Client libraries' own words for the TCP options (``STACKS``): each stack's defaults, as the
+cookbook measured them on its client's socket, and its settings rendered from ``TcpOptions``
+and read back into them.
+
+A libpq user writes ``keepalives_idle=10 tcp_user_timeout=5000``, not tcpecho's flags; a
+redis-py user a ``socket_keepalive_options`` dict. ``explain --stack`` reads those, and
+``explain --recommend --stack`` answers in them. The cookbook's recipes say the same
+(``tests/test_stacks.py`` holds each rendering to the recipe the lab measured), so the two
+cannot disagree. gRPC is not here: its keepalive is HTTP/2 pings, another model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from tcpecho.settings import Deadlines
+from tcpecho.tcp.options import TcpOptions
+
+
+class StackSyntaxError(ValueError):
+    """A library's settings that this project cannot read; the message says which."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    library: str
+    defaults: TcpOptions  # what the library's socket carries when nothing is set
+    render: Callable[[TcpOptions, Deadlines], str]
+    parse: Callable[[str, TcpOptions], tuple[TcpOptions, Deadlines]]
+    default_deadlines: Deadlines = Deadlines()  # noqa: RUF009 - frozen, so one shared value is safe
+    syntax: str = ""  # an example of the library's settings, for errors and help
+
+
+_SOCKET_NAMES = (
+    ("TCP_USER_TIMEOUT", "user_timeout_ms"),
+    ("SO_KEEPALIVE", "keepalive"),
+    ("TCP_KEEPIDLE", "keepalive_idle_s"),
+    ("TCP_KEEPINTVL", "keepalive_interval_s"),
+    ("TCP_KEEPCNT", "keepalive_count"),
+)
+
+
+def _setsockopt_list(tcp: TcpOptions) -> str:
+    """``TCP_USER_TIMEOUT 5000, SO_KEEPALIVE 1, TCP_KEEPIDLE 10, ...``: the calls to make."""
+    parts = [f"TCP_USER_TIMEOUT {tcp.user_timeout_ms}"] if tcp.user_timeout_ms else []
+    if tcp.keepalive:
+        parts.append("SO_KEEPALIVE 1")
+        for name, field in _SOCKET_NAMES[2:]:
+            value = getattr(tcp, field)
+            if value is not None:
+                parts.append(f"{name} {value}")
+    return ", ".join(parts)
+
+
+def _parse_setsockopt(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    names = "|".join(name for name, _ in _SOCKET_NAMES)
+    found = dict(re.findall(rf"\b({names})[\s:=]+(-?\d+)", text))
+    if not found:
+        raise StackSyntaxError("no socket option found (for example: TCP_KEEPIDLE 10)")
+    return _from_socket_names(found, defaults), Deadlines()
+
+
+def _from_socket_names(found: dict[str, str], defaults: TcpOptions) -> TcpOptions:
+    values: dict[str, object] = {}
+    for name, field in _SOCKET_NAMES:
+        if name in found:
+            number = int(found[name])
+            values[field] = bool(number) if field == "keepalive" else number
+    if any(field.startswith("keepalive_") for field in values) and "keepalive" not in values:
+        values["keepalive"] = True
+    return replace(defaults, **values)  # type: ignore[arg-type]
+
+
+_LIBPQ_KEYS = {
+    "tcp_user_timeout": "user_timeout_ms",
+    "keepalives": "keepalive",
+    "keepalives_idle": "keepalive_idle_s",
+    "keepalives_interval": "keepalive_interval_s",
+    "keepalives_count": "keepalive_count",
+}
+
+
+def _render_libpq(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    parts = []
+    if tcp.user_timeout_ms:
+        parts.append(f"tcp_user_timeout={tcp.user_timeout_ms}")
+    parts.append(f"keepalives={1 if tcp.keepalive is not False else 0}")
+    if tcp.keepalive is not False:
+        for key in ("keepalives_idle", "keepalives_interval", "keepalives_count"):
+            value = getattr(tcp, _LIBPQ_KEYS[key])
+            if value is not None:
+                parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def _parse_libpq(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    values: dict[str, object] = {}
+    for key, raw in re.findall(r"(\w+)\s*=\s*(\S+)", text):
+        if key not in _LIBPQ_KEYS:
+            raise StackSyntaxError(f"{key} is not a libpq TCP parameter ({', '.join(_LIBPQ_KEYS)})")
+        try:
+            number = int(raw)
+        except ValueError:
+            raise StackSyntaxError(f"{key}={raw}: libpq takes a whole number") from None
+        field = _LIBPQ_KEYS[key]
+        values[field] = bool(number) if field == "keepalive" else number
+    if not values:
+        raise StackSyntaxError("no libpq parameter found (for example: keepalives_idle=10)")
+    return replace(defaults, **values), Deadlines()  # type: ignore[arg-type]
+
+
+def _render_redis(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    timeout = deadlines.read_timeout_s
+    socket_timeout = f"socket_timeout={'None' if timeout is None else f'{timeout:g}'}"
+    if not tcp.keepalive:
+        return f"{socket_timeout} socket_keepalive=False"
+    names = [(n, f) for n, f in _SOCKET_NAMES if f != "keepalive"]
+    pairs = ", ".join(
+        f"{name}: {getattr(tcp, field)}" for name, field in names if getattr(tcp, field) is not None
+    )
+    return f"{socket_timeout} socket_keepalive=True socket_keepalive_options={{{pairs}}}"
+
+
+def _parse_redis(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    deadlines = REDIS_DEADLINES
+    timeout = re.search(r"socket_timeout\s*=\s*(None|[\d.]+)", text)
+    if timeout is not None:
+        deadlines = Deadlines(None if timeout[1] == "None" else float(timeout[1]))
+    tcp = defaults
+    keepalive = re.search(r"socket_keepalive\s*=\s*(True|False)", text)
+    if keepalive is not None and keepalive[1] == "False":
+        tcp = TcpOptions(keepalive=False)
+    options = dict(re.findall(r"\b(TCP_\w+)\s*:\s*(\d+)", text))
+    if options:
+        unknown = set(options) - {name for name, _ in _SOCKET_NAMES}
+        if unknown:
+            raise StackSyntaxError(f"{', '.join(sorted(unknown))}: not a TCP option this reads")
+        tcp = _from_socket_names(options, replace(tcp, keepalive=True))
+    if timeout is None and keepalive is None and not options:
+        raise StackSyntaxError(
+            "nothing found (for example: socket_keepalive_options={TCP_KEEPIDLE: 10})"
+        )
+    return tcp, deadlines
+
+
+def _render_go(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    return f"KeepAlive: -1, Control: setsockopt {_setsockopt_list(tcp)}"
+
+
+def _render_tcpecho(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    return " ".join(tcp.as_flags() + deadlines.as_flags())
+
+
+def _parse_tcpecho(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    raise StackSyntaxError("give tcpecho's own options as flags, not --stack-options")
+
+
+KERNEL_DEFAULT_KEEPALIVE = TcpOptions(
+    keepalive=True, keepalive_idle_s=7200, keepalive_interval_s=75, keepalive_count=9
+)
+REDIS_DEADLINES = Deadlines(read_timeout_s=5.0)
+
+STACKS = {
+    stack.name: stack
+    for stack in (
+        Stack(
+            "tcpecho",
+            "tcpecho client (flags, or TCPECHO_CLIENT_* variables)",
+            TcpOptions(),
+            _render_tcpecho,
+            _parse_tcpecho,
+        ),
+        Stack(
+            "python-socket",
+            "Python socket (stdlib)",
+            TcpOptions(keepalive=False),
+            lambda tcp, _deadlines: f"setsockopt: {_setsockopt_list(tcp)}",
+            _parse_setsockopt,
+            syntax="TCP_USER_TIMEOUT 5000, SO_KEEPALIVE 1, TCP_KEEPIDLE 10",
+        ),
+        Stack(
+            "libpq",
+            "libpq (psycopg, psycopg2, any libpq client): connection parameters",
+            KERNEL_DEFAULT_KEEPALIVE,  # keepalives=1 by default, with the kernel's times
+            _render_libpq,
+            _parse_libpq,
+            syntax="tcp_user_timeout=5000 keepalives_idle=10",
+        ),
+        Stack(
+            "redis-py",
+            "redis-py: Redis() keyword arguments",
+            TcpOptions(
+                keepalive=True, keepalive_idle_s=30, keepalive_interval_s=5, keepalive_count=3
+            ),
+            _render_redis,
+            _parse_redis,
+            REDIS_DEADLINES,
+            syntax="socket_keepalive_options={TCP_USER_TIMEOUT: 5000, TCP_KEEPIDLE: 10}",
+        ),
+        Stack(
+            "go",
+            "Go net.Dialer",
+            TcpOptions(
+                keepalive=True, keepalive_idle_s=15, keepalive_interval_s=15, keepalive_count=9
+            ),
+            _render_go,
+            _parse_setsockopt,
+            syntax="Control: setsockopt TCP_USER_TIMEOUT 5000, TCP_KEEPIDLE 10",
+        ),
+    )
+}
+STACK_NAMES = tuple(STACKS)
+
+
+def read(stack: Stack, text: str | None) -> tuple[TcpOptions, Deadlines]:
+    """The options and deadlines a library's user gets: its defaults, with ``text`` (the
+    library's own settings) over them."""
+    if text is None or not text.strip():
+        return stack.defaults, stack.default_deadlines
+    tcp, deadlines = stack.parse(text, stack.defaults)
+    if stack.name != "redis-py":
+        deadlines = stack.default_deadlines
+    return tcp, deadlines
