@@ -118,11 +118,15 @@ def test_impossible_is_one_line_and_exit_1_and_bad_values_exit_2() -> None:
 
 @requires_netns
 @pytest.mark.netns
-def test_the_lab_confirms_what_is_promised(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("deadline", "outage", "path_timeout"), [(20.0, 5.0, 15.0), (12.0, 3.0, 30.0)]
+)
+def test_the_lab_confirms_what_is_promised(
+    tmp_path: Path, deadline: float, outage: float, path_timeout: float
+) -> None:
     """The recommended settings, run in the lab under the faults they promise to handle:
     force-delete detected within the deadline, busy and idle; the path's idle timeout and
     the outage survived."""
-    deadline, outage, path_timeout = 20.0, 5.0, 15.0
     chosen = recommend(DEFAULTS, Constraints(deadline, outage, PathContext(path_timeout)))
     report = tmp_path / "lab.json"
     result = subprocess.run(
