@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcpecho.durations import format_duration
-from tcpecho.explain import PathContext, explain
+from tcpecho.explain import MAX_COUNT, PathContext, explain
 from tcpecho.model import (
     Activity,
     Failure,
@@ -36,7 +36,6 @@ from tcpecho.tcp.options import OPTIONS, TcpOptions
 # still refreshes the flow if the probe's timer fires a little late.
 PATH_MARGIN = 0.8
 DEFAULT_KEEPALIVE_COUNT = 3
-MAX_COUNT = next(option.high for option in OPTIONS if option.field == "keepalive_count") or 1
 
 
 class ImpossibleError(Exception):
@@ -102,7 +101,7 @@ def recommend(kernel: KernelSettings, constraints: Constraints) -> Recommendatio
     if constraints.survive_outage_s is not None:
         outage = _outage(kernel, tcp, constraints.survive_outage_s)
     assert busy.high_s <= deadline
-    why = _why(kernel, constraints, tcp, busy, idle)
+    why = _why(constraints, tcp, busy, idle)
     explanation = explain(kernel, tcp, Deadlines(), constraints.path)
     caveats = tuple(f"{trap.code}: {trap.message}" for trap in explanation.traps)
     return Recommendation(constraints, tcp, busy, idle, outage, why, caveats)
@@ -203,7 +202,6 @@ def _least_surviving(kernel: KernelSettings, outage_s: float) -> int | None:
 
 
 def _why(
-    kernel: KernelSettings,
     constraints: Constraints,
     tcp: TcpOptions,
     busy: Prediction,
