@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cookbook.clients import common
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.options import TcpOptions
 
 Mode = Literal["busy", "idle"]
@@ -161,6 +161,8 @@ RECIPES = (
         # gRPC's keepalive is HTTP/2 pings, not SO_KEEPALIVE: only TCP_USER_TIMEOUT is set.
         TcpOptions(user_timeout_ms=common.USER_TIMEOUT_MS, keepalive=False),
         {"busy": "detected", "idle": "detected"},
+        # The pings, with gRPC's own 60 s for an answer (grpc.http2.ping_timeout_ms).
+        Deadlines(ping=Ping(common.KEEPALIVE_IDLE_S, 60.0, without_calls=True)),
     ),
     Recipe(
         "go",

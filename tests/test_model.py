@@ -12,6 +12,8 @@ from tcpecho.model import (
     Failure,
     KernelSettings,
     Mechanism,
+    Traffic,
+    after_idle_expiry,
     first_rto_s,
     give_up_after_send,
     orphan_budget,
@@ -20,7 +22,7 @@ from tcpecho.model import (
     retries2_budget,
     stuck_for_s,
 )
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.diag import Connection
 from tcpecho.tcp.info import TcpInfo
 from tcpecho.tcp.options import TcpOptions
@@ -402,3 +404,66 @@ def test_an_orphan_is_bounded_by_tcp_orphan_retries_in_place_of_tcp_retries2() -
     bounded = predict(DEFAULTS, TcpOptions(user_timeout_ms=5000), Failure.SILENT, Activity.ORPHANED)
     assert bounded.mechanism is Mechanism.USER_TIMEOUT
     assert 5 < bounded.low_s < bounded.high_s < 6.5
+
+
+# -- a library's own pings (gRPC's HTTP/2 PING) ---------------------------------------------------
+
+PINGED = TcpOptions(user_timeout_ms=5000, keepalive=False)  # gRPC sets keepalive_timeout_ms
+
+
+def test_a_ping_watches_an_idle_call_and_the_user_timeout_ends_it() -> None:
+    """The ping goes one interval after the last read, as sent data: the user timeout on it
+    ends a vanished peer's connection (measured in the cookbook: 5.50 s from the ping)."""
+    ping = Ping(10.0, 60.0, without_calls=True)
+    idle = predict(DEFAULTS, PINGED, Failure.SILENT, Activity.IDLE, Deadlines(ping=ping))
+    busy = predict(DEFAULTS, PINGED, Failure.SILENT, Activity.ACTIVE, Deadlines(ping=ping))
+    assert idle.mechanism is Mechanism.USER_TIMEOUT
+    assert idle.clock == "last-data"
+    assert 10 + 5.0 < idle.low_s < 10 + 5.5 < idle.high_s < 10 + 6.5
+    # The ping does not change a busy connection's fate: the user timeout comes first.
+    assert busy == predict(DEFAULTS, PINGED, Failure.SILENT, Activity.ACTIVE)
+    without = predict(DEFAULTS, PINGED, Failure.SILENT, Activity.IDLE)
+    assert without.never
+
+
+def test_a_stalled_peer_is_noticed_by_the_pings_timeout_not_the_user_timeout() -> None:
+    """Its kernel acknowledges the ping, its program never answers: measured with grpcio
+    1.85, keepalive 1 s and grpc.http2.ping_timeout_ms 3 s, the call failed after 4.01-4.02 s
+    (three runs), not at keepalive_timeout_ms."""
+    ping = Ping(1.0, 3.0, without_calls=True)
+    stalled = predict(DEFAULTS, PINGED, Failure.STALLED, Activity.IDLE, Deadlines(ping=ping))
+    assert stalled.mechanism is Mechanism.PING_TIMEOUT
+    assert stalled.contains(4.01)
+    assert stalled.contains(4.02)
+    busy = predict(DEFAULTS, PINGED, Failure.STALLED, Activity.ACTIVE, Deadlines(ping=ping))
+    assert busy.mechanism is Mechanism.PING_TIMEOUT
+    assert busy.low_s <= 3.0 < 4.0 < busy.high_s
+
+
+def test_pings_that_stop_after_a_few_without_data_watch_nothing_for_long() -> None:
+    """gRPC's default grpc.http2.max_pings_without_data=2: two pings, then none (seen with
+    grpcio 1.85's keepalive trace while a call waited)."""
+    limited = Deadlines(ping=Ping(1.0, 60.0, limit_without_data=2))
+    assert predict(DEFAULTS, PINGED, Failure.SILENT, Activity.IDLE, limited).never
+
+
+def test_pings_on_an_idle_pooled_connection_keep_the_middleboxs_flow() -> None:
+    """Only pings that also go without calls keep an idle pooled connection's flow."""
+    timeout = 350.0
+    for without_calls, survives in ((True, True), (False, False)):
+        ping = Ping(60.0, 60.0, without_calls=without_calls)
+        after = after_idle_expiry(
+            DEFAULTS,
+            PINGED,
+            Activity.IDLE,
+            timeout,
+            Traffic(next_request_s=timeout + 1),
+            Deadlines(ping=ping),
+        )
+        assert after.survives is survives
+    late = Ping(400.0, 60.0, without_calls=True)  # after the flow is forgotten
+    after = after_idle_expiry(
+        DEFAULTS, PINGED, Activity.IDLE, timeout, Traffic(), Deadlines(ping=late)
+    )
+    assert after.mechanism is Mechanism.USER_TIMEOUT
+    assert 400 + 5 < after.low_s < after.high_s < 400 + 7

@@ -150,3 +150,64 @@ def test_the_lab_confirms_what_is_promised(
         for fault in ("idle-expiry", "partition"):
             assert cases[f"{fault}/custom/{mode}"]["verdict"] == "survived"
     assert all(case["matches_model"] for case in cases.values())
+
+
+# -- a library that pings (gRPC) ---------------------------------------------------------------
+
+GRPC_ACK_TIMEOUT_S = 60.0
+
+
+@pytest.mark.parametrize("constraints", CONSTRAINTS)
+def test_pings_meet_every_constraint_by_the_model(constraints: Constraints) -> None:
+    """For gRPC: its TCP_USER_TIMEOUT and its ping interval, no keepalive; pings on an idle
+    channel and without limit, each under the path's idle timeout."""
+    chosen = recommend(DEFAULTS, constraints, GRPC_ACK_TIMEOUT_S)
+    tcp, ping = chosen.tcp, chosen.deadlines.ping
+    assert ping is not None
+    assert ping.without_calls
+    assert ping.watches_idle
+    assert tcp.keepalive is False
+    deadline = constraints.detect_within_s
+    deadlines = chosen.deadlines
+    assert predict(DEFAULTS, tcp, Failure.SILENT, Activity.ACTIVE, deadlines).high_s <= deadline
+    idle = predict(DEFAULTS, tcp, Failure.SILENT, Activity.IDLE, deadlines)
+    assert idle.high_s <= deadline
+    assert idle.low_s > ping.interval_s  # the ping first, then the user timeout on it
+    outage = constraints.survive_outage_s
+    if outage is not None:
+        assert after_partition(
+            DEFAULTS, tcp, Activity.ACTIVE, outage, Traffic(request_offset_s=0)
+        ).survives
+    if constraints.path.idle_timeout_s is not None:
+        assert ping.interval_s < constraints.path.idle_timeout_s
+        assert not any(c.startswith("keepalive-exceeds-path-idle") for c in chosen.caveats)
+
+
+@pytest.mark.parametrize("constraints", CONSTRAINTS)
+def test_the_ping_interval_is_the_longest_that_meets_them(constraints: Constraints) -> None:
+    chosen = recommend(DEFAULTS, constraints, GRPC_ACK_TIMEOUT_S)
+    ping = chosen.deadlines.ping
+    assert ping is not None
+    longer = replace(chosen.deadlines, ping=replace(ping, interval_s=ping.interval_s + 1))
+    late = predict(DEFAULTS, chosen.tcp, Failure.SILENT, Activity.IDLE, longer).high_s
+    timeout = constraints.path.idle_timeout_s
+    assert late > constraints.detect_within_s or (
+        timeout is not None and ping.interval_s + 1 > timeout * 0.8
+    )
+
+
+def test_the_command_answers_in_grpcs_channel_options() -> None:
+    shown = _explain(
+        "--recommend", "--detect-within", "30s", "--survive-outage", "10s", "--path", "aws-nlb",
+        "--stack", "grpc-python", "--json",
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    settings = document["stack"]["settings"]
+    ping = document["settings"]["ping"]
+    assert f"grpc.keepalive_time_ms={round(ping['interval_s'] * 1000)}" in settings
+    user_timeout = document["settings"]["tcp"]["user_timeout_ms"]
+    assert f"grpc.keepalive_timeout_ms={user_timeout}" in settings
+    assert "grpc.keepalive_permit_without_calls=1 grpc.http2.max_pings_without_data=0" in settings
+    assert document["predictions"]["idle"]["high_s"] <= 30
+    assert any(c.startswith("ping-faster-than-server-allows") for c in document["caveats"])

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 
 import pytest
 
 from cookbook.recipes import RECIPES, Recipe
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.stacks import STACKS, StackSyntaxError, read
 from tcpecho.tcp.options import TcpOptions
 from tests.support import tcpecho_executable
@@ -44,12 +45,56 @@ TUNED = TcpOptions(
 )
 
 
-@pytest.mark.parametrize("name", [name for name in STACKS if name != "tcpecho"])
+KEEPALIVE_STACKS = [
+    n for n, stack in STACKS.items() if n != "tcpecho" and not stack.ping_ack_timeout_s
+]
+PINGING_STACKS = [n for n, stack in STACKS.items() if stack.ping_ack_timeout_s]
+
+
+@pytest.mark.parametrize("name", KEEPALIVE_STACKS)
 def test_a_rendering_reads_back_as_the_same_options(name: str) -> None:
     stack = STACKS[name]
     tcp, deadlines = read(stack, stack.render(TUNED, Deadlines()))
     assert tcp == TUNED
     assert deadlines == (Deadlines() if name == "redis-py" else stack.default_deadlines)
+
+
+@pytest.mark.parametrize("name", PINGING_STACKS)
+@pytest.mark.parametrize(
+    "ping",
+    [
+        Ping(16, 60.0, without_calls=True),
+        Ping(30, 20.0),  # pings only while a call waits, at most two without data
+        Ping(0.5, 60.0, without_calls=True, limit_without_data=5),
+    ],
+)
+def test_pings_render_and_read_back_as_the_same(name: str, ping: Ping) -> None:
+    stack = STACKS[name]
+    tcp = TcpOptions(user_timeout_ms=27_000, keepalive=False)
+    ping = replace(
+        ping, limit_without_data=ping.limit_without_data or (None if ping.without_calls else 2)
+    )
+    assert read(stack, stack.render(tcp, Deadlines(ping=ping))) == (tcp, Deadlines(ping=ping))
+
+
+def test_grpc_without_pings_sets_nothing_and_its_syntax_errors_say_why() -> None:
+    grpc = STACKS["grpc-python"]
+    assert read(grpc, None) == (TcpOptions(keepalive=False), Deadlines())
+    # Without keepalive_time_ms, gRPC neither pings nor sets TCP_USER_TIMEOUT.
+    assert read(grpc, "grpc.keepalive_timeout_ms=5000") == (
+        TcpOptions(keepalive=False),
+        Deadlines(),
+    )
+    # The Python list of tuples a user pastes reads as well; keepalive_timeout_ms's 20 s default.
+    tcp, deadlines = read(grpc, '[("grpc.keepalive_time_ms", 30000)]')
+    assert tcp.user_timeout_ms == 20_000
+    assert deadlines.ping == Ping(30.0, 60.0, without_calls=False, limit_without_data=2)
+    with pytest.raises(StackSyntaxError, match=r"max_receive_message_length: not a keepalive"):
+        read(grpc, "grpc.keepalive_time_ms=1000 grpc.max_receive_message_length=10")
+    with pytest.raises(StackSyntaxError, match="no gRPC channel option"):
+        read(grpc, "keepalive=1")
+    with pytest.raises(StackSyntaxError, match="more than 0"):
+        read(grpc, "grpc.keepalive_time_ms=0")
 
 
 def test_settings_over_a_librarys_defaults() -> None:
@@ -125,3 +170,24 @@ def test_bad_stack_input_is_a_usage_error(args: tuple[str, ...]) -> None:
     result = _explain(*args)
     assert result.returncode == 2, args
     assert "Traceback" not in result.stderr
+
+
+def test_explain_takes_grpcs_channel_options() -> None:
+    options = (
+        "grpc.keepalive_time_ms=10000 grpc.keepalive_timeout_ms=5000 "
+        "grpc.keepalive_permit_without_calls=1 grpc.http2.max_pings_without_data=0"
+    )
+    shown = _explain("--stack", "grpc-python", "--stack-options", options, "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    scenarios = {s["name"]: s for s in document["scenarios"]}
+    assert scenarios["busy"]["mechanism"] == "user_timeout"
+    assert scenarios["idle"]["mechanism"] == "user_timeout"  # the user timeout on the ping
+    assert scenarios["stalled-reader"]["mechanism"] == "ping_timeout"
+    codes = {warning["code"] for warning in document["warnings"]}
+    assert "ping-faster-than-server-allows" in codes
+    assert "user-timeout-without-keepalive" not in codes  # the pings watch idle calls
+    defaults = _explain("--stack", "grpc-python", "--json")
+    scenarios = {s["name"]: s for s in json.loads(defaults.stdout)["scenarios"]}
+    assert scenarios["busy"]["mechanism"] == "tcp_retries2"
+    assert scenarios["idle"]["mechanism"] == "nothing"

@@ -33,6 +33,7 @@ from tcpecho.model import (
     after_ip_reuse,
     after_partition,
     behind_proxy,
+    idle_ping,
     predict,
     retries2_budget,
     syn_budget,
@@ -40,7 +41,7 @@ from tcpecho.model import (
 from tcpecho.model import (
     Outcome as PredictedOutcome,
 )
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.options import OPTIONS, TcpOptions
 
 DEFAULT_TCP_RETRIES2 = KernelSettings().tcp_retries2
@@ -52,6 +53,10 @@ ENOUGH_USER_TIMEOUT_S = 10  # above that streak, with room for a slower path's l
 EXAMPLE_USER_TIMEOUT_S = 30  # well above that streak, far below tcp_retries2's ~15 min
 EXAMPLE_CONNECT_TIMEOUT_S = 5  # a round trip, and a few SYNs sent again 1 s apart
 EXAMPLE_SYN_RETRIES = 2
+# A gRPC server takes a ping without data at most this often unless told otherwise
+# (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS), and closes the connection with
+# GOAWAY "too_many_pings" after two more (grpc/doc/keepalive.md).
+GRPC_SERVER_MIN_PING_INTERVAL_S = 300.0
 EXAMPLE_KEEPALIVE_IDLE_S = 10  # a first probe soon after the connection goes quiet
 EXAMPLE_KEEPALIVE_INTERVAL_S = 5
 _KEEPALIVE_FIELDS = ("keepalive_idle_s", "keepalive_interval_s", "keepalive_count")
@@ -174,7 +179,9 @@ def explain(
         for prediction in [predict(kernel, tcp, scenario.failure, scenario.activity, deadlines)]
     ) + tuple(_path_outcomes(kernel, tcp, deadlines, path))
     predicted = {outcome.scenario.name: outcome.prediction for outcome in outcomes}
-    found = traps(kernel, tcp, deadlines, predicted) + path_traps(kernel, tcp, path, predicted)
+    found = traps(kernel, tcp, deadlines, predicted) + path_traps(
+        kernel, tcp, path, predicted, deadlines
+    )
     return Explanation(tcp, deadlines, kernel, outcomes, tuple(found))
 
 
@@ -192,8 +199,11 @@ def _path_outcomes(
             tcp,
             Activity.IDLE,
             timeout,
-            # With keepalive, what it does while idle; without, the next request's fate.
-            Traffic(next_request_s=None if in_force.keepalive else timeout + 1),
+            # With keepalive (or pings), what it does while idle; without, the next
+            # request's fate.
+            Traffic(
+                next_request_s=None if in_force.keepalive or idle_ping(deadlines) else timeout + 1
+            ),
             deadlines,
             reset=path.resets,
         )
@@ -250,6 +260,9 @@ def _idle_expiry_reason(
 ) -> str:
     keepalive = in_force.keepalive
     timeout = path.idle_timeout_named
+    ping = idle_ping(deadlines)
+    if ping is not None and (keepalive is None or ping.interval_s < keepalive.idle_s):
+        return _idle_expiry_ping_reason(prediction, kernel, in_force, ping, path)
     if prediction.survives and keepalive is not None:
         return (
             f"keepalive's first probe, {keepalive.idle_s} s after the last data, comes before "
@@ -273,6 +286,28 @@ def _idle_expiry_reason(
         f"nothing is sent while idle, so the path forgets the flow after {timeout} and drops "
         "the next request, which then fares as a lost one (from that request): "
         + _mechanism_reason(scenario, prediction.mechanism, kernel, in_force, deadlines)
+    )
+
+
+def _idle_expiry_ping_reason(
+    prediction: Prediction,
+    kernel: KernelSettings,
+    in_force: InForce,
+    ping: Ping,
+    path: PathContext,
+) -> str:
+    timeout = path.idle_timeout_named
+    after = f"the library's ping, {format_duration(ping.interval_s)} after the last read"
+    if prediction.survives:
+        return (
+            f"{after}, comes before {timeout} runs out, and every ping and its answer keep the flow"
+        )
+    fate = "answered with RST" if path.resets else "dropped"
+    scenario = Scenario("idle-expiry", "", Failure.SILENT, Activity.IDLE)
+    return (
+        f"{after}, comes past {timeout}: the path has forgotten the flow and the ping is "
+        f"{fate}; "
+        + _mechanism_reason(scenario, prediction.mechanism, kernel, in_force, Deadlines(ping=ping))
     )
 
 
@@ -344,6 +379,9 @@ def _mechanism_reason(
             f"RTO of ~0.2 s doubling to {kernel.tcp_rto_max_s:g} s, a "
             f"{retries2_budget(kernel):.1f} s budget counted from the first one"
         )
+    ping = deadlines.ping
+    if ping is not None and (pinged := _ping_reason(scenario, mechanism, in_force, ping)):
+        return pinged
     if mechanism is Mechanism.USER_TIMEOUT:
         where = "the connect" if scenario.activity is Activity.CONNECTING else "sent data"
         return (
@@ -371,9 +409,40 @@ def _mechanism_reason(
             "the peer's kernel still acknowledges every request: no retransmission timer "
             "runs and keepalive probes are answered; only --read-timeout bounds it"
         )
+    if ping is not None and not ping.watches_idle:
+        return (
+            f"the library stops pinging after {ping.limit_without_data} pings with no data "
+            "sent between them, and keepalive is off: a call that waits longer is watched by "
+            "nothing"
+        )
     return (
         "an idle connection sends nothing and keepalive is off: nothing notices until the "
         "next request, which then fares as busy"
+    )
+
+
+def _ping_reason(
+    scenario: Scenario, mechanism: Mechanism, in_force: InForce, ping: Ping
+) -> str | None:
+    """Why the library's ping ends it, if it does: unanswered for its timeout, or by the user
+    timeout on it as sent data."""
+    interval, timeout = format_duration(ping.interval_s), format_duration(ping.ack_timeout_s)
+    if mechanism is Mechanism.USER_TIMEOUT and scenario.activity is Activity.IDLE:
+        return (
+            f"the library's ping, {interval} after the last read, is sent data: "
+            f"TCP_USER_TIMEOUT ({format_duration(in_force.user_timeout_s)}) ends its "
+            "retransmissions"
+        )
+    if mechanism is not Mechanism.PING_TIMEOUT:
+        return None
+    answered = (
+        "the peer's kernel acknowledges it, but its program never answers"
+        if scenario.failure is Failure.STALLED
+        else "it gets no answer"
+    )
+    return (
+        f"the library's ping goes {interval} after the last read; {answered}, and the library "
+        f"closes the connection after its ping timeout ({timeout})"
     )
 
 
@@ -408,8 +477,9 @@ def traps(
     """The known traps these options fall into, each with why, in the options' own numbers,
     and its fix. ``predicted``: each scenario's prediction, by name."""
     in_force = InForce.of(tcp, kernel)
-    busy, connect = predicted["busy"], predicted["connect"]
-    found = _keepalive_traps(kernel, tcp, in_force, busy, predicted["idle"])
+    busy, connect, idle = predicted["busy"], predicted["connect"], predicted["idle"]
+    found = _keepalive_traps(kernel, tcp, in_force, busy, idle)
+    found = _with_ping_traps(found, deadlines.ping)
     ut = in_force.user_timeout_s
     if 0 < ut < SHORT_USER_TIMEOUT_S:
         found.append(
@@ -457,26 +527,59 @@ def traps(
     return found
 
 
-def path_traps(
-    kernel: KernelSettings,
-    tcp: TcpOptions,
-    path: PathContext,
-    predicted: dict[str, Prediction],
-) -> list[Trap]:
-    """The traps the path sets for these options: keepalive that lets a middlebox forget an
-    idle flow, a user timeout (or deadline) that cuts an outage the connection must survive,
-    TCP options that act only on the loopback connection to a sidecar."""
-    in_force = InForce.of(tcp, kernel)
+def _with_ping_traps(found: list[Trap], ping: Ping | None) -> list[Trap]:
+    """gRPC's own: pings that stop, and pings its servers refuse. Its pings stand for
+    keepalive (gRPC sets no SO_KEEPALIVE): where they stop, ``ping-limit`` says so in the
+    library's terms, not ``user-timeout-without-keepalive`` in tcpecho's."""
+    if ping is None:
+        return found
+    found = [trap for trap in found if trap.code != "user-timeout-without-keepalive"]
+    if not ping.watches_idle:
+        found.append(
+            Trap(
+                "ping-limit",
+                f"the library sends at most {ping.limit_without_data} pings with no data "
+                "between them (gRPC's grpc.http2.max_pings_without_data, 2 by default), then "
+                "none: a call that waits longer for its answer is not watched",
+                "set grpc.http2.max_pings_without_data=0",
+            )
+        )
+    if ping.interval_s < GRPC_SERVER_MIN_PING_INTERVAL_S:
+        found.append(
+            Trap(
+                "ping-faster-than-server-allows",
+                f"a ping every {format_duration(ping.interval_s)} without data: a gRPC server "
+                "takes one at most every "
+                f"{format_duration(GRPC_SERVER_MIN_PING_INTERVAL_S)} by default and closes the "
+                'connection with GOAWAY "too_many_pings" after two more',
+                "on the server: grpc.keepalive_permit_without_calls=1 and "
+                "grpc.http2.min_ping_interval_without_data_ms at most the client's "
+                "grpc.keepalive_time_ms",
+            )
+        )
+    return found
+
+
+def _path_idle_traps(in_force: InForce, path: PathContext, deadlines: Deadlines) -> list[Trap]:
+    """Keepalive (and a library's pings) that let a middlebox forget an idle flow."""
     found = []
     keepalive = in_force.keepalive
     timeout_s = path.idle_timeout_s
-    if timeout_s is not None and (keepalive is None or keepalive.idle_s >= timeout_s):
+    ping = idle_ping(deadlines)
+    pinged = ping is not None and timeout_s is not None and ping.interval_s < timeout_s
+    if (
+        timeout_s is not None
+        and not pinged
+        and (keepalive is None or keepalive.idle_s >= timeout_s)
+    ):
         timeout = path.idle_timeout_named
         why = (
             "keepalive is off"
             if keepalive is None
             else f"keepalive's first probe comes after {keepalive.idle_s} s idle"
         )
+        if deadlines.ping is not None:
+            why += _ping_on_idle(deadlines.ping)
         fate = "answers its next packet with RST" if path.resets else "drops its next packet"
         suggested = max(1, math.floor(timeout_s / 2))
         found.append(
@@ -486,9 +589,42 @@ def path_traps(
                 f"{fate}; the connection is not noticed dead until then, or hangs at its next "
                 "request",
                 f"set --keepalive-idle below it, for example {suggested}s (half of it): every "
-                "probe and its ACK then keep the flow",
+                "probe and its ACK then keep the flow"
+                if deadlines.ping is None
+                else f"set grpc.keepalive_time_ms below it, for example {suggested * 1000} "
+                "(half of it), with grpc.keepalive_permit_without_calls=1 and "
+                "grpc.http2.max_pings_without_data=0: every ping and its answer then keep the "
+                "flow",
             )
         )
+    return found
+
+
+def _ping_on_idle(ping: Ping) -> str:
+    """Why the library's ping does not keep an idle pooled connection's flow."""
+    if not ping.without_calls:
+        return (
+            " and the library pings only while a call is in flight (gRPC's "
+            "grpc.keepalive_permit_without_calls=0)"
+        )
+    if not ping.watches_idle:
+        return f" and the library stops pinging after {ping.limit_without_data} pings"
+    return f" and the library's ping comes after {format_duration(ping.interval_s)}"
+
+
+def path_traps(
+    kernel: KernelSettings,
+    tcp: TcpOptions,
+    path: PathContext,
+    predicted: dict[str, Prediction],
+    deadlines: Deadlines = Deadlines(),  # noqa: B008 - frozen, so one shared value is safe
+) -> list[Trap]:
+    """The traps the path sets for these options: keepalive (or a library's ping) that lets
+    a middlebox forget an idle flow, a user timeout (or deadline) that cuts an outage the
+    connection must survive, TCP options that act only on the loopback connection to a
+    sidecar."""
+    in_force = InForce.of(tcp, kernel)
+    found = _path_idle_traps(in_force, path, deadlines)
     partition = predicted.get("partition")
     outage = path.outage_s
     if outage is not None and partition is not None and partition.outcome is PredictedOutcome.CUT:

@@ -8,18 +8,20 @@ timeout that still notices a busy dead peer in time (the most tolerance for a sl
 path) and survives the outage; then the longest keepalive idle time under both the deadline
 and the path's idle timeout (the fewest probes), with an interval and count whose probing
 reaches the user timeout, so that the user timeout, not the count, ends it
-(``explain``'s ``user-timeout-exceeds-keepalive``). Every choice is checked with the same
-predictions ``explain`` shows.
+(``explain``'s ``user-timeout-exceeds-keepalive``). A library that watches idle connections
+with its own pings (gRPC) gets the longest ping interval under both instead of keepalive.
+Every choice is checked with the same predictions ``explain`` shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tcpecho.durations import format_duration
-from tcpecho.explain import MAX_COUNT, PathContext, explain
+from tcpecho.explain import ENOUGH_USER_TIMEOUT_S, MAX_COUNT, PathContext, explain
 from tcpecho.model import (
     Activity,
     Failure,
@@ -29,7 +31,7 @@ from tcpecho.model import (
     after_partition,
     predict,
 )
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.options import OPTIONS, TcpOptions
 
 # The path's idle timeout is never cut finer than this: a first probe this much before it
@@ -58,6 +60,13 @@ class Recommendation:
     outage: Prediction | None
     why: tuple[tuple[str, str], ...]  # (flag and value, why that value)
     caveats: tuple[str, ...]  # explain's warnings that the constraints leave standing
+    deadlines: Deadlines = Deadlines()  # noqa: RUF009 - frozen; a library's pings, if chosen
+
+    @property
+    def first_packet_s(self) -> float:
+        """When an idle connection sends its first probe (or ping) after the last data."""
+        ping = self.deadlines.ping
+        return ping.interval_s if ping is not None else float(self.tcp.keepalive_idle_s or 0)
 
     @property
     def environment(self) -> tuple[str, ...]:
@@ -81,8 +90,15 @@ def flag_values(tcp: TcpOptions) -> dict[str, str | None]:
     return values
 
 
-def recommend(kernel: KernelSettings, constraints: Constraints) -> Recommendation:
-    """The settings that meet ``constraints`` here; ``ImpossibleError`` when none can."""
+def recommend(
+    kernel: KernelSettings, constraints: Constraints, ping_ack_timeout_s: float | None = None
+) -> Recommendation:
+    """The settings that meet ``constraints`` here; ``ImpossibleError`` when none can.
+
+    ``ping_ack_timeout_s``: the client library watches idle connections with its own pings,
+    each given that long to be answered, and sets no keepalive (gRPC)."""
+    if ping_ack_timeout_s is not None:
+        return _recommend_pings(kernel, constraints, ping_ack_timeout_s)
     deadline = constraints.detect_within_s
     failure: ImpossibleError | None = None
     # The longest user timeout whose idle connections keepalive can also watch in time (the
@@ -105,6 +121,87 @@ def recommend(kernel: KernelSettings, constraints: Constraints) -> Recommendatio
     explanation = explain(kernel, tcp, Deadlines(), constraints.path)
     caveats = tuple(f"{trap.code}: {trap.message}" for trap in explanation.traps)
     return Recommendation(constraints, tcp, busy, idle, outage, why, caveats)
+
+
+def _recommend_pings(
+    kernel: KernelSettings, constraints: Constraints, ack_timeout_s: float
+) -> Recommendation:
+    """The shortest user timeout that survives the outage and outlasts a lossy path's streak
+    of retransmissions (``explain``'s ``user-timeout-too-short``), then the longest
+    whole-second ping interval that notices a dead idle peer in time (the ping, then that
+    user timeout on it) and stays under the path's idle timeout: the deadline goes to the
+    interval, and the fewest pings reach the server, which limits them. Pings also without
+    calls and without limit, or an idle pooled connection lets its flow go and a long call
+    stops being watched."""
+    deadline = constraints.detect_within_s
+    path_timeout = constraints.path.idle_timeout_s
+    highest = math.floor(deadline) - 1
+    if path_timeout is not None:
+        highest = min(highest, math.floor(path_timeout * PATH_MARGIN))
+    fitting = _user_timeouts(kernel, constraints)  # longest first
+    enough = [seconds for seconds in reversed(fitting) if seconds >= ENOUGH_USER_TIMEOUT_S]
+    for user_timeout in enough + [seconds for seconds in fitting if seconds not in enough]:
+        tcp = replace(_ut(user_timeout), keepalive=False)
+        for interval in range(highest, 0, -1):
+            deadlines = Deadlines(ping=Ping(interval, ack_timeout_s, without_calls=True))
+            idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE, deadlines)
+            if idle.high_s <= deadline:
+                return _pinged(kernel, constraints, tcp, deadlines, idle)
+    where = "" if path_timeout is None else f" and under the path's {format_duration(path_timeout)}"
+    raise ImpossibleError(
+        f"no ping interval notices a dead idle peer within {format_duration(deadline)}{where}"
+    )
+
+
+def _pinged(
+    kernel: KernelSettings,
+    constraints: Constraints,
+    tcp: TcpOptions,
+    deadlines: Deadlines,
+    idle: Prediction,
+) -> Recommendation:
+    busy = predict(kernel, tcp, Failure.SILENT, Activity.ACTIVE, deadlines)
+    outage = None
+    if constraints.survive_outage_s is not None:
+        outage = _outage(kernel, tcp, constraints.survive_outage_s)
+    assert busy.high_s <= constraints.detect_within_s
+    ping = deadlines.ping
+    assert ping is not None
+    deadline = format_duration(constraints.detect_within_s)
+    path = constraints.path
+    why = (
+        (
+            f"user timeout {format_duration((tcp.user_timeout_ms or 0) / 1000)}",
+            f"notices a busy dead peer within {deadline} (after {busy.describe()})"
+            + _surviving(constraints)
+            + f", at least {ENOUGH_USER_TIMEOUT_S} s for a lossy path's retransmissions, and "
+            "no longer, to leave the deadline to the ping interval; gRPC sets it from "
+            "keepalive_timeout_ms",
+        ),
+        (
+            f"ping interval {format_duration(ping.interval_s)}",
+            f"the longest that notices a dead idle peer within {deadline} (after "
+            f"{idle.describe()}: the ping, then the user timeout on it)"
+            + (
+                f" and stays under {path.idle_timeout_named}"
+                if path.idle_timeout_s is not None
+                else ""
+            ),
+        ),
+        (
+            "pings without calls, without limit",
+            "so that an idle pooled connection keeps its flow and a call that waits long "
+            "is watched throughout",
+        ),
+    )
+    explanation = explain(kernel, tcp, deadlines, path)
+    caveats = tuple(f"{trap.code}: {trap.message}" for trap in explanation.traps)
+    return Recommendation(constraints, tcp, busy, idle, outage, why, caveats, deadlines)
+
+
+def _surviving(constraints: Constraints) -> str:
+    outage = constraints.survive_outage_s
+    return "" if outage is None else f", and survives a {format_duration(outage)} outage"
 
 
 def _user_timeouts(kernel: KernelSettings, constraints: Constraints) -> list[int]:
@@ -213,12 +310,7 @@ def _why(
         (
             f"--user-timeout {flags['--user-timeout']}",
             f"the longest that notices a busy dead peer within {deadline} (after "
-            f"{busy.describe()}), the most room for a slow or lossy path"
-            + (
-                f", and survives a {format_duration(constraints.survive_outage_s)} outage"
-                if constraints.survive_outage_s is not None
-                else ""
-            ),
+            f"{busy.describe()}), the most room for a slow or lossy path" + _surviving(constraints),
         ),
         (
             f"--keepalive-idle {flags['--keepalive-idle']}",
@@ -250,6 +342,7 @@ def to_json(recommendation: Recommendation) -> dict[str, Any]:
     constraints = recommendation.constraints
     path = constraints.path
     outage = recommendation.outage
+    ping = recommendation.deadlines.ping
     return {
         "constraints": {
             "detect_within_s": constraints.detect_within_s,
@@ -265,6 +358,7 @@ def to_json(recommendation: Recommendation) -> dict[str, Any]:
                 for option in OPTIONS
                 if getattr(recommendation.tcp, option.field) is not None
             },
+            "ping": None if ping is None else dataclasses.asdict(ping),
         },
         "predictions": {
             "busy": _range(recommendation.busy),
@@ -274,7 +368,7 @@ def to_json(recommendation: Recommendation) -> dict[str, Any]:
             else {"outcome": str(outage.outcome), **_range(outage)},
             "path_margin_s": None
             if path.idle_timeout_s is None
-            else path.idle_timeout_s - (recommendation.tcp.keepalive_idle_s or 0),
+            else path.idle_timeout_s - recommendation.first_packet_s,
         },
         "why": [{"setting": setting, "reason": reason} for setting, reason in recommendation.why],
         "caveats": list(recommendation.caveats),
@@ -297,12 +391,16 @@ def render(recommendation: Recommendation) -> str:
         asked.append(f"survive a {format_duration(constraints.survive_outage_s)} outage")
     if path.idle_timeout_s is not None:
         asked.append(f"keep flows through {path.idle_timeout_named}")
+    settings = ["settings:"]
+    if recommendation.deadlines.ping is None:  # a library's pings have no tcpecho flag
+        settings += [
+            "  " + " ".join(recommendation.tcp.as_flags()),
+            "  " + " ".join(recommendation.environment),
+        ]
     lines = [
         "constraints: " + ", ".join(asked),
         "",
-        "settings:",
-        "  " + " ".join(recommendation.tcp.as_flags()),
-        "  " + " ".join(recommendation.environment),
+        *settings,
         "",
         "predicted:",
         f"  busy: a dead peer noticed after {recommendation.busy.describe()}",
@@ -316,9 +414,10 @@ def render(recommendation: Recommendation) -> str:
             f"first retransmission after the heal {through} after the request"
         )
     if path.idle_timeout_s is not None:
-        margin = path.idle_timeout_s - (recommendation.tcp.keepalive_idle_s or 0)
+        margin = path.idle_timeout_s - recommendation.first_packet_s
+        first = "probe" if recommendation.deadlines.ping is None else "ping"
         lines.append(
-            f"  the path: the first probe {format_duration(margin)} before "
+            f"  the path: the first {first} {format_duration(margin)} before "
             f"{path.idle_timeout_named}"
         )
     lines += ["", "why:"]

@@ -61,18 +61,48 @@ def check_duration(
 
 
 @dataclass(frozen=True)
+class Ping:
+    """An application's own keepalive, as gRPC's HTTP/2 PING: one after ``interval_s`` without
+    reading anything (every read restarts the wait), and the connection closed when its
+    answer does not come within ``ack_timeout_s``.
+
+    Measured with grpcio 1.85 (docs/cookbook.md): the ping's deadline is
+    ``grpc.http2.ping_timeout_ms`` (60 s unless set), not ``grpc.keepalive_timeout_ms``, which
+    acts only as the TCP_USER_TIMEOUT gRPC sets on the socket (in ``TcpOptions``, not here)."""
+
+    interval_s: float
+    ack_timeout_s: float
+    without_calls: bool = False  # also on a connection with no call in flight (a pooled one)
+    # After this many pings with no data sent between them, no more (gRPC's
+    # grpc.http2.max_pings_without_data, 2 unless set); None: no limit (gRPC's 0).
+    limit_without_data: int | None = None
+
+    def __post_init__(self) -> None:
+        check_duration("ping_interval", self.interval_s, minimum=0.001, step=0.001)
+        check_duration("ping_timeout", self.ack_timeout_s, minimum=0.001, step=0.001)
+        check_range("ping_limit", self.limit_without_data, 1)
+
+    @property
+    def watches_idle(self) -> bool:
+        """Whether the pings go on however long a call waits for its answer."""
+        return self.limit_without_data is None
+
+
+@dataclass(frozen=True)
 class Deadlines:
     """The client's own bounds, whatever the kernel does; ``None`` sets none."""
 
     connect_timeout_s: float | None = None  # each connection attempt
     read_timeout_s: float | None = None  # each echo, from its send
+    # A library's pings (gRPC's); tcpecho's own client has none, so no flag gives one.
+    ping: Ping | None = None
 
     def __post_init__(self) -> None:
         check_duration("connect_timeout", self.connect_timeout_s, minimum=0.001)
         check_duration("read_timeout", self.read_timeout_s, minimum=0.001)
 
     def as_flags(self) -> tuple[str, ...]:
-        """The ``tcpecho client`` flags that give these deadlines."""
+        """The ``tcpecho client`` flags that give these deadlines (a ping has none)."""
         flags: list[str] = []
         if self.connect_timeout_s is not None:
             flags += ["--connect-timeout", format_duration(self.connect_timeout_s)]

@@ -6,7 +6,8 @@ A libpq user writes ``keepalives_idle=10 tcp_user_timeout=5000``, not tcpecho's 
 redis-py user a ``socket_keepalive_options`` dict. ``explain --stack`` reads those, and
 ``explain --recommend --stack`` answers in them. The cookbook's recipes say the same
 (``tests/test_stacks.py`` holds each rendering to the recipe the lab measured), so the two
-cannot disagree. gRPC is not here: its keepalive is HTTP/2 pings, another model.
+cannot disagree. gRPC's keepalive is HTTP/2 pings, not the kernel's: its stack reads and
+renders a ``Ping`` (in ``Deadlines``) beside the TCP_USER_TIMEOUT gRPC sets from it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.options import TcpOptions
 
 
@@ -32,6 +33,9 @@ class Stack:
     parse: Callable[[str, TcpOptions], tuple[TcpOptions, Deadlines]]
     default_deadlines: Deadlines = Deadlines()  # noqa: RUF009 - frozen, so one shared value is safe
     syntax: str = ""  # an example of the library's settings, for errors and help
+    # It watches idle connections with its own pings, not TCP keepalive: how long it waits
+    # for a ping's answer when pings are on (None: no pings).
+    ping_ack_timeout_s: float | None = None
 
 
 _SOCKET_NAMES = (
@@ -158,6 +162,62 @@ def _parse_tcpecho(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlin
     raise StackSyntaxError("give tcpecho's own options as flags, not --stack-options")
 
 
+# gRPC core's channel arguments (grpc/include/grpc/impl/channel_arg_names.h) for its
+# keepalive, with a client's defaults (chttp2_transport.cc): no pings; when pings are on,
+# TCP_USER_TIMEOUT is keepalive_timeout_ms (socket_utils_common_posix.cc).
+_GRPC_TIME = "grpc.keepalive_time_ms"
+_GRPC_TIMEOUT = "grpc.keepalive_timeout_ms"
+_GRPC_WITHOUT_CALLS = "grpc.keepalive_permit_without_calls"
+_GRPC_LIMIT = "grpc.http2.max_pings_without_data"
+_GRPC_PING_TIMEOUT = "grpc.http2.ping_timeout_ms"
+_GRPC_DEFAULTS = {
+    _GRPC_TIMEOUT: 20_000,
+    _GRPC_WITHOUT_CALLS: 0,
+    _GRPC_LIMIT: 2,
+    _GRPC_PING_TIMEOUT: 60_000,  # measured: what ends a ping unanswered (docs/cookbook.md)
+}
+
+
+def _render_grpc(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    ping = deadlines.ping
+    if ping is None:
+        return f"{_GRPC_TIME} unset (no pings, no TCP_USER_TIMEOUT)"
+    values = {
+        _GRPC_TIME: round(ping.interval_s * 1000),
+        _GRPC_TIMEOUT: tcp.user_timeout_ms or _GRPC_DEFAULTS[_GRPC_TIMEOUT],
+        _GRPC_WITHOUT_CALLS: int(ping.without_calls),
+        _GRPC_LIMIT: ping.limit_without_data or 0,
+        _GRPC_PING_TIMEOUT: round(ping.ack_timeout_s * 1000),
+    }
+    return " ".join(
+        f"{key}={value}"
+        for key, value in values.items()
+        if key in (_GRPC_TIME, _GRPC_TIMEOUT) or value != _GRPC_DEFAULTS[key]
+    )
+
+
+def _parse_grpc(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    found = dict(re.findall(r"""(grpc\.[\w.]+)["']?\s*[=:,]\s*(-?\d+)""", text))
+    if not found:
+        raise StackSyntaxError(f"no gRPC channel option found (for example: {_GRPC_TIME}=10000)")
+    known = (_GRPC_TIME, *_GRPC_DEFAULTS)
+    unknown = sorted(set(found) - set(known))
+    if unknown:
+        raise StackSyntaxError(f"{', '.join(unknown)}: not a keepalive option ({', '.join(known)})")
+    values = {**_GRPC_DEFAULTS, **{key: int(value) for key, value in found.items()}}
+    if _GRPC_TIME not in found:  # no pings, so gRPC sets no TCP_USER_TIMEOUT either
+        return defaults, Deadlines()
+    if min(values[_GRPC_TIME], values[_GRPC_TIMEOUT], values[_GRPC_PING_TIMEOUT]) <= 0:
+        raise StackSyntaxError("gRPC's keepalive times are milliseconds, more than 0")
+    ping = Ping(
+        values[_GRPC_TIME] / 1000,
+        values[_GRPC_PING_TIMEOUT] / 1000,
+        without_calls=values[_GRPC_WITHOUT_CALLS] == 1,
+        limit_without_data=values[_GRPC_LIMIT] or None,
+    )
+    return replace(defaults, user_timeout_ms=values[_GRPC_TIMEOUT]), Deadlines(ping=ping)
+
+
 KERNEL_DEFAULT_KEEPALIVE = TcpOptions(
     keepalive=True, keepalive_idle_s=7200, keepalive_interval_s=75, keepalive_count=9
 )
@@ -210,6 +270,15 @@ STACKS = {
             _parse_setsockopt,
             syntax="Control: setsockopt TCP_USER_TIMEOUT 5000, TCP_KEEPIDLE 10",
         ),
+        Stack(
+            "grpc-python",
+            "gRPC Python (grpcio): channel options",
+            TcpOptions(keepalive=False),  # no pings, no TCP_USER_TIMEOUT, no SO_KEEPALIVE
+            _render_grpc,
+            _parse_grpc,
+            syntax=f"{_GRPC_TIME}=10000 {_GRPC_TIMEOUT}=5000",
+            ping_ack_timeout_s=_GRPC_DEFAULTS[_GRPC_PING_TIMEOUT] / 1000,
+        ),
     )
 }
 STACK_NAMES = tuple(STACKS)
@@ -221,6 +290,6 @@ def read(stack: Stack, text: str | None) -> tuple[TcpOptions, Deadlines]:
     if text is None or not text.strip():
         return stack.defaults, stack.default_deadlines
     tcp, deadlines = stack.parse(text, stack.defaults)
-    if stack.name != "redis-py":
+    if stack.name not in ("redis-py", "grpc-python"):
         deadlines = stack.default_deadlines
     return tcp, deadlines

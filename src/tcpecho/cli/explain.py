@@ -191,21 +191,25 @@ def _recommend(
     ):
         if seconds is not None and seconds <= 0:
             raise click.UsageError(f"{flag} must be more than 0s")
+    from tcpecho.stacks import STACKS
+
+    library = None if stack_name is None else STACKS[stack_name]
     constraints = recommending.Constraints(detect_within_s, survive_outage_s, path)
     try:
-        chosen = recommending.recommend(KernelSettings.here(), constraints)
+        chosen = recommending.recommend(
+            KernelSettings.here(),
+            constraints,
+            None if library is None else library.ping_ack_timeout_s,
+        )
     except recommending.ImpossibleError as error:
         click.echo(f"tcpecho explain: impossible: {error}", err=True)
         raise SystemExit(1) from None
     stack = None
-    if stack_name is not None:
-        from tcpecho.stacks import STACKS
-
-        library = STACKS[stack_name]
+    if library is not None:
         stack = {
-            "name": stack_name,
+            "name": library.name,
             "library": library.library,
-            "settings": library.render(chosen.tcp, deadlines),
+            "settings": library.render(chosen.tcp, chosen.deadlines),
         }
     if json_output:
         document = recommending.to_json(chosen)

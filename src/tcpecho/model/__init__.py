@@ -45,6 +45,7 @@ from tcpecho.model.field import (
     after_ip_reuse,
     after_partition,
     behind_proxy,
+    idle_ping,
     stalled_reader,
 )
 from tcpecho.model.in_force import InForce, Keepalive
@@ -107,6 +108,7 @@ __all__ = [
     "behind_proxy",
     "first_rto_s",
     "give_up_after_send",
+    "idle_ping",
     "orphan_budget",
     "orphan_retries",
     "predict",

@@ -39,6 +39,7 @@ from tcpecho.model.kernel import (
 from tcpecho.model.predict import (
     APP_TIMER_S,
     FAST_S,
+    NEVER,
     SCHEDULING_S,
     Activity,
     Clock,
@@ -49,7 +50,7 @@ from tcpecho.model.predict import (
     predict,
     read_deadline_first,
 )
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.options import TcpOptions
 
 # An echo comes back a round trip after the packet that got through, and the client sees it
@@ -93,19 +94,23 @@ def after_idle_expiry(
             return _survives(idle_timeout_s, idle_timeout_s + traffic.request_offset_s, "last-data")
         activity = Activity.IDLE  # a request rarer than the timeout is an idle connection's
     keepalive = in_force.keepalive
-    if keepalive is not None and keepalive.idle_s < idle_timeout_s:
-        # Each probe and its ACK refresh the flow before it is forgotten.
+    ping = idle_ping(deadlines)
+    first_packet_s = min(
+        keepalive.idle_s if keepalive is not None else NEVER,
+        ping.interval_s if ping is not None else NEVER,
+    )
+    if first_packet_s < idle_timeout_s:
+        # Each probe (or ping) and its answer refresh the flow before it is forgotten.
         if traffic.next_request_s is None:  # nothing to show it, but nothing fails
             return replace(_never_seen(), outcome=Outcome.SURVIVES)
         return _survives(traffic.next_request_s, traffic.next_request_s, "last-data")
-    if keepalive is not None:
-        idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
-        if reset:  # the first probe finds the flow forgotten and is answered with RST
-            probe_at = keepalive.idle_s
-            high = probe_at * TIMER_SLACK[1] + SCHEDULING_S
-            idle = Prediction(
-                probe_at, high, "last-data", Mechanism.KEEPALIVE, ("ECONNRESET", "EPIPE")
-            )
+    if first_packet_s < NEVER:
+        idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE, replace(deadlines, ping=ping))
+        if reset:  # the first probe or ping finds the flow forgotten and is answered with RST
+            high = first_packet_s * TIMER_SLACK[1] + SCHEDULING_S
+            probes = keepalive is not None and keepalive.idle_s == first_packet_s
+            by = Mechanism.KEEPALIVE if probes else Mechanism.PING_TIMEOUT
+            idle = Prediction(first_packet_s, high, "last-data", by, ("ECONNRESET", "EPIPE"))
         if traffic.next_request_s is None or idle.high_s < traffic.next_request_s:
             return idle
     if traffic.next_request_s is None:
@@ -115,6 +120,15 @@ def after_idle_expiry(
             0.0, FAST_S, "request", Mechanism.MIDDLEBOX_RESET, ("ECONNRESET", "EPIPE")
         )
     return _lost_request(kernel, tcp, traffic, deadlines)
+
+
+def idle_ping(deadlines: Deadlines) -> Ping | None:
+    """The library's ping where it goes on a connection with no call in flight (an idle
+    pooled connection), for as long as it stays idle; else None."""
+    ping = deadlines.ping
+    if ping is None or not ping.without_calls or not ping.watches_idle:
+        return None
+    return ping
 
 
 def after_partition(

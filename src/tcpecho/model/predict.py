@@ -7,7 +7,7 @@ The rules behind them are in the package's docstring (``tcpecho.model``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Literal
 
@@ -25,7 +25,7 @@ from tcpecho.model.kernel import (
     syn_budget,
     syn_expiries,
 )
-from tcpecho.settings import Deadlines
+from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.options import TcpOptions
 
 # The client's own deadlines: event-loop timers, ms resolution, in a process that may be
@@ -72,6 +72,7 @@ class Mechanism(StrEnum):
     MIDDLEBOX_RESET = "middlebox_reset"  # a middlebox that forgot the flow answers with RST
     ADDRESS_REUSED = "address_reused"  # the host that took the peer's address answers RST
     PROXY_TIMEOUT = "proxy_timeout"  # a proxy's own data timeout closes the app's side
+    PING_TIMEOUT = "ping_timeout"  # the library's own ping (gRPC's) goes unanswered
     NOTHING = "nothing"
 
     @property
@@ -93,6 +94,7 @@ _MECHANISM_DESCRIPTIONS = {
     Mechanism.MIDDLEBOX_RESET: "RST from the middlebox that forgot the flow",
     Mechanism.ADDRESS_REUSED: "RST from the host that took the peer's address",
     Mechanism.PROXY_TIMEOUT: "the proxy's own timeout",
+    Mechanism.PING_TIMEOUT: "the library's ping, unanswered (gRPC's HTTP/2 PING)",
     Mechanism.NOTHING: "nothing notices it",
 }
 
@@ -171,15 +173,18 @@ def predict(
     if failure is Failure.CLOSED:
         return Prediction(0.0, FAST_S, "fault", Mechanism.PEER_CLOSED, ("EOF", "ECONNRESET"))
     in_force = InForce.of(tcp, kernel)
+    ping = deadlines.ping
     if activity is Activity.IDLE:
-        return _idle(in_force) if failure is not Failure.STALLED else _never("last-data")
+        by_keepalive = _idle(in_force) if failure is not Failure.STALLED else _never("last-data")
+        return _earliest(by_keepalive, _pinged_idle(kernel, in_force, failure, ping, first_rto_s))
     if activity is Activity.CONNECTING:
         return _connecting(kernel, in_force, deadlines)
     if failure is Failure.STALLED:
         # The peer's kernel acknowledges every request: no retransmission timer runs, so
         # neither tcp_retries2 nor TCP_USER_TIMEOUT ever start (the latter only once the
-        # peer's receive window is full), and keepalive probes are answered.
-        return _deadline_or_never(deadlines.read_timeout_s)
+        # peer's receive window is full), and keepalive probes are answered. A library's
+        # ping is not: its program answers it.
+        return read_deadline_first(deadlines.read_timeout_s, _pinged_busy(ping))
     rto_range = _rto_range(first_rto_s)
     tlp_range = TLP_S if lone_segment else TLP_ANY_S
     if activity is Activity.ORPHANED:
@@ -189,7 +194,66 @@ def predict(
             kernel, in_force, failure, rto_range, tlp_range, orphan_budget(kernel)
         )
     by_kernel = _unacknowledged(kernel, in_force, failure, rto_range, tlp_range)
-    return read_deadline_first(deadlines.read_timeout_s, by_kernel)
+    return read_deadline_first(deadlines.read_timeout_s, _earliest(by_kernel, _pinged_busy(ping)))
+
+
+def _pinged_busy(ping: Ping | None) -> Prediction:
+    """A library's ping while a request waits: it goes once nothing was read for its
+    interval, which began at most that long before the request (every read restarts it),
+    and ends the wait when unanswered for its timeout."""
+    if ping is None:
+        return _never("request")
+    low = ping.ack_timeout_s + APP_TIMER_S[0]
+    high = ping.interval_s + ping.ack_timeout_s + APP_TIMER_S[1] + SCHEDULING_S
+    return Prediction(low, high, "request", Mechanism.PING_TIMEOUT, ("PING_TIMEOUT",))
+
+
+def _pinged_idle(
+    kernel: KernelSettings,
+    in_force: InForce,
+    failure: Failure,
+    ping: Ping | None,
+    first_rto_s: float | None,
+) -> Prediction:
+    """A library's ping on a connection that waits: the first goes one interval after the
+    last data; it is sent data, so TCP_USER_TIMEOUT (or tcp_retries2) bounds it as a request,
+    and the ping's own timeout as well, whichever comes first. A stalled peer's kernel
+    acknowledges it: only the ping's timeout ends it. Pings that stop after a few without
+    data (gRPC's default) watch nothing for long."""
+    if ping is None or not ping.watches_idle:
+        return _never("last-data")
+    at = (ping.interval_s + APP_TIMER_S[0], ping.interval_s + APP_TIMER_S[1])
+    unanswered = Prediction(
+        at[0] + ping.ack_timeout_s,
+        at[1] + ping.ack_timeout_s + SCHEDULING_S,
+        "last-data",
+        Mechanism.PING_TIMEOUT,
+        ("PING_TIMEOUT",),
+    )
+    if failure is Failure.STALLED:
+        return unanswered
+    # An HTTP/2 PING is one small segment, but other frames may go with it: any tail-loss
+    # probe, as for a program whose writes are unknown.
+    by_kernel = _unacknowledged(kernel, in_force, failure, _rto_range(first_rto_s), TLP_ANY_S)
+    shifted = Prediction(
+        at[0] + by_kernel.low_s,
+        at[1] + by_kernel.high_s,
+        "last-data",
+        by_kernel.mechanism,
+        by_kernel.errnos,
+    )
+    return _earliest(shifted, unanswered)
+
+
+def _earliest(first: Prediction, second: Prediction) -> Prediction:
+    """Two mechanisms that race on one clock: the range of whichever ends first, named by
+    the one that ends first at the latest."""
+    if first.never or second.never:
+        return second if first.never else first
+    winner = first if first.high_s <= second.high_s else second
+    return replace(
+        winner, low_s=min(first.low_s, second.low_s), high_s=min(first.high_s, second.high_s)
+    )
 
 
 def _rto_range(first_rto_s: float | None) -> tuple[float, float]:
