@@ -554,3 +554,29 @@ def test_the_agent_in_its_own_cgroup_namespace(unified: CgroupTree, tmp_path: Pa
     # The agent's own pod is hidden from it: its other container reads as the host's.
     assert as_found[sibling] is None
     assert seen["skipped"] == dataclasses.asdict(Skipped())
+
+
+@requires_root
+def test_a_cut_link_of_another_pod_names_no_container(unified: CgroupTree, tmp_path: Path) -> None:
+    """A link cut so short that its ID also starts a container of another pod: the pod it
+    points into decides, and the other pod's container is left unnamed (counted)."""
+    long_pod = "report-" + "x" * 175
+    sources = lay_out_logs(
+        tmp_path,
+        [
+            LoggedPod("jobs", long_pod, U1, {"worker": C1}),
+            LoggedPod("shop", "web-7d4b9c-x2x9z", U2, {}),
+        ],
+    )
+    assert sources.container_logs is not None
+    (link,) = sources.container_logs.iterdir()
+    cut_id = link.name.removesuffix(".log").rpartition("-")[2]
+    assert 6 <= len(cut_id) < len(C1)
+    stranger = cut_id + "f" * (64 - len(cut_id))
+    assert stranger != C1
+    worker = unified.run_in(f"kubepods/besteffort/pod{U1}/{C1}")
+    other = unified.run_in(f"kubepods/besteffort/pod{U2}/{stranger}")
+    lookup = PodLookup(sources)
+    assert lookup.of(worker) == PodIdentity("jobs", long_pod, "worker", U1, C1)
+    assert lookup.of(other) == PodIdentity("shop", "web-7d4b9c-x2x9z", None, U2, stranger)
+    assert lookup.skipped == Skipped(odd_log_names=1)

@@ -41,7 +41,8 @@ kept as read, bytes that are not UTF-8 replaced (U+FFFD) and counted; escaping t
 terminal is the renderer's job.
 
 What the kernel shows depends on the reader's cgroup namespace (cgroup_namespaces(7)): in
-one of its own (containerd gives every unprivileged container one on cgroup v2) a path
+one of its own (containerd gives every unprivileged container one on cgroup v2:
+internal/cri/server/container_create_linux.go, ``WithLinuxNamespace(CgroupNamespace)``) a path
 outside it starts with ``/..``, one ``..`` a level. Pods other than the reader's own still
 show their pod cgroup below the common ancestor; the reader's own pod does not (its
 containers read as ``/`` or ``/../<container>``), so they read as the host's.
@@ -358,7 +359,8 @@ class PodLookup:
         directory = self.logs.pods.get(placement.uid)
         link = self.logs.link(placement.container_id)
         if link is not None and link.uid not in (None, placement.uid):
-            link = None  # a cut ID that starts another pod's container's: not this one
+            self.skipped.odd_log_names += 1  # a cut ID that starts another pod's container's
+            link = None
         if directory is None and link is None:
             self.skipped.pods_without_logs += 1
         named = directory or link
