@@ -31,9 +31,11 @@ from tcpecho.watch.pods import (
     pod_cgroup_of,
     read_kubelet_logs,
 )
-from tests.conftest import requires_root
 
 SAMPLES = Path(__file__).parent / "cgroup_samples"
+requires_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root (makes cgroups and moves processes into them)"
+)
 PREFIX = "tpodB-"
 
 U1, U2, U3 = (
