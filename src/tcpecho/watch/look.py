@@ -22,6 +22,7 @@ well.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tcpecho.explain import PathContext, Trap, socket_traps
@@ -41,6 +42,7 @@ from tcpecho.tcp import diag, names
 from tcpecho.tcp.diag import Connection, Owner
 from tcpecho.tcp.options import EffectiveOptions, TcpOptions
 from tcpecho.watch.config import WatchConfig
+from tcpecho.watch.pods import PodIdentity
 
 # States in which the connection can have data in flight that the peer must acknowledge.
 _SENDING_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "CLOSING", "LAST_ACK"})
@@ -95,6 +97,10 @@ class Watched:
     if_idle: Prediction | None = None
     # What its options will let go wrong in its state; empty: nothing, or no program holds it.
     at_risk: tuple[Risk, ...] = ()
+    # With --all-namespaces: its network namespace (the inode of /proc/PID/ns/net), and the
+    # Kubernetes pod of its owner (None: the host's, or no owner).
+    netns: int | None = None
+    pod: PodIdentity | None = None
 
     @property
     def orphaned(self) -> bool:
@@ -153,6 +159,18 @@ class Watched:
             "(pidfd_getfd): run as root or with CAP_SYS_PTRACE over the process "
             "(a container runtime's seccomp profile also wants CAP_SYS_PTRACE)"
         )
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """One look at every network namespace of the node (``watch --all-namespaces``), and
+    what it could not see: the node agent's metrics are made of it."""
+
+    watched: tuple[Watched, ...]
+    namespaces: int  # network namespaces read
+    skipped: Mapping[str, int]  # what was skipped, by kind: namespace, process, socket
+    errors: Mapping[str, int]  # sources that failed in this snapshot, by source
+    duration_s: float
 
 
 def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
