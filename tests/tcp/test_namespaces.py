@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,9 +116,7 @@ def _tools_missing() -> str | None:
     return None
 
 
-requires_namespaces = pytest.mark.skipif(
-    _tools_missing() is not None, reason=str(_tools_missing())
-)
+requires_namespaces = pytest.mark.skipif(_tools_missing() is not None, reason=str(_tools_missing()))
 
 
 @dataclass(frozen=True)
@@ -327,9 +325,18 @@ def _as_pyroute2_reads(message: Any) -> tuple[Any, ...]:
 
 # tcp_info's fields that hold still on an idle connection (not the times since the last
 # packet): what both readers must decode alike.
-_INFO_COMPARED = (
-    "state retransmits probes backoff rto unacked lost total_retrans bytes_acked bytes_received"
-).split()
+_INFO_COMPARED = [
+    "state",
+    "retransmits",
+    "probes",
+    "backoff",
+    "rto",
+    "unacked",
+    "lost",
+    "total_retrans",
+    "bytes_acked",
+    "bytes_received",
+]
 
 
 def _as_read_here(connection: Connection) -> tuple[Any, ...]:
@@ -407,3 +414,200 @@ def test_work_inside_a_namespace_reads_its_own_sysctls(lab: Lab) -> None:
     holder = lab.hold(prefix, pairs=1)
     assert run_inside(holder.as_namespace(), lambda: int(path.read_text())) == theirs
     assert int(path.read_text()) == theirs - 1
+
+
+@requires_namespaces
+def test_a_namespace_whose_only_holder_exits_is_skipped_and_counted(lab: Lab) -> None:
+    """Found by the walk, gone by the time it is read: counted, and the others listed."""
+    going = lab.hold(["unshare", "--net"], pairs=1)
+    staying = lab.hold(lab.named(), pairs=1)
+    walk = host_namespaces().by_inode()
+    found = [walk[going.namespace], walk[staying.namespace]]
+    assert found[0].holders == (going.pid,)
+    going.exit()
+    with pytest.raises(NamespaceUnavailableError) as unavailable:
+        connections(namespace=found[0])
+    assert unavailable.value.reason == "vanished"
+    listing = connections_by_namespace(found)
+    assert listing.skipped.by_reason() == {"vanished": 1, "refused": 0, "failed": 0}
+    assert {inode: _addresses(listed) for inode, listed in listing.by_namespace.items()} == {
+        staying.namespace: _held_addresses(staying)
+    }
+
+
+@requires_namespaces
+def test_a_holder_whose_pid_names_another_namespace_is_passed_over(lab: Lab) -> None:
+    """A PID reused by a process of another namespace must not be entered for this one."""
+    first = lab.hold(lab.named(), pairs=1)
+    second = lab.hold(lab.named(), pairs=2)
+    reused = NetNamespace(inode=first.namespace, holders=(second.pid,), own=False)
+    with pytest.raises(NamespaceUnavailableError) as unavailable:
+        connections(namespace=reused)
+    assert unavailable.value.reason == "vanished"
+    some_left = NetNamespace(
+        inode=first.namespace, holders=(_dead_pid(), second.pid, first.pid), own=False
+    )
+    assert _addresses(connections(namespace=some_left)) == _held_addresses(first)
+
+
+@requires_namespaces
+def test_the_walk_skips_and_counts_a_process_that_exited(lab: Lab) -> None:
+    holder = lab.hold(lab.named(), pairs=1)
+    walk = host_namespaces(pids=[_dead_pid(), holder.pid])
+    assert walk.namespaces == (holder.as_namespace(),)
+    assert walk.skipped.by_reason() == {"vanished": 1, "refused": 0, "failed": 0}
+
+
+def _churn(stop: threading.Event, started: list[int]) -> None:
+    """Short-lived namespaces, one after another, until ``stop`` (at most 400)."""
+    for _ in range(400):
+        if stop.is_set():
+            return
+        process = subprocess.Popen(["unshare", "--net", "sleep", "0.02"])
+        started.append(process.pid)
+        process.wait()
+
+
+@requires_namespaces
+def test_namespaces_that_come_and_go_during_walks_are_each_listed_or_counted() -> None:
+    """Walks and listings beside a churn of short-lived namespaces (50 of them, within
+    10 s): every namespace walked is either listed or counted, and nothing raises."""
+    stop, started = threading.Event(), list[int]()
+    churn = threading.Thread(target=_churn, args=(stop, started), daemon=True)
+    churn.start()
+    rounds, skipped, deadline = 0, Skipped(), time.monotonic() + 10
+    try:
+        while len(started) < 50 and rounds < 5000 and time.monotonic() < deadline:
+            walk = host_namespaces()
+            listing = connections_by_namespace(walk.namespaces)
+            assert len(listing.by_namespace) + listing.skipped.total == len(walk.namespaces)
+            assert set(listing.by_namespace) <= {n.inode for n in walk.namespaces}
+            skipped.vanished += listing.skipped.vanished
+            rounds += 1
+    finally:
+        stop.set()
+        churn.join(30)
+    assert len(started) >= 50
+    assert rounds >= 20
+    print(f"{rounds} walks beside {len(started)} namespaces: {skipped.vanished} vanished")
+
+
+@requires_namespaces
+def test_a_namespace_with_50000_sockets_is_listed_completely(lab: Lab) -> None:
+    """Five processes of 10,002 sockets each (what a hard limit of 20,000 descriptors
+    lets one hold) in one namespace: every socket listed, each with its owner."""
+    prefix = lab.named()
+    holders = [lab.hold(prefix, pairs=5_000) for _ in range(5)]
+    held = {inode: where for h in holders for inode, where in _held_addresses(h).items()}
+    assert len(held) == 50_010
+    namespace = host_namespaces().by_inode()[holders[0].namespace]
+    assert namespace.holders == tuple(sorted(holder.pid for holder in holders))
+    assert _addresses(connections(namespace=namespace)) == held
+    found = owners(set(held))
+    assert {inode: owner.pid for inode, owner in found.items()} == {
+        inode: holder.pid for holder in holders for inode in holder.sockets
+    }
+
+
+@requires_namespaces
+def test_a_socket_closed_after_the_dump_has_no_owner_and_no_options(lab: Lab) -> None:
+    """Between the dump and the reads the program goes on: a descriptor closed and reused
+    for another socket must not lend that socket's options to the listed one."""
+    holder = lab.hold(lab.named(), pairs=2)
+    listed = connections(namespace=holder.as_namespace())
+    found = owners({connection.inode for connection in listed})
+    client = next(inode for inode, held in holder.sockets.items() if held.client)
+    options = socket_options(found[client])
+    assert options is not None
+    assert options.user_timeout_ms == USER_TIMEOUT_MS
+    fresh = holder.replace(found[client].fd)
+    assert socket_options(found[client]) is None
+    # The descriptor does hold the fresh socket, with its own options.
+    replacement = socket_options(Owner(holder.pid, "", found[client].fd, fresh))
+    assert replacement is not None
+    assert replacement.user_timeout_ms == REPLACEMENT_USER_TIMEOUT_MS
+    holder.exit()
+    assert owners(set(holder.sockets)) == {}
+    assert all(socket_options(owner) is None for owner in found.values())
+
+
+# Each part as a node agent without some capability runs it: the walk, the listing of the
+# holder's namespace, its socket's owner, its socket's options (read with pidfd_getfd
+# even where no owner was found, to see that part on its own).
+PROBE = r"""
+import json, sys
+from tcpecho.tcp import diag, namespaces
+held = json.loads(sys.argv[1])
+walk = namespaces.host_namespaces()
+found = walk.by_inode().get(held["namespace"])
+target = found or namespaces.NetNamespace(held["namespace"], (held["pid"],), False)
+listing = diag.connections_by_namespace([target])
+listed = listing.by_namespace.get(held["namespace"], [])
+owner = diag.owners({held["inode"]}).get(held["inode"])
+options = diag.socket_options(diag.Owner(held["pid"], "", held["fd"], held["inode"]))
+print(json.dumps({
+    "found": found is not None,
+    "walk_refused": walk.skipped.refused,
+    "listed": held["inode"] in {connection.inode for connection in listed},
+    "skipped": listing.skipped.by_reason(),
+    "owner": owner is not None and owner.pid == held["pid"],
+    "options": None if options is None else options.user_timeout_ms,
+}))
+"""
+
+
+def _without(*capabilities: str) -> list[str]:
+    """Root without ``capabilities``: out of the bounding and inheritable sets, so the
+    program run cannot get them back."""
+    dropped = ",".join(f"-{name}" for name in capabilities)
+    return ["setpriv", f"--bounding-set={dropped}", f"--inh-caps={dropped}"]
+
+
+ALL_READ = {"found": True, "listed": True, "owner": True, "options": USER_TIMEOUT_MS}
+NOT_SEEN = {"found": False, "listed": False, "owner": False, "options": None}
+
+
+@requires_namespaces
+@pytest.mark.parametrize(
+    ("agent", "program_as_nobody", "expected"),
+    [
+        pytest.param([], False, ALL_READ, id="root"),
+        pytest.param(
+            _without("sys_admin"),
+            False,
+            {**ALL_READ, "listed": False},
+            id="no-sys_admin-no-setns",
+        ),
+        pytest.param(_without("sys_ptrace"), False, NOT_SEEN, id="no-sys_ptrace"),
+        pytest.param(
+            _without("dac_read_search", "dac_override"),
+            True,
+            {**ALL_READ, "owner": False},
+            id="no-dac-program-of-another-user",
+        ),
+        pytest.param(NOBODY, False, NOT_SEEN, id="nobody"),
+    ],
+)
+def test_without_a_capability_the_listing_degrades_and_counts(
+    lab: Lab, agent: list[str], program_as_nobody: bool, expected: dict[str, object]
+) -> None:
+    prefix = lab.named()
+    holder = lab.hold([*prefix, *NOBODY] if program_as_nobody else prefix, pairs=1)
+    inode, held = next((i, h) for i, h in holder.sockets.items() if h.client)
+    argument = {"pid": holder.pid, "namespace": holder.namespace, "inode": inode, "fd": held.fd}
+    source = str(Path(tcpecho.__file__).parents[1])
+    run = subprocess.run(
+        [*agent, sys.executable, "-c", PROBE, json.dumps(argument)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": source},
+    )
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert {key: seen[key] for key in expected} == expected
+    refused = 0 if expected["listed"] else 1
+    assert seen["skipped"] == {"vanished": 0, "refused": refused, "failed": 0}
+    if not expected["found"]:
+        assert seen["walk_refused"] >= 1  # the holder, at least, counted
