@@ -507,6 +507,7 @@ def test_a_namespace_with_50000_sockets_is_listed_completely(lab: Lab) -> None:
     assert {inode: owner.pid for inode, owner in found.items()} == {
         inode: holder.pid for holder in holders for inode in holder.sockets
     }
+    assert owners(set(held), pids=namespace.holders) == found  # its holders suffice
 
 
 @requires_namespaces
