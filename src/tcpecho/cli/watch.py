@@ -6,7 +6,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tcpecho.cli.options import environment_epilog, path_options, settings_errors
+from tcpecho.cli.options import (
+    environment_epilog,
+    path_options,
+    settings_errors,
+)
 from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, option
 
 if TYPE_CHECKING:
@@ -52,6 +56,28 @@ EPILOG = environment_epilog("watch", "STUCK=true")
     help="Sockets in every state, listening and TIME-WAIT ones too, as `ss -a`; "
     "by default connected ones only, as `ss`.",
 )
+@option(
+    "-A",
+    "--all-namespaces",
+    is_flag=True,
+    type=BOOLEAN,
+    default=False,
+    help="Every network namespace of the host (found through the processes that hold them), "
+    "each connection named by its Kubernetes namespace, pod and container (from its "
+    "cgroup and the kubelet's log directories); the host's own by its command.",
+)
+@option(
+    "--pod-logs",
+    default="/var/log/pods",
+    show_default=True,
+    help="With -A: the kubelet's pod log directories (<namespace>_<pod>_<uid>), for pod names.",
+)
+@option(
+    "--container-logs",
+    default="/var/log/containers",
+    show_default=True,
+    help="With -A: the kubelet's container log links, for container names.",
+)
 @option("--interval", type=Duration(), default="1s", help="Time between snapshots.")
 @option(
     "--once",
@@ -77,6 +103,9 @@ def watch(
     at_risk: bool,
     path: PathContext,
     all_states: bool,
+    all_namespaces: bool,
+    pod_logs: str,
+    container_logs: str,
     interval: float,
     once: bool,
     json_output: bool,
@@ -102,6 +131,9 @@ def watch(
             at_risk=at_risk,
             path=path,
             all_states=all_states,
+            all_namespaces=all_namespaces,
+            pod_logs=pod_logs,
+            container_logs=container_logs,
             interval_s=interval,
             once=once,
             json=json_output,

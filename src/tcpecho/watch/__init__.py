@@ -19,7 +19,7 @@ from tcpecho.model import KernelSettings
 from tcpecho.process import stop_signals_held
 from tcpecho.streams import STDOUT, Output
 from tcpecho.watch.config import WatchConfig
-from tcpecho.watch.look import Watched, snapshot
+from tcpecho.watch.look import Watched, node_snapshot, snapshot
 from tcpecho.watch.render import render_json, render_table
 
 __all__ = ["WatchConfig", "run"]
@@ -36,7 +36,10 @@ def run(config: WatchConfig) -> int:
         while True:
             at = datetime.datetime.now().astimezone()
             kernel = KernelSettings.here()  # a sysctl changed meanwhile counts from now
-            watched = snapshot(config, kernel)
+            if config.all_namespaces:
+                watched = list(node_snapshot(config).watched)
+            else:
+                watched = snapshot(config, kernel)
             output.line(_frame(config, watched, kernel, at, output.tty))
             if config.once:
                 return _once_status(config, watched)
@@ -60,11 +63,11 @@ def _frame(
     if config.json:
         return render_json(watched, at)
     if not terminal:
-        return render_table(watched, kernel, at) + "\n"
+        return render_table(watched, kernel, at, pods=config.all_namespaces) + "\n"
     try:
         columns = os.get_terminal_size(STDOUT).columns
     except OSError:  # the terminal went away: the frame is dropped anyway
         columns = 0
     width = columns if columns > 0 else None  # a pseudo-terminal may say 0: cut nothing
     # Home and clear, then the table: one write, so the redraw does not flicker line by line.
-    return "\x1b[H\x1b[J" + render_table(watched, kernel, at, width)
+    return "\x1b[H\x1b[J" + render_table(watched, kernel, at, width, config.all_namespaces)

@@ -33,6 +33,11 @@ class WatchConfig:
     # The path's idle timeout (and the preset that gave it): keepalive that does not probe
     # within it puts an idle connection at risk. No outage or proxy: those are explain's.
     path: PathContext = field(default_factory=PathContext)
+    # Every network namespace of the host (kubectl's -A), each connection named by its pod.
+    all_namespaces: bool = False
+    # The kubelet's pod log directories and container log links (read-only, for pod names).
+    pod_logs: str = "/var/log/pods"
+    container_logs: str | None = "/var/log/containers"
     # The addresses peer_host stands for (normalized), resolved when the config is made.
     peer_addresses: frozenset[str] = field(init=False, default=frozenset())
 

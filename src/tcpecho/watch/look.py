@@ -21,9 +21,12 @@ well.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from tcpecho.explain import PathContext, Trap, socket_traps
 from tcpecho.model import (
@@ -38,11 +41,12 @@ from tcpecho.model import (
     predict,
     stuck_for_s,
 )
-from tcpecho.tcp import diag, names
+from tcpecho.tcp import diag, names, namespaces
 from tcpecho.tcp.diag import Connection, Owner
+from tcpecho.tcp.namespaces import NamespaceUnavailableError, NetNamespace
 from tcpecho.tcp.options import EffectiveOptions, TcpOptions
 from tcpecho.watch.config import WatchConfig
-from tcpecho.watch.pods import PodIdentity
+from tcpecho.watch.pods import PodIdentity, PodLookup, PodSources
 
 # States in which the connection can have data in flight that the peer must acknowledge.
 _SENDING_STATES = frozenset({"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "CLOSING", "LAST_ACK"})
@@ -189,6 +193,73 @@ def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
     if config.at_risk:
         watched = [w for w in watched if w.at_risk]
     return sorted(watched, key=_urgency)
+
+
+def node_snapshot(config: WatchConfig) -> NodeSnapshot:
+    """``snapshot`` of every network namespace of the host, each judged with its own
+    sysctls (``tcp_retries2`` and keepalive's are per namespace), each connection named by
+    its owner's pod: what ``watch --all-namespaces`` shows and the node agent exports.
+
+    A namespace whose last process left, or that may not be entered, is skipped and counted,
+    as are processes that vanish or refuse; the snapshot goes on."""
+    started = time.monotonic()
+    host = namespaces.host_namespaces()
+    states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
+    listed = diag.connections_by_namespace(host.namespaces, states=states)
+    by_inode = host.by_inode()
+    selected = {
+        inode: [c for c in found if _addresses_match(c, config)]
+        for inode, found in listed.by_namespace.items()
+    }
+    owners = diag.owners({c.inode for found in selected.values() for c in found if c.inode})
+    pods = PodLookup(
+        PodSources(
+            pod_logs=Path(config.pod_logs),
+            container_logs=None if config.container_logs is None else Path(config.container_logs),
+        )
+    )
+    errors: dict[str, int] = {}
+    watched = []
+    for inode, found in selected.items():
+        kernel = _namespace_kernel(by_inode[inode], errors)
+        for connection in _filtered(found, owners, config):
+            owner = owners.get(connection.inode)
+            seen = watch_connection(connection, owner, kernel, config.path)
+            pod = None if owner is None else pods.of(owner.pid)
+            watched.append(dataclasses.replace(seen, netns=inode, pod=pod))
+    if config.at_risk:
+        watched = [w for w in watched if w.at_risk]
+    skipped = {
+        "namespace": listed.skipped.total,
+        "process": host.skipped.total + pods.skipped.vanished + pods.skipped.unreadable,
+    }
+    return NodeSnapshot(
+        tuple(sorted(watched, key=_urgency)),
+        len(listed.by_namespace),
+        skipped,
+        errors,
+        time.monotonic() - started,
+    )
+
+
+def _filtered(
+    found: list[Connection], owners: dict[int, Owner], config: WatchConfig
+) -> list[Connection]:
+    if config.pid is not None:
+        found = [c for c in found if _owner_pid(owners.get(c.inode)) == config.pid]
+    if config.stuck:
+        found = [c for c in found if c.stuck]
+    return found
+
+
+def _namespace_kernel(namespace: NetNamespace, errors: dict[str, int]) -> KernelSettings:
+    """The namespace's own sysctls, read inside it; where that fails, the kernel's defaults
+    (what every new namespace starts from), and the failure counted."""
+    try:
+        return namespaces.run_inside(namespace, KernelSettings.here)
+    except (OSError, NamespaceUnavailableError):
+        errors["sysctls"] = errors.get("sysctls", 0) + 1
+        return KernelSettings()
 
 
 def _owner_pid(owner: Owner | None) -> int | None:

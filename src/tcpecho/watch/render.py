@@ -63,6 +63,20 @@ def _as_dict(watched: Watched) -> dict[str, Any]:
         "options_source": watched.options_source,
         "assumption": watched.assumption,
         "at_risk": [{"code": risk.code, "message": risk.message} for risk in watched.at_risk],
+        **({} if watched.netns is None else _pod_as_dict(watched)),
+    }
+
+
+def _pod_as_dict(watched: Watched) -> dict[str, Any]:
+    """With --all-namespaces: the network namespace, and the pod (nulls: the host's)."""
+    pod = watched.pod
+    return {
+        "netns": watched.netns,
+        "namespace": None if pod is None else pod.namespace,
+        "pod": None if pod is None else pod.pod,
+        "container": None if pod is None else pod.container,
+        "pod_uid": None if pod is None else pod.uid,
+        "container_id": None if pod is None else pod.container_id,
     }
 
 
@@ -147,20 +161,38 @@ _COLUMNS: tuple[tuple[str, bool, Callable[[Watched], str]], ...] = (
 )
 
 
+def _pod_name(watched: Watched) -> str:
+    pod = watched.pod
+    if pod is None:  # the host's: its network namespace says which
+        return "-" if watched.netns is None else f"host:{watched.netns}"
+    return escape_controls(pod.pod or pod.uid)
+
+
+# With --all-namespaces, as kubectl's -A: the pod first. Names are other people's text.
+_POD_COLUMNS: tuple[tuple[str, bool, Callable[[Watched], str]], ...] = (
+    ("NAMESPACE", False, lambda w: escape_controls((w.pod and w.pod.namespace) or "-")),
+    ("POD", False, _pod_name),
+    ("CONTAINER", False, lambda w: escape_controls((w.pod and w.pod.container) or "-")),
+)
+
+
 def render_table(
     watched: list[Watched],
     kernel: KernelSettings,
     at: datetime.datetime,
     width: int | None = None,
+    pods: bool = False,
 ) -> str:
-    """The snapshot as a table, one row per connection; lines cut at ``width`` if given."""
+    """The snapshot as a table, one row per connection; lines cut at ``width`` if given;
+    ``pods``: each connection's namespace, pod and container first (``--all-namespaces``)."""
     lines = [_heading(watched, kernel, at)]
+    columns = _POD_COLUMNS + _COLUMNS if pods else _COLUMNS
     if not watched:
         lines.append("no connection matches")
     else:
-        header = tuple(name for name, _, _ in _COLUMNS)
-        rows = [tuple(cell(w) for _, _, cell in _COLUMNS) for w in watched]
-        lines += _aligned([header, *_commands_fitted(header, rows, watched, width)])
+        header = tuple(name for name, _, _ in columns)
+        rows = [tuple(cell(w) for _, _, cell in columns) for w in watched]
+        lines += _aligned([header, *_commands_fitted(header, rows, watched, width)], columns)
         lines += [
             "STUCK and GIVES UP count from the first unanswered send (SYN-SENT: the connect;",
             "keepalive probes: the last data received); a healthy row's GIVES UP is what a",
@@ -252,12 +284,15 @@ def _commands_fitted(
     ]
 
 
-def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+def _aligned(
+    rows: list[tuple[str, ...]],
+    columns: tuple[tuple[str, bool, Callable[[Watched], str]], ...] = _COLUMNS,
+) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     return [
         "  ".join(
             cell.rjust(width) if right else cell.ljust(width)
-            for (_, right, _), cell, width in zip(_COLUMNS, row, widths, strict=True)
+            for (_, right, _), cell, width in zip(columns, row, widths, strict=True)
         ).rstrip()
         for row in rows
     ]
