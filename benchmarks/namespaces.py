@@ -9,10 +9,13 @@ connection), then times, in the same run and in alternating order each round:
 
 - tcpecho: the walk of /proc/*/ns/net, every namespace's connections through sock_diag
   (``connections_by_namespace``, ss's connected states) and every socket's owner (one walk
-  of /proc/PID/fd for all namespaces); that is what ``ss -tinp`` shows;
+  of /proc/PID/fd for all namespaces); that is what ``ss -tinp`` shows, for every
+  namespace of the host (the caller's and any other's too, where ss reads only those made);
 - the same and every socket's options read (``pidfd_getfd``): what the first snapshot of
   an agent costs; after it, only new sockets' options need reading;
-- ``ip netns exec NAME ss -tinp`` for each namespace in turn, and ``nsenter --net=...``.
+- ``ip netns exec NAME ss -tinp`` for each namespace in turn, and ``nsenter --net=...``;
+  and ``ss -tin`` without the processes, to show what ``-p`` costs (each ``ss -p`` reads
+  every process's descriptors on the host, once per namespace).
 
 Prints the medians, the sockets each listed, and the CPU time of tcpecho's look (its share
 of one core at a 5 s interval). Every namespace and process is removed at the end, whether
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from tcpecho.tcp.diag import CONNECTED_STATES, connections_by_namespace, owners, socket_options
 from tcpecho.tcp.namespaces import host_namespaces
@@ -64,6 +69,7 @@ class Look:
     cpu_seconds: float
     sockets: int
     owned: int
+    namespaces: int
 
 
 def _arguments() -> argparse.Namespace:
@@ -129,21 +135,22 @@ def _tcpecho(read_options: bool) -> Look:
         cpu_seconds=time.process_time() - cpu,
         sockets=len(inodes),
         owned=len(found),
+        namespaces=len(listing.by_namespace),
     )
 
 
-def _ss(names: list[str], enter: Callable[[str], list[str]]) -> Look:
+def _ss(names: list[str], enter: Callable[[str], list[str]], flags: str = "-tinp") -> Look:
     started = time.perf_counter()
     sockets = owned = 0
     for name in names:
         shown = subprocess.run(
-            [*enter(name), "ss", "-tinp"], capture_output=True, text=True, check=True
+            [*enter(name), "ss", flags], capture_output=True, text=True, check=True
         ).stdout.splitlines()[1:]
         # A socket's line starts with its state; its tcp_info follows, indented.
         firsts = [line for line in shown if line and not line[0].isspace()]
         sockets += len(firsts)
         owned += sum("users:((" in line for line in firsts)
-    return Look(time.perf_counter() - started, 0.0, sockets, owned)
+    return Look(time.perf_counter() - started, 0.0, sockets, owned, len(names))
 
 
 def _ip_netns_exec(name: str) -> list[str]:
@@ -160,6 +167,7 @@ def _rounds(names: list[str], rounds: int) -> dict[str, list[Look]]:
         "tcpecho, and every socket's options": lambda: _tcpecho(read_options=True),
         "ip netns exec NAME ss -tinp, each": lambda: _ss(names, _ip_netns_exec),
         "nsenter --net=NAME ss -tinp, each": lambda: _ss(names, _nsenter),
+        "nsenter --net=NAME ss -tin (no -p), each": lambda: _ss(names, _nsenter, "-tin"),
     }
     looks: dict[str, list[Look]] = {way: [] for way in ways}
     for index in range(rounds):
@@ -179,8 +187,8 @@ def _report(looks: dict[str, list[Look]], arguments: argparse.Namespace) -> None
         seconds = statistics.median(look.seconds for look in measured)
         last = measured[-1]
         print(
-            f"  {way:40} {seconds:7.3f} s   {last.sockets:,} sockets listed, "
-            f"{last.owned:,} with their process"
+            f"  {way:40} {seconds:7.3f} s   {last.sockets:,} sockets in {last.namespaces} "
+            f"namespaces, {last.owned:,} with their process"
         )
     plain = looks["tcpecho: walk, sock_diag, owners"]
     cpu = statistics.median(look.cpu_seconds for look in plain)
@@ -191,8 +199,21 @@ def _report(looks: dict[str, list[Look]], arguments: argparse.Namespace) -> None
     )
 
 
+def _remove_abandoned() -> None:
+    """Namespaces of a run that was killed (``PREFIX<pid>-N`` of a process that is gone);
+    their holders exited when that run's end closed their stdin."""
+    folder = Path("/run/netns")
+    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
+        owner = name.removeprefix(PREFIX).split("-")[0]
+        if name.startswith(PREFIX) and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 def main() -> None:
     arguments = _arguments()
+    # A TERM ends the run through the cleanup in finally, as an interrupt does.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    _remove_abandoned()
     with _held_namespaces(arguments.namespaces, arguments.connections) as names:
         looks = _rounds(names, arguments.rounds)
     _report(looks, arguments)

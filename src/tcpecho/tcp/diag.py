@@ -3,7 +3,7 @@ addresses and state, its ``tcp_info``, the process that owns it, and the options
 
 The list comes from the kernel's socket diagnostics (NETLINK_SOCK_DIAG, ``inet_diag``), read
 here from a netlink socket of our own: pyroute2's DiagSocket decodes ten thousand
-connections in about 1.3 s, ten times what ``ss`` takes for them, and a node agent lists
+connections in 0.8 to 1.3 s, ten times what ``ss`` takes for them, and a node agent lists
 every namespace of its host. By default the namespace is the caller's; another one
 (``tcp/namespaces.py``) is read through a netlink socket made inside it, which lists that
 namespace's connections whichever thread reads it. The owner is found by the socket's
