@@ -210,14 +210,19 @@ def test_the_agent_is_root_with_exactly_three_capabilities() -> None:
 
 
 @requires_kubectl
-def test_the_only_host_path_is_the_pod_logs_read_only() -> None:
-    (volume,) = pod_spec()["volumes"]
-    assert volume == {
-        "name": "pod-logs",
-        "hostPath": {"path": "/var/log/pods", "type": "Directory"},
-    }
+def test_the_only_host_paths_are_the_kubelets_logs_read_only() -> None:
+    """The pod log directories (pod names) and the container log links (container names),
+    read-only: the agent reads names, never a log line."""
+    assert pod_spec()["volumes"] == [
+        {"name": "pod-logs", "hostPath": {"path": "/var/log/pods", "type": "Directory"}},
+        {
+            "name": "container-logs",
+            "hostPath": {"path": "/var/log/containers", "type": "Directory"},
+        },
+    ]
     assert container()["volumeMounts"] == [
-        {"name": "pod-logs", "mountPath": "/var/log/pods", "readOnly": True}
+        {"name": "pod-logs", "mountPath": "/var/log/pods", "readOnly": True},
+        {"name": "container-logs", "mountPath": "/var/log/containers", "readOnly": True},
     ]
 
 
