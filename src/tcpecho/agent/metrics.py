@@ -85,10 +85,10 @@ def pod_key(pod: PodIdentity | None) -> PodKey:
     return (pod.namespace or "", pod.pod if pod.pod is not None else pod.uid)
 
 
-def peer_kind(watched: Watched, networks: Sequence[IPNetwork]) -> str:
-    """``service`` when the connection's peer is in a Service range, else ``other``."""
+def peer_kind(host: str, networks: Sequence[IPNetwork]) -> str:
+    """``service`` when a peer's address is in a Service range, else ``other``."""
     try:
-        address = ipaddress.ip_address(names.normalized(watched.connection.peer_host))
+        address = ipaddress.ip_address(names.normalized(host))
     except ValueError:
         return OTHER_PEER
     return SERVICE_PEER if any(address in network for network in networks) else OTHER_PEER
@@ -162,10 +162,13 @@ class NodeCollector:
 
     def _at_risk(self, snapshot: NodeSnapshot) -> list[Metric]:
         tally: Tally[tuple[str, str, str, str]] = Tally()
+        # Many connections share a peer (a Service's address): each is parsed once.
+        kinds: dict[str, str] = {}
         for watched in snapshot.watched:
             if not watched.at_risk:
                 continue
-            peer = peer_kind(watched, self._networks)
+            host = watched.connection.peer_host
+            peer = kinds.get(host) or kinds.setdefault(host, peer_kind(host, self._networks))
             for code in sorted({risk.code for risk in watched.at_risk}):
                 tally[(*pod_key(watched.pod), code, peer)] += 1
         family = GaugeMetricFamily(
