@@ -38,7 +38,7 @@ from tcpecho.watch.look import NodeSnapshot, Watched
 from tcpecho.watch.pods import PodIdentity
 
 # ss's short names for TCP's states, as the watch table shows them: one map, one home.
-from tcpecho.watch.render import _SS_STATES as SS_STATES
+from tcpecho.watch.render import SS_STATES as SS_STATES
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PodKey = tuple[str, str]  # (namespace, pod) as labelled
