@@ -133,7 +133,7 @@ def test_every_line_the_programs_write_is_a_declared_event(
 def test_the_registry_names_every_event_once() -> None:
     # Every event class, and each under its own name (the count fails on a duplicate name).
     assert set(events.EVENTS.values()) == set(events.Event.__subclasses__())
-    assert len(events.EVENTS) == len(events.Event.__subclasses__()) == 28
+    assert len(events.EVENTS) == len(events.Event.__subclasses__()) == 33
     for name, cls in events.EVENTS.items():
         assert cls.name == name
         assert dataclasses.is_dataclass(cls)

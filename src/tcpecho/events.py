@@ -226,6 +226,59 @@ class MetricsFailed(Event):
     error: str
 
 
+# -- the node agent (watch --all-namespaces --metrics-port) ------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentStarted(Event):
+    """The node agent serves /metrics (metrics_started came first) and takes its snapshots."""
+
+    name = "agent_started"
+    pid: int
+    interval_s: float  # between the starts of two snapshots
+    service_cidrs: list[str]  # the Services' ranges: a peer in one is labelled peer="service"
+    loop: str
+
+
+@dataclass(frozen=True)
+class SnapshotFailed(Event):
+    """A snapshot raised: counted, the last one's metrics stay, the next is taken on time.
+    Logged for the 1st, 2nd, 4th, 8th, ... failure in a row, so a lasting one stays quiet."""
+
+    name = "snapshot_failed"
+    level = "warning"
+    error: str  # the exception, as Python shows it (repr)
+    failures: int  # in a row, this one included
+    duration_s: float  # how long the failed snapshot ran
+
+
+@dataclass(frozen=True)
+class SnapshotRecovered(Event):
+    name = "snapshot_recovered"
+    failures: int  # in a row before this snapshot
+    failing_s: float  # since the first of them started
+
+
+@dataclass(frozen=True)
+class MetricsPartFailed(Event):
+    """A part of the node's metrics could not be built from a snapshot: it is left out of the
+    scrapes, the others are served. Logged once per part and run; counted every time."""
+
+    name = "metrics_part_failed"
+    level = "error"
+    part: str  # namespaces, connections, stuck or at_risk
+    error: str
+
+
+@dataclass(frozen=True)
+class AgentStopped(Event):
+    name = "agent_stopped"
+    signal: str
+    snapshots: int  # taken whole since the start
+    failures: int  # snapshots that failed since the start
+    duration_s: float  # since the start
+
+
 # -- the client ----------------------------------------------------------------------------
 
 
@@ -393,6 +446,11 @@ EVENTS: dict[str, type[Event]] = {
         WorkerFailed,
         MetricsStarted,
         MetricsFailed,
+        AgentStarted,
+        SnapshotFailed,
+        SnapshotRecovered,
+        MetricsPartFailed,
+        AgentStopped,
         ClientStarted,
         Connecting,
         Connected,

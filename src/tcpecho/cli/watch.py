@@ -8,6 +8,7 @@ import click
 
 from tcpecho.cli.options import (
     environment_epilog,
+    metrics_port_option,
     path_options,
     settings_errors,
 )
@@ -15,6 +16,7 @@ from tcpecho.cli.params import BOOLEAN, Duration, Endpoint, option
 
 if TYPE_CHECKING:
     from tcpecho.explain import PathContext
+    from tcpecho.watch import WatchConfig
 
 EPILOG = environment_epilog("watch", "STUCK=true")
 
@@ -66,6 +68,14 @@ EPILOG = environment_epilog("watch", "STUCK=true")
     "each connection named by its Kubernetes namespace, pod and container (from its "
     "cgroup and the kubelet's log directories); the host's own by its command.",
 )
+@metrics_port_option
+@option(
+    "--service-cidr",
+    "service_cidrs",
+    multiple=True,
+    help="With --metrics-port: a Service range of the cluster (10.96.0.0/16); connections at "
+    'risk to it are counted as to a Service (peer="service"). Repeatable.',
+)
 @option(
     "--pod-logs",
     default="/var/log/pods",
@@ -104,6 +114,8 @@ def watch(
     path: PathContext,
     all_states: bool,
     all_namespaces: bool,
+    metrics_port: int | None,
+    service_cidrs: tuple[str, ...],
     pod_logs: str,
     container_logs: str,
     interval: float,
@@ -132,10 +144,34 @@ def watch(
             path=path,
             all_states=all_states,
             all_namespaces=all_namespaces,
+            metrics_port=metrics_port,
+            service_cidrs=service_cidrs,
             pod_logs=pod_logs,
             container_logs=container_logs,
             interval_s=interval,
             once=once,
             json=json_output,
         )
+    if config.metrics_port is not None:
+        raise SystemExit(_serve_node_metrics(config))
     raise SystemExit(run(config))
+
+
+def _serve_node_metrics(config: WatchConfig) -> int:
+    """The node agent: a snapshot of every namespace each interval, served at /metrics;
+    it logs events (JSON lines off a terminal), never a table."""
+    from tcpecho import agent, events, logs
+    from tcpecho.metrics import every_address
+    from tcpecho.watch.look import node_snapshot
+
+    with settings_errors():
+        agent.service_networks(config.service_cidrs)
+    logs.configure("auto", "info", report_dropped=events.report_lines_dropped)
+    assert config.metrics_port is not None
+    return agent.run(
+        lambda: node_snapshot(config),
+        config.interval_s,
+        config.metrics_port,
+        every_address(),
+        config.service_cidrs,
+    )

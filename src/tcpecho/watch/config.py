@@ -35,6 +35,10 @@ class WatchConfig:
     path: PathContext = field(default_factory=PathContext)
     # Every network namespace of the host (kubectl's -A), each connection named by its pod.
     all_namespaces: bool = False
+    # The node agent: serve the per-pod metrics of every snapshot at /metrics, print nothing.
+    metrics_port: int | None = None
+    # The cluster's Service ranges: a connection at risk to one of them is to a Service.
+    service_cidrs: tuple[str, ...] = ()
     # The kubelet's pod log directories and container log links (read-only, for pod names).
     pod_logs: str = "/var/log/pods"
     container_logs: str | None = "/var/log/containers"
@@ -53,6 +57,17 @@ class WatchConfig:
         idle_timeout = self.path.idle_timeout_s
         if idle_timeout is not None and idle_timeout <= 0:
             raise SettingError("path_idle_timeout", "the path's idle timeout must be more than 0s")
+        check_range("metrics_port", self.metrics_port, 0, PORT_MAX)
+        agent = {"metrics_port": self.metrics_port is not None, "service_cidr": self.service_cidrs}
+        for setting, given in agent.items():
+            if given and not self.all_namespaces:
+                raise SettingError(setting, "is the node agent's: it needs --all-namespaces")
+        if self.service_cidrs and self.metrics_port is None:
+            raise SettingError(
+                "service_cidr", "labels the node agent's metrics: it needs --metrics-port"
+            )
+        if self.metrics_port is not None and (self.once or self.json):
+            raise SettingError("metrics_port", "serves metrics until stopped: no --once or --json")
         if self.peer_host is not None:
             object.__setattr__(self, "peer_addresses", _resolved(self.peer_host))
 

@@ -89,7 +89,7 @@ def _idle_as_dict(prediction: Prediction) -> dict[str, Any]:
     }
 
 
-_SS_STATES = {  # the table uses ss's short names, which users know
+SS_STATES = {  # the table uses ss's short names, which users know
     "ESTABLISHED": "ESTAB",
     "SYN_SENT": "SYN-SENT",
     "SYN_RECV": "SYN-RECV",
@@ -147,7 +147,7 @@ _COLUMNS: tuple[tuple[str, bool, Callable[[Watched], str]], ...] = (
     ("PID", True, lambda w: "-" if w.owner is None else str(w.owner.pid)),
     ("COMMAND", False, _command),  # fitted to the room the others leave: render_table
     ("PEER", False, lambda w: w.connection.peer),
-    ("STATE", False, lambda w: _SS_STATES.get(w.connection.state, w.connection.state)),
+    ("STATE", False, lambda w: SS_STATES.get(w.connection.state, w.connection.state)),
     ("STUCK", True, lambda w: _seconds(w.stuck_for_s)),
     ("GIVES UP", True, lambda w: _gives_up(w.prediction)),
     ("LEFT", True, lambda w: _seconds(w.gives_up_in_s)),
