@@ -24,7 +24,7 @@ import pytest
 from cluster import reproduce
 
 from tcpecho import cli, metrics
-from tcpecho.watch import look
+from tcpecho.watch import WatchConfig, look
 from tests.deploy.test_manifests import (
     ROOT,
     load_kind_config,
@@ -266,22 +266,24 @@ def test_the_agent_runs_watch_on_every_namespace_with_metrics_on_9100() -> None:
 
 @requires_kubectl
 def test_the_command_line_is_one_tcpecho_watch_accepts() -> None:
-    """Parsed by tcpecho's own click command, once it has issue 24's options."""
+    """Parsed by tcpecho's own click command, and taken by the watch's config as the
+    node agent's."""
     watch = cli.main.commands["watch"]
-    names = {param.name for param in watch.params}
-    missing = {"all_namespaces", "metrics_port", "service_cidr"} - names
-    if missing:
-        pytest.skip(f"tcpecho watch has no {sorted(missing)} yet (issue 24's agent)")
     args = container()["args"]
     ctx = watch.make_context("watch", list(args[1:]))
     assert ctx.params["all_namespaces"] is True
     assert ctx.params["metrics_port"] == METRICS_PORT
     assert ctx.params["interval"] == 5.0
-    cidr = ctx.params["service_cidr"]
-    cidrs = cidr if isinstance(cidr, (tuple, list)) else [cidr]
-    assert [ipaddress.ip_network(str(c)) for c in cidrs] == [
+    assert [ipaddress.ip_network(c) for c in ctx.params["service_cidrs"]] == [
         ipaddress.ip_network(KIND_DEFAULT_SERVICE_SUBNET)
     ]
+    config = WatchConfig(
+        all_namespaces=True,
+        metrics_port=ctx.params["metrics_port"],
+        service_cidrs=ctx.params["service_cidrs"],
+        interval_s=ctx.params["interval"],
+    )
+    assert config.metrics_port == METRICS_PORT
 
 
 @pytest.mark.parametrize("config", sorted(reproduce.CNI_CONFIGS.values()))

@@ -13,7 +13,10 @@ The watch's JSON must name the right pod for each, and judge each as the model d
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -74,7 +77,8 @@ PODS = (
     Pod(
         "db", "report-0", "0a1b2c3d-0000-4000-8000-000000000003", "report",
         "c3" * 32, 3,
-        ("psql", f"host=10.77.3.1 port={PORT} user=report dbname=report keepalives_idle=10 "
+        ("psql", f"host=10.77.3.1 port={PORT} user=report dbname=report sslmode=disable "
+         "keepalives_idle=10 "
          "keepalives_interval=1 keepalives_count=3 tcp_user_timeout=5000", "-c", "select 1"),
     ),
 )  # fmt: skip
@@ -111,12 +115,12 @@ def _remove_network() -> None:
 def node(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
     """The node, its pods' programs running in their cgroups; their PIDs by pod name."""
     processes: list[subprocess.Popen[bytes]] = []
-    try:
-        with cgroup_tree("unified") as tree:
+    with cgroup_tree("unified") as tree:
+        try:
             _lay_out_network()
             server = ["ip", "netns", "exec", SERVER, "socat",
                       f"TCP-LISTEN:{PORT},reuseaddr,fork", "EXEC:sleep 600"]  # fmt: skip
-            processes.append(subprocess.Popen(server))
+            processes.append(subprocess.Popen(server, start_new_session=True))
             time.sleep(0.3)  # the listener is up before the clients connect
             pids = {pod.name: _start(tree, pod, processes) for pod in PODS}
             lay_out_logs(
@@ -130,11 +134,14 @@ def node(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
             _ip("-n", SERVER, "route", "add", "blackhole", "10.77.1.2/32")  # the cart's peer
             time.sleep(2.0)  # its writes go unacknowledged: retransmitting
             yield tmp_path, pids
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
-        _remove_network()
+        finally:
+            # Each program with what it forked (socat's children, the shell's sleeps), before
+            # their cgroups are removed.
+            for process in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            _remove_network()
 
 
 def _start(tree: CgroupTree, pod: Pod, processes: list[subprocess.Popen[bytes]]) -> int:
@@ -143,6 +150,7 @@ def _start(tree: CgroupTree, pod: Pod, processes: list[subprocess.Popen[bytes]])
     gate = subprocess.Popen(
         ["ip", "netns", "exec", pod.netns, "sh", "-c", 'read go; exec "$@"', "sh", *pod.client],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )  # fmt: skip
     processes.append(gate)
     tree.move(gate.pid, pod.cgroup)
@@ -196,7 +204,11 @@ def test_every_pod_is_named_and_judged(node: tuple[Path, dict[str, int]]) -> Non
 def test_the_server_side_is_the_hosts(node: tuple[Path, dict[str, int]]) -> None:
     """socat's listening side is in no pod: named by its network namespace."""
     root, _ = node
-    servers = [c for c in _snapshot(root) if c["local"].endswith(f":{PORT}")]
-    assert len(servers) == len(PODS)
+    servers = [
+        c
+        for c in _snapshot(root)
+        if c["local"].startswith("10.77.") and c["local"].endswith(f":{PORT}")
+    ]
+    assert len(servers) >= len(PODS)  # one per client, and any closing ones
     assert {(c["namespace"], c["pod"]) for c in servers} == {(None, None)}
     assert len({c["netns"] for c in servers}) == 1
