@@ -72,14 +72,7 @@ def node(tmp_path: Path) -> Iterator[tuple[CgroupTree, Path, dict[int, int]]]:
 
 
 def _watch_all(root: Path) -> list[dict[str, Any]]:
-    shown = subprocess.run(
-        [tcpecho_executable(), "watch", "-A", "--once", "--json", "--port", "7101",
-         "--pod-logs", str(root / "pods"), "--container-logs", str(root / "containers")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert shown.returncode == 0, shown.stderr
-    connections: list[dict[str, Any]] = json.loads(shown.stdout)["connections"]
-    return connections
+    return _watch_all_port(root, 7101)
 
 
 @requires_root
@@ -116,3 +109,46 @@ def test_the_hosts_processes_are_named_by_their_namespace(
     assert len(rows) == 2
     for row in rows:
         assert row.split()[:3] == ["-", f"host:{netns[7102]}", "-"]
+
+
+@requires_root
+def test_names_from_the_node_are_escaped_in_the_table(tmp_path: Path) -> None:
+    """A pod's name is the node's text, not ours: a terminal escape in it is shown escaped,
+    and the JSON keeps it as read."""
+    holders: list[subprocess.Popen[str]] = []
+    with cgroup_tree("unified") as tree:
+        try:
+            holders = [_holder(7103)]
+            tree.move(holders[0].pid, f"{SYSTEMD_POD_A}/cri-containerd-{C1}.scope")
+            odd = "web\x1b[2Jevil"
+            lay_out_logs(tmp_path, [LoggedPod("shop", odd, U1, {"app": C1})])
+            logs = [
+                "--pod-logs",
+                str(tmp_path / "pods"),
+                "--container-logs",
+                str(tmp_path / "containers"),
+            ]
+            table = subprocess.run(
+                [tcpecho_executable(), "watch", "-A", "--once", "--port", "7103", *logs],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert table.returncode == 0, table.stderr
+            assert "\x1b" not in table.stdout
+            assert "evil" in table.stdout
+            found = _watch_all_port(tmp_path, 7103)
+            assert {c["pod"] for c in found} == {odd}
+        finally:
+            for holder in holders:
+                holder.kill()
+                holder.wait()
+
+
+def _watch_all_port(root: Path, port: int) -> list[dict[str, Any]]:
+    shown = subprocess.run(
+        [tcpecho_executable(), "watch", "-A", "--once", "--json", "--port", str(port),
+         "--pod-logs", str(root / "pods"), "--container-logs", str(root / "containers")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    connections: list[dict[str, Any]] = json.loads(shown.stdout)["connections"]
+    return connections
