@@ -90,9 +90,7 @@ def _arguments() -> argparse.Namespace:
 
 
 @contextmanager
-def _held_namespaces(
-    count: int, connections: int, prefix: str = PREFIX
-) -> Iterator[list[str]]:
+def _held_namespaces(count: int, connections: int, prefix: str = PREFIX) -> Iterator[list[str]]:
     """``count`` namespaces (``PREFIX<pid>-N``), each with a holder of ``connections``
     connections."""
     names = [f"{prefix}{os.getpid()}-{index}" for index in range(count)]
