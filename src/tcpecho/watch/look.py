@@ -29,9 +29,11 @@ for each.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,7 +198,12 @@ def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
         selected = [c for c in selected if _owner_pid(owners.get(c.inode)) == config.pid]
     if config.stuck:
         selected = [c for c in selected if c.stuck]
-    watched = [watch_connection(c, owners.get(c.inode), kernel, config.path) for c in selected]
+    answers, options = _Answers(kernel, config.path), OptionsCache()
+    watched = []
+    for connection in selected:
+        owner = owners.get(connection.inode)
+        read = None if owner is None else options.of(connection, owner)
+        watched.append(_judge(connection, owner, read, answers))
     if config.at_risk:
         watched = [w for w in watched if w.at_risk]
     return sorted(watched, key=_urgency)
@@ -225,6 +232,10 @@ class NodeWatcher:
 
     def snapshot(self) -> NodeSnapshot:
         """One look at every network namespace of the host, as ``node_snapshot``'s."""
+        with _collector_paused():
+            return self._snapshot()
+
+    def _snapshot(self) -> NodeSnapshot:
         config = self.config
         started = time.monotonic()
         host = namespaces.host_namespaces()
@@ -272,16 +283,35 @@ class NodeWatcher:
     ) -> list[Watched]:
         """What the model makes of one namespace's connections; with ``at_risk``, only of
         those at risk (the others are never built)."""
-        path = self.config.path
+        answers = _Answers(kernel, self.config.path)
         judged = []
         for connection in found:
             owner = owners.get(connection.inode)
             options = None if owner is None else self.options.of(connection, owner)
-            if self.config.at_risk and not _risks(connection, options, kernel, path):
+            if self.config.at_risk and not _risks(connection, options, answers):
                 continue
             pod = None if owner is None else pods.of(owner.pid)
-            judged.append(_judge(connection, owner, options, kernel, path, netns, pod))
+            judged.append(_judge(connection, owner, options, answers, netns, pod))
         return judged
+
+
+_SHARED_OPTIONS_MAX = 4096
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off while a snapshot is built: a snapshot
+    makes several objects per connection (a hundred thousand for 20,000 sockets), none in a
+    cycle, and each few hundred of them would otherwise start a collection that walks the
+    young ones, and now and then every object of the process (a sixth of the snapshot's
+    time, measured). Freed by their reference counts as ever; the collector runs after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class OptionsCache:
@@ -295,11 +325,13 @@ class OptionsCache:
     it is seen past it: a program may set its options once the connect succeeded (Go sets
     keepalive then). A read that failed (refused, or the socket closed meanwhile) is kept
     only for the owner it failed with. What one snapshot did not show is forgotten at its
-    end (``forget_unseen``), so the cache holds no more than the live sockets."""
+    end (``forget_unseen``), so the cache holds no more than the live sockets. Equal
+    options are kept as one value, shared by their sockets: a node has few distinct ones."""
 
     def __init__(self) -> None:
         self._kept: dict[tuple[int, int, bool], tuple[Owner, EffectiveOptions | None]] = {}
         self._seen: dict[tuple[int, int, bool], tuple[Owner, EffectiveOptions | None]] = {}
+        self._shared: dict[EffectiveOptions, EffectiveOptions] = {}
         self.reads = 0  # sockets' options read so far (each a pidfd_getfd)
 
     def of(self, connection: Connection, owner: Owner) -> EffectiveOptions | None:
@@ -307,10 +339,17 @@ class OptionsCache:
         key = (connection.inode, connection.cookie, connection.state == "SYN_SENT")
         kept = self._seen.get(key) or self._kept.get(key)
         if kept is None or (kept[1] is None and kept[0] != owner):
-            kept = (owner, diag.socket_options(owner))
+            kept = (owner, self._shared_value(diag.socket_options(owner)))
             self.reads += 1
         self._seen[key] = kept
         return kept[1]
+
+    def _shared_value(self, options: EffectiveOptions | None) -> EffectiveOptions | None:
+        if options is None:
+            return None
+        if len(self._shared) >= _SHARED_OPTIONS_MAX:  # a node of many distinct options
+            self._shared.clear()  # sharing saves memory and time: never needed for an answer
+        return self._shared.setdefault(options, options)
 
     def forget_unseen(self) -> None:
         """Keep only the sockets looked up since the last call: the live ones."""
@@ -377,21 +416,20 @@ def watch_connection(
     """What the kernel model makes of one connection, with its program's own options when
     they can be read, and the kernel's defaults otherwise; its risks on ``path``."""
     options = None if owner is None else diag.socket_options(owner)
-    return _judge(connection, owner, options, kernel, path)
+    return _judge(connection, owner, options, _Answers(kernel, path))
 
 
 def _judge(
     connection: Connection,
     owner: Owner | None,
     options: EffectiveOptions | None,
-    kernel: KernelSettings,
-    path: PathContext,
+    answers: _Answers,
     netns: int | None = None,
     pod: PodIdentity | None = None,
 ) -> Watched:
     tcp = _model_options(options, connection)
     idle = (
-        _predicted(kernel, tcp, Activity.IDLE, None)
+        answers.predicted(tcp, Activity.IDLE, None)
         if connection.state in _OPEN_STATES and connection.info is not None
         else None
     )
@@ -399,20 +437,17 @@ def _judge(
         connection=connection,
         owner=owner,
         options=options,
-        prediction=_prediction(connection, tcp, kernel),
-        stuck_for_s=stuck_for_s(connection, kernel),
+        prediction=_prediction(connection, tcp, answers),
+        stuck_for_s=stuck_for_s(connection, answers.kernel),
         if_idle=idle,
-        at_risk=_risks(connection, options, kernel, path),
+        at_risk=_risks(connection, options, answers),
         netns=netns,
         pod=pod,
     )
 
 
 def _risks(
-    connection: Connection,
-    options: EffectiveOptions | None,
-    kernel: KernelSettings,
-    path: PathContext,
+    connection: Connection, options: EffectiveOptions | None, answers: _Answers
 ) -> tuple[Risk, ...]:
     """Explain's traps for the socket's own options (those the model predicts from) that
     bite in the connection's state; ``options-unknown`` where they could not be read."""
@@ -421,7 +456,40 @@ def _risks(
         return ()
     if options is None:
         return (OPTIONS_UNKNOWN,)
-    return _risks_among(kernel, options, path, codes)
+    return answers.risks_among(options, codes)
+
+
+class _Answers:
+    """The model's answers for the connections of one namespace (its sysctls) on one path,
+    in front of the answers kept for the process's life (``_predicted``, ``_risks_among``):
+    found by the options' identity, which costs nothing, where those hash every field of
+    the sysctls and the options. Connections with equal options share one value
+    (``OptionsCache``), or a constant (``_model_options``). Each entry holds its options,
+    so an identity is never that of another value."""
+
+    def __init__(self, kernel: KernelSettings, path: PathContext) -> None:
+        self.kernel = kernel
+        self.path = path
+        self._predictions: dict[
+            tuple[int, Activity, float | None], tuple[TcpOptions, Prediction]
+        ] = {}
+        self._risks: dict[tuple[int, frozenset[str]], tuple[TcpOptions, tuple[Risk, ...]]] = {}
+
+    def predicted(self, tcp: TcpOptions, activity: Activity, first_rto: float | None) -> Prediction:
+        key = (id(tcp), activity, first_rto)
+        found = self._predictions.get(key)
+        if found is None or found[0] is not tcp:
+            found = (tcp, _predicted(self.kernel, tcp, activity, first_rto))
+            self._predictions[key] = found
+        return found[1]
+
+    def risks_among(self, tcp: TcpOptions, codes: frozenset[str]) -> tuple[Risk, ...]:
+        key = (id(tcp), codes)
+        found = self._risks.get(key)
+        if found is None or found[0] is not tcp:
+            found = (tcp, _risks_among(self.kernel, tcp, self.path, codes))
+            self._risks[key] = found
+        return found[1]
 
 
 # The model's answers, kept for the process's life: the connections of a node share a few
@@ -494,31 +562,28 @@ _KEEPALIVE_SHOWN = TcpOptions(keepalive=True)
 _NOTHING_SHOWN = TcpOptions()
 
 
-def _prediction(
-    connection: Connection, tcp: TcpOptions, kernel: KernelSettings
-) -> Prediction | None:
+def _prediction(connection: Connection, tcp: TcpOptions, answers: _Answers) -> Prediction | None:
     info = connection.info
     if info is None:
         return None
     if connection.state == "SYN_SENT":
-        return _predicted(kernel, tcp, Activity.CONNECTING, None)
+        return answers.predicted(tcp, Activity.CONNECTING, None)
     if connection.state not in _SENDING_STATES or connection.timer == "persist":
         return None  # closing down, or a peer that acknowledges but reads nothing
     if _probing_idle(connection):
-        return _predicted(kernel, tcp, Activity.IDLE, None)
+        return answers.predicted(tcp, Activity.IDLE, None)
     if is_orphan(connection):
-        return _orphan_prediction(connection, tcp, kernel)
+        return _orphan_prediction(connection, tcp, answers)
     # Busy, or healthy: for a healthy connection, what a request lost now would take.
-    return _predicted(kernel, tcp, Activity.ACTIVE, first_rto_s(connection, kernel))
+    return answers.predicted(tcp, Activity.ACTIVE, first_rto_s(connection, answers.kernel))
 
 
-def _orphan_prediction(
-    connection: Connection, tcp: TcpOptions, kernel: KernelSettings
-) -> Prediction:
+def _orphan_prediction(connection: Connection, tcp: TcpOptions, answers: _Answers) -> Prediction:
     """An orphan's end: ``tcp_orphan_retries``' budget, or, when its RTO had already reached
     the cap and the sysctl is 0, its next expiry (the kernel then allows it no retry)."""
     info = connection.info
     assert info is not None
+    kernel = answers.kernel
     stuck = stuck_for_s(connection, kernel)
     capped = info.rto_ms / 1000 >= kernel.tcp_rto_max_s
     if capped and stuck is not None and orphan_retries(kernel, rto_capped=True) == 0:
@@ -526,7 +591,7 @@ def _orphan_prediction(
         return Prediction(
             ends, ends * TIMER_SLACK[1], "request", Mechanism.ORPHAN_RETRIES, ("ETIMEDOUT",)
         )
-    return _predicted(kernel, tcp, Activity.ORPHANED, first_rto_s(connection, kernel))
+    return answers.predicted(tcp, Activity.ORPHANED, first_rto_s(connection, kernel))
 
 
 def _probing_idle(connection: Connection) -> bool:
