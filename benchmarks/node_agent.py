@@ -12,14 +12,15 @@ connection, as ``benchmarks/namespaces.py`` holds them), then measures, in the s
 - ``ss -tinp`` run in each namespace in turn (``nsenter --net=...`` and ``ip netns exec``):
   the wall time for all of them, in alternating order with the next;
 - one ``tcpecho watch -A --once --json``, the installed command (the ``tcpecho`` on PATH) in
-  a fresh process: its wall time, CPU time and peak RSS (``wait4``), and the connections it
-  printed. It looks at every namespace of the host, not only those made here;
+  a fresh process: its wall time, CPU time and peak RSS (``wait4``, from a small launcher:
+  ``LAUNCHER``), and the connections it printed. It looks at every namespace of the host,
+  not only those made here;
 - the agent: a fresh process that keeps a ``NodeWatcher`` and takes a snapshot every
   ``--interval`` seconds for ``--duration``, as ``watch -A`` at that interval does: its first
   snapshot (which reads every socket's options), then, over the window after it (an
   interval's sleep before each of the ``duration / interval`` snapshots), its CPU
   time as a share of one core, each snapshot's wall and CPU time, the options it read
-  (none, once every socket's are known), and its peak RSS.
+  (none, once every socket's are known), and its peak RSS (its own ``VmHWM``).
 
 Every namespace and process is removed at the end, whether the run passed, failed or was
 interrupted; the holders also exit when this process dies (their stdin closes).
@@ -30,15 +31,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.namespaces import (
@@ -56,6 +58,21 @@ from tcpecho.watch.look import NodeWatcher
 
 PREFIX = "tprfD-agent-"
 MAX_DURATION_S = 600
+# Runs a command in a child forked from this small process, and writes that child's cost,
+# as the kernel accounts it (wait4), to the file named first. Not measured from this
+# benchmark's own process: a child it spawns (vfork, then exec) inherits its peak RSS in
+# ru_maxrss, the large answers it parsed included; forked from here it inherits only this
+# process's few MiB, the floor of the figure.
+LAUNCHER = r"""
+import json, os, sys
+child = os.fork()
+if child == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(child, 0)
+with open(sys.argv[1], "w") as report:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime,
+               usage.ru_maxrss], report)
+"""
 
 
 @dataclass(frozen=True)
@@ -92,18 +109,21 @@ def _arguments() -> argparse.Namespace:
 
 def _measured(argv: list[str]) -> tuple[Run, str]:
     """``argv`` run to its end in a fresh process: its cost, from the kernel's own account of
-    that one child (``wait4``), and what it printed."""
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    started = time.perf_counter()
-    assert process.stdout is not None
-    printed = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode not in (0, 1):  # 1: --once found what --stuck asked for
-        raise SystemExit(f"{' '.join(argv)} exited with status {process.returncode}")
-    run = Run(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, 0)
-    return run, printed
+    that one child (``wait4``, in ``LAUNCHER``), and what it printed."""
+    with tempfile.TemporaryDirectory(prefix=PREFIX) as folder:
+        report = Path(folder) / "cost.json"
+        started = time.perf_counter()
+        printed = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(report), *argv],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        ).stdout
+        seconds = time.perf_counter() - started
+        status, cpu_seconds, peak_rss_kib = json.loads(report.read_text())
+    if status != 0:
+        raise SystemExit(f"{' '.join(argv)} exited with status {status}")
+    return Run(seconds, cpu_seconds, peak_rss_kib / 1024, 0), printed
 
 
 def _watch_once(tcpecho: str) -> Run:
@@ -151,8 +171,8 @@ def _agent(interval_s: float, duration_s: float) -> None:
                 "kept_options": len(watcher.options),
                 "window_s": window_s,
                 "window_cpu_s": time.process_time() - window_cpu,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "rss_mib": _rss_mib(),
+                "peak_rss_mib": _status_mib("VmHWM"),  # since its exec: its own
+                "rss_mib": _status_mib("VmRSS"),
             }
         )
     )
@@ -169,10 +189,10 @@ def _timed(snapshot: Callable[[], Any]) -> dict[str, float]:
     }
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -214,7 +234,8 @@ def _report(
         f"{_median(later, 'cpu_seconds'):.3f} s CPU each, {seen['later_reads']:,} options "
         f"read, {seen['kept_options']:,} kept\n"
         f"  {share:.2f} % of one core over the {seen['window_s']:.0f} s after the first; "
-        f"peak RSS {process.peak_rss_mib:.0f} MiB (RSS at the end {seen['rss_mib']:.0f} MiB)"
+        f"peak RSS {seen['peak_rss_mib']:.0f} MiB (RSS at the end {seen['rss_mib']:.0f} MiB; "
+        f"its whole run, {process.cpu_seconds:.1f} s CPU in {process.seconds:.0f} s)"
     )
 
 
