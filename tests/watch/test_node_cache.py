@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tcpecho.lab.topology import leftover_namespaces
 from tcpecho.model import KernelSettings
 from tcpecho.tcp import namespaces
 from tcpecho.tcp.namespaces import NetNamespace
@@ -139,7 +140,7 @@ def node() -> Iterator[list[Held]]:
             holder.process.wait()
         for name in names:
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
-        assert not [n for n in os.listdir("/run/netns") if n.startswith(f"{PREFIX}{os.getpid()}")]
+        assert leftover_namespaces(f"{PREFIX}{os.getpid()}-") == []
 
 
 def _watcher(tmp_path: Path) -> NodeWatcher:
