@@ -90,9 +90,10 @@ def _arguments() -> argparse.Namespace:
 
 
 @contextmanager
-def _held_namespaces(count: int, connections: int) -> Iterator[list[str]]:
-    """``count`` namespaces, each with a holder of ``connections`` connections."""
-    names = [f"{PREFIX}{os.getpid()}-{index}" for index in range(count)]
+def _held_namespaces(count: int, connections: int, prefix: str = PREFIX) -> Iterator[list[str]]:
+    """``count`` namespaces (``PREFIX<pid>-N``), each with a holder of ``connections``
+    connections."""
+    names = [f"{prefix}{os.getpid()}-{index}" for index in range(count)]
     made: list[str] = []
     holders: list[subprocess.Popen[str]] = []
     try:
@@ -199,13 +200,13 @@ def _report(looks: dict[str, list[Look]], arguments: argparse.Namespace) -> None
     )
 
 
-def _remove_abandoned() -> None:
+def _remove_abandoned(prefix: str = PREFIX) -> None:
     """Namespaces of a run that was killed (``PREFIX<pid>-N`` of a process that is gone);
     their holders exited when that run's end closed their stdin."""
     folder = Path("/run/netns")
     for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
-        owner = name.removeprefix(PREFIX).split("-")[0]
-        if name.startswith(PREFIX) and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        owner = name.removeprefix(prefix).split("-")[0]
+        if name.startswith(prefix) and owner.isdigit() and not Path(f"/proc/{owner}").exists():
             subprocess.run(["ip", "netns", "del", name], check=False)
 
 

@@ -61,9 +61,10 @@ _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, po
 # left zero (any socket).
 _REQUEST = struct.Struct("=BBBxI48x")
 # inet_diag_msg: family, state, timer, retransmits (skipped), then inet_diag_sockid: the
-# ports (network order), the addresses (16 bytes, IPv4 in the first 4), the interface and
-# the cookie (skipped); then expires, receive queue, send queue, uid, inode.
-_MESSAGE = struct.Struct("=BBBxHH16s16s12xIIIII")
+# ports (network order), the addresses (16 bytes, IPv4 in the first 4), the interface
+# (skipped) and the cookie (two 32-bit halves, low first); then expires, receive queue,
+# send queue, uid, inode.
+_MESSAGE = struct.Struct("=BBBxHH16s16s4xIIIIIII")
 _ATTRIBUTE = struct.Struct("=HH")  # nlattr: length, type
 _ATTRIBUTE_TYPE = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _INFO = 2  # INET_DIAG_INFO: the attribute that carries struct tcp_info
@@ -103,6 +104,10 @@ class Connection:
     info: TcpInfo | None
     bytes_acked: int  # sent and acknowledged over the connection's life
     bytes_received: int
+    # The kernel's cookie for the socket (sock_gen_cookie: unique for the host's uptime,
+    # never reused), which tells a socket from a later one given the same inode; 0 where
+    # unknown.
+    cookie: int = 0
 
     @property
     def stuck(self) -> bool:
@@ -208,7 +213,7 @@ def _dump(diag: socket.socket, family: int, states: int) -> Iterator[Connection]
 def _connection(data: bytes, start: int, end: int) -> Connection:
     fields = _MESSAGE.unpack_from(data, start)
     family, state, timer, sport, dport, source, destination = fields[:7]
-    expires, receive_queue, send_queue, _uid, inode = fields[7:]
+    cookie_low, cookie_high, expires, receive_queue, send_queue, _uid, inode = fields[7:]
     size = 4 if family == socket.AF_INET else 16
     raw_info = _attribute(data, start + _MESSAGE.size, end, _INFO)
     counted = (0, 0)
@@ -226,6 +231,7 @@ def _connection(data: bytes, start: int, end: int) -> Connection:
         info=None if raw_info is None else read_tcp_info(_Carried(raw_info)),
         bytes_acked=counted[0],
         bytes_received=counted[1],
+        cookie=cookie_low | cookie_high << 32,
     )
 
 

@@ -17,14 +17,23 @@ and the path: with data waiting for an acknowledgement, a missing user timeout; 
 keepalive off or slower than the path's idle timeout; connecting, the SYNs' budget. Where
 the options cannot be read it says it cannot tell (``options-unknown``), never that all is
 well.
+
+Every network namespace of the host is looked at by ``node_snapshot`` once, and again and
+again by a ``NodeWatcher`` (the node agent's): it reads each socket's options once while
+the socket lives (``OptionsCache``, by inode and the kernel's cookie). The model's answers
+depend only on frozen values (the namespace's sysctls, the options, the state, the first
+RTO), which a node's connections share: each is computed once and kept (bounded), and
+only what depends on a connection's own timers (how long it has been stuck) is computed
+for each.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
+import gc
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +198,12 @@ def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
         selected = [c for c in selected if _owner_pid(owners.get(c.inode)) == config.pid]
     if config.stuck:
         selected = [c for c in selected if c.stuck]
-    watched = [watch_connection(c, owners.get(c.inode), kernel, config.path) for c in selected]
+    answers, options = _Answers(kernel, config.path), OptionsCache()
+    watched = []
+    for connection in selected:
+        owner = owners.get(connection.inode)
+        read = None if owner is None else options.of(connection, owner)
+        watched.append(_judge(connection, owner, read, answers))
     if config.at_risk:
         watched = [w for w in watched if w.at_risk]
     return sorted(watched, key=_urgency)
@@ -201,45 +215,149 @@ def node_snapshot(config: WatchConfig) -> NodeSnapshot:
     its owner's pod: what ``watch --all-namespaces`` shows and the node agent exports.
 
     A namespace whose last process left, or that may not be entered, is skipped and counted,
-    as are processes that vanish or refuse; the snapshot goes on."""
-    started = time.monotonic()
-    host = namespaces.host_namespaces()
-    states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
-    listed = diag.connections_by_namespace(host.namespaces, states=states)
-    by_inode = host.by_inode()
-    selected = {
-        inode: [c for c in found if _addresses_match(c, config)]
-        for inode, found in listed.by_namespace.items()
-    }
-    owners = diag.owners({c.inode for found in selected.values() for c in found if c.inode})
-    pods = PodLookup(
-        PodSources(
-            pod_logs=Path(config.pod_logs),
-            container_logs=None if config.container_logs is None else Path(config.container_logs),
+    as are processes that vanish or refuse; the snapshot goes on. One look: a watch that
+    looks again and again keeps a ``NodeWatcher``, which reads each socket's options once."""
+    return NodeWatcher(config).snapshot()
+
+
+class NodeWatcher:
+    """``node_snapshot`` taken again and again, as the node agent takes it: each socket's
+    options are read on the first snapshot that shows it and kept while it lives
+    (``OptionsCache``), and the model's answers are shared by every connection with the
+    same sysctls, options and state (kept for the process's life, bounded)."""
+
+    def __init__(self, config: WatchConfig) -> None:
+        self.config = config
+        self.options = OptionsCache()
+
+    def snapshot(self) -> NodeSnapshot:
+        """One look at every network namespace of the host, as ``node_snapshot``'s."""
+        with _collector_paused():
+            return self._snapshot()
+
+    def _snapshot(self) -> NodeSnapshot:
+        config = self.config
+        started = time.monotonic()
+        host = namespaces.host_namespaces()
+        states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
+        listed = diag.connections_by_namespace(host.namespaces, states=states)
+        by_inode = host.by_inode()
+        selected = {
+            inode: [c for c in found if _addresses_match(c, config)]
+            for inode, found in listed.by_namespace.items()
+        }
+        owners = diag.owners({c.inode for found in selected.values() for c in found if c.inode})
+        pods = PodLookup(
+            PodSources(
+                pod_logs=Path(config.pod_logs),
+                container_logs=None
+                if config.container_logs is None
+                else Path(config.container_logs),
+            )
         )
-    )
-    errors: dict[str, int] = {}
-    watched = []
-    for inode, found in selected.items():
-        kernel = _namespace_kernel(by_inode[inode], errors)
-        for connection in _filtered(found, owners, config):
+        errors: dict[str, int] = {}
+        watched: list[Watched] = []
+        for inode, found in selected.items():
+            kernel = _namespace_kernel(by_inode[inode], errors)
+            watched += self._judged(inode, _filtered(found, owners, config), owners, kernel, pods)
+        self.options.forget_unseen()
+        skipped = {
+            "namespace": listed.skipped.total,
+            "process": host.skipped.total + pods.skipped.vanished + pods.skipped.unreadable,
+        }
+        return NodeSnapshot(
+            tuple(sorted(watched, key=_urgency)),
+            len(listed.by_namespace),
+            skipped,
+            errors,
+            time.monotonic() - started,
+        )
+
+    def _judged(
+        self,
+        netns: int,
+        found: list[Connection],
+        owners: dict[int, Owner],
+        kernel: KernelSettings,
+        pods: PodLookup,
+    ) -> list[Watched]:
+        """What the model makes of one namespace's connections; with ``at_risk``, only of
+        those at risk (the others are never built)."""
+        answers = _Answers(kernel, self.config.path)
+        judged = []
+        for connection in found:
             owner = owners.get(connection.inode)
-            seen = watch_connection(connection, owner, kernel, config.path)
+            options = None if owner is None else self.options.of(connection, owner)
+            if self.config.at_risk and not _risks(connection, options, answers):
+                continue
             pod = None if owner is None else pods.of(owner.pid)
-            watched.append(dataclasses.replace(seen, netns=inode, pod=pod))
-    if config.at_risk:
-        watched = [w for w in watched if w.at_risk]
-    skipped = {
-        "namespace": listed.skipped.total,
-        "process": host.skipped.total + pods.skipped.vanished + pods.skipped.unreadable,
-    }
-    return NodeSnapshot(
-        tuple(sorted(watched, key=_urgency)),
-        len(listed.by_namespace),
-        skipped,
-        errors,
-        time.monotonic() - started,
-    )
+            judged.append(_judge(connection, owner, options, answers, netns, pod))
+        return judged
+
+
+_SHARED_OPTIONS_MAX = 4096
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off while a snapshot is built: a snapshot
+    makes several objects per connection (a hundred thousand for 20,000 sockets), none in a
+    cycle, and each few hundred of them would otherwise start a collection that walks the
+    young ones, and now and then every object of the process (about a tenth of a
+    snapshot's CPU time with 20,000 sockets). Freed by their reference counts as ever; the
+    collector runs after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class OptionsCache:
+    """Each live socket's options, read once (``diag.socket_options``) and kept while the
+    socket lives: a program sets its options when it makes the socket, and reading them
+    takes three system calls per socket (pidfd_open, pidfd_getfd, getsockopt of each).
+
+    A socket is known by its inode and the kernel's cookie for it: an inode number can be
+    given again to a later socket, a cookie never is, and a descriptor number (what the
+    owner holds) is reused all the time. A socket first seen connecting is read again once
+    it is seen past it: a program may set its options once the connect succeeded (Go sets
+    keepalive then). A read that failed (refused, or the socket closed meanwhile) is kept
+    only for the owner it failed with. What one snapshot did not show is forgotten at its
+    end (``forget_unseen``), so the cache holds no more than the live sockets. Equal
+    options are kept as one value, shared by their sockets: a node has few distinct ones."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[int, int, bool], tuple[Owner, EffectiveOptions | None]] = {}
+        self._seen: dict[tuple[int, int, bool], tuple[Owner, EffectiveOptions | None]] = {}
+        self._shared: dict[EffectiveOptions, EffectiveOptions] = {}
+        self.reads = 0  # sockets' options read so far (each a pidfd_getfd)
+
+    def of(self, connection: Connection, owner: Owner) -> EffectiveOptions | None:
+        """``owner``'s socket's options, as ``diag.socket_options`` reads them."""
+        key = (connection.inode, connection.cookie, connection.state == "SYN_SENT")
+        kept = self._seen.get(key) or self._kept.get(key)
+        if kept is None or (kept[1] is None and kept[0] != owner):
+            kept = (owner, self._shared_value(diag.socket_options(owner)))
+            self.reads += 1
+        self._seen[key] = kept
+        return kept[1]
+
+    def _shared_value(self, options: EffectiveOptions | None) -> EffectiveOptions | None:
+        if options is None:
+            return None
+        if len(self._shared) >= _SHARED_OPTIONS_MAX:  # a node of many distinct options
+            self._shared.clear()  # sharing saves memory and time: never needed for an answer
+        return self._shared.setdefault(options, options)
+
+    def forget_unseen(self) -> None:
+        """Keep only the sockets looked up since the last call: the live ones."""
+        self._kept, self._seen = self._seen, {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 def _filtered(
@@ -299,9 +417,20 @@ def watch_connection(
     """What the kernel model makes of one connection, with its program's own options when
     they can be read, and the kernel's defaults otherwise; its risks on ``path``."""
     options = None if owner is None else diag.socket_options(owner)
+    return _judge(connection, owner, options, _Answers(kernel, path))
+
+
+def _judge(
+    connection: Connection,
+    owner: Owner | None,
+    options: EffectiveOptions | None,
+    answers: _Answers,
+    netns: int | None = None,
+    pod: PodIdentity | None = None,
+) -> Watched:
     tcp = _model_options(options, connection)
     idle = (
-        predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+        answers.predicted(tcp, Activity.IDLE, None)
         if connection.state in _OPEN_STATES and connection.info is not None
         else None
     )
@@ -309,18 +438,17 @@ def watch_connection(
         connection=connection,
         owner=owner,
         options=options,
-        prediction=_prediction(connection, tcp, kernel),
-        stuck_for_s=stuck_for_s(connection, kernel),
+        prediction=_prediction(connection, tcp, answers),
+        stuck_for_s=stuck_for_s(connection, answers.kernel),
         if_idle=idle,
-        at_risk=_risks(connection, options, kernel, path),
+        at_risk=_risks(connection, options, answers),
+        netns=netns,
+        pod=pod,
     )
 
 
 def _risks(
-    connection: Connection,
-    options: EffectiveOptions | None,
-    kernel: KernelSettings,
-    path: PathContext,
+    connection: Connection, options: EffectiveOptions | None, answers: _Answers
 ) -> tuple[Risk, ...]:
     """Explain's traps for the socket's own options (those the model predicts from) that
     bite in the connection's state; ``options-unknown`` where they could not be read."""
@@ -329,11 +457,77 @@ def _risks(
         return ()
     if options is None:
         return (OPTIONS_UNKNOWN,)
+    return answers.risks_among(options, codes)
+
+
+class _Answers:
+    """The model's answers for the connections of one namespace (its sysctls) on one path,
+    in front of the answers kept for the process's life (``_predicted``, ``_risks_among``):
+    found by the options' identity, which costs nothing, where those hash every field of
+    the sysctls and the options. Connections with equal options share one value
+    (``OptionsCache``), or a constant (``_model_options``). Each entry holds its options,
+    so an identity is never that of another value."""
+
+    def __init__(self, kernel: KernelSettings, path: PathContext) -> None:
+        self.kernel = kernel
+        self.path = path
+        self._predictions: dict[
+            tuple[int, Activity, float | None], tuple[TcpOptions, Prediction]
+        ] = {}
+        self._risks: dict[tuple[int, frozenset[str]], tuple[TcpOptions, tuple[Risk, ...]]] = {}
+
+    def predicted(self, tcp: TcpOptions, activity: Activity, first_rto: float | None) -> Prediction:
+        key = (id(tcp), activity, first_rto)
+        found = self._predictions.get(key)
+        if found is None or found[0] is not tcp:
+            found = (tcp, _predicted(self.kernel, tcp, activity, first_rto))
+            self._predictions[key] = found
+        return found[1]
+
+    def risks_among(self, tcp: TcpOptions, codes: frozenset[str]) -> tuple[Risk, ...]:
+        key = (id(tcp), codes)
+        found = self._risks.get(key)
+        if found is None or found[0] is not tcp:
+            found = (tcp, _risks_among(self.kernel, tcp, self.path, codes))
+            self._risks[key] = found
+        return found[1]
+
+
+# The model's answers, kept for the process's life: the connections of a node share a few
+# sysctls, options, states and RTOs, and each snapshot repeats the last one's answers,
+# while a prediction for a busy connection costs about 2 ms (its grid of timer schedules)
+# and explain's traps several predictions. Bounded: the least recently used go first.
+_PREDICTIONS_KEPT = 4096
+_TRAPS_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=_TRAPS_KEPT)
+def _risks_among(
+    kernel: KernelSettings, tcp: TcpOptions, path: PathContext, codes: frozenset[str]
+) -> tuple[Risk, ...]:
+    """Explain's traps among ``codes``, as risks: one tuple, shared by the connections
+    with these options in a state those codes bite in."""
     return tuple(
         Risk(trap.code, trap.message)
-        for trap in _socket_traps(kernel, options, path)
+        for trap in _socket_traps(kernel, tcp, path)
         if trap.code in codes
     )
+
+
+@functools.lru_cache(maxsize=_TRAPS_KEPT)
+def _socket_traps(kernel: KernelSettings, tcp: TcpOptions, path: PathContext) -> tuple[Trap, ...]:
+    """Explain's traps for one set of options, kept: many connections share their options,
+    and a snapshot repeats the last one's, while the model's predictions are costly."""
+    return tuple(socket_traps(kernel, tcp, path))
+
+
+@functools.lru_cache(maxsize=_PREDICTIONS_KEPT)
+def _predicted(
+    kernel: KernelSettings, tcp: TcpOptions, activity: Activity, first_rto: float | None
+) -> Prediction:
+    """``predict`` for a silent peer, kept: all its inputs are frozen values, and the one
+    that varies by connection, its first RTO, is in milliseconds (a few values on a node)."""
+    return predict(kernel, tcp, Failure.SILENT, activity, first_rto_s=first_rto)
 
 
 def _risks_in_state(connection: Connection) -> frozenset[str]:
@@ -352,13 +546,6 @@ def _risks_in_state(connection: Connection) -> frozenset[str]:
     return frozenset()
 
 
-@functools.lru_cache(maxsize=256)
-def _socket_traps(kernel: KernelSettings, tcp: TcpOptions, path: PathContext) -> tuple[Trap, ...]:
-    """Explain's traps for one set of options, kept: many connections share their options,
-    and a snapshot repeats the last one's, while the model's predictions are costly."""
-    return tuple(socket_traps(kernel, tcp, path))
-
-
 def is_orphan(connection: Connection) -> bool:
     """No program holds the socket (the kernel reports no inode) and its FIN is out."""
     return connection.inode == 0 and connection.state in _CLOSING_STATES
@@ -369,36 +556,35 @@ def _model_options(options: EffectiveOptions | None, connection: Connection) -> 
     keepalive as the kernel's timer shows it (the one option the diagnostics reveal)."""
     if options is not None:
         return options
-    return TcpOptions(keepalive=True if connection.timer == "keepalive" else None)
+    return _KEEPALIVE_SHOWN if connection.timer == "keepalive" else _NOTHING_SHOWN
 
 
-def _prediction(
-    connection: Connection, tcp: TcpOptions, kernel: KernelSettings
-) -> Prediction | None:
+_KEEPALIVE_SHOWN = TcpOptions(keepalive=True)
+_NOTHING_SHOWN = TcpOptions()
+
+
+def _prediction(connection: Connection, tcp: TcpOptions, answers: _Answers) -> Prediction | None:
     info = connection.info
     if info is None:
         return None
     if connection.state == "SYN_SENT":
-        return predict(kernel, tcp, Failure.SILENT, Activity.CONNECTING)
+        return answers.predicted(tcp, Activity.CONNECTING, None)
     if connection.state not in _SENDING_STATES or connection.timer == "persist":
         return None  # closing down, or a peer that acknowledges but reads nothing
     if _probing_idle(connection):
-        return predict(kernel, tcp, Failure.SILENT, Activity.IDLE)
+        return answers.predicted(tcp, Activity.IDLE, None)
     if is_orphan(connection):
-        return _orphan_prediction(connection, tcp, kernel)
+        return _orphan_prediction(connection, tcp, answers)
     # Busy, or healthy: for a healthy connection, what a request lost now would take.
-    return predict(
-        kernel, tcp, Failure.SILENT, Activity.ACTIVE, first_rto_s=first_rto_s(connection, kernel)
-    )
+    return answers.predicted(tcp, Activity.ACTIVE, first_rto_s(connection, answers.kernel))
 
 
-def _orphan_prediction(
-    connection: Connection, tcp: TcpOptions, kernel: KernelSettings
-) -> Prediction:
+def _orphan_prediction(connection: Connection, tcp: TcpOptions, answers: _Answers) -> Prediction:
     """An orphan's end: ``tcp_orphan_retries``' budget, or, when its RTO had already reached
     the cap and the sysctl is 0, its next expiry (the kernel then allows it no retry)."""
     info = connection.info
     assert info is not None
+    kernel = answers.kernel
     stuck = stuck_for_s(connection, kernel)
     capped = info.rto_ms / 1000 >= kernel.tcp_rto_max_s
     if capped and stuck is not None and orphan_retries(kernel, rto_capped=True) == 0:
@@ -406,13 +592,7 @@ def _orphan_prediction(
         return Prediction(
             ends, ends * TIMER_SLACK[1], "request", Mechanism.ORPHAN_RETRIES, ("ETIMEDOUT",)
         )
-    return predict(
-        kernel,
-        tcp,
-        Failure.SILENT,
-        Activity.ORPHANED,
-        first_rto_s=first_rto_s(connection, kernel),
-    )
+    return answers.predicted(tcp, Activity.ORPHANED, first_rto_s(connection, kernel))
 
 
 def _probing_idle(connection: Connection) -> bool:
