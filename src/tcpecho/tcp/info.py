@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Protocol
 
 # u8 state, ca_state, retransmits, probes, backoff, options, wscale, flags; then u32s:
@@ -60,7 +61,9 @@ class TcpInfo:
     last_ack_recv_ms: int  # since the peer last acknowledged anything
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        # Its fields are plain values: a flat copy says the same as dataclasses.asdict, which
+        # deep-copies each and cost 1.5 s of a 20,000-socket watch -A snapshot.
+        return {field.name: getattr(self, field.name) for field in dataclass_fields(self)}
 
 
 def read_tcp_info(sock: InfoSocket) -> TcpInfo:

@@ -19,7 +19,7 @@ from tcpecho.model import KernelSettings
 from tcpecho.process import stop_signals_held
 from tcpecho.streams import STDOUT, Output
 from tcpecho.watch.config import WatchConfig
-from tcpecho.watch.look import Watched, node_snapshot, snapshot
+from tcpecho.watch.look import NodeWatcher, Watched, snapshot
 from tcpecho.watch.render import render_json, render_table
 
 __all__ = ["WatchConfig", "run"]
@@ -32,12 +32,14 @@ def run(config: WatchConfig) -> int:
     On a terminal each snapshot replaces the last; elsewhere each is printed in turn. The
     watch also stops when its output is gone (``tcpecho watch --json | head -1``)."""
     output = Output(STDOUT)
+    # Kept between snapshots: each socket's options are read once, not every interval.
+    node = NodeWatcher(config) if config.all_namespaces else None
     with stop_signals_held() as stop_signal_within:
         while True:
             at = datetime.datetime.now().astimezone()
             kernel = KernelSettings.here()  # a sysctl changed meanwhile counts from now
-            if config.all_namespaces:
-                watched = list(node_snapshot(config).watched)
+            if node is not None:
+                watched = list(node.snapshot().watched)
             else:
                 watched = snapshot(config, kernel)
             output.line(_frame(config, watched, kernel, at, output.tty))
