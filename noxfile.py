@@ -357,3 +357,6 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks.run", *session.posargs)
     # Storms, non-readers, descriptor exhaustion, an unread stdout (~2 min): docs/reliability.md
     session.run("python", "-m", "benchmarks.reliability")
+    # watch -A over 50 namespaces against ss -tinp, and the node agent's cost (~3 min):
+    # docs/performance.md
+    session.run("python", "-m", "benchmarks.node_agent")
