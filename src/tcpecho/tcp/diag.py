@@ -4,9 +4,12 @@ addresses and state, its ``tcp_info``, the process that owns it, and the options
 The list comes from the kernel's socket diagnostics (NETLINK_SOCK_DIAG, ``inet_diag``), read
 here from a netlink socket of our own: pyroute2's DiagSocket decodes ten thousand
 connections in 0.8 to 1.3 s, ten times what ``ss`` takes for them, and a node agent lists
-every namespace of its host. By default the namespace is the caller's; another one
-(``tcp/namespaces.py``) is read through a netlink socket made inside it, which lists that
-namespace's connections whichever thread reads it. The owner is found by the socket's
+every namespace of its host. Both address families come from one request (the legacy
+``TCPDIAG_GETSOCK``, as ``ss -t`` sends it), which walks the kernel's host-wide TCP tables
+once per namespace where SOCK_DIAG_BY_FAMILY walks them once per family; the per-family
+dump stays, as the reference and the fallback. By default the namespace is the caller's;
+another one (``tcp/namespaces.py``) is read through a netlink socket made inside it, which
+lists that namespace's connections whichever thread reads it. The owner is found by the socket's
 inode among the descriptors in ``/proc/PID/fd``: socket inodes are numbered across the
 whole host, so one walk finds the owners of every namespace's connections. A program's own
 socket options are read from a duplicate of its socket, taken with ``pidfd_getfd`` (Linux
