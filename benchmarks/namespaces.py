@@ -17,10 +17,10 @@ connection), then times, in the same run and in alternating order each round:
   and ``ss -tin`` without the processes, to show what ``-p`` costs (each ``ss -p`` reads
   every process's descriptors on the host, once per namespace).
 
-Prints the medians, the sockets each listed, and the CPU time of tcpecho's look (its share
-of one core at a 5 s interval). Every namespace and process is removed at the end, whether
-the run passed, failed or was interrupted; the holders also exit when this process dies
-(their stdin closes).
+Prints the medians, the sockets each listed, the CPU time of tcpecho's look (its share
+of one core at a 5 s interval) and of its sock_diag listing alone, user and system. Every
+namespace and process is removed at the end, whether the run passed, failed or was
+interrupted; the holders also exit when this process dies (their stdin closes).
 """
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ class Look:
     sockets: int
     owned: int
     namespaces: int
+    # The sock_diag listing alone (connections_by_namespace): user and system CPU seconds.
+    listing_user: float = 0.0
+    listing_system: float = 0.0
 
 
 def _arguments() -> argparse.Namespace:
@@ -125,7 +128,9 @@ def _held_namespaces(count: int, connections: int, prefix: str = PREFIX) -> Iter
 def _tcpecho(read_options: bool) -> Look:
     started, cpu = time.perf_counter(), time.process_time()
     walk = host_namespaces()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     listing = connections_by_namespace(walk.namespaces, states=CONNECTED_STATES)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     inodes = {c.inode for listed in listing.by_namespace.values() for c in listed}
     found = owners(inodes)
     if read_options:
@@ -137,6 +142,8 @@ def _tcpecho(read_options: bool) -> Look:
         sockets=len(inodes),
         owned=len(found),
         namespaces=len(listing.by_namespace),
+        listing_user=after.ru_utime - before.ru_utime,
+        listing_system=after.ru_stime - before.ru_stime,
     )
 
 
@@ -193,6 +200,12 @@ def _report(looks: dict[str, list[Look]], arguments: argparse.Namespace) -> None
         )
     plain = looks["tcpecho: walk, sock_diag, owners"]
     cpu = statistics.median(look.cpu_seconds for look in plain)
+    user = statistics.median(look.listing_user for look in plain)
+    system = statistics.median(look.listing_system for look in plain)
+    print(
+        f"its sock_diag listing: {user + system:.3f} s of CPU "
+        f"({user:.3f} s user, {system:.3f} s system, in the kernel's dumps)"
+    )
     print(
         f"tcpecho's look: {cpu:.3f} s of CPU, {cpu / 5 * 100:.1f} % of one core at a 5 s "
         f"interval; this process's peak RSS "

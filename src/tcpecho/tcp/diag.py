@@ -4,9 +4,12 @@ addresses and state, its ``tcp_info``, the process that owns it, and the options
 The list comes from the kernel's socket diagnostics (NETLINK_SOCK_DIAG, ``inet_diag``), read
 here from a netlink socket of our own: pyroute2's DiagSocket decodes ten thousand
 connections in 0.8 to 1.3 s, ten times what ``ss`` takes for them, and a node agent lists
-every namespace of its host. By default the namespace is the caller's; another one
-(``tcp/namespaces.py``) is read through a netlink socket made inside it, which lists that
-namespace's connections whichever thread reads it. The owner is found by the socket's
+every namespace of its host. Both address families come from one request (the legacy
+``TCPDIAG_GETSOCK``, as ``ss -t`` sends it), which walks the kernel's host-wide TCP tables
+once per namespace where SOCK_DIAG_BY_FAMILY walks them once per family; the per-family
+dump stays, as the reference and the fallback. By default the namespace is the caller's;
+another one (``tcp/namespaces.py``) is read through a netlink socket made inside it, which
+lists that namespace's connections whichever thread reads it. The owner is found by the socket's
 inode among the descriptors in ``/proc/PID/fd``: socket inodes are numbered across the
 whole host, so one walk finds the owners of every namespace's connections. A program's own
 socket options are read from a duplicate of its socket, taken with ``pidfd_getfd`` (Linux
@@ -57,6 +60,16 @@ _SOCK_DIAG_BY_FAMILY = 20  # the request's type, and each answer's
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300  # NLM_F_DUMP is NLM_F_ROOT | NLM_F_MATCH
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+_LENGTH_AND_TYPE = struct.Struct("=IH")  # the two of nlmsghdr's fields read on each answer
+_CODE = struct.Struct("=i")  # NLMSG_DONE's and NLMSG_ERROR's: 0, or minus an errno
+# The legacy request of NETLINK_INET_DIAG (the same protocol number as NETLINK_SOCK_DIAG),
+# and its answers' type.
+_TCPDIAG_GETSOCK = 18
+# inet_diag_req: family (ignored by a dump), source and destination prefix lengths,
+# extensions, an inet_diag_sockid left zero, states, then idiag_dbs (unused).
+_LEGACY_REQUEST = struct.Struct("=BBBB48xII")
+# What a kernel without the legacy request answers it (no inet_diag compat handler).
+_REFUSED = frozenset({errno.EINVAL, errno.EOPNOTSUPP, errno.ENOENT})
 # inet_diag_req_v2: family, protocol, extensions, pad, states, then an inet_diag_sockid
 # left zero (any socket).
 _REQUEST = struct.Struct("=BBBxI48x")
@@ -73,6 +86,13 @@ _ASK_INFO = 1 << (_INFO - 1)  # the extension bit that asks for it
 # tcp/info.py reads.
 _BYTES_COUNTED = struct.Struct("=QQ")
 _BYTES_COUNTED_AT = 120
+# What a Connection keeps of a full tcp_info (Linux >= 4.2), read in one go, the rest
+# skipped: state, (ca_state), retransmits, probes, backoff, (options, wscale, flags); rto,
+# (ato, snd_mss, rcv_mss), unacked, (sacked), lost, (retrans, fackets), last_data_sent,
+# (last_ack_sent), last_data_recv, last_ack_recv, (pmtu, rcv_ssthresh), rtt, rttvar,
+# (snd_ssthresh, snd_cwnd, advmss, reordering, rcv_rtt, rcv_space), total_retrans,
+# (pacing_rate, max_pacing_rate), bytes_acked, bytes_received.
+_INFO_READ = struct.Struct("=Bx3B3xI12xI4xI8xI4xII8xII24xI16xQQ")
 # The kernel fills one dump part up to 32 KiB (netlink's max_recvmsg_len cap); a bigger
 # buffer asks for no more, a smaller one would truncate.
 _RECEIVE_BYTES = 65536
@@ -132,19 +152,34 @@ class Connection:
 
 
 def connections(
-    *, states: int | None = None, listening: bool = False, namespace: NetNamespace | None = None
+    *,
+    states: int | None = None,
+    listening: bool = False,
+    namespace: NetNamespace | None = None,
+    per_family: bool = False,
 ) -> list[Connection]:
     """Every TCP connection of ``namespace`` (the caller's by default) in ``states`` (a
     mask of states, as ``CONNECTED_STATES``), which the kernel selects; without it, every
-    state but LISTEN, or every state with ``listening``. ``NamespaceUnavailableError`` when
-    ``namespace`` can no longer, or may not, be entered."""
+    state but LISTEN, or every state with ``listening``. IPv4 sockets come first, then
+    IPv6 ones (v4-mapped included), each in the kernel's order. ``NamespaceUnavailableError``
+    when ``namespace`` can no longer, or may not, be entered.
+
+    Both families are asked for in one request, which walks the kernel's TCP tables once;
+    ``per_family`` asks once per family instead (two walks: the reference that one is
+    checked against, and what a kernel that refuses the one request is asked)."""
     if states is None:
         states = ALL_STATES if listening else ALL_STATES & ~(1 << LISTEN)
     with _diag_socket(namespace) as diag:
+        if not per_family:
+            try:
+                return _dump_both_families(diag, states)
+            except OSError as error:
+                if error.errno not in _REFUSED:
+                    raise
         return [
             connection
             for family in (socket.AF_INET, socket.AF_INET6)
-            for connection in _dump(diag, family, states)
+            for connection in _dump_family(diag, family, states)
         ]
 
 
@@ -182,69 +217,153 @@ def connections_by_namespace(
     return NamespaceConnections(by_namespace=found, skipped=skipped)
 
 
-def _dump(diag: socket.socket, family: int, states: int) -> Iterator[Connection]:
-    """One inet_diag dump: the request, then the kernel's answers up to NLMSG_DONE."""
+def _dump_both_families(diag: socket.socket, states: int) -> list[Connection]:
+    """The legacy request (``TCPDIAG_GETSOCK``, what ``ss -t`` sends without a family):
+    the kernel reads it as a request for family AF_UNSPEC and lists both families in one
+    walk of its tables (inet_diag.c's ``inet_diag_dump_compat``), where a
+    SOCK_DIAG_BY_FAMILY request walks them once per family. Its answers are the same
+    ``inet_diag_msg`` with the same attributes, cookie and tcp_info included."""
+    request = _LEGACY_REQUEST.pack(0, 0, 0, _ASK_INFO, states, 0)
+    _send(diag, _TCPDIAG_GETSOCK, 0, request)
+    by_family: dict[int, list[Connection]] = {socket.AF_INET: [], socket.AF_INET6: []}
+    _receive(diag, _TCPDIAG_GETSOCK, by_family)
+    return by_family[socket.AF_INET] + by_family[socket.AF_INET6]
+
+
+def _dump_family(diag: socket.socket, family: int, states: int) -> list[Connection]:
+    """One SOCK_DIAG_BY_FAMILY dump: ``family``'s connections."""
     request = _REQUEST.pack(family, socket.IPPROTO_TCP, _ASK_INFO, states)
-    flags = _NLM_F_REQUEST | _NLM_F_DUMP
-    length = _HEADER.size + _REQUEST.size
-    diag.send(_HEADER.pack(length, _SOCK_DIAG_BY_FAMILY, flags, family, 0) + request)
+    _send(diag, _SOCK_DIAG_BY_FAMILY, family, request)
+    found: list[Connection] = []
+    _receive(diag, _SOCK_DIAG_BY_FAMILY, {family: found})
+    return found
+
+
+def _send(diag: socket.socket, kind: int, sequence: int, request: bytes) -> None:
+    length = _HEADER.size + len(request)
+    diag.send(_HEADER.pack(length, kind, _NLM_F_REQUEST | _NLM_F_DUMP, sequence, 0) + request)
+
+
+def _receive(diag: socket.socket, answer: int, into: dict[int, list[Connection]]) -> None:
+    """The kernel's answers of type ``answer`` up to NLMSG_DONE, each connection appended
+    to its family's list in ``into`` (one of another family would be a kernel's error, and
+    is left out)."""
+    decode = _Decoder()
     while True:
         data = diag.recv(_RECEIVE_BYTES)
         if not data:
             raise OSError(errno.EPROTO, "sock_diag ended its dump without NLMSG_DONE")
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            length, kind = _HEADER.unpack_from(data, offset)[:2]
+        offset, size = 0, len(data)
+        while offset + _HEADER.size <= size:
+            length, kind = _LENGTH_AND_TYPE.unpack_from(data, offset)
             if length < _HEADER.size:
                 raise OSError(errno.EPROTO, f"sock_diag sent a message of {length} bytes")
-            if kind in (_NLMSG_DONE, _NLMSG_ERROR):
+            if kind == answer:
+                family, connection = decode(data, offset + _HEADER.size, offset + length)
+                found = into.get(family)
+                if found is not None:
+                    found.append(connection)
+            elif kind in (_NLMSG_DONE, _NLMSG_ERROR):
                 # Both carry an int: 0, or minus the errno of a dump that failed.
                 code = 0
                 if length >= _HEADER.size + 4:
-                    (code,) = struct.unpack_from("=i", data, offset + _HEADER.size)
+                    (code,) = _CODE.unpack_from(data, offset + _HEADER.size)
                 if code < 0:
                     raise OSError(-code, f"sock_diag: {os.strerror(-code)}")
                 return
-            if kind == _SOCK_DIAG_BY_FAMILY:
-                yield _connection(data, offset + _HEADER.size, offset + length)
             offset += (length + 3) & ~3
 
 
-def _connection(data: bytes, start: int, end: int) -> Connection:
-    fields = _MESSAGE.unpack_from(data, start)
-    family, state, timer, sport, dport, source, destination = fields[:7]
-    cookie_low, cookie_high, expires, receive_queue, send_queue, _uid, inode = fields[7:]
-    size = 4 if family == socket.AF_INET else 16
-    raw_info = _attribute(data, start + _MESSAGE.size, end, _INFO)
-    counted = (0, 0)
-    if raw_info is not None and len(raw_info) >= _BYTES_COUNTED_AT + _BYTES_COUNTED.size:
-        counted = _BYTES_COUNTED.unpack_from(raw_info, _BYTES_COUNTED_AT)
-    return Connection(
-        local=format_address((socket.inet_ntop(family, source[:size]), socket.ntohs(sport))),
-        peer=format_address((socket.inet_ntop(family, destination[:size]), socket.ntohs(dport))),
-        state=STATE_NAMES.get(state, str(state)),
-        inode=inode,
-        timer=TIMERS.get(timer, str(timer)),
-        timer_expires_ms=expires,
-        send_queue=send_queue,
-        receive_queue=receive_queue,
-        info=None if raw_info is None else read_tcp_info(_Carried(raw_info)),
-        bytes_acked=counted[0],
-        bytes_received=counted[1],
-        cookie=cookie_low | cookie_high << 32,
+class _Decoder:
+    """One dump's ``inet_diag_msg`` answers as Connections. The same few addresses come
+    back on thousands of sockets (a server's own, a client's loopback), so each one is
+    written out once per dump, not once per socket."""
+
+    __slots__ = ("endpoints",)
+
+    def __init__(self) -> None:
+        # (family, the 16 address bytes) -> "10.0.0.1:" or "[::1]:", ready for the port.
+        self.endpoints: dict[tuple[int, bytes], str] = {}
+
+    def __call__(self, data: bytes, start: int, end: int) -> tuple[int, Connection]:
+        fields = _MESSAGE.unpack_from(data, start)
+        family, state, timer, sport, dport, source, destination = fields[:7]
+        cookie_low, cookie_high, expires, receive_queue, send_queue, _uid, inode = fields[7:]
+        info: TcpInfo | None = None
+        acked = received = 0
+        # The attributes, up to INET_DIAG_INFO (after SHUTDOWN, MARK, CGROUP_ID, SOCKOPT...).
+        at = start + _MESSAGE.size
+        while at + _ATTRIBUTE.size <= end:
+            length, kind = _ATTRIBUTE.unpack_from(data, at)
+            if length < _ATTRIBUTE.size:
+                break
+            if kind & _ATTRIBUTE_TYPE == _INFO:
+                info, acked, received = _tcp_info(data, at + _ATTRIBUTE.size, at + length)
+                break
+            at += (length + 3) & ~3
+        endpoints = self.endpoints
+        local = endpoints.get((family, source)) or self._endpoint(family, source)
+        peer = endpoints.get((family, destination)) or self._endpoint(family, destination)
+        # Positional, in the order of Connection's fields: a frozen dataclass takes its
+        # arguments a third faster so, on every socket of every namespace.
+        return family, Connection(
+            local + str(socket.ntohs(sport)),
+            peer + str(socket.ntohs(dport)),
+            STATE_NAMES.get(state) or str(state),
+            inode,
+            TIMERS.get(timer) or str(timer),
+            expires,
+            send_queue,
+            receive_queue,
+            info,
+            acked,
+            received,
+            cookie_low | cookie_high << 32,
+        )
+
+    def _endpoint(self, family: int, address: bytes) -> str:
+        size = 4 if family == socket.AF_INET else 16
+        # format_address's own form, "host:" or "[host]:", without the port.
+        written = format_address((socket.inet_ntop(family, address[:size]), 0))[:-1]
+        self.endpoints[family, address] = written
+        return written
+
+
+def _tcp_info(data: bytes, start: int, end: int) -> tuple[TcpInfo, int, int]:
+    """INET_DIAG_INFO's payload, from ``start`` to ``end``: its tcp_info as
+    ``read_tcp_info`` reads it, and its bytes acknowledged and received (0 from a kernel
+    before 4.2, whose tcp_info stops short of them)."""
+    if end - start < _INFO_READ.size:
+        raw = data[start:end]
+        counted = (0, 0)
+        if len(raw) >= _BYTES_COUNTED_AT + _BYTES_COUNTED.size:
+            counted = _BYTES_COUNTED.unpack_from(raw, _BYTES_COUNTED_AT)
+        return read_tcp_info(_Carried(raw)), counted[0], counted[1]
+    # Read in place, without a copy of the attribute: the same fields, in the same units,
+    # as read_tcp_info (which tests/tcp/test_diag.py holds it to on the kernel's bytes).
+    fields = _INFO_READ.unpack_from(data, start)
+    state, retransmits, probes, backoff, rto, unacked, lost = fields[:7]
+    last_data_sent, last_data_recv, last_ack_recv, rtt, rttvar, total_retrans = fields[7:13]
+    acked, received = fields[13:]
+    # Positional, in the order of TcpInfo's fields (as Connection's above): state,
+    # retransmits, probes, backoff, rto_ms, unacked, lost, total_retrans, rtt_ms, rttvar_ms,
+    # last_data_sent_ms, last_data_recv_ms, last_ack_recv_ms.
+    info = TcpInfo(
+        STATE_NAMES.get(state) or str(state),
+        retransmits,
+        probes,
+        backoff,
+        rto / 1000,
+        unacked,
+        lost,
+        total_retrans,
+        rtt / 1000,
+        rttvar / 1000,
+        last_data_sent,
+        last_data_recv,
+        last_ack_recv,
     )
-
-
-def _attribute(data: bytes, start: int, end: int, wanted: int) -> bytes | None:
-    """The payload of the attribute ``wanted`` among those from ``start`` to ``end``."""
-    while start + _ATTRIBUTE.size <= end:
-        length, kind = _ATTRIBUTE.unpack_from(data, start)
-        if length < _ATTRIBUTE.size:
-            return None
-        if kind & _ATTRIBUTE_TYPE == wanted:
-            return data[start + _ATTRIBUTE.size : start + length]
-        start += (length + 3) & ~3
-    return None
+    return info, acked, received
 
 
 class _Carried:
