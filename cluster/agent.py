@@ -60,7 +60,7 @@ from tcpecho import events
 from tcpecho.experiment import Result
 from tcpecho.model import Mechanism
 from tcpecho.settings import Deadlines
-from tcpecho.tcp.namespaces import NetNamespace, socket_in
+from tcpecho.tcp.namespaces import NamespaceUnavailableError, NetNamespace, socket_in
 from tcpecho.tcp.options import TcpOptions
 
 AGENT_POD_IP = "10.244.0.2"  # the agent pod's address, in no lab range (10.244.1-2.0/24)
@@ -217,7 +217,8 @@ class RunningAgent:
                 raise AgentError(
                     f"the agent exited (status {self.process.returncode}){self._said()}"
                 )
-            with contextlib.suppress(OSError):
+            # Not entered yet (``ip netns exec`` has not switched), or not listening yet.
+            with contextlib.suppress(OSError, NamespaceUnavailableError):
                 if parse(time.time(), self.scrape()).snapshots >= 1:
                     self.privileges = Privileges.of(self.process.pid)
                     return
@@ -308,7 +309,7 @@ class Scraper:
         while not self._stop.wait(self.period_s):
             try:
                 text = self.agent.scrape()
-            except OSError:
+            except (OSError, NamespaceUnavailableError):
                 self.failures += 1
                 continue
             self.scrapes.append((time.time(), text))

@@ -1,4 +1,5 @@
-"""Every overlay's pods run as a kubelet would start them, force-deleted and measured by the lab.
+"""Every overlay's pods run as a kubelet would start them, force-deleted and measured by the lab,
+with the node agent's pod beside them, checked on what it exports.
 
 ``python -m cluster.pods --image IMAGE`` (``scripts/nox -s pods`` builds the image first)
 renders each overlay of ``manifests/overlays`` with ``kubectl kustomize``, turns its server
@@ -15,8 +16,16 @@ client's own declarations (``client_settings_from_environment``), never from a t
 overlay. Every overlay runs its client as the manifest has it (a request every 5 s: active);
 an overlay whose client keeps connections alive (keepalive on) runs idle too, rendered as a
 user would make it: a kustomization over the overlay that patches the client's
-``TCPECHO_CLIENT_INTERVAL`` to ``1h``. The cases go to ``out/pods.json``; the exit status is
-1 when a case could not run or its measurement is outside the prediction.
+``TCPECHO_CLIENT_INTERVAL`` to ``1h``.
+
+The pods run on a node laid out as a kubelet lays one out (``cluster/node.py``): each in its
+kubelet cgroup, with its pod log directory and container log link. Beside them, the node
+agent's pod runs from the same image as ``kubectl kustomize manifests/node-agent``'s
+DaemonSet has it (``cluster/agent.py``), with those log directories mounted read-only, and is
+scraped all along; for each case, what it exported of the client pod after the force-delete
+is checked against the client's settings and the model. The cases and the agent's figures go
+to ``out/pods.json``; the exit status is 1 when a case could not run, its measurement is
+outside the prediction, or a check of the agent failed.
 """
 
 from __future__ import annotations
