@@ -471,6 +471,15 @@ def first_snapshot_within(scrapes: Sequence[Metrics], start: float, end: float) 
     return None
 
 
+def snapshot_durations(scrapes: Sequence[Metrics]) -> list[float]:
+    """How long each snapshot the scrapes saw finish took (one more between two scrapes)."""
+    return [
+        round(after.snapshot_seconds - before.snapshot_seconds, 4)
+        for before, after in itertools.pairwise(scrapes)
+        if after.snapshots == before.snapshots + 1
+    ]
+
+
 def protection(tcp: TcpOptions, deadlines: Deadlines) -> str:
     """``unprotected``: nothing bounds a lost request or notices an idle peer;
     ``protected``: a user timeout and keepalive; ``partial`` otherwise."""
@@ -487,8 +496,7 @@ def judge(client: Launch, active: bool, result: Result, scrapes: Sequence[Metric
     span = window(result, active)
     shown = None if span is None else first_snapshot_within(scrapes, *span)
     if span is None or shown is None:
-        where = "no fault" if span is None else "no snapshot of the agent started and was seen"
-        missing = Check("a snapshot in the case's window", False, f"{where} in the window")
+        missing = Check("a snapshot in the case's window", False, _no_snapshot(span, scrapes))
         return CaseView(client.namespace, client.pod, span, None, None, (missing,))
     figures = PodFigures.of(shown, client.namespace, client.pod)
     tcp, deadlines = client_settings_from_environment(client.environment)
@@ -506,6 +514,18 @@ def judge(client: Launch, active: bool, result: Result, scrapes: Sequence[Metric
     checks += _give_up_checks(figures, result) if active else []
     checks += _risk_checks(figures, protection(tcp, deadlines))
     return CaseView(client.namespace, client.pod, span, shown.at, figures, tuple(checks))
+
+
+def _no_snapshot(span: tuple[float, float] | None, scrapes: Sequence[Metrics]) -> str:
+    """Why no snapshot could be judged: no fault, or snapshots too slow for the window."""
+    if span is None:
+        return "the case had no fault"
+    took = snapshot_durations(scrapes)
+    slowest = f"; its snapshots took up to {max(took):.1f} s" if took else ""
+    return (
+        f"no snapshot of the agent started after the window's start and was seen within its "
+        f"{span[1] - span[0]:.1f} s{slowest}"
+    )
 
 
 def _give_up_checks(figures: PodFigures, result: Result) -> list[Check]:

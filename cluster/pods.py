@@ -450,7 +450,6 @@ def agent_json(ran: AgentRun) -> dict[str, Any]:
     """The agent's pod: how it was started, what it was given, what it did."""
     spec, last = ran.pod.spec, (ran.scrapes[-1] if ran.scrapes else None)
     given = ran.privileges
-    snapshots = last.snapshots if last else 0
     return {
         **describe(spec),
         "namespace": spec.namespace,
@@ -467,10 +466,9 @@ def agent_json(ran: AgentRun) -> dict[str, Any]:
         "exit_status": ran.exit_status,
         "scrapes": len(ran.scrapes),
         "scrape_failures": ran.scrape_failures,
-        "snapshots": snapshots,
-        "snapshot_mean_s": round(last.snapshot_seconds / snapshots, 4)
-        if last and snapshots
-        else None,
+        "snapshots": last.snapshots if last else 0,
+        "snapshot_durations_s": agent.snapshot_durations(ran.scrapes),
+        "namespaces": None if last is None else int(last.total("tcpecho_node_namespaces")),
         "skipped": {} if last is None else counted(last, "tcpecho_node_skipped_total", "what"),
         "errors": {} if last is None else counted(last, "tcpecho_node_errors_total", "source"),
         "checks": [check_json(check) for check in agent_checks(ran)],
