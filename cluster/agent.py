@@ -43,6 +43,7 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -243,6 +244,25 @@ class RunningAgent:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.exit_status = self.process.returncode
+
+
+def netns_name(prefix: str, pid: int) -> str:
+    """The agent pod's network namespace, named after the session that made it."""
+    return f"{prefix}{pid}-agent"
+
+
+def remove_stale(prefix: str) -> list[str]:
+    """The agent namespaces of sessions no longer running, removed with what runs in them
+    (an agent a killed session left behind)."""
+    from tcpecho.lab import topology as net
+
+    stale = []
+    for name in net.leftover_namespaces(prefix):
+        found = re.fullmatch(rf"{re.escape(prefix)}(\d+)-agent", name)
+        if found is not None and not Path(f"/proc/{found.group(1)}").exists():
+            stale.append(name)
+    net.remove_namespaces(stale)
+    return stale
 
 
 def _ip(*args: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -58,7 +59,9 @@ class Node:
 
     def __init__(self, root: Path, prefix: str = PREFIX, mount: Path | None = None) -> None:
         self.root = root
-        self.top = (mount or cgroup2_mount()) / f"{prefix}{os.getpid()}"
+        # The session's PID, for a later session to tell whether it still runs, and a token:
+        # two nodes of one process never share a cgroup.
+        self.top = (mount or cgroup2_mount()) / f"{prefix}{os.getpid()}-{secrets.token_hex(3)}"
         self.made: list[Path] = []
 
     @property
@@ -143,7 +146,7 @@ def remove_stale(prefix: str = PREFIX, mount: Path | None = None) -> list[Path]:
     top = mount or cgroup2_mount()
     removed = []
     for place in sorted(top.glob(f"{prefix}*")):
-        found = re.fullmatch(rf"{re.escape(prefix)}(\d+)", place.name)
+        found = re.fullmatch(rf"{re.escape(prefix)}(\d+)-[0-9a-f]+", place.name)
         if found is None or Path(f"/proc/{found.group(1)}").exists():
             continue
         remove_cgroup(place)

@@ -314,8 +314,11 @@ def run_with_agent(
 ) -> tuple[list[Result], RunInfo, AgentRun]:
     """The lab's run of every case on the session's node, the agent's pod beside the cases'
     pods and scraped all along; everything removed afterwards."""
+    # What a session that was killed left: its cgroups (its agent killed with them), its
+    # agent's namespace.
     node.remove_stale()
-    netns = f"{node.PREFIX}{os.getpid()}-agent"
+    agent.remove_stale(node.PREFIX)
+    netns = agent.netns_name(node.PREFIX, os.getpid())
     with Node(workdir / "node") as lab_node, mounted_image(image) as rootfs:
         for spec in (pod.spec, *(s for case in cases for s in (case.server, case.client))):
             lab_node.add_pod(spec)

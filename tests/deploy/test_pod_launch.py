@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from cluster import agent, kubelet, pods
+from cluster import node as node_module
 from cluster.kubelet import Launch
 from cluster.node import Node
 
@@ -203,7 +204,7 @@ def running_agent(
     with Node(workdir / "node", prefix=PREFIX) as node:
         (node.pod_logs / MARKER).mkdir()
         node.add_pod(pod.spec)
-        netns = f"{PREFIX}agent-{os.getpid()}"
+        netns = agent.netns_name(PREFIX, os.getpid())
         with agent.started(pod, rootfs, workdir, node, netns) as running:
             yield running, node
 
@@ -291,3 +292,70 @@ def test_the_agent_answers_in_its_pods_network_namespace(
         ["ip", "-o", "address", "show"], capture_output=True, text=True, check=True
     ).stdout
     assert f" {agent.AGENT_POD_IP}/" not in addresses
+
+
+# -- the node's cgroups ----------------------------------------------------------------------------
+
+
+def test_a_container_joins_its_cgroup_and_what_is_left_there_goes_with_the_node(
+    tmp_path: Path,
+) -> None:
+    spec = pods.pod_case(
+        "default",
+        "active",
+        pods.render("kubectl", pods.OVERLAYS_DIR / "default"),
+        pods.image_config(IMAGE),
+    ).client
+    with Node(tmp_path / "node", prefix=PREFIX) as node:
+        node.add_pod(spec)
+        # The join as the pods' command lines start with it, through this process's root.
+        argv = ["sh", "-c", kubelet.JOIN_CGROUP, "kubelet-cgroup", str(node.procs(spec))]
+        left = subprocess.Popen([*argv, "sleep", "600"], start_new_session=True)
+        try:
+            deadline = time.monotonic() + 10
+            while str(left.pid) not in (node.cgroup(spec) / "cgroup.procs").read_text().split():
+                assert time.monotonic() < deadline, "the process never joined its cgroup"
+                time.sleep(0.02)
+            top = node.top
+            node.close()  # the process is still there: killed with the cgroup
+            assert left.wait(10) == -signal.SIGKILL
+            assert not top.exists()
+        finally:
+            if left.poll() is None:
+                os.killpg(left.pid, signal.SIGKILL)
+                left.wait()
+
+
+def test_a_killed_sessions_cgroups_are_removed_and_a_live_ones_kept() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its PID names no process now
+    mount = node_module.cgroup2_mount()
+    stale, live = mount / f"{PREFIX}{gone.pid}-0dead0", mount / f"{PREFIX}{os.getpid()}-0a11e0"
+    try:
+        (stale / "kubepods.slice").mkdir(parents=True)
+        live.mkdir()
+        assert node_module.remove_stale(PREFIX) == [stale]
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        for place in (stale / "kubepods.slice", stale, live):
+            with contextlib.suppress(FileNotFoundError):
+                place.rmdir()
+
+
+def test_a_killed_sessions_agent_namespace_is_removed_and_a_live_ones_kept() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    # The parent's PID stands for a session still running (this process's own namespace is
+    # the agent fixture's).
+    stale, live = agent.netns_name(PREFIX, gone.pid), agent.netns_name(PREFIX, os.getppid())
+    try:
+        for name in (stale, live):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        assert agent.remove_stale(PREFIX) == [stale]
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert live in left
+        assert stale not in left
+    finally:
+        for name in (stale, live):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
