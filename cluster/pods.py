@@ -104,10 +104,13 @@ def render(kubectl: str, directory: Path) -> list[Obj]:
     """The overlay's objects, as ``kubectl apply -k`` would send them."""
     import yaml  # installed by the session that runs this
 
-    output = subprocess.run(
-        [kubectl, "kustomize", str(directory)], check=True, capture_output=True, text=True
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(output) if doc is not None]
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(directory)], check=False, capture_output=True, text=True
+    )
+    if rendered.returncode != 0:
+        said = rendered.stderr.strip().splitlines()[-1:] or [f"status {rendered.returncode}"]
+        raise PodError(f"kubectl kustomize {directory}: {said[0]}")
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc is not None]
 
 
 def render_idle(kubectl: str, overlay: Path, client: Launch, workdir: Path) -> list[Obj]:
@@ -250,7 +253,11 @@ def oci_config(image: str) -> dict[str, Any]:
 
 
 def image_config(image: str) -> kubelet.ImageConfig:
-    return kubelet.ImageConfig.from_oci(oci_config(image))
+    try:
+        return kubelet.ImageConfig.from_oci(oci_config(image))
+    except subprocess.CalledProcessError as error:
+        said = error.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
+        raise PodError(f"the image {image!r}: buildah inspect: {said[0]}") from None
 
 
 def pod_argv(workdir: Path, node: Node, spec: Launch, rootfs: Path) -> list[str]:
@@ -584,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reason = missing()
     if reason is not None:
         print(f"python -m cluster.pods: {reason}", file=sys.stderr)
+        return 2
+    if not args.overlays_dir.is_dir():
+        print(f"python -m cluster.pods: no overlays in {args.overlays_dir}", file=sys.stderr)
         return 2
     overlays = args.overlay or sorted(p.name for p in args.overlays_dir.iterdir())
     workdir = Path(tempfile.mkdtemp(prefix="tcpecho-pods-"))

@@ -591,3 +591,8 @@ def test_without_a_snapshot_in_the_window_the_case_fails() -> None:
     view = agent.judge(client, True, result, scrapes(client.pod, 11.6)[:10])
     assert not view.ok
     assert view.figures is None
+
+
+def test_what_kustomize_cannot_render_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PodError, match=r"kubectl kustomize .*: error: .*kustomization"):
+        pods.render("kubectl", tmp_path)
