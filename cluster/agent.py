@@ -203,6 +203,8 @@ class RunningAgent:
             connection.request("GET", self.pod.path)
             answer = connection.getresponse()
             body = answer.read().decode()
+        except http.client.HTTPException as error:  # an answer that is no HTTP: as unreachable
+            raise OSError(f"{self.pod.path}: {type(error).__name__}: {error}") from None
         finally:
             sock.close()
         if answer.status != 200:
