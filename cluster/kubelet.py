@@ -565,6 +565,7 @@ def launch(
     variables = container_variables(container, pod, place, services)
     uid, gid, groups = identity(container, pod, image)
     context = container.get("securityContext") or {}
+    listed = capabilities(container)  # read for every user: a privileged one is refused
     return Launch(
         pod=name,
         namespace=place.namespace,
@@ -583,7 +584,7 @@ def launch(
         container_id=given.container_id,
         qos_class=qos_class(pod),
         host_pid=host_namespaces(pod),
-        capabilities=capabilities(container) if uid == 0 else None,
+        capabilities=listed if uid == 0 else None,
         host_paths=host_paths(container, pod),
     )
 

@@ -332,6 +332,16 @@ def test_what_the_agents_pod_may_not_ask_for_is_refused(refused: str) -> None:
         agent.agent_pod(objects, IMAGE)
 
 
+def test_a_privileged_container_is_refused_whatever_its_user() -> None:
+    objects = pods.render("kubectl", ROOT / "manifests" / "overlays" / "default")
+    server = next(
+        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "server"
+    )
+    server["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
+    with pytest.raises(PodError, match="privileged containers are not run here"):
+        pods.pod_case("default", "active", objects, IMAGE)
+
+
 def test_root_stays_refused_for_the_overlays_pods_with_its_reason() -> None:
     objects = pods.render("kubectl", ROOT / "manifests" / "overlays" / "default")
     client = next(o for o in objects if o["metadata"]["name"] == "client")
