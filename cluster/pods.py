@@ -1,4 +1,5 @@
-"""Every overlay's pods run as a kubelet would start them, force-deleted and measured by the lab.
+"""Every overlay's pods run as a kubelet would start them, force-deleted and measured by the lab,
+with the node agent's pod beside them, checked on what it exports.
 
 ``python -m cluster.pods --image IMAGE`` (``scripts/nox -s pods`` builds the image first)
 renders each overlay of ``manifests/overlays`` with ``kubectl kustomize``, turns its server
@@ -15,13 +16,22 @@ client's own declarations (``client_settings_from_environment``), never from a t
 overlay. Every overlay runs its client as the manifest has it (a request every 5 s: active);
 an overlay whose client keeps connections alive (keepalive on) runs idle too, rendered as a
 user would make it: a kustomization over the overlay that patches the client's
-``TCPECHO_CLIENT_INTERVAL`` to ``1h``. The cases go to ``out/pods.json``; the exit status is
-1 when a case could not run or its measurement is outside the prediction.
+``TCPECHO_CLIENT_INTERVAL`` to ``1h``.
+
+The pods run on a node laid out as a kubelet lays one out (``cluster/node.py``): each in its
+kubelet cgroup, with its pod log directory and container log link. Beside them, the node
+agent's pod runs from the same image as ``kubectl kustomize manifests/node-agent``'s
+DaemonSet has it (``cluster/agent.py``), with those log directories mounted read-only, and is
+scraped all along; for each case, what it exported of the client pod after the force-delete
+is checked against the client's settings and the model. The cases and the agent's figures go
+to ``out/pods.json``; the exit status is 1 when a case could not run, its measurement is
+outside the prediction, or a check of the agent failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -38,8 +48,10 @@ from typing import Any
 
 import click
 
-from cluster import kubelet
+from cluster import agent, kubelet, node
+from cluster.agent import AgentError, AgentPod, CaseView, Check, Metrics, Privileges
 from cluster.kubelet import Launch, Obj, PodError
+from cluster.node import Node, NodeError
 from tcpecho.experiment import Fault, Profile, Result
 from tcpecho.lab import StoppedError, report
 from tcpecho.lab.report import RunInfo
@@ -49,7 +61,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS_DIR = ROOT / "manifests" / "overlays"
 INTERVAL_VARIABLE = "TCPECHO_CLIENT_INTERVAL"
 IDLE_INTERVAL = "1h"
-TOOLS = ("buildah", "kubectl", "unshare", "setpriv", "chroot", "hostname", "ip", "nft")
+NODE_AGENT_DIR = ROOT / "manifests" / "node-agent"
+TOOLS = ("buildah", "kubectl", "unshare", "setpriv", "chroot", "capsh", "hostname", "ip", "nft")
 
 IDLE_KUSTOMIZATION = """\
 # The overlay with an idle client, as a user would make it: one request an hour.
@@ -91,10 +104,13 @@ def render(kubectl: str, directory: Path) -> list[Obj]:
     """The overlay's objects, as ``kubectl apply -k`` would send them."""
     import yaml  # installed by the session that runs this
 
-    output = subprocess.run(
-        [kubectl, "kustomize", str(directory)], check=True, capture_output=True, text=True
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(output) if doc is not None]
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(directory)], check=False, capture_output=True, text=True
+    )
+    if rendered.returncode != 0:
+        said = rendered.stderr.strip().splitlines()[-1:] or [f"status {rendered.returncode}"]
+        raise PodError(f"kubectl kustomize {directory}: {said[0]}")
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc is not None]
 
 
 def render_idle(kubectl: str, overlay: Path, client: Launch, workdir: Path) -> list[Obj]:
@@ -105,7 +121,7 @@ def render_idle(kubectl: str, overlay: Path, client: Launch, workdir: Path) -> l
     (directory / "kustomization.yaml").write_text(
         IDLE_KUSTOMIZATION.format(
             overlay=os.path.relpath(overlay.resolve(), directory.resolve()),
-            client=client.pod.rsplit("-", 1)[0],
+            client=client.workload,
             container=client.container,
             variable=INTERVAL_VARIABLE,
             interval=IDLE_INTERVAL,
@@ -237,17 +253,22 @@ def oci_config(image: str) -> dict[str, Any]:
 
 
 def image_config(image: str) -> kubelet.ImageConfig:
-    return kubelet.ImageConfig.from_oci(oci_config(image))
+    try:
+        return kubelet.ImageConfig.from_oci(oci_config(image))
+    except subprocess.CalledProcessError as error:
+        said = error.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
+        raise PodError(f"the image {image!r}: buildah inspect: {said[0]}") from None
 
 
-def pod_dir(workdir: Path, case: PodCase, spec: Launch) -> Path:
-    """The kubelet's directory for one of the case's pods (its files, its mount points)."""
-    directory = workdir / f"{case.overlay}-{case.mode}-{spec.pod}"
-    kubelet.prepare(spec, directory)
-    return directory
+def pod_argv(workdir: Path, node: Node, spec: Launch, rootfs: Path) -> list[str]:
+    """The command line of one of the cases' pods, its kubelet directory prepared: into its
+    container's cgroup on the session's node, then started from the image."""
+    directory = workdir / f"{spec.namespace}-{spec.pod}"
+    kubelet.prepare(spec, directory, node.root)
+    return kubelet.argv(spec, rootfs, directory, node.root, node.procs(spec))
 
 
-def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> list[Profile]:
+def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path, node: Node) -> list[Profile]:
     """The lab's profiles: each case's client and server launch, its settings from the
     client's environment."""
     from tcpecho.cli import client_settings_from_environment
@@ -255,8 +276,8 @@ def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> list[Prof
     chosen = []
     for case in cases:
         tcp, deadlines = client_settings_from_environment(case.client.environment)
-        client = kubelet.argv(case.client, rootfs, pod_dir(workdir, case, case.client))
-        server = kubelet.argv(case.server, rootfs, pod_dir(workdir, case, case.server))
+        client = pod_argv(workdir, node, case.client, rootfs)
+        server = pod_argv(workdir, node, case.server, rootfs)
         chosen.append(
             Profile(
                 case.overlay,
@@ -270,26 +291,111 @@ def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> list[Prof
     return chosen
 
 
-def run(cases: Sequence[PodCase], rootfs: Path, workdir: Path) -> tuple[list[Result], RunInfo]:
+def run(
+    cases: Sequence[PodCase], rootfs: Path, workdir: Path, node: Node
+) -> tuple[list[Result], RunInfo]:
     """Every case in one lab run, in parallel, with the lab's quick budget."""
     from tcpecho.lab import KernelBudget, LabConfig, run_matrix
 
     config = LabConfig(
         faults=(Fault.FORCE_DELETE,),
-        profiles=tuple(profiles(cases, rootfs, workdir)),
+        profiles=tuple(profiles(cases, rootfs, workdir, node)),
         budget=KernelBudget(quick=True),
     )
     return run_matrix(config)
 
 
+@dataclass
+class AgentRun:
+    """The node agent's pod in the session: how it ran, and every scrape of it."""
+
+    pod: AgentPod
+    privileges: Privileges | None
+    exit_status: int | None
+    scrapes: list[Metrics]
+    scrape_failures: int
+
+
+def run_with_agent(
+    cases: Sequence[PodCase], pod: AgentPod, image: str, workdir: Path
+) -> tuple[list[Result], RunInfo, AgentRun]:
+    """The lab's run of every case on the session's node, the agent's pod beside the cases'
+    pods and scraped all along; everything removed afterwards."""
+    # What a session that was killed left: its cgroups (its agent killed with them), its
+    # agent's namespace.
+    node.remove_stale()
+    agent.remove_stale(node.PREFIX)
+    netns = agent.netns_name(node.PREFIX, os.getpid())
+    with Node(workdir / "node") as lab_node, mounted_image(image) as rootfs:
+        for spec in (pod.spec, *(s for case in cases for s in (case.server, case.client))):
+            lab_node.add_pod(spec)
+        with (
+            agent.started(pod, rootfs, workdir, lab_node, netns) as running,
+            agent.Scraper(running) as scraper,
+        ):
+            results, info = run(cases, rootfs, workdir, lab_node)
+    scrapes = [agent.parse(at, text) for at, text in scraper.scrapes]
+    ran = AgentRun(pod, running.privileges, running.exit_status, scrapes, scraper.failures)
+    return results, info, ran
+
+
+# -- the agent's checks ------------------------------------------------------------------------
+
+
+def views(cases: Sequence[PodCase], results: Sequence[Result], ran: AgentRun) -> list[CaseView]:
+    """What the agent exported of each case's client pod, in the results' order."""
+    by_case = {(c.overlay, c.mode): c for c in cases}
+    judged = []
+    for result in results:
+        case = by_case[result.case.profile.name, str(result.case.activity)]
+        judged.append(agent.judge(case.client, case.mode == "active", result, ran.scrapes))
+    return judged
+
+
+def agent_checks(ran: AgentRun) -> list[Check]:
+    """The agent's pod ran as the DaemonSet asks: root with exactly its capabilities and no
+    new privileges, in the host's PID namespace, and stopped on SIGTERM."""
+    given = ran.privileges
+    if given is None:
+        return [Check("the agent ran", False, "no privileges read: it never became ready")]
+    asked = tuple(ran.pod.spec.capabilities or ())
+    sets = (given.effective, given.permitted, given.bounding)
+    return [
+        Check(
+            "root with exactly its capabilities",
+            given.uid == 0
+            and all(found == asked for found in sets)
+            and not (given.inheritable or given.ambient)
+            and given.no_new_privs,
+            f"uid {given.uid}, effective {', '.join(given.effective) or 'none'}, "
+            f"inheritable {', '.join(given.inheritable) or 'none'}, "
+            f"ambient {', '.join(given.ambient) or 'none'}, no_new_privs {given.no_new_privs}",
+        ),
+        Check(
+            "in the host's PID namespace",
+            given.pid_namespace_levels == 1 and given.sees_host_pids,
+            f"{given.pid_namespace_levels} PID namespace level(s); host's PIDs seen: "
+            f"{given.sees_host_pids}",
+        ),
+        Check("stopped on SIGTERM", ran.exit_status == 0, f"exit status {ran.exit_status}"),
+    ]
+
+
 # -- the report ------------------------------------------------------------------------------
 
 
-def to_json(cases: Sequence[PodCase], results: Sequence[Result], image: str) -> dict[str, Any]:
-    """``out/pods.json``: one entry per case, with how its client was started."""
+def to_json(
+    cases: Sequence[PodCase],
+    results: Sequence[Result],
+    image: str,
+    ran: AgentRun,
+    seen: Sequence[CaseView],
+) -> dict[str, Any]:
+    """``out/pods.json``: one entry per case, with how its client was started and what the
+    agent exported of it; the agent's pod and its own checks."""
     by_case = {(c.overlay, c.mode): c for c in cases}
     entries = []
-    for result in results:
+    for result, view in zip(results, seen, strict=True):
         case = by_case[result.case.profile.name, str(result.case.activity)]
         prediction = result.prediction
         entries.append(
@@ -318,9 +424,69 @@ def to_json(cases: Sequence[PodCase], results: Sequence[Result], image: str) -> 
                 "error": result.error,
                 "client": describe(case.client),
                 "server": describe(case.server),
+                "agent": view_json(view, result.fault_at),
             }
         )
-    return {"image": image, "kernel_release": platform.release(), "cases": entries}
+    return {
+        "image": image,
+        "kernel_release": platform.release(),
+        "agent": agent_json(ran),
+        "cases": entries,
+    }
+
+
+def view_json(view: CaseView, fault_at: float | None) -> dict[str, Any]:
+    """What the agent exported of a case's client pod; times from the fault."""
+
+    def since_fault(at: float | None) -> float | None:
+        return None if at is None or fault_at is None else round(at - fault_at, 3)
+
+    return {
+        "namespace": view.namespace,
+        "pod": view.pod,
+        "window_s": None if view.window is None else [since_fault(t) for t in view.window],
+        "scraped_s": since_fault(view.scraped_at),
+        **(view.figures.as_json() if view.figures is not None else {}),
+        "checks": [check_json(check) for check in view.checks],
+        "ok": view.ok,
+    }
+
+
+def check_json(check: Check) -> dict[str, Any]:
+    return {"check": check.what, "ok": check.ok, "detail": check.detail}
+
+
+def agent_json(ran: AgentRun) -> dict[str, Any]:
+    """The agent's pod: how it was started, what it was given, what it did."""
+    spec, last = ran.pod.spec, (ran.scrapes[-1] if ran.scrapes else None)
+    given = ran.privileges
+    return {
+        **describe(spec),
+        "namespace": spec.namespace,
+        "uid": spec.pod_uid,
+        "container_id": spec.container_id,
+        "qos_class": spec.qos_class,
+        "cgroup": kubelet.container_cgroup(spec),
+        "host_pid": spec.host_pid,
+        "capabilities": list(spec.capabilities or ()),
+        "host_paths": [[m.host_path, m.mount_path] for m in spec.host_paths],
+        "metrics": f"http://{agent.AGENT_POD_IP}:{ran.pod.port}{ran.pod.path}",
+        "service_cidrs": list(ran.pod.service_cidrs),
+        "privileges": None if given is None else dataclasses.asdict(given),
+        "exit_status": ran.exit_status,
+        "scrapes": len(ran.scrapes),
+        "scrape_failures": ran.scrape_failures,
+        "snapshots": last.snapshots if last else 0,
+        "snapshot_durations_s": agent.snapshot_durations(ran.scrapes),
+        "namespaces": None if last is None else int(last.total("tcpecho_node_namespaces")),
+        "skipped": {} if last is None else counted(last, "tcpecho_node_skipped_total", "what"),
+        "errors": {} if last is None else counted(last, "tcpecho_node_errors_total", "source"),
+        "checks": [check_json(check) for check in agent_checks(ran)],
+    }
+
+
+def counted(metrics: Metrics, name: str, label: str) -> dict[str, int]:
+    return {labels[label]: int(value) for labels, value in metrics.values(name)}
 
 
 def describe(spec: Launch) -> dict[str, Any]:
@@ -344,6 +510,46 @@ def markdown(results: Sequence[Result]) -> str:
         cells["profile"] = f"`{cells['profile']}`"
         lines.append("| " + " | ".join(cells[column] for column in columns) + " |")
     return "\n".join(lines)
+
+
+def agent_markdown(results: Sequence[Result], seen: Sequence[CaseView]) -> str:
+    """What the agent exported of each client pod, after the force-delete, as markdown."""
+    header = ("overlay", "mode", "client pod", "connections", "stuck", "stuck for",
+              "gives up in", "agent's give-up", "model", "at risk", "agent")  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for result, view in zip(results, seen, strict=True):
+        figures, prediction = view.figures, result.prediction
+        model = "" if prediction is None else prediction.describe()
+        cells = [f"`{result.case.profile.name}`", str(result.case.activity), f"`{view.pod}`"]
+        if figures is None:
+            cells += ["", "", "", "", "", model, "", "fail"]
+        else:
+            cells += [
+                ", ".join(f"{state} {n}" for state, n in sorted(figures.connections.items())),
+                str(figures.stuck),
+                seconds(figures.longest_stuck_s),
+                seconds(figures.soonest_give_up_s),
+                seconds(figures.gives_up_after_s),
+                model,
+                ", ".join(f"{k} {n}" for k, n in sorted(figures.at_risk.items())) or "none",
+                "ok" if view.ok else "fail",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} s"
+
+
+def failed_checks(ran: AgentRun, seen: Sequence[CaseView]) -> list[str]:
+    """Every check that failed, said in one line each."""
+    said = [f"agent: {c.what}: {c.detail}" for c in agent_checks(ran) if not c.ok]
+    for view in seen:
+        said += [
+            f"{view.namespace}/{view.pod}: {c.what}: {c.detail}" for c in view.checks if not c.ok
+        ]
+    return said
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -371,6 +577,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=OVERLAYS_DIR,
         help="where the overlays are (default: the checkout's manifests/overlays)",
     )
+    parser.add_argument(
+        "--node-agent-dir",
+        type=Path,
+        default=NODE_AGENT_DIR,
+        help="the node agent's kustomization (default: the checkout's manifests/node-agent)",
+    )
     return parser.parse_args(argv)
 
 
@@ -380,26 +592,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason is not None:
         print(f"python -m cluster.pods: {reason}", file=sys.stderr)
         return 2
+    if not args.overlays_dir.is_dir():
+        print(f"python -m cluster.pods: no overlays in {args.overlays_dir}", file=sys.stderr)
+        return 2
     overlays = args.overlay or sorted(p.name for p in args.overlays_dir.iterdir())
     workdir = Path(tempfile.mkdtemp(prefix="tcpecho-pods-"))
     try:
         image = image_config(args.image)
         cases = plan(args.kubectl, overlays, image, workdir, args.overlays_dir)
-        with mounted_image(args.image) as rootfs:
-            results, info = run(cases, rootfs, workdir)
-    except (PodError, click.ClickException) as error:
+        pod = agent.agent_pod(render(args.kubectl, args.node_agent_dir), image)
+        results, info, ran = run_with_agent(cases, pod, args.image, workdir)
+    except (PodError, NodeError, click.ClickException) as error:
         print(f"python -m cluster.pods: {error}", file=sys.stderr)
         return 2
+    except AgentError as error:
+        print(f"python -m cluster.pods: the node agent: {error}", file=sys.stderr)
+        return 1
     except StoppedError as stopped:
         return stopped.status
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    return write_report(args, cases, results, info, ran)
+
+
+def write_report(
+    args: argparse.Namespace,
+    cases: Sequence[PodCase],
+    results: Sequence[Result],
+    info: RunInfo,
+    ran: AgentRun,
+) -> int:
+    """The lab's table, the agent's, ``out/pods.json``; the exit status: 1 when a case
+    could not run, measured outside its prediction, or a check of the agent failed."""
+    seen = views(cases, results, ran)
     print(report.render(results, info))
-    document = to_json(cases, results, args.image)
+    document = to_json(cases, results, args.image, ran, seen)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nwrote {args.json}\n\n{markdown(results)}")
-    return 0 if all(r.error is None and r.matches for r in results) else 1
+    print(f"\nwrote {args.json}\n\n{markdown(results)}\n\n{agent_markdown(results, seen)}")
+    failed = failed_checks(ran, seen)
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    return 0 if all(r.error is None and r.matches for r in results) and not failed else 1
 
 
 if __name__ == "__main__":

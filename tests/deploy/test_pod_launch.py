@@ -3,6 +3,12 @@ from outside as one would look at a container: PID 1 of its own PID namespace, t
 user and group with no privileges, exactly the environment and argv decided, a read-only root,
 the kubelet's files, its hostname, and the Service's name resolved by the image's own resolver.
 
+The node agent's DaemonSet pod too, started as the pods session starts it (``cluster/agent.py``
+on a ``cluster/node.py`` node): in the host's PID namespace, root with exactly the
+capabilities it lists, the kubelet's log directories mounted read-only, in its kubelet cgroup
+(where the watch's own pod lookup names it), answering ``/metrics`` in its pod's network
+namespace.
+
 ``nox -s pods`` builds the image and names it in ``TCPECHO_TEST_IMAGE``; it then runs every
 overlay's pods through the lab (``python -m cluster.pods``).
 """
@@ -20,13 +26,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import kubelet, pods
+from cluster import agent, kubelet, pods
+from cluster import node as node_module
 from cluster.kubelet import Launch
+from cluster.node import Node
 
 from tcpecho.lab import topology as net
+from tcpecho.watch.pods import PodIdentity, PodLookup, PodSources
 
 IMAGE = os.environ.get("TCPECHO_TEST_IMAGE", "")
 USER = ["-S", "10001", "-G", "10001"]  # nsenter as the pod's user
+PREFIX = "tpsaF-"  # this file's network namespaces and cgroups
 
 
 def why_not_runnable() -> str | None:
@@ -175,3 +185,177 @@ def test_the_services_name_resolves_inside_the_pod(server_pod: tuple[Launch, int
     for name in ("server", "server.tcpecho-default.svc.cluster.local"):
         resolved = inside(pid, "getent", "hosts", name)
         assert resolved.stdout.split()[:1] == [net.CLUSTER_IP], resolved
+
+
+# -- the node agent's pod ------------------------------------------------------------------------
+
+LISTED = ("DAC_READ_SEARCH", "SYS_PTRACE", "SYS_ADMIN")
+MARKER = "tcpecho-system_marker_0a1b2c3d-0000-4000-8000-000000000001"
+
+
+@pytest.fixture(scope="module")
+def running_agent(
+    rootfs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[agent.RunningAgent, Node]]:
+    """The DaemonSet's pod, started as the pods session starts it, on a node of this test's
+    (a log directory of another pod already there); stopped and removed afterwards."""
+    workdir = tmp_path_factory.mktemp("agent")
+    pod = agent.agent_pod(pods.render("kubectl", pods.NODE_AGENT_DIR), pods.image_config(IMAGE))
+    with Node(workdir / "node", prefix=PREFIX) as node:
+        (node.pod_logs / MARKER).mkdir()
+        node.add_pod(pod.spec)
+        netns = agent.netns_name(PREFIX, os.getpid())
+        with agent.started(pod, rootfs, workdir, node, netns) as running:
+            yield running, node
+
+
+def mask(names: tuple[str, ...]) -> int:
+    return sum(1 << kubelet.CAPABILITIES.index(name) for name in names)
+
+
+def test_a_host_pid_container_sees_the_hosts_pids(
+    running_agent: tuple[agent.RunningAgent, Node],
+) -> None:
+    running, _ = running_agent
+    pid = running.process.pid
+    assert len(status(pid)["NSpid"]) == 1  # no PID namespace of its own
+    # Its /proc is the host's: this test's process, and the agent's own host PID.
+    for seen in (os.getpid(), pid):
+        assert Path(f"/proc/{pid}/root/proc/{seen}/status").exists()
+
+
+def test_the_capability_set_is_exactly_the_listed_one(
+    running_agent: tuple[agent.RunningAgent, Node],
+) -> None:
+    running, _ = running_agent
+    assert running.pod.spec.capabilities == LISTED
+    found = status(running.process.pid)
+    assert found["Uid"] == ["0"] * 4
+    for key in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(found[key][0], 16) == mask(LISTED), key
+    assert int(found["CapInh"][0], 16) == int(found["CapAmb"][0], 16) == 0
+    assert found["NoNewPrivs"] == ["1"]
+    assert running.privileges is not None
+    assert running.privileges.effective == LISTED
+
+
+def test_a_read_only_host_path_is_read_only(
+    running_agent: tuple[agent.RunningAgent, Node],
+) -> None:
+    running, node = running_agent
+    pid = running.process.pid
+    assert (Path(f"/proc/{pid}/root/var/log/pods") / MARKER).is_dir()  # the node's directory
+    mounts = {
+        line.split()[4]: line.split()[5].split(",")
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    }
+    assert "ro" in mounts["/var/log/pods"]
+    assert "ro" in mounts["/var/log/containers"]
+    written = subprocess.run(
+        ["nsenter", "-t", str(pid), "-m", "-r", "touch", "/var/log/pods/probe"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert written.returncode != 0
+    assert "Read-only file system" in written.stderr
+    assert not (node.pod_logs / "probe").exists()
+
+
+def test_the_agent_is_in_its_kubelet_cgroup_where_the_watch_names_its_pod(
+    running_agent: tuple[agent.RunningAgent, Node],
+) -> None:
+    running, node = running_agent
+    spec, pid = running.pod.spec, running.process.pid
+    unified = next(
+        line.split(":", 2)[2]
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        if line.startswith("0::")
+    )
+    assert unified.endswith("/" + kubelet.container_cgroup(spec))
+    assert unified.startswith(f"/{node.top.name}/kubepods.slice/kubepods-burstable.slice/")
+    lookup = PodLookup(PodSources(pod_logs=node.pod_logs, container_logs=node.container_logs))
+    assert lookup.of(pid) == PodIdentity(
+        spec.namespace, spec.pod, spec.container, spec.pod_uid, spec.container_id
+    )
+
+
+def test_the_agent_answers_in_its_pods_network_namespace(
+    running_agent: tuple[agent.RunningAgent, Node],
+) -> None:
+    running, _ = running_agent
+    scraped = agent.parse(time.time(), running.scrape())
+    assert scraped.snapshots >= 1
+    assert scraped.total("tcpecho_node_namespaces") >= 2  # this host's, and the agent pod's
+    # The pod's address is its namespace's own: the host's namespace has no such address.
+    addresses = subprocess.run(
+        ["ip", "-o", "address", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f" {agent.AGENT_POD_IP}/" not in addresses
+
+
+# -- the node's cgroups ----------------------------------------------------------------------------
+
+
+def test_a_container_joins_its_cgroup_and_what_is_left_there_goes_with_the_node(
+    tmp_path: Path,
+) -> None:
+    spec = pods.pod_case(
+        "default",
+        "active",
+        pods.render("kubectl", pods.OVERLAYS_DIR / "default"),
+        pods.image_config(IMAGE),
+    ).client
+    with Node(tmp_path / "node", prefix=PREFIX) as node:
+        node.add_pod(spec)
+        # The join as the pods' command lines start with it, through this process's root.
+        argv = ["sh", "-c", kubelet.JOIN_CGROUP, "kubelet-cgroup", str(node.procs(spec))]
+        left = subprocess.Popen([*argv, "sleep", "600"], start_new_session=True)
+        try:
+            deadline = time.monotonic() + 10
+            while str(left.pid) not in (node.cgroup(spec) / "cgroup.procs").read_text().split():
+                assert time.monotonic() < deadline, "the process never joined its cgroup"
+                time.sleep(0.02)
+            top = node.top
+            node.close()  # the process is still there: killed with the cgroup
+            assert left.wait(10) == -signal.SIGKILL
+            assert not top.exists()
+        finally:
+            if left.poll() is None:
+                os.killpg(left.pid, signal.SIGKILL)
+                left.wait()
+
+
+def test_a_killed_sessions_cgroups_are_removed_and_a_live_ones_kept() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its PID names no process now
+    mount = node_module.cgroup2_mount()
+    stale, live = mount / f"{PREFIX}{gone.pid}-0dead0", mount / f"{PREFIX}{os.getpid()}-0a11e0"
+    try:
+        (stale / "kubepods.slice").mkdir(parents=True)
+        live.mkdir()
+        assert node_module.remove_stale(PREFIX) == [stale]
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        for place in (stale / "kubepods.slice", stale, live):
+            with contextlib.suppress(FileNotFoundError):
+                place.rmdir()
+
+
+def test_a_killed_sessions_agent_namespace_is_removed_and_a_live_ones_kept() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    # The parent's PID stands for a session still running (this process's own namespace is
+    # the agent fixture's).
+    stale, live = agent.netns_name(PREFIX, gone.pid), agent.netns_name(PREFIX, os.getppid())
+    try:
+        for name in (stale, live):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        assert agent.remove_stale(PREFIX) == [stale]
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert live in left
+        assert stale not in left
+    finally:
+        for name in (stale, live):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
