@@ -229,6 +229,7 @@ class NodeWatcher:
     def __init__(self, config: WatchConfig) -> None:
         self.config = config
         self.options = OptionsCache()
+        self._owners: dict[int, Owner] = {}  # the last snapshot's, by socket inode
 
     def snapshot(self) -> NodeSnapshot:
         """One look at every network namespace of the host, as ``node_snapshot``'s."""
@@ -240,13 +241,23 @@ class NodeWatcher:
         started = time.monotonic()
         host = namespaces.host_namespaces()
         states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
-        listed = diag.connections_by_namespace(host.namespaces, states=states)
+        kernels: dict[int, KernelSettings] = {}
+        listed = diag.connections_by_namespace(
+            host.namespaces, states=states, visit=functools.partial(_read_kernel, kernels)
+        )
         by_inode = host.by_inode()
-        selected = {
-            inode: [c for c in found if _addresses_match(c, config)]
-            for inode, found in listed.by_namespace.items()
-        }
-        owners = diag.owners({c.inode for found in selected.values() for c in found if c.inode})
+        selected = (
+            {
+                inode: [c for c in found if _addresses_match(c, config)]
+                for inode, found in listed.by_namespace.items()
+            }
+            if config.port is not None or config.peer_host is not None
+            else listed.by_namespace  # no address asked for: every connection matches
+        )
+        owners = diag.owners_again(
+            {c.inode for found in selected.values() for c in found if c.inode}, self._owners
+        )
+        self._owners = owners
         pods = PodLookup(
             PodSources(
                 pod_logs=Path(config.pod_logs),
@@ -258,7 +269,7 @@ class NodeWatcher:
         errors: dict[str, int] = {}
         watched: list[Watched] = []
         for inode, found in selected.items():
-            kernel = _namespace_kernel(by_inode[inode], errors)
+            kernel = kernels.get(inode) or _namespace_kernel(by_inode[inode], errors)
             watched += self._judged(inode, _filtered(found, owners, config), owners, kernel, pods)
         self.options.forget_unseen()
         skipped = {
@@ -370,6 +381,13 @@ def _filtered(
     return found
 
 
+def _read_kernel(into: dict[int, KernelSettings], namespace: NetNamespace) -> None:
+    """The sysctls of the namespace the calling thread is in (``namespace``), read while
+    the listing is there anyway; where that fails, ``_namespace_kernel`` tries again."""
+    with contextlib.suppress(OSError):
+        into[namespace.inode] = KernelSettings.here()
+
+
 def _namespace_kernel(namespace: NetNamespace, errors: dict[str, int]) -> KernelSettings:
     """The namespace's own sysctls, read inside it; where that fails, the kernel's defaults
     (what every new namespace starts from), and the failure counted."""
@@ -385,13 +403,19 @@ def _owner_pid(owner: Owner | None) -> int | None:
 
 
 def _urgency(watched: Watched) -> tuple[bool, float, str, str]:
-    left = watched.gives_up_in_s
+    connection = watched.connection
+    # Without a stuck time there is no time left (``gives_up_in_s``): most connections,
+    # whose key is made without its chain of properties.
+    left = None if watched.stuck_for_s is None else watched.gives_up_in_s
     return (
-        not watched.connection.stuck,
-        float("inf") if left is None else left,
-        watched.connection.peer,
-        watched.connection.local,
+        not connection.stuck,
+        _NEVER if left is None else left,
+        connection.peer,
+        connection.local,
     )
+
+
+_NEVER = float("inf")
 
 
 def _addresses_match(connection: Connection, config: WatchConfig) -> bool:
