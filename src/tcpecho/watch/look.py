@@ -223,8 +223,10 @@ def node_snapshot(config: WatchConfig) -> NodeSnapshot:
 class NodeWatcher:
     """``node_snapshot`` taken again and again, as the node agent takes it: each socket's
     options are read on the first snapshot that shows it and kept while it lives
-    (``OptionsCache``), and the model's answers are shared by every connection with the
-    same sysctls, options and state (kept for the process's life, bounded)."""
+    (``OptionsCache``); each socket's owner is kept while its descriptor still refers to
+    it (``diag.owners_again``: one readlink, where a walk reads every process's
+    descriptors); and the model's answers are shared by every connection with the same
+    sysctls, options and state (kept for the process's life, bounded)."""
 
     def __init__(self, config: WatchConfig) -> None:
         self.config = config
@@ -452,23 +454,35 @@ def _judge(
     netns: int | None = None,
     pod: PodIdentity | None = None,
 ) -> Watched:
+    prediction, idle, at_risk = answers.verdict(connection, options)
+    return Watched(
+        connection=connection,
+        owner=owner,
+        options=options,
+        prediction=prediction,
+        stuck_for_s=stuck_for_s(connection, answers.kernel),
+        if_idle=idle,
+        at_risk=at_risk,
+        netns=netns,
+        pod=pod,
+    )
+
+
+_Verdict = tuple[Prediction | None, Prediction | None, tuple[Risk, ...]]
+
+
+def _verdict(
+    connection: Connection, options: EffectiveOptions | None, answers: _Answers
+) -> _Verdict:
+    """What the model makes of a connection but how long it has been stuck: its
+    prediction, the answer for its peer vanishing while it is idle, and its risks."""
     tcp = _model_options(options, connection)
     idle = (
         answers.predicted(tcp, Activity.IDLE, None)
         if connection.state in _OPEN_STATES and connection.info is not None
         else None
     )
-    return Watched(
-        connection=connection,
-        owner=owner,
-        options=options,
-        prediction=_prediction(connection, tcp, answers),
-        stuck_for_s=stuck_for_s(connection, answers.kernel),
-        if_idle=idle,
-        at_risk=_risks(connection, options, answers),
-        netns=netns,
-        pod=pod,
-    )
+    return _prediction(connection, tcp, answers), idle, _risks(connection, options, answers)
 
 
 def _risks(
@@ -499,6 +513,32 @@ class _Answers:
             tuple[int, Activity, float | None], tuple[TcpOptions, Prediction]
         ] = {}
         self._risks: dict[tuple[int, frozenset[str]], tuple[TcpOptions, tuple[Risk, ...]]] = {}
+        self._verdicts: dict[tuple[object, ...], tuple[TcpOptions, _Verdict]] = {}
+
+    def verdict(self, connection: Connection, options: EffectiveOptions | None) -> _Verdict:
+        """``_verdict``, shared by the connections for which every input of it is the
+        same: its options, and what of the connection it looks at (state, timer, data in
+        flight, probes, first RTO). An orphan's depends on its own timers: never shared."""
+        info = connection.info
+        if info is None or is_orphan(connection):
+            return _verdict(connection, options, self)
+        tcp = _model_options(options, connection)
+        key = (
+            id(tcp),
+            options is None,
+            connection.state,
+            connection.timer == "persist",
+            connection.inode == 0,
+            info.unacked == 0,
+            info.probes > 0,
+            connection.send_queue > 0,
+            first_rto_s(connection, self.kernel),
+        )
+        found = self._verdicts.get(key)
+        if found is None or found[0] is not tcp:
+            found = (tcp, _verdict(connection, options, self))
+            self._verdicts[key] = found
+        return found[1]
 
     def predicted(self, tcp: TcpOptions, activity: Activity, first_rto: float | None) -> Prediction:
         key = (id(tcp), activity, first_rto)
