@@ -40,7 +40,8 @@ SLOW = 2  # connect to 127.0.0.2
 # Holds connections to its own listener on PORT and does to them what it is told on stdin,
 # one command a line, answering one line each.
 HOLDER = r"""
-import select, socket, sys
+import os, select, socket, subprocess, sys
+children = []
 listener = socket.create_server(("", int(sys.argv[1])), backlog=64)
 held = {}
 def made(user_timeout_ms, keepidle_s):
@@ -75,10 +76,27 @@ for line in sys.stdin:
         held[fd][0].setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, numbers[1])
     elif command == "send":  # FD
         held[fd][0].send(b"x" * 100)
+    elif command == "moved":  # FD: the client handed to a child of its own, and closed here
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, pass_fds=[fd])
+        children.append(child)  # it exits when this holder does (its stdin closes)
+        held[fd][0].close()
+        held[fd] = (held[fd][1],)
+        fd = child.pid
+    elif command == "renumbered":  # FD: the client moved to another descriptor, FD reused
+        client = held[fd][0]
+        moved = socket.socket(fileno=os.dup(client.fileno()))
+        client.close()
+        other = made(0, 0)
+        other.connect(("127.0.0.1", listener.getsockname()[1]))
+        assert other.fileno() == fd
+        held[moved.fileno()] = (moved, held[fd][1])
+        held[fd] = (other, listener.accept()[0])
+        fd = moved.fileno()
     elif command == "close":  # FD: the client and the connection accepted for it
         for sock in held.pop(fd):
             sock.close()
-    print(fd, held[fd][0].getsockname()[1] if fd in held else 0, flush=True)
+    print(fd, held[fd][0].getsockname()[1] if fd in held and held[fd] else 0, flush=True)
 """
 
 
@@ -306,3 +324,46 @@ def test_a_socket_seen_connecting_is_read_again_once_connected(
     assert connected.options is not None
     assert connected.options.keepalive is True
     assert watcher.options.reads == reads + 1
+
+
+def _owner_of(snapshot: NodeSnapshot, holder: Held, port: int) -> tuple[int, int]:
+    owner = _client(snapshot, holder, port).owner
+    assert owner is not None
+    return owner.pid, owner.fd
+
+
+@requires_netns
+@pytest.mark.netns
+def test_a_kept_owner_is_the_one_a_fresh_walk_finds(node: list[Held], tmp_path: Path) -> None:
+    """The owners of the last snapshot are kept while each one's descriptor still refers
+    to its socket: a socket handed to another process, or moved to another descriptor
+    whose old number a new socket took, is found where it is now, and the new socket too."""
+    holder = node[0]
+    moved_fd, moved_port = holder.ask("connect", 0, 0, 1)
+    renumbered_fd, renumbered_port = holder.ask("connect", 0, 0, 1)
+    watcher = _watcher(tmp_path)
+    first = watcher.snapshot()
+    assert _owner_of(first, holder, moved_port) == (holder_pid := _holder_pid(holder), moved_fd)
+    assert _owner_of(first, holder, renumbered_port) == (holder_pid, renumbered_fd)
+    child_pid, _ = holder.ask("moved", moved_fd)
+    new_fd, _ = holder.ask("renumbered", renumbered_fd)
+    again = watcher.snapshot()
+    # The new socket took the old descriptor's number.
+    (reused,) = [
+        w
+        for w in _ours(again, node)
+        if w.owner is not None and w.owner.fd == renumbered_fd and w.connection.peer_port == PORT
+    ]
+    assert reused.connection.local_port != renumbered_port
+    assert _owner_of(again, holder, moved_port) == (child_pid, moved_fd)
+    assert _owner_of(again, holder, renumbered_port) == (holder_pid, new_fd)
+    # What a fresh watcher, which walks every process, finds for each connection.
+    fresh = _watcher(tmp_path).snapshot()
+    owners = {w.connection.cookie: w.owner for w in _ours(again, node)}
+    assert owners == {w.connection.cookie: w.owner for w in _ours(fresh, node)}
+    assert len(owners) == 2 * 3
+
+
+def _holder_pid(holder: Held) -> int:
+    """The holder's own PID: ``ip netns exec`` execs it in place."""
+    return holder.process.pid

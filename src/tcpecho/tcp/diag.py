@@ -28,7 +28,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from tcpecho.tcp import namespaces
@@ -157,6 +157,7 @@ def connections(
     listening: bool = False,
     namespace: NetNamespace | None = None,
     per_family: bool = False,
+    visit: Callable[[], None] | None = None,
 ) -> list[Connection]:
     """Every TCP connection of ``namespace`` (the caller's by default) in ``states`` (a
     mask of states, as ``CONNECTED_STATES``), which the kernel selects; without it, every
@@ -166,10 +167,12 @@ def connections(
 
     Both families are asked for in one request, which walks the kernel's TCP tables once;
     ``per_family`` asks once per family instead (two walks: the reference that one is
-    checked against, and what a kernel that refuses the one request is asked)."""
+    checked against, and what a kernel that refuses the one request is asked). ``visit``
+    is called inside ``namespace`` while its netlink socket is made there: a caller's
+    chance to read what can only be read from inside (its sysctls) without entering again."""
     if states is None:
         states = ALL_STATES if listening else ALL_STATES & ~(1 << LISTEN)
-    with _diag_socket(namespace) as diag:
+    with _diag_socket(namespace, visit) as diag:
         if not per_family:
             try:
                 return _dump_both_families(diag, states)
@@ -183,10 +186,17 @@ def connections(
         ]
 
 
-def _diag_socket(namespace: NetNamespace | None) -> socket.socket:
-    if namespace is None or namespace.inode == namespaces.own_inode():
+def _diag_socket(
+    namespace: NetNamespace | None, visit: Callable[[], None] | None = None
+) -> socket.socket:
+    def made() -> socket.socket:
+        if visit is not None:
+            visit()
         return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-    return namespaces.socket_in(namespace, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+
+    if namespace is None or namespace.inode == namespaces.own_inode():
+        return made()
+    return namespaces.run_inside(namespace, made)
 
 
 @dataclass(frozen=True)
@@ -199,16 +209,24 @@ class NamespaceConnections:
 
 
 def connections_by_namespace(
-    among: Iterable[NetNamespace], *, states: int | None = None, listening: bool = False
+    among: Iterable[NetNamespace],
+    *,
+    states: int | None = None,
+    listening: bool = False,
+    visit: Callable[[NetNamespace], None] | None = None,
 ) -> NamespaceConnections:
     """``connections`` of each namespace of ``among``; one that cannot be read is skipped
-    and counted, and the others are listed all the same."""
+    and counted, and the others are listed all the same. ``visit`` is called inside each
+    namespace entered (``connections``' own), with that namespace."""
     found: dict[int, list[Connection]] = {}
     skipped = Skipped()
     for namespace in among:
         try:
             found[namespace.inode] = connections(
-                states=states, listening=listening, namespace=namespace
+                states=states,
+                listening=listening,
+                namespace=namespace,
+                visit=None if visit is None else functools.partial(visit, namespace),
             )
         except NamespaceUnavailableError as unavailable:
             skipped.count(unavailable.reason)
@@ -400,6 +418,67 @@ def owners(
     return found
 
 
+def owners_again(inodes: set[int], before: Mapping[int, Owner]) -> dict[int, Owner]:
+    """``owners(inodes)``, for a look repeated: a socket's owner in ``before`` (the last
+    look's) is kept while its descriptor still refers to that socket, which one readlink
+    of it tells (an inode names one live socket at a time, so a descriptor reused for
+    another socket no longer shows it); its command is read again (an exec keeps the
+    descriptors). Only the sockets left, new or handed to another process, are looked for
+    in every process's descriptors, which is ``owners``' cost."""
+    found: dict[int, Owner] = {}
+    commands: dict[int, str] = {}
+    with _FdFolders() as folders:
+        for inode in inodes:
+            owner = before.get(inode)
+            if owner is None or not folders.holds(owner):
+                continue
+            command = commands.get(owner.pid)
+            if command is None:
+                command = commands[owner.pid] = _command(owner.pid)
+            if command != owner.command:
+                owner = Owner(owner.pid, command, owner.fd, inode)
+            found[inode] = owner
+    if len(found) < len(inodes):
+        found.update(owners(inodes - found.keys()))
+    return found
+
+
+class _FdFolders:
+    """Processes' ``/proc/PID/fd``, each opened once: a readlink relative to it costs less
+    than half of one that walks the whole path."""
+
+    def __init__(self) -> None:
+        self.opened: dict[int, int | None] = {}  # None: gone, or not ours to see
+
+    def __enter__(self) -> _FdFolders:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for folder in self.opened.values():
+            if folder is not None:
+                os.close(folder)
+
+    def holds(self, owner: Owner) -> bool:
+        """Whether ``owner``'s descriptor still refers to its socket."""
+        if owner.pid in self.opened:
+            folder = self.opened[owner.pid]
+        else:
+            folder = self.opened[owner.pid] = _opened_folder(f"/proc/{owner.pid}/fd")
+        if folder is None:
+            return False
+        try:
+            return os.readlink(str(owner.fd), dir_fd=folder) == f"socket:[{owner.inode}]"
+        except OSError:  # closed
+            return False
+
+
+def _opened_folder(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _pids() -> Iterator[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -407,18 +486,23 @@ def _pids() -> Iterator[int]:
 
 
 def _socket_fds(pid: int) -> Iterator[tuple[int, int]]:
-    folder = f"/proc/{pid}/fd"
-    try:
-        entries = os.listdir(folder)
-    except OSError:  # gone, or not ours to see
+    folder = _opened_folder(f"/proc/{pid}/fd")
+    if folder is None:  # gone, or not ours to see
         return
-    for entry in entries:
+    try:
         try:
-            target = os.readlink(f"{folder}/{entry}")
+            entries = os.listdir(folder)
         except OSError:
-            continue
-        if target.startswith("socket:["):
-            yield int(entry), int(target[8:-1])
+            return
+        for entry in entries:
+            try:
+                target = os.readlink(entry, dir_fd=folder)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                yield int(entry), int(target[8:-1])
+    finally:
+        os.close(folder)
 
 
 def _command(pid: int) -> str:

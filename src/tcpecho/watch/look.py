@@ -223,12 +223,15 @@ def node_snapshot(config: WatchConfig) -> NodeSnapshot:
 class NodeWatcher:
     """``node_snapshot`` taken again and again, as the node agent takes it: each socket's
     options are read on the first snapshot that shows it and kept while it lives
-    (``OptionsCache``), and the model's answers are shared by every connection with the
-    same sysctls, options and state (kept for the process's life, bounded)."""
+    (``OptionsCache``); each socket's owner is kept while its descriptor still refers to
+    it (``diag.owners_again``: one readlink, where a walk reads every process's
+    descriptors); and the model's answers are shared by every connection with the same
+    sysctls, options and state (kept for the process's life, bounded)."""
 
     def __init__(self, config: WatchConfig) -> None:
         self.config = config
         self.options = OptionsCache()
+        self._owners: dict[int, Owner] = {}  # the last snapshot's, by socket inode
 
     def snapshot(self) -> NodeSnapshot:
         """One look at every network namespace of the host, as ``node_snapshot``'s."""
@@ -240,13 +243,23 @@ class NodeWatcher:
         started = time.monotonic()
         host = namespaces.host_namespaces()
         states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
-        listed = diag.connections_by_namespace(host.namespaces, states=states)
+        kernels: dict[int, KernelSettings] = {}
+        listed = diag.connections_by_namespace(
+            host.namespaces, states=states, visit=functools.partial(_read_kernel, kernels)
+        )
         by_inode = host.by_inode()
-        selected = {
-            inode: [c for c in found if _addresses_match(c, config)]
-            for inode, found in listed.by_namespace.items()
-        }
-        owners = diag.owners({c.inode for found in selected.values() for c in found if c.inode})
+        selected = (
+            {
+                inode: [c for c in found if _addresses_match(c, config)]
+                for inode, found in listed.by_namespace.items()
+            }
+            if config.port is not None or config.peer_host is not None
+            else listed.by_namespace  # no address asked for: every connection matches
+        )
+        owners = diag.owners_again(
+            {c.inode for found in selected.values() for c in found if c.inode}, self._owners
+        )
+        self._owners = owners
         pods = PodLookup(
             PodSources(
                 pod_logs=Path(config.pod_logs),
@@ -258,7 +271,7 @@ class NodeWatcher:
         errors: dict[str, int] = {}
         watched: list[Watched] = []
         for inode, found in selected.items():
-            kernel = _namespace_kernel(by_inode[inode], errors)
+            kernel = kernels.get(inode) or _namespace_kernel(by_inode[inode], errors)
             watched += self._judged(inode, _filtered(found, owners, config), owners, kernel, pods)
         self.options.forget_unseen()
         skipped = {
@@ -370,6 +383,13 @@ def _filtered(
     return found
 
 
+def _read_kernel(into: dict[int, KernelSettings], namespace: NetNamespace) -> None:
+    """The sysctls of the namespace the calling thread is in (``namespace``), read while
+    the listing is there anyway; where that fails, ``_namespace_kernel`` tries again."""
+    with contextlib.suppress(OSError):
+        into[namespace.inode] = KernelSettings.here()
+
+
 def _namespace_kernel(namespace: NetNamespace, errors: dict[str, int]) -> KernelSettings:
     """The namespace's own sysctls, read inside it; where that fails, the kernel's defaults
     (what every new namespace starts from), and the failure counted."""
@@ -385,13 +405,19 @@ def _owner_pid(owner: Owner | None) -> int | None:
 
 
 def _urgency(watched: Watched) -> tuple[bool, float, str, str]:
-    left = watched.gives_up_in_s
+    connection = watched.connection
+    # Without a stuck time there is no time left (``gives_up_in_s``): most connections,
+    # whose key is made without its chain of properties.
+    left = None if watched.stuck_for_s is None else watched.gives_up_in_s
     return (
-        not watched.connection.stuck,
-        float("inf") if left is None else left,
-        watched.connection.peer,
-        watched.connection.local,
+        not connection.stuck,
+        _NEVER if left is None else left,
+        connection.peer,
+        connection.local,
     )
+
+
+_NEVER = float("inf")
 
 
 def _addresses_match(connection: Connection, config: WatchConfig) -> bool:
@@ -428,23 +454,35 @@ def _judge(
     netns: int | None = None,
     pod: PodIdentity | None = None,
 ) -> Watched:
+    prediction, idle, at_risk = answers.verdict(connection, options)
+    return Watched(
+        connection=connection,
+        owner=owner,
+        options=options,
+        prediction=prediction,
+        stuck_for_s=stuck_for_s(connection, answers.kernel),
+        if_idle=idle,
+        at_risk=at_risk,
+        netns=netns,
+        pod=pod,
+    )
+
+
+_Verdict = tuple[Prediction | None, Prediction | None, tuple[Risk, ...]]
+
+
+def _verdict(
+    connection: Connection, options: EffectiveOptions | None, answers: _Answers
+) -> _Verdict:
+    """What the model makes of a connection but how long it has been stuck: its
+    prediction, the answer for its peer vanishing while it is idle, and its risks."""
     tcp = _model_options(options, connection)
     idle = (
         answers.predicted(tcp, Activity.IDLE, None)
         if connection.state in _OPEN_STATES and connection.info is not None
         else None
     )
-    return Watched(
-        connection=connection,
-        owner=owner,
-        options=options,
-        prediction=_prediction(connection, tcp, answers),
-        stuck_for_s=stuck_for_s(connection, answers.kernel),
-        if_idle=idle,
-        at_risk=_risks(connection, options, answers),
-        netns=netns,
-        pod=pod,
-    )
+    return _prediction(connection, tcp, answers), idle, _risks(connection, options, answers)
 
 
 def _risks(
@@ -475,6 +513,32 @@ class _Answers:
             tuple[int, Activity, float | None], tuple[TcpOptions, Prediction]
         ] = {}
         self._risks: dict[tuple[int, frozenset[str]], tuple[TcpOptions, tuple[Risk, ...]]] = {}
+        self._verdicts: dict[tuple[object, ...], tuple[TcpOptions, _Verdict]] = {}
+
+    def verdict(self, connection: Connection, options: EffectiveOptions | None) -> _Verdict:
+        """``_verdict``, shared by the connections for which every input of it is the
+        same: its options, and what of the connection it looks at (state, timer, data in
+        flight, probes, first RTO). An orphan's depends on its own timers: never shared."""
+        info = connection.info
+        if info is None or is_orphan(connection):
+            return _verdict(connection, options, self)
+        tcp = _model_options(options, connection)
+        key = (
+            id(tcp),
+            options is None,
+            connection.state,
+            connection.timer == "persist",
+            connection.inode == 0,
+            info.unacked == 0,
+            info.probes > 0,
+            connection.send_queue > 0,
+            first_rto_s(connection, self.kernel),
+        )
+        found = self._verdicts.get(key)
+        if found is None or found[0] is not tcp:
+            found = (tcp, _verdict(connection, options, self))
+            self._verdicts[key] = found
+        return found[1]
 
     def predicted(self, tcp: TcpOptions, activity: Activity, first_rto: float | None) -> Prediction:
         key = (id(tcp), activity, first_rto)
