@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from tcpecho.watch.look import NodeSnapshot, snapshot
 from tests.conftest import Spawn, requires_netns
 from tests.support import LoggedProcess, Scrape, scrape
 from tests.watch.support import running_lab, wait_until
-from tests.watch.test_namespaces import REFUSE_PIDFD_GETFD
+from tests.watch.test_namespaces import REFUSE_PIDFD_GETFD, send_line
 
 TEST_PREFIX = "tagC-"
 SERVICE_CIDRS = ["127.0.0.2/32", "fd00:10:96::/112"]
@@ -434,13 +433,6 @@ def test_the_metric_names_are_the_families_a_scrape_serves(
 CLUSTER = f"{CLUSTER_IP}:{SERVICE_PORT}"
 
 
-def _send(program: subprocess.Popen[bytes], line: bytes) -> float:
-    assert program.stdin is not None
-    program.stdin.write(line)
-    program.stdin.flush()
-    return time.monotonic()
-
-
 @requires_netns
 @pytest.mark.netns
 def test_black_holed_connections_give_the_longest_stuck_and_the_soonest_give_up(
@@ -454,12 +446,12 @@ def test_black_holed_connections_give_the_longest_stuck_and_the_soonest_give_up(
         bounded = lab.start(["socat", "-", f"TCP:{CLUSTER},setsockopt-int=6:18:60000"], stdin=True)
         lab.wait_for_owners({plain.pid, bounded.pid})
         for program in (plain, bounded):
-            _send(program, b"hello\n")  # one echo first, so the RTO is the path's
+            send_line(program, b"hello\n")  # one echo first, so the RTO is the path's
         time.sleep(0.5)
         lab.topology.drop_pod_traffic()
-        plain_sent = _send(plain, b"ping\n")
+        plain_sent = send_line(plain, b"ping\n")
         time.sleep(1)
-        bounded_sent = _send(bounded, b"ping\n")
+        bounded_sent = send_line(bounded, b"ping\n")
         agent = start_agent(
             interval_s=0.5,
             netns=lab.topology.client_ns,

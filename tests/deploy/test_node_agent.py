@@ -34,6 +34,7 @@ from tests.deploy.test_manifests import (
 )
 from tests.deploy.test_monitoring import (
     as_prometheus_sees_it,
+    check_grafana_board,
     requires_promtool,
     run_promtool,
     write_yaml,
@@ -477,31 +478,7 @@ def test_the_dashboard_shows_every_metric_of_the_contract() -> None:
 def test_the_dashboard_is_grafana_json_with_panels_that_do_not_overlap() -> None:
     board = dashboard()
     assert board["uid"] == NAME
-    assert isinstance(board["schemaVersion"], int)
-    (variable,) = board["templating"]["list"]
-    assert (variable["name"], variable["type"], variable["query"]) == (
-        "datasource",
-        "datasource",
-        "prometheus",
-    )
-    panels = board["panels"]
-    assert len({panel["id"] for panel in panels}) == len(panels)
-    cells: set[tuple[int, int]] = set()
-    for panel in panels:
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-        grid = panel["gridPos"]
-        assert grid["x"] >= 0, panel["title"]
-        assert grid["x"] + grid["w"] <= 24, panel["title"]
-        area = {
-            (x, y)
-            for x in range(grid["x"], grid["x"] + grid["w"])
-            for y in range(grid["y"], grid["y"] + grid["h"])
-        }
-        assert not cells & area, f"{panel['title']} overlaps another panel"
-        cells |= area
-        references = [target["refId"] for target in panel["targets"]]
-        assert references, panel["title"]
-        assert len(set(references)) == len(references), panel["title"]
+    check_grafana_board(board)
 
 
 # -- promtool ------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def lab(spawn: Spawn, tcpecho: str) -> Iterator[Lab]:
         yield built
 
 
-def _send(program: subprocess.Popen[bytes], line: bytes) -> float:
+def send_line(program: subprocess.Popen[bytes], line: bytes) -> float:
     """Write a line for ``program`` to send; the (monotonic) time it was handed over."""
     assert program.stdin is not None
     program.stdin.write(line)
@@ -153,12 +153,12 @@ def test_black_holed_programs_are_stuck_until_the_kernel_gives_up(
     pinger = lab.start(["socat", PINGER, USER_TIMEOUT_5S])
     bash = lab.start(["bash", "-c", BASH_CLIENT])
     lab.wait_for_owners({timed.pid, pinger.pid, bash.pid})
-    _send(timed, b"hello\n")  # one echo first, so its RTO is the path's
+    send_line(timed, b"hello\n")  # one echo first, so its RTO is the path's
     time.sleep(0.5)
     lab.topology.drop_pod_traffic()
     fault_at = time.monotonic()
     watcher = spawn(lab.in_client(watch_argv("--json", "--stuck", "--interval", "1s")))
-    sent_at = _send(timed, b"ping\n")
+    sent_at = send_line(timed, b"ping\n")
     connecting = lab.start(["socat", "-", f"TCP:{CLUSTER}"], stdin=True)  # its SYNs vanish
     connect_at = time.monotonic()
     time.sleep(3)
@@ -353,10 +353,10 @@ def test_an_orphan_is_bounded_by_tcp_orphan_retries_not_tcp_retries2(
     lab.topology.sysctl(lab.topology.client_ns, "net.ipv4.tcp_orphan_retries", ORPHAN_RETRIES)
     timed = lab.start(["socat", "-", f"TCP:{CLUSTER}"], stdin=True)
     local = lab.wait_for_owners({timed.pid})[timed.pid]["local"]
-    _send(timed, b"hello\n")  # one echo first, so its RTO is the path's
+    send_line(timed, b"hello\n")  # one echo first, so its RTO is the path's
     time.sleep(0.5)
     lab.topology.drop_pod_traffic()
-    sent_at = _send(timed, b"ping\n")
+    sent_at = send_line(timed, b"ping\n")
     time.sleep(1.0)  # retransmitting: killed mid-wait, as the issue's programs were
     timed.kill()
     timed.wait(5)
@@ -426,10 +426,10 @@ def test_an_orphan_whose_rto_reached_its_cap_ends_at_its_next_expiry(
     lab.topology.sysctl(lab.topology.client_ns, "net.ipv4.tcp_rto_max_ms", 1000)
     timed = lab.start(["socat", "-", f"TCP:{CLUSTER}"], stdin=True)
     local = lab.wait_for_owners({timed.pid})[timed.pid]["local"]
-    _send(timed, b"hello\n")
+    send_line(timed, b"hello\n")
     time.sleep(0.5)
     lab.topology.drop_pod_traffic()
-    _send(timed, b"ping\n")
+    send_line(timed, b"ping\n")
     watcher = spawn(lab.in_client(watch_argv("--json", "--interval", "0.2s")))
     time.sleep(3.0)  # 0.2, 0.4, 0.8 s, then 1 s steps: the RTO is at its cap
     timed.kill()
