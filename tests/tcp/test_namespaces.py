@@ -12,6 +12,7 @@ left out is counted; entering a namespace never leaves a thread of the caller in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -19,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import durationpy
 import pytest
 
 import tcpecho
@@ -566,6 +569,21 @@ def _without(*capabilities: str) -> list[str]:
     return ["setpriv", f"--bounding-set={dropped}", f"--inh-caps={dropped}"]
 
 
+@contextlib.contextmanager
+def _readable_by_anyone() -> Iterator[str]:
+    """The probe's imports (tcpecho, durationpy) copied where user nobody can read them: a
+    checkout under /root, or a virtual environment there, is out of its reach."""
+    place = tempfile.mkdtemp(prefix="tnsA-probe-")
+    try:
+        os.chmod(place, 0o755)  # noqa: S103 - read by user nobody, on purpose
+        for package in (tcpecho, durationpy):
+            assert package.__file__ is not None
+            shutil.copytree(Path(package.__file__).parent, Path(place) / package.__name__)
+        yield place
+    finally:
+        shutil.rmtree(place)
+
+
 ALL_READ = {"found": True, "listed": True, "owner": True, "options": USER_TIMEOUT_MS}
 NOT_SEEN = {"found": False, "listed": False, "owner": False, "options": None}
 
@@ -598,14 +616,14 @@ def test_without_a_capability_the_listing_degrades_and_counts(
     holder = lab.hold([*prefix, *NOBODY] if program_as_nobody else prefix, pairs=1)
     inode, held = next((i, h) for i, h in holder.sockets.items() if h.client)
     argument = {"pid": holder.pid, "namespace": holder.namespace, "inode": inode, "fd": held.fd}
-    source = str(Path(tcpecho.__file__).parents[1])
-    run = subprocess.run(
-        [*agent, sys.executable, "-c", PROBE, json.dumps(argument)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": source},
-    )
+    with _readable_by_anyone() as source:
+        run = subprocess.run(
+            [*agent, os.path.realpath(sys.executable), "-c", PROBE, json.dumps(argument)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": source},
+        )
     assert "Traceback" not in run.stderr, run.stderr
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout)
