@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import select
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,8 +22,8 @@ from tcpecho.tcp import diag
 from tcpecho.tcp.diag import ALL_STATES, Connection, connections
 from tcpecho.tcp.info import read_tcp_info
 from tcpecho.tcp.namespaces import NetNamespace
-from tests.conftest import root_missing
 from tests.support import abandoned_namespaces
+from tests.tcp.test_namespaces import requires_namespaces
 
 TEST_PREFIX = "tdgG-diag-"
 MANY_PAIRS = 5100  # 10,200 sockets, past the 10,000 a busy node's namespace holds
@@ -69,13 +68,6 @@ held.remove(server)
 print(os.stat("/proc/self/ns/net").st_ino, os.getpid(), flush=True)
 sys.stdin.read()
 """
-
-
-def _tools_missing() -> str | None:
-    return root_missing() or (None if shutil.which("ip") else "needs ip (iproute2)")
-
-
-requires_namespaces = pytest.mark.skipif(_tools_missing() is not None, reason=str(_tools_missing()))
 
 
 class Holders:
