@@ -213,12 +213,12 @@ def test_the_kept_answers_are_those_a_fresh_look_computes(
     first = _ours(watcher.snapshot(), node)
     sockets = 2 * (2 * len(option_sets) + 1)
     assert len(first) == sockets
-    assert watcher.options.reads == sockets
+    assert watcher.options_read == sockets
     node[0].ask("send", lost_fd)
     hits = look._predicted.cache_info().hits
     _until(lambda: _client(watcher.snapshot(), node[0], lost_port).connection.stuck, "stuck")
     kept = watcher.snapshot()
-    assert watcher.options.reads == sockets  # each socket's options were read once
+    assert watcher.options_read == sockets  # each socket's options were read once
     assert look._predicted.cache_info().hits > hits
     lost = _client(kept, node[0], lost_port)
     assert lost.stuck_for_s is not None
@@ -259,7 +259,7 @@ def test_a_socket_whose_descriptor_a_new_socket_took_is_read_anew(
     before = _client(watcher.snapshot(), holder, port)
     assert before.options is not None
     assert before.options.user_timeout_ms == 5000
-    reads = watcher.options.reads
+    reads = watcher.options_read
     holder.ask("close", fd)
     reused_fd, reused_port = holder.ask("connect", 7000, 0, 1)
     assert reused_fd == fd  # the same descriptor, now another socket
@@ -269,9 +269,9 @@ def test_a_socket_whose_descriptor_a_new_socket_took_is_read_anew(
     assert now.owner.fd == fd
     assert now.options is not None
     assert now.options.user_timeout_ms == 7000
-    assert watcher.options.reads == reads + 2  # the new client and the connection accepted
+    assert watcher.options_read == reads + 2  # the new client and the connection accepted
     # The closed socket's entry is gone: the cache holds the live sockets only.
-    assert len(watcher.options) == len(_ours(after, node)) == 2
+    assert watcher.options_kept == len(_ours(after, node)) == 2
 
 
 @requires_netns
@@ -289,11 +289,11 @@ def test_an_inode_given_to_a_new_socket_is_not_given_the_old_options(
     assert seen.owner is not None
     assert seen.connection.cookie != 0
     holder.ask("user-timeout", fd, 9000)
-    kept = watcher.options.of(seen.connection, seen.owner)
+    kept = watcher.options_in(holder.inode).of(seen.connection, seen.owner)
     assert kept is not None
     assert kept.user_timeout_ms == 5000
     another = dataclasses.replace(seen.connection, cookie=seen.connection.cookie + 1)
-    read = watcher.options.of(another, seen.owner)
+    read = watcher.options_in(holder.inode).of(another, seen.owner)
     assert read is not None
     assert read.user_timeout_ms == 9000
 
@@ -315,7 +315,7 @@ def test_a_socket_seen_connecting_is_read_again_once_connected(
     assert connecting.connection.state == "SYN_SENT"
     assert connecting.options is not None
     assert connecting.options.keepalive is False
-    reads = watcher.options.reads
+    reads = watcher.options_read
     holder.nft("flush chain inet tprfD in")
     holder.ask("connected", fd)  # the next SYN, a second after the first, gets through
     holder.ask("keepalive", fd)
@@ -323,7 +323,7 @@ def test_a_socket_seen_connecting_is_read_again_once_connected(
     assert connected.connection.state == "ESTABLISHED"
     assert connected.options is not None
     assert connected.options.keepalive is True
-    assert watcher.options.reads == reads + 1
+    assert watcher.options_read == reads + 1
 
 
 def _owner_of(snapshot: NodeSnapshot, holder: Held, port: int) -> tuple[int, int]:
@@ -367,3 +367,83 @@ def test_a_kept_owner_is_the_one_a_fresh_walk_finds(node: list[Held], tmp_path: 
 def _holder_pid(holder: Held) -> int:
     """The holder's own PID: ``ip netns exec`` execs it in place."""
     return holder.process.pid
+
+
+def _agent_watcher(tmp_path: Path, relist_every: int) -> NodeWatcher:
+    return NodeWatcher(
+        WatchConfig(all_namespaces=True, port=PORT, pod_logs=str(tmp_path), container_logs=None),
+        relist_every=relist_every,
+    )
+
+
+def _same_objects(before: list[Watched], after: list[Watched]) -> bool:
+    """Whether ``after`` is ``before``'s listing standing: the very same objects."""
+    return len(before) == len(after) and all(any(kept is seen for seen in before) for kept in after)
+
+
+def _in(snapshot: NodeSnapshot, holder: Held) -> list[Watched]:
+    return [watched for watched in snapshot.watched if watched.netns == holder.inode]
+
+
+@requires_netns
+@pytest.mark.netns
+def test_the_agent_lists_again_a_namespace_a_segment_moved_and_no_other(
+    node: list[Held], tmp_path: Path
+) -> None:
+    for holder in node:
+        holder.ask("connect", 0, 0, 1)
+    fd, port = node[0].ask("connect", 0, 0, 1)
+    watcher = _agent_watcher(tmp_path, relist_every=1000)
+    first = watcher.snapshot()
+    assert len(_in(first, node[0])) == 4
+    assert len(_in(first, node[1])) == 2
+    second = watcher.snapshot()
+    for holder in node:  # idle, counters still: each listing stands
+        assert _same_objects(_in(first, holder), _in(second, holder))
+    node[0].ask("send", fd)
+    third = watcher.snapshot()
+    assert not _same_objects(_in(second, node[0]), _in(third, node[0]))
+    assert _client(third, node[0], port).connection.bytes_acked > 0
+    assert _same_objects(_in(second, node[1]), _in(third, node[1]))
+    assert watcher.options_read == 6  # listed again, its sockets' options were kept
+
+
+@requires_netns
+@pytest.mark.netns
+def test_a_connection_black_holed_in_a_quiet_namespace_is_stuck_at_the_next_snapshot(
+    node: list[Held], tmp_path: Path
+) -> None:
+    holder = node[1]
+    fd, port = holder.ask("connect", 0, 0, 1)
+    watcher = _agent_watcher(tmp_path, relist_every=1000)
+    assert not _client(watcher.snapshot(), holder, port).connection.stuck
+    watcher.snapshot()  # its listing stands now
+    holder.nft("add table inet tprfD; add chain inet tprfD in { type filter hook input "
+               f"priority 0; }}; add rule inet tprfD in tcp sport {port} drop")  # fmt: skip
+    holder.ask("send", fd)
+    # The first retransmission is due one RTO (at least 200 ms) after the send: the send
+    # moved the counters at once, so the next snapshot lists it, stuck or on its way.
+    _until(lambda: _client(watcher.snapshot(), holder, port).connection.stuck, "stuck", 5.0)
+    # A timer runs in it: listed again at every snapshot, its stuck time growing.
+    stuck_for = [_client(watcher.snapshot(), holder, port).stuck_for_s for _ in range(2)]
+    assert stuck_for[0] is not None
+    assert stuck_for[1] is not None
+    assert stuck_for[1] >= stuck_for[0]
+
+
+@requires_netns
+@pytest.mark.netns
+def test_what_no_counter_shows_is_seen_within_relist_every_snapshots(
+    node: list[Held], tmp_path: Path
+) -> None:
+    """A socket handed to another process moves no counter: its listing stands until the
+    namespace's turn comes, at the latest ``relist_every`` snapshots after its last."""
+    holder = node[0]
+    fd, port = holder.ask("connect", 0, 0, 1)
+    relist_every = 4
+    watcher = _agent_watcher(tmp_path, relist_every)
+    assert _owner_of(watcher.snapshot(), holder, port) == (_holder_pid(holder), fd)
+    child_pid, _ = holder.ask("moved", fd)
+    owners = [_owner_of(watcher.snapshot(), holder, port)[0] for _ in range(relist_every)]
+    assert owners[-1] == child_pid
+    assert owners == sorted(owners, key=lambda pid: pid == child_pid)  # never back

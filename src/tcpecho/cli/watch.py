@@ -162,13 +162,13 @@ def _serve_node_metrics(config: WatchConfig) -> int:
     it logs events (JSON lines off a terminal), never a table."""
     from tcpecho import agent, events, logs
     from tcpecho.metrics import every_address
-    from tcpecho.watch.look import NodeWatcher
 
     with settings_errors():
         agent.service_networks(config.service_cidrs)
     logs.configure("auto", "info", report_dropped=events.report_lines_dropped)
     assert config.metrics_port is not None
-    watcher = NodeWatcher(config)  # kept: each socket's options read once, not per snapshot
+    # Kept: each socket's options read once, each namespace listed when it may have changed.
+    watcher = agent.node_watcher(config)
     return agent.run(
         watcher.snapshot,
         config.interval_s,

@@ -30,8 +30,10 @@ for each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
+import operator
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -54,6 +56,7 @@ from tcpecho.tcp import diag, names, namespaces
 from tcpecho.tcp.diag import Connection, Owner
 from tcpecho.tcp.namespaces import NamespaceUnavailableError, NetNamespace
 from tcpecho.tcp.options import EffectiveOptions, TcpOptions
+from tcpecho.watch import changes
 from tcpecho.watch.config import WatchConfig
 from tcpecho.watch.pods import PodIdentity, PodLookup, PodSources
 
@@ -114,6 +117,21 @@ class Watched:
     # Kubernetes pod of its owner (None: the host's, or no owner).
     netns: int | None = None
     pod: PodIdentity | None = None
+
+    @functools.cached_property
+    def urgency(self) -> tuple[bool, float, str, str]:
+        """Where it goes in a snapshot, most urgent first: stuck ones by the time left
+        (``gives_up_in_s``), then by peer and local address."""
+        connection = self.connection
+        # Without a stuck time there is no time left: most connections, whose key is made
+        # without the chain of properties behind ``gives_up_in_s``.
+        left = None if self.stuck_for_s is None else self.gives_up_in_s
+        return (
+            not connection.stuck,
+            _NEVER if left is None else left,
+            connection.peer,
+            connection.local,
+        )
 
     @property
     def orphaned(self) -> bool:
@@ -206,7 +224,7 @@ def snapshot(config: WatchConfig, kernel: KernelSettings) -> list[Watched]:
         watched.append(_judge(connection, owner, read, answers))
     if config.at_risk:
         watched = [w for w in watched if w.at_risk]
-    return sorted(watched, key=_urgency)
+    return sorted(watched, key=_by_urgency)
 
 
 def node_snapshot(config: WatchConfig) -> NodeSnapshot:
@@ -223,15 +241,33 @@ def node_snapshot(config: WatchConfig) -> NodeSnapshot:
 class NodeWatcher:
     """``node_snapshot`` taken again and again, as the node agent takes it: each socket's
     options are read on the first snapshot that shows it and kept while it lives
-    (``OptionsCache``); each socket's owner is kept while its descriptor still refers to
-    it (``diag.owners_again``: one readlink, where a walk reads every process's
-    descriptors); and the model's answers are shared by every connection with the same
-    sysctls, options and state (kept for the process's life, bounded)."""
+    (``OptionsCache``, one per namespace); each socket's owner is kept while its descriptor
+    still refers to it (``diag.owners_again``: one readlink, where a walk reads every
+    process's descriptors); and the model's answers are shared by every connection with
+    the same sysctls, options and state (kept for the process's life, bounded).
 
-    def __init__(self, config: WatchConfig) -> None:
+    With ``relist_every`` (the agent's), a namespace whose last listing nothing can have
+    changed since (``watch.changes``: its TCP counters still, no timer that moves a
+    connection on its own) is not listed again: its last listing stands, and each one is
+    listed again at least every ``relist_every`` snapshots. Without it every namespace is
+    listed at every snapshot, as the watch's table shows them (its timers and tcp_info
+    move on, where the agent's counts do not)."""
+
+    def __init__(self, config: WatchConfig, *, relist_every: int | None = None) -> None:
         self.config = config
-        self.options = OptionsCache()
-        self._owners: dict[int, Owner] = {}  # the last snapshot's, by socket inode
+        self.relist_every = relist_every
+        self.options_read = 0  # sockets' options read so far (each a pidfd_getfd)
+        self._listings: dict[int, _Listing] = {}  # each namespace's last, by its inode
+
+    @property
+    def options_kept(self) -> int:
+        """The sockets whose options are kept: the live ones of the namespaces listed."""
+        return sum(len(listing.options) for listing in self._listings.values())
+
+    def options_in(self, netns: int) -> OptionsCache:
+        """The options kept for the sockets of the namespace ``netns`` (an inode)."""
+        listing = self._listings.get(netns)
+        return OptionsCache() if listing is None else listing.options
 
     def snapshot(self) -> NodeSnapshot:
         """One look at every network namespace of the host, as ``node_snapshot``'s."""
@@ -242,10 +278,12 @@ class NodeWatcher:
         config = self.config
         started = time.monotonic()
         host = namespaces.host_namespaces()
+        counters, to_list = self._to_list(host.namespaces)
+        self._let_go(to_list)
         states = diag.ALL_STATES if config.all_states else diag.CONNECTED_STATES
         kernels: dict[int, KernelSettings] = {}
         listed = diag.connections_by_namespace(
-            host.namespaces, states=states, visit=functools.partial(_read_kernel, kernels)
+            to_list, states=states, visit=functools.partial(_read_kernel, kernels)
         )
         by_inode = host.by_inode()
         selected = (
@@ -257,9 +295,9 @@ class NodeWatcher:
             else listed.by_namespace  # no address asked for: every connection matches
         )
         owners = diag.owners_again(
-            {c.inode for found in selected.values() for c in found if c.inode}, self._owners
+            {c.inode for found in selected.values() for c in found if c.inode},
+            self._owners_of(selected),
         )
-        self._owners = owners
         pods = PodLookup(
             PodSources(
                 pod_logs=Path(config.pod_logs),
@@ -269,21 +307,96 @@ class NodeWatcher:
             )
         )
         errors: dict[str, int] = {}
-        watched: list[Watched] = []
+        listings = self._standing(host.namespaces, {n.inode for n in to_list})
         for inode, found in selected.items():
             kernel = kernels.get(inode) or _namespace_kernel(by_inode[inode], errors)
-            watched += self._judged(inode, _filtered(found, owners, config), owners, kernel, pods)
-        self.options.forget_unseen()
+            listings[inode] = self._listed(
+                inode, found, owners, kernel, pods, (counters.get(inode), listed.by_namespace)
+            )
+        self._listings = listings
         skipped = {
             "namespace": listed.skipped.total,
             "process": host.skipped.total + pods.skipped.vanished + pods.skipped.unreadable,
         }
+        watched = [w for listing in listings.values() for w in listing.watched]
         return NodeSnapshot(
-            tuple(sorted(watched, key=_urgency)),
-            len(listed.by_namespace),
+            tuple(sorted(watched, key=_by_urgency)),
+            len(listings),
             skipped,
             errors,
             time.monotonic() - started,
+        )
+
+    def _to_list(
+        self, present: tuple[NetNamespace, ...]
+    ) -> tuple[dict[int, str | None], list[NetNamespace]]:
+        """Each namespace's TCP counters (with ``relist_every``), and the namespaces to list
+        now: every one, or those ``changes.to_relist`` chooses."""
+        if self.relist_every is None:
+            return {}, list(present)
+        counters = {namespace.inode: changes.tcp_counters(namespace) for namespace in present}
+        last = {inode: listing.last for inode, listing in self._listings.items()}
+        chosen = changes.to_relist(present, last, counters, self.relist_every)
+        return counters, [namespace for namespace in present if namespace.inode in chosen]
+
+    def _let_go(self, to_list: list[NetNamespace]) -> None:
+        """The connections of the last listings of ``to_list`` let go before they are listed
+        again (their owners and options are kept): a snapshot that lists every namespace
+        then holds one node's connections at a time, not two."""
+        for namespace in to_list:
+            listing = self._listings.get(namespace.inode)
+            if listing is not None:
+                self._listings[namespace.inode] = dataclasses.replace(listing, watched=())
+
+    def _standing(
+        self, present: tuple[NetNamespace, ...], listed_now: set[int]
+    ) -> dict[int, _Listing]:
+        """The last listings that stand: of the namespaces still there and not listed now,
+        each a snapshot older. A namespace gone, or listed now (even if that failed), has
+        none."""
+        standing = {}
+        for namespace in present:
+            listing = self._listings.get(namespace.inode)
+            if listing is not None and namespace.inode not in listed_now:
+                standing[namespace.inode] = listing.aged()
+        return standing
+
+    def _owners_of(self, selected: Mapping[int, list[Connection]]) -> dict[int, Owner]:
+        """The owners the last listings of the ``selected`` namespaces found: where each
+        socket's owner is looked for first."""
+        before: dict[int, Owner] = {}
+        for inode in selected:
+            listing = self._listings.get(inode)
+            if listing is not None:
+                before.update(listing.owners)
+        return before
+
+    def _listed(
+        self,
+        netns: int,
+        found: list[Connection],
+        owners: dict[int, Owner],
+        kernel: KernelSettings,
+        pods: PodLookup,
+        counted: tuple[str | None, Mapping[int, list[Connection]]],
+    ) -> _Listing:
+        """The namespace's new listing: what the model makes of ``found``, with the options
+        kept from its last listing, and what the next snapshot weighs about it (its
+        ``counters`` then, and whether all it showed is settled)."""
+        counters, every_listed = counted
+        last = self._listings.get(netns)
+        options = OptionsCache() if last is None else last.options
+        read = options.reads
+        judged = self._judged(
+            netns, _filtered(found, owners, self.config), owners, kernel, pods, options
+        )
+        options.forget_unseen()
+        self.options_read += options.reads - read
+        return _Listing(
+            tuple(sorted(judged, key=_by_urgency)),  # a run the snapshot's sort merges
+            {c.inode: owners[c.inode] for c in found if c.inode in owners},
+            options,
+            changes.LastListing(counters, changes.settled(every_listed[netns])),
         )
 
     def _judged(
@@ -293,6 +406,7 @@ class NodeWatcher:
         owners: dict[int, Owner],
         kernel: KernelSettings,
         pods: PodLookup,
+        options_cache: OptionsCache,
     ) -> list[Watched]:
         """What the model makes of one namespace's connections; with ``at_risk``, only of
         those at risk (the others are never built)."""
@@ -300,12 +414,29 @@ class NodeWatcher:
         judged = []
         for connection in found:
             owner = owners.get(connection.inode)
-            options = None if owner is None else self.options.of(connection, owner)
+            options = None if owner is None else options_cache.of(connection, owner)
             if self.config.at_risk and not _risks(connection, options, answers):
                 continue
             pod = None if owner is None else pods.of(owner.pid)
             judged.append(_judge(connection, owner, options, answers, netns, pod))
         return judged
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """One namespace's last listing, as the node watcher keeps it: what it showed, its
+    sockets' owners and options, and what the next snapshot weighs about it."""
+
+    watched: tuple[Watched, ...]
+    owners: dict[int, Owner]  # by socket inode
+    options: OptionsCache
+    last: changes.LastListing
+
+    def aged(self) -> _Listing:
+        last = self.last
+        return dataclasses.replace(
+            self, last=changes.LastListing(last.counters, last.settled, last.age + 1)
+        )
 
 
 _SHARED_OPTIONS_MAX = 4096
@@ -404,17 +535,9 @@ def _owner_pid(owner: Owner | None) -> int | None:
     return None if owner is None else owner.pid
 
 
-def _urgency(watched: Watched) -> tuple[bool, float, str, str]:
-    connection = watched.connection
-    # Without a stuck time there is no time left (``gives_up_in_s``): most connections,
-    # whose key is made without its chain of properties.
-    left = None if watched.stuck_for_s is None else watched.gives_up_in_s
-    return (
-        not connection.stuck,
-        _NEVER if left is None else left,
-        connection.peer,
-        connection.local,
-    )
+# Most urgent first: stuck ones by the time left, then by peer and local address. The key is
+# kept on each Watched (``urgency``): a listing that stands is ordered again at no cost.
+_by_urgency = operator.attrgetter("urgency")
 
 
 _NEVER = float("inf")
