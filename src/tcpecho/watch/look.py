@@ -380,46 +380,31 @@ class NodeWatcher:
         pods: PodLookup,
         counted: tuple[str | None, Mapping[int, list[Connection]]],
     ) -> _Listing:
-        """The namespace's new listing: what the model makes of ``found``, with the options
-        kept from its last listing, and what the next snapshot weighs about it (its
-        ``counters`` then, and whether all it showed is settled)."""
+        """The namespace's new listing: what the model makes of ``found`` (with ``at_risk``,
+        only of those at risk: the others are never built), with the options kept from its
+        last listing, and what the next snapshot weighs about it (its ``counters`` then,
+        and whether all it showed is settled)."""
         counters, every_listed = counted
         last = self._listings.get(netns)
-        options = OptionsCache() if last is None else last.options
-        read = options.reads
-        judged = self._judged(
-            netns, _filtered(found, owners, self.config), owners, kernel, pods, options
-        )
-        options.forget_unseen()
-        self.options_read += options.reads - read
-        return _Listing(
-            tuple(sorted(judged, key=_by_urgency)),  # a run the snapshot's sort merges
-            {c.inode: owners[c.inode] for c in found if c.inode in owners},
-            options,
-            changes.LastListing(counters, changes.settled(every_listed[netns])),
-        )
-
-    def _judged(
-        self,
-        netns: int,
-        found: list[Connection],
-        owners: dict[int, Owner],
-        kernel: KernelSettings,
-        pods: PodLookup,
-        options_cache: OptionsCache,
-    ) -> list[Watched]:
-        """What the model makes of one namespace's connections; with ``at_risk``, only of
-        those at risk (the others are never built)."""
+        kept = OptionsCache() if last is None else last.options
+        read = kept.reads
         answers = _Answers(kernel, self.config.path)
         judged = []
-        for connection in found:
+        for connection in _filtered(found, owners, self.config):
             owner = owners.get(connection.inode)
-            options = None if owner is None else options_cache.of(connection, owner)
+            options = None if owner is None else kept.of(connection, owner)
             if self.config.at_risk and not _risks(connection, options, answers):
                 continue
             pod = None if owner is None else pods.of(owner.pid)
             judged.append(_judge(connection, owner, options, answers, netns, pod))
-        return judged
+        kept.forget_unseen()
+        self.options_read += kept.reads - read
+        return _Listing(
+            tuple(sorted(judged, key=_by_urgency)),  # a run the snapshot's sort merges
+            {c.inode: owners[c.inode] for c in found if c.inode in owners},
+            kept,
+            changes.LastListing(counters, changes.settled(every_listed[netns])),
+        )
 
 
 @dataclass(frozen=True)
