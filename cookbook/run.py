@@ -1,15 +1,17 @@
 """``python -m cookbook.run``: every recipe under ``force-delete`` in the lab, busy and idle,
 with the quick kernel budget; ``out/cookbook.json``; exit 1 when a case fails its checks.
 
-It builds the Go client and a PostgreSQL cluster in a temporary directory, gives the lab one
-program case per recipe and mode (each with its own server program), reads the lab's JSON
-back and checks it (``results``). Needs root, like the lab, and the Debian packages in
+It builds the Go client in a temporary directory, sets up the servers as ``tcpecho lab
+--server-preset`` does (``tcpecho.lab.servers``: a PostgreSQL cluster, Redis, the gRPC server),
+gives the lab one program case per recipe and mode (each with its own server program),
+reads the lab's JSON back and checks it (``results``). Needs root, like the lab, and the
 ``scripts/system-packages``; the Python libraries come from the nox session.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -22,9 +24,8 @@ from pathlib import Path
 
 from cookbook import results
 from cookbook.recipes import RECIPES, Mode, Recipe
-from cookbook.servers import postgres
 from tcpecho.experiment import Fault, Profile
-from tcpecho.lab import KernelBudget, LabConfig, check_requirements
+from tcpecho.lab import KernelBudget, LabConfig, check_requirements, servers
 from tcpecho.lab import run as run_lab
 from tcpecho.model import Activity
 
@@ -35,16 +36,18 @@ IDLE_QUIET_S = 1.5
 # Go's default keepalive ends an idle connection after 15 + 9 x 15 = 150 s: watched to there;
 # longer predictions (the kernel's 2 h keepalive) are reported as not reached.
 WATCH_S = 170.0
-TOOLS = {"redis-server": "redis-server", "go": "golang-go", "setpriv": "util-linux"}
+TOOLS = {"go": "golang-go"}
+# The servers the recipes talk to, by the lab's presets (``tcpecho lab --server-preset NAME``).
+SERVER_PRESETS = ("postgres", "redis", "grpc")
 
 
 def missing() -> str | None:
     """What this machine lacks for the cookbook, or None."""
     absent = [f"{tool} ({package})" for tool, package in TOOLS.items() if not shutil.which(tool)]
-    try:
-        postgres.bindir()
-    except postgres.PostgresMissingError as error:
-        absent.append(str(error))
+    for preset in SERVER_PRESETS:
+        lacking = servers.missing(preset)
+        if lacking is not None:
+            absent.append(f"the {preset} server {lacking}")
     return ", ".join(absent) or None
 
 
@@ -61,18 +64,13 @@ def build_go_client(workdir: Path) -> Path:
     return binary
 
 
-def server_commands(workdir: Path) -> dict[str, str | None]:
-    python = shlex.quote(sys.executable)
-    pg_base = workdir / "postgres"
-    pg_base.mkdir()
-    template = postgres.make_template(pg_base)
-    return {
-        "echo": None,  # the lab's own: tcpecho server
-        "postgres": postgres.server_command(template, pg_base),
-        "redis": "exec redis-server --bind {host} --port {port} --save '' --appendonly no "
-        f"--protected-mode no --dir {shlex.quote(str(workdir))}",
-        "grpc": f"exec {python} -m cookbook.servers.grpc_server --host {{host}} --port {{port}}",
-    }
+def server_commands(held: contextlib.ExitStack) -> dict[str, str | None]:
+    """Each server's command line, by the name recipes give it; ``held`` removes what the
+    presets set up when the run is over."""
+    commands: dict[str, str | None] = {"echo": None}  # the lab's own: tcpecho server
+    for preset in SERVER_PRESETS:
+        commands[preset] = held.enter_context(servers.prepared(preset))
+    return commands
 
 
 def profile(recipe: Recipe, mode: Mode, go_client: Path, servers: dict[str, str | None]) -> Profile:
@@ -94,13 +92,14 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
     )
-    with tempfile.TemporaryDirectory(prefix="tcpecho-cookbook-") as temporary:
-        workdir = Path(temporary)
-        workdir.chmod(0o755)  # PostgreSQL's user reaches its directories below it
+    with contextlib.ExitStack() as held:
+        workdir = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="tcpecho-cookbook-")))
         go_client = build_go_client(workdir)
-        servers = server_commands(workdir)
+        commands = server_commands(held)
         profiles = [
-            profile(recipe, mode, go_client, servers) for recipe in recipes for mode in recipe.modes
+            profile(recipe, mode, go_client, commands)
+            for recipe in recipes
+            for mode in recipe.modes
         ]
         lab_json = workdir / "lab.json"
         config = LabConfig(

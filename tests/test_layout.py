@@ -27,7 +27,12 @@ LONGEST = 60
 # Packages whose public names (their ``__all__``) are all the code outside may import, and the
 # modules of theirs that are public as modules (the lab's ``__init__`` says so).
 PUBLIC_API = ("tcpecho.cli", "tcpecho.lab")
-PUBLIC_MODULES = {"tcpecho.lab.report", "tcpecho.lab.topology"}
+PUBLIC_MODULES = {
+    "tcpecho.lab.report",
+    "tcpecho.lab.topology",
+    "tcpecho.lab.servers",
+    "tcpecho.lab.grpc_server",
+}
 
 
 def _python_files(place: Path) -> list[Path]:

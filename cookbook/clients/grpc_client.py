@@ -1,5 +1,5 @@
 """gRPC Python: ``grpc.keepalive_time_ms`` and ``grpc.keepalive_timeout_ms`` (which gRPC
-also sets as the socket's TCP_USER_TIMEOUT), against ``cookbook.servers.grpc_server``.
+also sets as the socket's TCP_USER_TIMEOUT), against ``tcpecho.lab.grpc_server``.
 Busy: a unary call every second; idle: one call, then a call whose answer never comes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 import grpc
 
 from cookbook.clients import common
-from cookbook.servers.grpc_server import ECHO, WAIT
+from tcpecho.lab.grpc_server import ECHO, WAIT
 
 
 def recommended() -> list[tuple[str, int]]:

@@ -43,6 +43,12 @@ def _fault_names() -> Sequence[str]:
     return [str(fault) for fault in Fault]
 
 
+def _server_names() -> Sequence[str]:
+    from tcpecho.lab.servers import PRESETS
+
+    return list(PRESETS)
+
+
 def _profile_names() -> Sequence[str]:
     from tcpecho.lab.profiles import PROFILES
 
@@ -85,6 +91,14 @@ def _profile_names() -> Sequence[str]:
     "server_command",
     default=None,
     help="Any program as the server, in every case: a shell command line listening on {port}.",
+)
+@option(
+    "--server-preset",
+    "server_preset",
+    type=LazyChoice(_server_names),
+    default=None,
+    help="A server set up for you, in every case: postgres, redis, mariadb (each a throwaway "
+    "data directory, trust for the lab's pods, its own user) or grpc; not with --server-cmd.",
 )
 @option(
     "--program-timeout",
@@ -159,6 +173,7 @@ def lab(
     client_args: tuple[str, ...],
     client_commands: tuple[str, ...],
     server_command: str | None,
+    server_preset: str | None,
     program_timeout: float | None,
     path_idle_timeout: float,
     outage: float,
@@ -182,6 +197,7 @@ def lab(
     from tcpecho.lab.runner import KernelBudget
 
     chosen = chosen_profiles(profiles, client_args, client_commands)
+    _check_server_preset(server_preset, server_command)
     with settings_errors():
         budget = KernelBudget(
             quick=quick,
@@ -201,12 +217,27 @@ def lab(
             json_path=json_path,
             plot_path=plot_path,
             server_command=server_command,
+            server_preset=server_preset,
             program_startup=StartupTimeouts.given(program_timeout),
         )
     lab_main.check_requirements(plot=plot_path is not None, rto_max=rto_max is not None)
     if cleanup:
         raise SystemExit(lab_main.cleanup())
     raise SystemExit(lab_main.run(config))
+
+
+def _check_server_preset(preset: str | None, server_command: str | None) -> None:
+    """A usage error for ``--server-preset`` beside ``--server-cmd``, or for a preset whose server
+    this machine lacks (naming what installs it)."""
+    if preset is None:
+        return
+    if server_command is not None:
+        raise click.UsageError("--server-preset and --server-cmd both name the server: give one")
+    from tcpecho.lab.servers import missing
+
+    lacking = missing(preset)
+    if lacking is not None:
+        raise click.UsageError(f"--server-preset {preset}: {lacking}")
 
 
 def chosen_profiles(

@@ -10,9 +10,11 @@ The public names (``__all__``), for the scripts beside the package (cookbook/, c
 printed and written, exit status) or ``run_matrix`` (the results and the run's facts, for a
 report of the caller's own); ``check_requirements`` first (it raises ``MissingRequirement``),
 ``cleanup`` for what killed runs left behind, and ``StoppedError`` when a stop signal ends a
-run (it carries the results, the unfinished cases marked interrupted). ``report`` and
-``topology`` are modules of their own to import. The names are looked up on first use:
-reading the profiles (``tcpecho lab --help``) does not load the runner.
+run (it carries the results, the unfinished cases marked interrupted). ``report``,
+``topology``, ``servers`` (the server presets) and ``grpc_server`` (the gRPC preset's
+server, whose names its clients call) are modules of their own to import. The names are
+looked up on first use: reading the profiles (``tcpecho lab --help``) does not load the
+runner.
 """
 
 from __future__ import annotations

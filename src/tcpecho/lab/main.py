@@ -10,14 +10,14 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
 
 from tcpecho import loops
 from tcpecho.experiment import Fault, FaultTiming, Profile, Result
-from tcpecho.lab import report
+from tcpecho.lab import report, servers
 from tcpecho.lab.programs import StartupTimeouts
 from tcpecho.lab.runner import (
     QUICK_RETRIES2,
@@ -49,6 +49,7 @@ class LabConfig:
     json_path: Path | None = None
     plot_path: Path | None = None
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
+    server_preset: str | None = None  # or one set up for each run (lab.servers.PRESETS)
     program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
     timing: FaultTiming = field(default_factory=FaultTiming)
     # The built-in profiles run only with the faults they can change (no --profile named).
@@ -113,12 +114,18 @@ def _has_capability(bit: int) -> bool:
 
 def cleanup() -> int:
     removed = remove_stale()
+    directories = servers.remove_stale()
     if removed:
         click.echo(
             f"removed {report.counted(len(removed), 'namespace')} left by earlier runs: "
             f"{' '.join(removed)}"
         )
-    else:
+    if directories:
+        click.echo(
+            f"removed {report.counted(len(directories), 'server directory')} left by earlier "
+            f"runs: {' '.join(map(str, directories))}"
+        )
+    if not removed and not directories:
         click.echo("nothing to clean up: no namespaces left by earlier lab runs")
     return 0
 
@@ -157,7 +164,20 @@ class StoppedError(Exception):
 
 def run(config: LabConfig) -> int:
     """Run the lab; the exit status (0 when every case ran, 1 when one could not; 130 or 143
-    when a signal stopped it, after the report of what had finished)."""
+    when a signal stopped it, after the report of what had finished). A server preset is
+    set up first, and what it set up removed at the end, however the run ends."""
+    servers.remove_stale()
+    if config.server_preset is None:
+        return _run(config)
+    try:
+        with servers.prepared(config.server_preset) as command:
+            return _run(replace(config, server_command=command, server_preset=None))
+    except servers.ServerSetupError as error:
+        _note(f"tcpecho lab: {error}")
+        return 1
+
+
+def _run(config: LabConfig) -> int:
     stopped: StoppedError | None = None
     try:
         results, info = run_matrix(config)

@@ -1,4 +1,5 @@
-"""A tiny gRPC server for the cookbook: ``Echo`` answers at once, ``Wait`` after an hour.
+"""The lab's gRPC server (``tcpecho lab --server-preset grpc``, and the cookbook's gRPC recipes):
+``Echo`` answers at once, ``Wait`` after an hour.
 
 Bytes in, bytes out, through a generic handler, so no generated code is needed. It accepts
 the clients' keepalive pings (every 10 s, also without calls): gRPC servers refuse pings
@@ -13,7 +14,7 @@ import time
 
 import grpc
 
-SERVICE = "cookbook.Echo"
+SERVICE = "cookbook.Echo"  # the name the cookbook's clients call
 ECHO, WAIT = f"/{SERVICE}/Echo", f"/{SERVICE}/Wait"
 WAIT_S = 3600.0
 
