@@ -72,6 +72,7 @@ def server_commands(workdir: Path) -> dict[str, str | None]:
         "redis": "exec redis-server --bind {host} --port {port} --save '' --appendonly no "
         f"--protected-mode no --dir {shlex.quote(str(workdir))}",
         "grpc": f"exec {python} -m cookbook.servers.grpc_server --host {{host}} --port {{port}}",
+        "http": f"exec {python} -m cookbook.servers.http_server --host {{host}} --port {{port}}",
     }
 
 
