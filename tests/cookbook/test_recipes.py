@@ -20,6 +20,7 @@ import asyncpg  # type: ignore[import-untyped]
 import psycopg
 import pytest
 import redis
+import urllib3
 
 from cookbook import results, run
 from cookbook.clients import (
@@ -176,15 +177,16 @@ def test_urllib3_keeps_one_connection_with_the_socket_options_it_was_given(
         try:
             first = pool.urlopen("GET", "/", release_conn=False, preload_content=False)
             connection = first.connection  # read before the answer: reading it all releases it
-            assert connection is not None
+            assert isinstance(connection, urllib3.connection.HTTPConnection)
             sock = connection.sock
             assert sock is not None
             assert first.read() == b"ok\n"
             first.release_conn()
             # HTTP/1.1 keep-alive: the next request goes on the same socket.
             second = pool.urlopen("GET", "/", release_conn=False, preload_content=False)
-            assert second.connection is connection
-            assert connection.sock is sock
+            reused = second.connection
+            assert isinstance(reused, urllib3.connection.HTTPConnection)
+            assert reused.sock is sock
             declared = _recipe("urllib3", settings).socket
             assert results.socket_problems(declared, _options(sock)) == []
             second.read()
