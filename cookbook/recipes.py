@@ -20,7 +20,7 @@ from tcpecho.tcp.options import TcpOptions
 Mode = Literal["busy", "idle"]
 Verdict = Literal["hang", "detected"]
 # Which server program a recipe's client talks to: the lab's echo server, or one of these.
-Server = Literal["echo", "postgres", "redis", "grpc"]
+Server = Literal["echo", "postgres", "redis", "grpc", "http"]
 
 KERNEL_DEFAULT_KEEPALIVE = TcpOptions(
     keepalive=True, keepalive_idle_s=7200, keepalive_interval_s=75, keepalive_count=9
@@ -182,6 +182,54 @@ RECIPES = (
         "TCP_KEEPIDLE 10, TCP_KEEPINTVL 1, TCP_KEEPCNT 3",
         ("{go_client}",),
         "echo",
+        RECOMMENDED,
+        {"busy": "detected", "idle": "detected"},
+    ),
+    # asyncpg: no keepalive, no TCP_USER_TIMEOUT parameter; an event loop that makes its
+    # socket sets them before the connect (a pool's init would, after the handshake).
+    Recipe(
+        "asyncpg",
+        "asyncpg",
+        "defaults",
+        "none (timeout=60 for the connect, command_timeout=None; asyncpg sets only TCP_NODELAY)",
+        (*PYTHON_CLIENT, "cookbook.clients.asyncpg_client"),
+        "postgres",
+        TcpOptions(keepalive=False),
+        {"busy": "hang", "idle": "hang"},
+        Deadlines(connect_timeout_s=60.0),
+    ),
+    Recipe(
+        "asyncpg",
+        "asyncpg",
+        "recommended",
+        "timeout=60 command_timeout=None; on the socket before it connects: setsockopt "
+        "TCP_USER_TIMEOUT 5000, SO_KEEPALIVE 1, TCP_KEEPIDLE 10, TCP_KEEPINTVL 1, TCP_KEEPCNT 3",
+        (*PYTHON_CLIENT, "cookbook.clients.asyncpg_client"),
+        "postgres",
+        RECOMMENDED,
+        {"busy": "detected", "idle": "detected"},
+        Deadlines(connect_timeout_s=60.0),
+    ),
+    # urllib3 (requests, the Kubernetes Python client): socket_options, set before connect.
+    Recipe(
+        "urllib3",
+        "urllib3",
+        "defaults",
+        "none (socket_options=HTTPConnection.default_socket_options: TCP_NODELAY only; no Timeout)",
+        (*PYTHON_CLIENT, "cookbook.clients.urllib3_client"),
+        "http",
+        TcpOptions(keepalive=False),
+        {"busy": "hang", "idle": "hang"},
+    ),
+    Recipe(
+        "urllib3",
+        "urllib3",
+        "recommended",
+        "socket_options=HTTPConnection.default_socket_options + [(IPPROTO_TCP, TCP_USER_TIMEOUT, "
+        "5000), (SOL_SOCKET, SO_KEEPALIVE, 1), (IPPROTO_TCP, TCP_KEEPIDLE, 10), (IPPROTO_TCP, "
+        "TCP_KEEPINTVL, 1), (IPPROTO_TCP, TCP_KEEPCNT, 3)]",
+        (*PYTHON_CLIENT, "cookbook.clients.urllib3_client"),
+        "http",
         RECOMMENDED,
         {"busy": "detected", "idle": "detected"},
     ),

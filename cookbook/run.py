@@ -38,7 +38,7 @@ IDLE_QUIET_S = 1.5
 WATCH_S = 170.0
 TOOLS = {"go": "golang-go"}
 # The servers the recipes talk to, by the lab's presets (``tcpecho lab --server-preset NAME``).
-SERVER_PRESETS = ("postgres", "redis", "grpc")
+SERVER_PRESETS = ("postgres", "redis", "grpc", "http")
 
 
 def missing() -> str | None:

@@ -56,7 +56,11 @@ def test_a_rendering_reads_back_as_the_same_options(name: str) -> None:
     stack = STACKS[name]
     tcp, deadlines = read(stack, stack.render(TUNED, Deadlines()))
     assert tcp == TUNED
-    assert deadlines == (Deadlines() if name == "redis-py" else stack.default_deadlines)
+    # Stacks whose words carry their deadlines (redis-py's socket_timeout, urllib3's
+    # Timeout): the rendering says "none" and reads back as none. asyncpg's keeps its 60 s
+    # connect timeout, which a rendering without one leaves alone.
+    with_deadlines = ("redis-py", "urllib3")
+    assert deadlines == (Deadlines() if name in with_deadlines else stack.default_deadlines)
 
 
 @pytest.mark.parametrize("name", PINGING_STACKS)
@@ -191,3 +195,68 @@ def test_explain_takes_grpcs_channel_options() -> None:
     scenarios = {s["name"]: s for s in json.loads(defaults.stdout)["scenarios"]}
     assert scenarios["busy"]["mechanism"] == "tcp_retries2"
     assert scenarios["idle"]["mechanism"] == "nothing"
+
+
+# --- asyncpg and urllib3 ---
+
+
+@pytest.mark.parametrize("name", ["asyncpg", "urllib3"])
+@pytest.mark.parametrize(
+    "deadlines",
+    [Deadlines(connect_timeout_s=10.0, read_timeout_s=30.0), Deadlines(connect_timeout_s=2.5)],
+)
+def test_python_stacks_carry_their_deadlines_in_seconds(name: str, deadlines: Deadlines) -> None:
+    stack = STACKS[name]
+    assert read(stack, stack.render(TUNED, deadlines)) == (TUNED, deadlines)
+
+
+def test_asyncpg_takes_its_deadlines_over_its_60_s_connect_and_names_the_server_side_trap() -> None:
+    asyncpg = STACKS["asyncpg"]
+    assert read(asyncpg, "command_timeout=30") == (
+        TcpOptions(keepalive=False),
+        Deadlines(connect_timeout_s=60.0, read_timeout_s=30.0),
+    )
+    # libpq's words, or the server's settings, would set the server's socket, not asyncpg's.
+    for libpq_words in (
+        "server_settings={'tcp_user_timeout': '5000'}",
+        "postgresql://db/app?tcp_keepalives_idle=10",
+        "keepalives_idle=10",
+    ):
+        with pytest.raises(StackSyntaxError, match="server's socket, not the client's"):
+            read(asyncpg, libpq_words)
+    with pytest.raises(StackSyntaxError, match="more than 0"):
+        read(asyncpg, "timeout=0")
+    with pytest.raises(StackSyntaxError, match="no asyncpg setting"):
+        read(asyncpg, "ssl=True")
+
+
+def test_urllib3_reads_socket_options_at_their_levels_and_its_timeout_forms() -> None:
+    urllib3 = STACKS["urllib3"]
+    tcp, _ = read(urllib3, "socket_options=[(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)]")
+    assert (tcp.keepalive, tcp.keepalive_idle_s, tcp.user_timeout_ms) == (True, None, None)
+    # SO_KEEPALIVE's number at IPPROTO_TCP is TCP_DEFER_ACCEPT: keepalive would stay off.
+    with pytest.raises(StackSyntaxError, match="SO_KEEPALIVE is a SOL_SOCKET option"):
+        read(urllib3, "socket_options=[(IPPROTO_TCP, SO_KEEPALIVE, 1)]")
+    with pytest.raises(StackSyntaxError, match="TCP_KEEPIDLE is a IPPROTO_TCP option"):
+        read(urllib3, "socket_options=[(SOL_SOCKET, TCP_KEEPIDLE, 10)]")
+    assert read(urllib3, "timeout=3")[1] == Deadlines(connect_timeout_s=3.0, read_timeout_s=3.0)
+    # total caps both; read=None is no bound on a read.
+    assert read(urllib3, "timeout=Timeout(total=4, read=10)")[1] == Deadlines(4.0, 4.0)
+    assert read(urllib3, "timeout=Timeout(connect=5, read=None)")[1] == Deadlines(5.0)
+    with pytest.raises(StackSyntaxError, match="no urllib3 socket option"):
+        read(urllib3, "retries=3")
+
+
+@pytest.mark.parametrize("name", ["asyncpg", "urllib3"])
+def test_recommend_answers_in_asyncpgs_and_urllib3s_words(name: str) -> None:
+    shown = _explain("--recommend", "--detect-within", "30s", "--stack", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    settings = document["stack"]["settings"]
+    assert (
+        "before it connects: setsockopt" if name == "asyncpg" else "socket_options="
+    ) in settings
+    tcp, _ = read(STACKS[name], settings)
+    assert tcp.as_flags() == tuple(document["settings"]["flags"])
+    assert tcp.user_timeout_ms
+    assert tcp.keepalive

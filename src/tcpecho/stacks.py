@@ -281,6 +281,161 @@ STACKS = {
         ),
     )
 }
+
+
+# --- asyncpg and urllib3 (the Python stacks of issue 25) ---
+# asyncpg has no keepalive or TCP_USER_TIMEOUT parameter (MagicStack/asyncpg issue 606): its
+# users set them with setsockopt on each connection's socket (before it connects, in the
+# event loop's create_connection; or after its handshake, in a pool's ``init``). Its own
+# words are its deadlines, in seconds: ``timeout`` (the connect, 60 by default) and
+# ``command_timeout`` (each query, from its send; None by default).
+_ASYNCPG_CONNECT_S = 60.0
+# What a libpq user brings along, and what asyncpg does with it: ``server_settings`` (and a
+# DSN's unknown query parameters, which go there) set the server's socket, not the client's.
+_ASYNCPG_SERVER_SIDE = re.compile(
+    r"server_settings|\btcp_user_timeout\b|\btcp_keepalives_\w+|\bkeepalives\w*\s*="
+)
+
+
+def _seconds_or_none(value: float | None) -> str:
+    return "None" if value is None else f"{value:g}"
+
+
+def _render_asyncpg(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    """No connect deadline (what ``--recommend`` chooses) leaves asyncpg's own 60 s: no
+    ``timeout=``, rather than a ``timeout=None`` that would take that bound away."""
+    calls = _setsockopt_list(tcp)
+    sock = (
+        f"on the socket before it connects: setsockopt {calls}"
+        if calls
+        else "no socket options (asyncpg sets only TCP_NODELAY)"
+    )
+    connect = deadlines.connect_timeout_s
+    return (
+        "" if connect is None else f"timeout={connect:g} "
+    ) + f"command_timeout={_seconds_or_none(deadlines.read_timeout_s)}; {sock}"
+
+
+def _deadline(text: str, key: str, default: float | None) -> float | None:
+    found = re.search(rf"\b{key}\s*=\s*(None|[\d.]+)", text)
+    if found is None:
+        return default
+    if found[1] == "None":
+        return None
+    try:
+        seconds = float(found[1])
+    except ValueError:
+        raise StackSyntaxError(f"{key}={found[1]}: seconds, or None") from None
+    if seconds <= 0:
+        raise StackSyntaxError(f"{key}={found[1]}: seconds, more than 0, or None")
+    return seconds
+
+
+def _parse_asyncpg(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    if _ASYNCPG_SERVER_SIDE.search(text):
+        raise StackSyntaxError(
+            "asyncpg has no keepalive parameters: server_settings' tcp_user_timeout and "
+            "tcp_keepalives_* set the server's socket, not the client's; set them with "
+            "setsockopt on asyncpg's own socket"
+        )
+    deadlines = Deadlines(
+        connect_timeout_s=_deadline(text, "timeout", _ASYNCPG_CONNECT_S),
+        read_timeout_s=_deadline(text, "command_timeout", None),
+    )
+    names = "|".join(name for name, _ in _SOCKET_NAMES)
+    found = dict(re.findall(rf"\b({names})[\s:=]+(-?\d+)", text))
+    if not found and not re.search(r"\b(command_)?timeout\s*=", text):
+        raise StackSyntaxError("no asyncpg setting found")
+    return _from_socket_names(found, defaults), deadlines
+
+
+# urllib3's socket_options: (level, option, value) triples, set before the connect; its
+# Timeout(connect=, read=) in seconds, each read bounded on its own (None: no bound).
+_URLLIB3_LEVELS = {"SO_KEEPALIVE": "SOL_SOCKET"}  # every other option here is IPPROTO_TCP
+_URLLIB3_OPTION = re.compile(
+    r"\(\s*(?:socket\.)?(\w+)\s*,\s*(?:socket\.)?(\w+)\s*,\s*(-?\d+|True|False)\s*\)"
+)
+
+
+def _render_urllib3(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    triples = []
+    for name, field in _SOCKET_NAMES:
+        value = getattr(tcp, field)
+        if field != "user_timeout_ms" and not tcp.keepalive:
+            continue
+        if value:
+            level = _URLLIB3_LEVELS.get(name, "IPPROTO_TCP")
+            triples.append(f"({level}, {name}, {int(value)})")
+    options = "socket_options=HTTPConnection.default_socket_options"
+    if triples:
+        options += f" + [{', '.join(triples)}]"
+    if deadlines.connect_timeout_s is None and deadlines.read_timeout_s is None:
+        return options
+    connect, read = deadlines.connect_timeout_s, deadlines.read_timeout_s
+    return (
+        f"{options} timeout=Timeout(connect={_seconds_or_none(connect)}, "
+        f"read={_seconds_or_none(read)})"
+    )
+
+
+def _urllib3_deadlines(text: str) -> Deadlines:
+    timeout = re.search(r"\btimeout\s*=\s*(Timeout\([^)]*\)|None|[\d.]+)", text)
+    if timeout is None:
+        return Deadlines()
+    given = timeout[1]
+    if not given.startswith("Timeout("):
+        both = _deadline(f"t={given}", "t", None)  # a number: the connect's and each read's
+        return Deadlines(connect_timeout_s=both, read_timeout_s=both)
+    total = _deadline(given, "total", None)
+    connect, read = _deadline(given, "connect", None), _deadline(given, "read", None)
+    if total is not None:  # total caps both
+        connect = total if connect is None else min(connect, total)
+        read = total if read is None else min(read, total)
+    return Deadlines(connect_timeout_s=connect, read_timeout_s=read)
+
+
+def _parse_urllib3(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    found: dict[str, str] = {}
+    known = {name for name, _ in _SOCKET_NAMES}
+    for level, name, value in _URLLIB3_OPTION.findall(text):
+        if name not in known:
+            continue  # TCP_NODELAY and the like: nothing the model reads
+        wanted = _URLLIB3_LEVELS.get(name, "IPPROTO_TCP")
+        if level != wanted:
+            # The kernel takes the number at the level given: SO_KEEPALIVE (9) at
+            # IPPROTO_TCP is TCP_DEFER_ACCEPT, and keepalive stays off.
+            raise StackSyntaxError(f"{name} is a {wanted} option, not {level}")
+        found[name] = {"True": "1", "False": "0"}.get(value, value)
+    deadlines = _urllib3_deadlines(text)
+    if not found and not re.search(r"\b(socket_options|timeout)\s*=", text):
+        raise StackSyntaxError("no urllib3 socket option or Timeout found")
+    return _from_socket_names(found, defaults), deadlines
+
+
+for _stack in (
+    Stack(
+        "asyncpg",
+        "asyncpg: connect()/create_pool() arguments, and setsockopt on its socket",
+        TcpOptions(keepalive=False),  # only TCP_NODELAY
+        _render_asyncpg,
+        _parse_asyncpg,
+        Deadlines(connect_timeout_s=_ASYNCPG_CONNECT_S),
+        syntax="command_timeout=None; setsockopt TCP_USER_TIMEOUT 5000, TCP_KEEPIDLE 10",
+    ),
+    Stack(
+        "urllib3",
+        "urllib3 (requests, the Kubernetes Python client): pool keyword arguments",
+        TcpOptions(keepalive=False),  # default_socket_options: TCP_NODELAY only
+        _render_urllib3,
+        _parse_urllib3,
+        syntax="socket_options=[(IPPROTO_TCP, TCP_USER_TIMEOUT, 5000)] "
+        "timeout=Timeout(connect=5, read=None)",
+    ),
+):
+    STACKS[_stack.name] = _stack
+# --- end of asyncpg and urllib3 ---
+
+
 STACK_NAMES = tuple(STACKS)
 
 
@@ -290,6 +445,6 @@ def read(stack: Stack, text: str | None) -> tuple[TcpOptions, Deadlines]:
     if text is None or not text.strip():
         return stack.defaults, stack.default_deadlines
     tcp, deadlines = stack.parse(text, stack.defaults)
-    if stack.name not in ("redis-py", "grpc-python"):
+    if stack.name not in ("redis-py", "grpc-python", "asyncpg", "urllib3"):
         deadlines = stack.default_deadlines
     return tcp, deadlines

@@ -4,22 +4,35 @@ sockets on loopback: what the page says a library's options do is what its socke
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import psycopg
 import pytest
 import redis
+import urllib3
 
 from cookbook import results, run
-from cookbook.clients import plain_socket, psycopg_client, redis_client
+from cookbook.clients import (
+    asyncpg_client,
+    plain_socket,
+    psycopg_client,
+    redis_client,
+    urllib3_client,
+)
 from cookbook.recipes import RECIPES, RECOMMENDED, Recipe
+from tcpecho.lab import servers
 from tcpecho.tcp.options import read_effective
+from tests.conftest import root_missing
 
 
 def _recipe(stack: str, settings: str) -> Recipe:
@@ -99,3 +112,133 @@ def test_the_go_client_builds_and_refuses_bad_arguments(tmp_path: Path) -> None:
     refused = subprocess.run([binary, "sideways"], capture_output=True, text=True, check=False)
     assert refused.returncode == 2
     assert "usage: client busy|idle defaults|recommended" in refused.stderr
+
+
+# --- asyncpg and urllib3 ---
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}) before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {within_s:g} s")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """The cookbook's HTTP/1.1 keep-alive server on loopback, as the lab starts it."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tcpecho.lab.http_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [run.ROOT, *sys.path]))},
+    )
+    try:
+        _wait_for_port(port, server)
+        yield port
+    finally:
+        _stop(server)
+
+
+def test_urllib3_keeps_one_connection_with_the_socket_options_it_was_given(
+    http_port: int,
+) -> None:
+    for settings in ("defaults", "recommended"):
+        pool = urllib3_client.pool("127.0.0.1", http_port, settings)
+        try:
+            first = pool.urlopen("GET", "/", release_conn=False, preload_content=False)
+            connection = first.connection  # read before the answer: reading it all releases it
+            assert isinstance(connection, urllib3.connection.HTTPConnection)
+            sock = connection.sock
+            assert sock is not None
+            assert first.read() == b"ok\n"
+            first.release_conn()
+            # HTTP/1.1 keep-alive: the next request goes on the same socket.
+            second = pool.urlopen("GET", "/", release_conn=False, preload_content=False)
+            reused = second.connection
+            assert isinstance(reused, urllib3.connection.HTTPConnection)
+            assert reused.sock is sock
+            declared = _recipe("urllib3", settings).socket
+            assert results.socket_problems(declared, _options(sock)) == []
+            second.read()
+            second.release_conn()
+            assert pool.request("GET", "/nowhere").status == 404
+        finally:
+            pool.close()
+
+
+@pytest.fixture
+def postgres_port() -> Iterator[int]:
+    """A real PostgreSQL on loopback, the lab's preset as the cookbook runs it (root: it runs
+    it as the postgres user, in a directory of the preset's own)."""
+    reason = root_missing() or servers.missing("postgres")
+    if reason:
+        pytest.skip(reason)
+    port = _free_port()
+    with servers.prepared("postgres") as command:
+        command = command.replace("{host}", "127.0.0.1").replace("{port}", str(port))
+        server = subprocess.Popen(["sh", "-c", command], stdout=subprocess.DEVNULL)
+        try:
+            _wait_for_port(port, server)
+            yield port
+        finally:
+            _stop(server)
+
+
+async def _asyncpg_socket_and(port: int, query: str, dsn: str | None = None) -> tuple[Any, Any]:
+    """The options on a pooled asyncpg connection's socket, and the answer to ``query``."""
+    async with (
+        asyncpg_client.create_pool("127.0.0.1", port)
+        if dsn is None
+        else (asyncpg.create_pool(dsn, min_size=1, max_size=1)) as pool,
+        pool.acquire() as connection,
+    ):
+        sock = connection._con._transport.get_extra_info("socket")
+        return _options(sock), await connection.fetchval(query)
+
+
+def test_asyncpg_carries_the_options_from_its_connect_on_and_not_from_server_settings(
+    postgres_port: int,
+) -> None:
+    query = "SHOW tcp_user_timeout"
+    with asyncio.Runner(loop_factory=asyncpg_client.ConfiguredLoop) as runner:
+        options, answer = runner.run(_asyncpg_socket_and(postgres_port, query))
+    assert results.socket_problems(RECOMMENDED, options) == []
+    assert answer == "0"  # the server's own socket is left alone
+    with asyncio.Runner() as runner:
+        options, _ = runner.run(_asyncpg_socket_and(postgres_port, query))
+        declared = _recipe("asyncpg", "defaults").socket
+        assert results.socket_problems(declared, options) == []
+        # The trap: libpq's words in an asyncpg DSN go to server_settings, the server's socket.
+        dsn = f"postgresql://postgres@127.0.0.1:{postgres_port}/postgres?tcp_user_timeout=5000"
+        options, answer = runner.run(_asyncpg_socket_and(postgres_port, query, dsn))
+    assert answer == "5000"  # milliseconds, as SHOW gives it
+    assert options["user_timeout_ms"] == 0

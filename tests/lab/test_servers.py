@@ -47,6 +47,14 @@ ASKED = {
         ],
         "echoed",
     ),
+    "http": (
+        [
+            sys.executable,
+            "-c",
+            f"import urllib.request; print(urllib.request.urlopen('http://{HOST}:{PORT}/').read())",
+        ],
+        "b'ok\\n'",
+    ),
 }
 
 

@@ -98,7 +98,8 @@ def _profile_names() -> Sequence[str]:
     type=LazyChoice(_server_names),
     default=None,
     help="A server set up for you, in every case: postgres, redis, mariadb (each a throwaway "
-    "data directory, trust for the lab's pods, its own user) or grpc; not with --server-cmd.",
+    "data directory, trust for the lab's pods, its own user), grpc or http; not with "
+    "--server-cmd.",
 )
 @option(
     "--program-timeout",

@@ -1,6 +1,6 @@
-"""The servers the lab runs in its server pod for a user (``tcpecho lab --server-preset NAME``):
-PostgreSQL, Redis, MariaDB and a gRPC echo server, each set up as a user would otherwise
-set it up by hand, and what each needs.
+"""The servers the lab runs in its server pod for a user (``tcpecho lab --server-preset
+NAME``): PostgreSQL, Redis, MariaDB, a gRPC echo server and an HTTP/1.1 keep-alive server,
+each set up as a user would otherwise set it up by hand, and what each needs.
 
 A preset is prepared once per lab run, in a directory of the run's own (``prepared``), and
 gives the shell command line each case's server pod runs (``{host}`` and ``{port}``: the
@@ -184,6 +184,14 @@ def _grpc(directory: Path) -> str:
     return f"exec {python} -m tcpecho.lab.grpc_server --host {{host}} --port {{port}}"
 
 
+def _http(directory: Path) -> str:
+    """tcpecho's HTTP/1.1 keep-alive server (``tcpecho.lab.http_server``), with this Python;
+    it keeps nothing on disk, so ``directory`` stays empty."""
+    del directory
+    python = shlex.quote(sys.executable)
+    return f"exec {python} -m tcpecho.lab.http_server --host {{host}} --port {{port}}"
+
+
 PRESETS = {
     preset.name: preset
     for preset in (
@@ -219,6 +227,13 @@ PRESETS = {
             "gRPC: Echo answers at once, Wait after an hour; accepts pings every second",
             (Needed("module", "grpc", "pip install grpcio"),),
             _grpc,
+        ),
+        ServerPreset(
+            "http",
+            "HTTP/1.1 keep-alive: / answers at once, /wait after an hour (a watch that sees "
+            "no event)",
+            (),
+            _http,
         ),
     )
 }
