@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from cookbook.clients import common
 
