@@ -1,9 +1,10 @@
 """``python -m cookbook.run``: every recipe under ``force-delete`` in the lab, busy and idle,
 with the quick kernel budget; ``out/cookbook.json``; exit 1 when a case fails its checks.
 
-It builds the Go client and a PostgreSQL cluster in a temporary directory, gives the lab one
-program case per recipe and mode (each with its own server program), reads the lab's JSON
-back and checks it (``results``). Needs root, like the lab, and the Debian packages in
+It builds the Go client, installs the Node client (``npm ci`` from its lockfile) and makes a
+PostgreSQL cluster in a temporary directory, gives the lab one program case per recipe and
+mode (each with its own server program), reads the lab's JSON back and checks it
+(``results``). Needs root, like the lab, and the Debian packages in
 ``scripts/system-packages``; the Python libraries come from the nox session.
 """
 
@@ -30,12 +31,20 @@ from tcpecho.model import Activity
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_SOURCE = ROOT / "cookbook" / "go" / "client.go"
+NODE_SOURCE = ROOT / "cookbook" / "node"
+NODE_FILES = ("client.js", "package.json", "package-lock.json")
 # An idle client's setup (a handshake, its one request) must be over before the fault.
 IDLE_QUIET_S = 1.5
 # Go's default keepalive ends an idle connection after 15 + 9 x 15 = 150 s: watched to there;
 # longer predictions (the kernel's 2 h keepalive) are reported as not reached.
 WATCH_S = 170.0
-TOOLS = {"redis-server": "redis-server", "go": "golang-go", "setpriv": "util-linux"}
+TOOLS = {
+    "redis-server": "redis-server",
+    "go": "golang-go",
+    "setpriv": "util-linux",
+    "node": "nodejs",
+    "npm": "npm",
+}
 
 
 def missing() -> str | None:
@@ -61,6 +70,23 @@ def build_go_client(workdir: Path) -> Path:
     return binary
 
 
+def install_node_client(workdir: Path) -> Path:
+    """The Node client and its locked packages (``npm ci``), with npm's cache and logs in
+    ``workdir``: the checkout is only read. Its ``client.js``."""
+    target = workdir / "node-client"
+    target.mkdir()
+    for name in NODE_FILES:
+        shutil.copyfile(NODE_SOURCE / name, target / name)
+    npm = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
+    env = {
+        **os.environ,
+        "npm_config_cache": str(workdir / "npm-cache"),
+        "npm_config_update_notifier": "false",
+    }
+    subprocess.run(npm, check=True, cwd=target, env=env, stdout=subprocess.DEVNULL)
+    return target / "client.js"
+
+
 def server_commands(workdir: Path) -> dict[str, str | None]:
     python = shlex.quote(sys.executable)
     pg_base = workdir / "postgres"
@@ -75,8 +101,11 @@ def server_commands(workdir: Path) -> dict[str, str | None]:
     }
 
 
-def profile(recipe: Recipe, mode: Mode, go_client: Path, servers: dict[str, str | None]) -> Profile:
-    client = [part.format(python=sys.executable, go_client=go_client) for part in recipe.client]
+def profile(
+    recipe: Recipe, mode: Mode, clients: dict[str, Path], servers: dict[str, str | None]
+) -> Profile:
+    """``clients``: the built clients by their name in a recipe's argv (``go_client``)."""
+    client = [part.format(python=sys.executable, **clients) for part in recipe.client]
     return Profile(
         recipe.name(mode),
         deadlines=recipe.deadlines,
@@ -88,6 +117,13 @@ def profile(recipe: Recipe, mode: Mode, go_client: Path, servers: dict[str, str 
     )
 
 
+def built_clients(recipes: Sequence[Recipe], workdir: Path) -> dict[str, Path]:
+    """The compiled or installed clients the chosen recipes name (``{go_client}``, ...)."""
+    builders = {"go_client": build_go_client, "node_client": install_node_client}
+    named = {part[1:-1] for recipe in recipes for part in recipe.client}
+    return {name: build(workdir) for name, build in builders.items() if name in named}
+
+
 def run(recipes: Sequence[Recipe], output: Path) -> int:
     check_requirements()
     # The programs import cookbook.* wherever the lab starts them.
@@ -97,10 +133,10 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="tcpecho-cookbook-") as temporary:
         workdir = Path(temporary)
         workdir.chmod(0o755)  # PostgreSQL's user reaches its directories below it
-        go_client = build_go_client(workdir)
+        clients = built_clients(recipes, workdir)
         servers = server_commands(workdir)
         profiles = [
-            profile(recipe, mode, go_client, servers) for recipe in recipes for mode in recipe.modes
+            profile(recipe, mode, clients, servers) for recipe in recipes for mode in recipe.modes
         ]
         lab_json = workdir / "lab.json"
         config = LabConfig(
