@@ -12,6 +12,7 @@ renders a ``Ping`` (in ``Deadlines``) beside the TCP_USER_TIMEOUT gRPC sets from
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -310,9 +311,9 @@ def _node_keepalive_delay_s(tcp: TcpOptions) -> int:
     count = tcp.keepalive_count or NODE_KEEPALIVE_COUNT
     probes = count
     if tcp.user_timeout_ms:  # probing stops at the first probe past the user timeout
-        probes = max(1, -(-(tcp.user_timeout_ms / 1000 - idle) // interval))
+        probes = max(1, math.ceil((tcp.user_timeout_ms / 1000 - idle) / interval))
     ends_by = idle + probes * interval
-    return int(max(1, min(idle, ends_by - NODE_KEEPALIVE_INTERVAL_S * NODE_KEEPALIVE_COUNT)))
+    return max(1, min(idle, ends_by - NODE_KEEPALIVE_INTERVAL_S * NODE_KEEPALIVE_COUNT))
 
 
 def _render_node_postgres(tcp: TcpOptions, deadlines: Deadlines) -> str:
