@@ -70,6 +70,10 @@ def build_go_client(workdir: Path) -> Path:
     return binary
 
 
+class NodeInstallError(RuntimeError):
+    """``npm ci`` failed (the registry out of reach, say); the message has npm's words."""
+
+
 def install_node_client(workdir: Path) -> Path:
     """The Node client and its locked packages (``npm ci``), with npm's cache and logs in
     ``workdir``: the checkout is only read. Its ``client.js``."""
@@ -83,7 +87,10 @@ def install_node_client(workdir: Path) -> Path:
         "npm_config_cache": str(workdir / "npm-cache"),
         "npm_config_update_notifier": "false",
     }
-    subprocess.run(npm, check=True, cwd=target, env=env, stdout=subprocess.DEVNULL)
+    done = subprocess.run(npm, cwd=target, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()][:3]
+        raise NodeInstallError(f"npm ci failed ({done.returncode}): {' / '.join(said)}")
     return target / "client.js"
 
 
@@ -180,7 +187,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.json.absolute().parent.is_dir():
         parser.error(f"--json {args.json}: the directory {args.json.parent} does not exist")
     chosen = [recipe for recipe in RECIPES if not args.stack or recipe.stack in args.stack]
-    return run(chosen, args.json)
+    try:
+        return run(chosen, args.json)
+    except NodeInstallError as error:
+        print(f"cookbook: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
