@@ -55,6 +55,15 @@ class Recipe:
 
 
 PYTHON_CLIENT = ("{python}", "-m")
+# cookbook/node/package-lock.json's pg; libuv's keepalive (Node >= 12.17): the idle time
+# given, then 10 probes 1 s apart.
+NODE_PG_VERSION = "8.23.1"
+NODE_KEEPALIVE = TcpOptions(
+    keepalive=True,
+    keepalive_idle_s=common.KEEPALIVE_IDLE_S,
+    keepalive_interval_s=1,
+    keepalive_count=10,
+)
 
 RECIPES = (
     Recipe(
@@ -232,5 +241,34 @@ RECIPES = (
         "http",
         RECOMMENDED,
         {"busy": "detected", "idle": "detected"},
+    ),
+    # node-postgres (pg): Node has no API for TCP_USER_TIMEOUT. keepAlive calls
+    # socket.setKeepAlive(true, keepAliveInitialDelayMillis): SO_KEEPALIVE, TCP_KEEPIDLE, and
+    # libuv's fixed TCP_KEEPINTVL 1 and TCP_KEEPCNT 10 (read back from the socket); without
+    # a delay (keepAlive alone) it leaves all three at the kernel's 7200/75/9 s.
+    Recipe(
+        "node-postgres",
+        f"node-postgres (pg {NODE_PG_VERSION}, pg.Pool) on Node.js",
+        "defaults",
+        "none (keepAlive: false; no query_timeout, statement_timeout or connectionTimeoutMillis)",
+        ("node", "{node_client}"),
+        "postgres",
+        TcpOptions(keepalive=False),
+        {"busy": "hang", "idle": "hang"},
+    ),
+    Recipe(
+        "node-postgres",
+        f"node-postgres (pg {NODE_PG_VERSION}, pg.Pool) on Node.js",
+        "recommended",
+        f"{{ keepAlive: true, keepAliveInitialDelayMillis: {common.KEEPALIVE_IDLE_S * 1000}, "
+        f"query_timeout: {common.USER_TIMEOUT_MS} }}",
+        ("node", "{node_client}"),
+        "postgres",
+        NODE_KEEPALIVE,
+        {"busy": "detected", "idle": "detected"},
+        # query_timeout: pg's timer on each query, the bound a request in flight gets in
+        # place of TCP_USER_TIMEOUT. The idle case's hour-long query passes its own, longer
+        # one (cookbook/node/client.js): keepalive, not the timer, ends that wait.
+        Deadlines(read_timeout_s=common.USER_TIMEOUT_MS / 1000),
     ),
 )

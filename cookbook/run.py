@@ -1,10 +1,11 @@
 """``python -m cookbook.run``: every recipe under ``force-delete`` in the lab, busy and idle,
 with the quick kernel budget; ``out/cookbook.json``; exit 1 when a case fails its checks.
 
-It builds the Go client in a temporary directory, sets up the servers as ``tcpecho lab
---server-preset`` does (``tcpecho.lab.servers``: a PostgreSQL cluster, Redis, the gRPC server),
-gives the lab one program case per recipe and mode (each with its own server program),
-reads the lab's JSON back and checks it (``results``). Needs root, like the lab, and the
+It builds the Go client and installs the Node client (``npm ci`` from its lockfile) in a
+temporary directory, sets up the servers as ``tcpecho lab --server-preset`` does
+(``tcpecho.lab.servers``: PostgreSQL, Redis, the gRPC and HTTP servers), gives the lab one
+program case per recipe and mode (each with its own server program), reads the lab's JSON
+back and checks it (``results``). Needs root, like the lab, and the Debian packages in
 ``scripts/system-packages``; the Python libraries come from the nox session.
 """
 
@@ -31,12 +32,14 @@ from tcpecho.model import Activity
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_SOURCE = ROOT / "cookbook" / "go" / "client.go"
+NODE_SOURCE = ROOT / "cookbook" / "node"
+NODE_FILES = ("client.js", "package.json", "package-lock.json")
 # An idle client's setup (a handshake, its one request) must be over before the fault.
 IDLE_QUIET_S = 1.5
 # Go's default keepalive ends an idle connection after 15 + 9 x 15 = 150 s: watched to there;
 # longer predictions (the kernel's 2 h keepalive) are reported as not reached.
 WATCH_S = 170.0
-TOOLS = {"go": "golang-go"}
+TOOLS = {"go": "golang-go", "node": "nodejs", "npm": "npm"}
 # The servers the recipes talk to, by the lab's presets (``tcpecho lab --server-preset NAME``).
 SERVER_PRESETS = ("postgres", "redis", "grpc", "http")
 
@@ -64,6 +67,30 @@ def build_go_client(workdir: Path) -> Path:
     return binary
 
 
+class NodeInstallError(RuntimeError):
+    """``npm ci`` failed (the registry out of reach, say); the message has npm's words."""
+
+
+def install_node_client(workdir: Path) -> Path:
+    """The Node client and its locked packages (``npm ci``), with npm's cache and logs in
+    ``workdir``: the checkout is only read. Its ``client.js``."""
+    target = workdir / "node-client"
+    target.mkdir()
+    for name in NODE_FILES:
+        shutil.copyfile(NODE_SOURCE / name, target / name)
+    npm = ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
+    env = {
+        **os.environ,
+        "npm_config_cache": str(workdir / "npm-cache"),
+        "npm_config_update_notifier": "false",
+    }
+    done = subprocess.run(npm, cwd=target, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()][:3]
+        raise NodeInstallError(f"npm ci failed ({done.returncode}): {' / '.join(said)}")
+    return target / "client.js"
+
+
 def server_commands(held: contextlib.ExitStack) -> dict[str, str | None]:
     """Each server's command line, by the name recipes give it; ``held`` removes what the
     presets set up when the run is over."""
@@ -73,17 +100,28 @@ def server_commands(held: contextlib.ExitStack) -> dict[str, str | None]:
     return commands
 
 
-def profile(recipe: Recipe, mode: Mode, go_client: Path, servers: dict[str, str | None]) -> Profile:
-    client = [part.format(python=sys.executable, go_client=go_client) for part in recipe.client]
+def profile(
+    recipe: Recipe, mode: Mode, clients: dict[str, Path], commands: dict[str, str | None]
+) -> Profile:
+    """``clients``: the built clients by their name in a recipe's argv (``go_client``);
+    ``commands``: the servers' command lines by the name a recipe gives its server."""
+    client = [part.format(python=sys.executable, **clients) for part in recipe.client]
     return Profile(
         recipe.name(mode),
         deadlines=recipe.deadlines,
         activities=(Activity.ACTIVE if mode == "busy" else Activity.IDLE,),
         command="exec " + shlex.join([*client, mode, recipe.settings]),
-        server_command=servers[recipe.server],
+        server_command=commands[recipe.server],
         quiet_s=IDLE_QUIET_S if mode == "idle" else 0.0,
         watch_s=WATCH_S,
     )
+
+
+def built_clients(recipes: Sequence[Recipe], workdir: Path) -> dict[str, Path]:
+    """The compiled or installed clients the chosen recipes name (``{go_client}``, ...)."""
+    builders = {"go_client": build_go_client, "node_client": install_node_client}
+    named = {part[1:-1] for recipe in recipes for part in recipe.client}
+    return {name: build(workdir) for name, build in builders.items() if name in named}
 
 
 def run(recipes: Sequence[Recipe], output: Path) -> int:
@@ -94,12 +132,10 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
     )
     with contextlib.ExitStack() as held:
         workdir = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="tcpecho-cookbook-")))
-        go_client = build_go_client(workdir)
+        clients = built_clients(recipes, workdir)
         commands = server_commands(held)
         profiles = [
-            profile(recipe, mode, go_client, commands)
-            for recipe in recipes
-            for mode in recipe.modes
+            profile(recipe, mode, clients, commands) for recipe in recipes for mode in recipe.modes
         ]
         lab_json = workdir / "lab.json"
         config = LabConfig(
@@ -143,7 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.json.absolute().parent.is_dir():
         parser.error(f"--json {args.json}: the directory {args.json.parent} does not exist")
     chosen = [recipe for recipe in RECIPES if not args.stack or recipe.stack in args.stack]
-    return run(chosen, args.json)
+    try:
+        return run(chosen, args.json)
+    except NodeInstallError as error:
+        print(f"cookbook: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from dataclasses import replace
 import pytest
 
 from cookbook.recipes import RECIPES, Recipe
+from tcpecho.model import Activity, Failure, KernelSettings, predict
 from tcpecho.settings import Deadlines, Ping
-from tcpecho.stacks import STACKS, StackSyntaxError, read
+from tcpecho.stacks import KERNEL_DEFAULT_KEEPALIVE, STACKS, StackSyntaxError, read
 from tcpecho.tcp.options import TcpOptions
 from tests.support import tcpecho_executable
 
@@ -45,8 +46,11 @@ TUNED = TcpOptions(
 )
 
 
+# node-postgres cannot say TUNED (no TCP_USER_TIMEOUT, libuv's fixed probes): its own tests.
 KEEPALIVE_STACKS = [
-    n for n, stack in STACKS.items() if n != "tcpecho" and not stack.ping_ack_timeout_s
+    n
+    for n, stack in STACKS.items()
+    if n not in ("tcpecho", "node-postgres") and not stack.ping_ack_timeout_s
 ]
 PINGING_STACKS = [n for n, stack in STACKS.items() if stack.ping_ack_timeout_s]
 
@@ -260,3 +264,82 @@ def test_recommend_answers_in_asyncpgs_and_urllib3s_words(name: str) -> None:
     assert tcp.as_flags() == tuple(document["settings"]["flags"])
     assert tcp.user_timeout_ms
     assert tcp.keepalive
+
+
+# node-postgres: pg's config object. What Node's keepalive sets is libuv's (cookbook/recipes.py,
+# read back from the client's socket in tests/cookbook/test_recipes.py).
+NODE = STACKS["node-postgres"]
+NODE_TUNED = TcpOptions(
+    keepalive=True, keepalive_idle_s=16, keepalive_interval_s=1, keepalive_count=10
+)
+
+
+def test_node_postgres_reads_back_what_node_can_set() -> None:
+    deadlines = Deadlines(connect_timeout_s=3.0, read_timeout_s=7.5)
+    rendered = NODE.render(NODE_TUNED, deadlines)
+    assert rendered == (
+        "{ keepAlive: true, keepAliveInitialDelayMillis: 16000, query_timeout: 7500, "
+        "connectionTimeoutMillis: 3000 }"
+    )
+    assert read(NODE, rendered) == (NODE_TUNED, deadlines)
+    assert NODE.render(NODE.defaults, Deadlines()) == "{ keepAlive: false }"
+    # As a user writes it: quoted keys, a pool's and the server's own timers (read, bounding
+    # nothing a dead peer leaves), whole milliseconds.
+    pasted = "{'keepAlive': true, statement_timeout: 30000, idleTimeoutMillis: 10000, max: 20}"
+    assert read(NODE, pasted) == (KERNEL_DEFAULT_KEEPALIVE, Deadlines())
+
+
+def test_node_postgres_keepalive_without_a_delay_is_the_kernels() -> None:
+    """A delay under 1 s sets TCP_KEEPIDLE to 0, which the kernel refuses, and libuv then
+    sets neither interval nor count: keepAlive alone keeps the kernel's 7200/75/9 s."""
+    assert read(NODE, "{ keepAlive: true }")[0] == KERNEL_DEFAULT_KEEPALIVE
+    assert read(NODE, "keepAlive: true, keepAliveInitialDelayMillis: 999")[0] == (
+        KERNEL_DEFAULT_KEEPALIVE
+    )
+    assert read(NODE, "keepAliveInitialDelayMillis: 10000")[0] == TcpOptions(keepalive=False)
+
+
+def test_node_postgres_says_what_it_cannot_set() -> None:
+    """TCP_USER_TIMEOUT becomes query_timeout, said so; other probes become a delay whose
+    libuv probing ends an idle wait no later."""
+    rendered = NODE.render(TUNED, Deadlines())
+    assert "TCP_USER_TIMEOUT 27000 is out of reach" in rendered
+    tcp, deadlines = read(NODE, rendered)
+    assert deadlines == Deadlines(read_timeout_s=27.0)
+    # TUNED's probing stops at the first probe past 27 s: 16 + 6 x 2 = 28 s; libuv's 16 + 10.
+    assert tcp == NODE_TUNED
+    few_probes = TcpOptions(keepalive=True, keepalive_idle_s=20, keepalive_interval_s=1)
+    rendered = NODE.render(replace(few_probes, keepalive_count=3), Deadlines())
+    assert "keepAliveInitialDelayMillis: 13000" in rendered
+    assert "a 13 s delay ends an idle wait as 20 s would" in rendered
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{ keepAlive: yes }", "pg takes true or false"),
+        ("{ keepAlive: true, query_timeout: 5s }", "pg takes whole milliseconds"),
+        ("{ keepalive: true }", "keepalive: not a pg config key"),
+        ("keepAlive", "no pg config key found"),
+    ],
+)
+def test_node_postgres_syntax_errors_say_why(text: str, message: str) -> None:
+    with pytest.raises(StackSyntaxError, match=message):
+        read(NODE, text)
+
+
+def test_recommend_for_node_postgres_is_in_pgs_words_and_keeps_its_promise() -> None:
+    shown = _explain("--recommend", "--detect-within", "30s", "--stack", "node-postgres", "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    settings = document["stack"]["settings"]
+    assert settings.startswith("{ keepAlive: true, keepAliveInitialDelayMillis: ")
+    assert "TCP_USER_TIMEOUT" in settings
+    assert "out of reach" in settings
+    tcp, deadlines = read(NODE, settings)
+    flags = document["settings"]["flags"]
+    user_timeout = flags[flags.index("--user-timeout") + 1]
+    assert deadlines.read_timeout_s == float(user_timeout.removesuffix("s"))
+    # What Node really does with it still notices an idle dead peer within the 30 s.
+    idle = predict(KernelSettings.here(), tcp, Failure.SILENT, Activity.IDLE)
+    assert idle.high_s <= 30

@@ -12,6 +12,7 @@ renders a ``Ping`` (in ``Deadlines``) beside the TCP_USER_TIMEOUT gRPC sets from
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -436,7 +437,114 @@ for _stack in (
 # --- end of asyncpg and urllib3 ---
 
 
+# node-postgres (pg): a JavaScript config object, times in milliseconds. keepAlive calls
+# Node's socket.setKeepAlive(true, keepAliveInitialDelayMillis) once connected; libuv then
+# sets TCP_KEEPIDLE to the delay in whole seconds and TCP_KEEPINTVL 1, TCP_KEEPCNT 10, which
+# nothing changes (measured on the client's socket, docs/cookbook.md). A delay under 1 s
+# (keepAlive alone: 0) makes TCP_KEEPIDLE fail, leaving the kernel's 7200/75/9 s. Node has no
+# API for TCP_USER_TIMEOUT: pg's query_timeout, a timer on each query, is the only bound on a
+# request in flight short of tcp_retries2.
+NODE_KEEPALIVE_INTERVAL_S, NODE_KEEPALIVE_COUNT = 1, 10
+_PG_TIMES = {  # the config keys this reads, each in milliseconds
+    "keepAliveInitialDelayMillis",
+    "query_timeout",
+    "connectionTimeoutMillis",
+}
+# Accepted and bounding nothing here: the server's own timers (gone with the server) and the
+# pool's (pg.Pool closes a client idle idleTimeoutMillis, 10 s by default: not a detection).
+_PG_IGNORED = {"statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"}
+_PG_IGNORED |= {"idleTimeoutMillis", "max", "min", "maxLifetimeSeconds", "maxUses"}
+
+
+def _node_keepalive_delay_s(tcp: TcpOptions) -> int:
+    """The delay whose libuv probing (10 x 1 s after it) ends an idle wait no later than
+    ``tcp``'s keepalive would, and sends its first probe no later (a path's idle timeout)."""
+    idle = tcp.keepalive_idle_s or 0
+    interval = tcp.keepalive_interval_s or NODE_KEEPALIVE_INTERVAL_S
+    count = tcp.keepalive_count or NODE_KEEPALIVE_COUNT
+    probes = count
+    if tcp.user_timeout_ms:  # probing stops at the first probe past the user timeout
+        probes = max(1, math.ceil((tcp.user_timeout_ms / 1000 - idle) / interval))
+    ends_by = idle + probes * interval
+    return max(1, min(idle, ends_by - NODE_KEEPALIVE_INTERVAL_S * NODE_KEEPALIVE_COUNT))
+
+
+def _render_node_postgres(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    values = [f"keepAlive: {'true' if tcp.keepalive else 'false'}"]
+    notes = []
+    if tcp.keepalive and tcp.keepalive_idle_s:
+        delay_s = _node_keepalive_delay_s(tcp)
+        values.append(f"keepAliveInitialDelayMillis: {delay_s * 1000}")
+        if delay_s != tcp.keepalive_idle_s:
+            notes.append(
+                f"libuv probes {NODE_KEEPALIVE_COUNT} times {NODE_KEEPALIVE_INTERVAL_S} s "
+                f"apart: a {delay_s} s delay ends an idle wait as {tcp.keepalive_idle_s} s "
+                "would with the probes asked for"
+            )
+    query_timeout_s = deadlines.read_timeout_s
+    if tcp.user_timeout_ms:
+        query_timeout_s = query_timeout_s or tcp.user_timeout_ms / 1000
+        notes.append(
+            f"TCP_USER_TIMEOUT {tcp.user_timeout_ms} is out of reach: Node has no API for it; "
+            "query_timeout bounds each query in flight instead, a slow one too"
+        )
+    if query_timeout_s is not None:
+        values.append(f"query_timeout: {round(query_timeout_s * 1000)}")
+    if deadlines.connect_timeout_s is not None:
+        values.append(f"connectionTimeoutMillis: {round(deadlines.connect_timeout_s * 1000)}")
+    rendered = "{ " + ", ".join(values) + " }"
+    return f"{rendered} // {'; '.join(notes)}" if notes else rendered
+
+
+def _parse_node_postgres(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    text = re.sub(r"//[^\n]*", "", text)  # a rendering's notes: JavaScript comments
+    found = dict(re.findall(r"""["']?(\w+)["']?\s*[:=]\s*([\w.]+)""", text))
+    if not found:
+        raise StackSyntaxError("no pg config key found (for example: keepAlive: true)")
+    unknown = sorted(set(found) - _PG_TIMES - _PG_IGNORED - {"keepAlive"})
+    if unknown:
+        raise StackSyntaxError(f"{', '.join(unknown)}: not a pg config key this reads")
+    if found.get("keepAlive", "false") not in ("true", "false"):
+        raise StackSyntaxError(f"keepAlive: {found['keepAlive']}: pg takes true or false")
+    times = {}
+    for key in _PG_TIMES & set(found):
+        if not found[key].isdigit():
+            raise StackSyntaxError(f"{key}: {found[key]}: pg takes whole milliseconds")
+        times[key] = int(found[key])
+    tcp = defaults
+    if found.get("keepAlive") == "true":
+        delay_s = times.get("keepAliveInitialDelayMillis", 0) // 1000
+        tcp = KERNEL_DEFAULT_KEEPALIVE  # a delay under 1 s sets nothing but SO_KEEPALIVE
+        if delay_s:
+            tcp = TcpOptions(
+                keepalive=True,
+                keepalive_idle_s=delay_s,
+                keepalive_interval_s=NODE_KEEPALIVE_INTERVAL_S,
+                keepalive_count=NODE_KEEPALIVE_COUNT,
+            )
+    deadlines = Deadlines(
+        connect_timeout_s=times["connectionTimeoutMillis"] / 1000
+        if times.get("connectionTimeoutMillis")
+        else None,
+        read_timeout_s=times["query_timeout"] / 1000 if times.get("query_timeout") else None,
+    )
+    return tcp, deadlines
+
+
+STACKS["node-postgres"] = Stack(
+    "node-postgres",
+    "node-postgres (pg): Client or Pool config",
+    TcpOptions(keepalive=False),  # keepAlive: false, and no query_timeout
+    _render_node_postgres,
+    _parse_node_postgres,
+    syntax="{ keepAlive: true, keepAliveInitialDelayMillis: 10000, query_timeout: 5000 }",
+)
 STACK_NAMES = tuple(STACKS)
+# The stacks whose settings carry deadlines of the library's own (a read timeout, pings): the
+# others' parse gives options only, and their default deadlines stand.
+_STACKS_WITH_DEADLINES = frozenset(
+    {"redis-py", "grpc-python", "asyncpg", "urllib3", "node-postgres"}
+)
 
 
 def read(stack: Stack, text: str | None) -> tuple[TcpOptions, Deadlines]:
@@ -445,6 +553,6 @@ def read(stack: Stack, text: str | None) -> tuple[TcpOptions, Deadlines]:
     if text is None or not text.strip():
         return stack.defaults, stack.default_deadlines
     tcp, deadlines = stack.parse(text, stack.defaults)
-    if stack.name not in ("redis-py", "grpc-python", "asyncpg", "urllib3"):
+    if stack.name not in _STACKS_WITH_DEADLINES:
         deadlines = stack.default_deadlines
     return tcp, deadlines

@@ -5,6 +5,7 @@ sockets on loopback: what the page says a library's options do is what its socke
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -29,8 +30,15 @@ from cookbook.clients import (
     redis_client,
     urllib3_client,
 )
-from cookbook.recipes import RECIPES, RECOMMENDED, Recipe
+from cookbook.recipes import (
+    KERNEL_DEFAULT_KEEPALIVE,
+    NODE_PG_VERSION,
+    RECIPES,
+    RECOMMENDED,
+    Recipe,
+)
 from tcpecho.lab import servers
+from tcpecho.tcp import diag
 from tcpecho.tcp.options import read_effective
 from tests.conftest import root_missing
 
@@ -242,3 +250,94 @@ def test_asyncpg_carries_the_options_from_its_connect_on_and_not_from_server_set
         options, answer = runner.run(_asyncpg_socket_and(postgres_port, query, dsn))
     assert answer == "5000"  # milliseconds, as SHOW gives it
     assert options["user_timeout_ms"] == 0
+
+
+# node-postgres: the client installed as the cookbook installs it, its socket read back as the
+# lab reads a program's (pidfd_getfd: root).
+NODE_MISSING = shutil.which("node") is None or shutil.which("npm") is None
+
+
+@pytest.fixture(scope="module")
+def node_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Installed from the npm registry, as the cookbook installs it; a machine that cannot
+    reach the registry skips, saying npm's error (any other failure fails)."""
+    try:
+        return run.install_node_client(tmp_path_factory.mktemp("node"))
+    except run.NodeInstallError as error:
+        if not any(code in str(error) for code in ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED")):
+            raise
+        pytest.skip(f"the npm registry is out of reach: {error}")
+
+
+def _program_options(pid: int, port: int, within_s: float = 10.0) -> dict[str, object]:
+    """The options of ``pid``'s connection to ``port`` once it shows keepalive or the time
+    is up (pg sets keepalive right after the connect)."""
+    deadline = time.monotonic() + within_s
+    seen: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        owners = diag.owners(pids=[pid])
+        for connection in diag.connections():
+            owner = owners.get(connection.inode)
+            if owner is not None and connection.peer_port == port:
+                effective = diag.socket_options(owner)
+                seen = {} if effective is None else dict(effective.as_dict())
+        if seen.get("keepalive"):
+            break
+        time.sleep(0.1)
+    return seen
+
+
+def _node(argv: list[str], port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TCPECHO_LAB_HOST": "127.0.0.1", "TCPECHO_LAB_PORT": str(port)}
+    return subprocess.Popen(["node", *argv], env=env, stderr=subprocess.PIPE)
+
+
+@pytest.mark.skipif(NODE_MISSING, reason="node or npm missing: apt-get install nodejs npm")
+def test_the_node_client_installs_from_its_lockfile_and_refuses_bad_arguments(
+    node_client: Path,
+) -> None:
+    installed = json.loads((node_client.parent / "node_modules/pg/package.json").read_text())
+    assert installed["version"] == NODE_PG_VERSION
+    refused = subprocess.run(
+        ["node", node_client, "busy", "sideways"], capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 2
+    assert "usage: client.js busy|idle defaults|recommended" in refused.stderr
+
+
+@pytest.mark.skipif(NODE_MISSING, reason="node or npm missing: apt-get install nodejs npm")
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's socket needs root")
+@pytest.mark.parametrize("settings", ["defaults", "recommended"])
+def test_the_node_clients_socket_carries_what_its_recipe_says(
+    node_client: Path, listener: socket.socket, settings: str
+) -> None:
+    port = listener.getsockname()[1]
+    client = _node([str(node_client), "busy", settings], port)
+    try:
+        seen = _program_options(client.pid, port, within_s=2.0 if settings == "defaults" else 10)
+        assert seen, "the client's connection was not found"
+        assert results.socket_problems(_recipe("node-postgres", settings).socket, seen) == []
+    finally:
+        client.kill()
+        client.wait()
+
+
+@pytest.mark.skipif(NODE_MISSING, reason="node or npm missing: apt-get install nodejs npm")
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's socket needs root")
+def test_node_keepalive_without_a_delay_keeps_the_kernels_times(
+    node_client: Path, listener: socket.socket
+) -> None:
+    """The trap docs/cookbook.md names: keepAlive alone (delay 0) sets SO_KEEPALIVE only."""
+    port = listener.getsockname()[1]
+    pg = str(node_client.parent / "node_modules" / "pg")
+    script = (
+        f"const {{ Client }} = require({json.dumps(pg)}); new Client({{ host: '127.0.0.1', "
+        f"port: {port}, user: 'postgres', keepAlive: true }}).connect().catch(() => {{}})"
+    )
+    client = _node(["-e", script], port)
+    try:
+        seen = _program_options(client.pid, port)
+        assert results.socket_problems(KERNEL_DEFAULT_KEEPALIVE, seen) == []
+    finally:
+        client.kill()
+        client.wait()
