@@ -1,10 +1,12 @@
-"""``python -m cookbook.run``: every recipe under ``force-delete`` in the lab, busy and idle,
-with the quick kernel budget; ``out/cookbook.json``; exit 1 when a case fails its checks.
+"""``python -m cookbook.run``: every recipe under ``force-delete`` and ``idle-expiry`` (the
+lab's path idle timeout) in the lab, busy and idle, with the quick kernel budget;
+``out/cookbook.json``; exit 1 when a case fails its checks.
 
 It builds the Go client and a PostgreSQL cluster in a temporary directory, gives the lab one
-program case per recipe and mode (each with its own server program), reads the lab's JSON
-back and checks it (``results``). Needs root, like the lab, and the Debian packages in
-``scripts/system-packages``; the Python libraries come from the nox session.
+program case per recipe, fault and mode (each with its own server program), all in one run,
+reads the lab's JSON back and checks it (``results``). Needs root, like the lab, and the
+Debian packages in ``scripts/system-packages``; the Python libraries come from the nox
+session.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cookbook import results
-from cookbook.recipes import RECIPES, Mode, Recipe
+from cookbook.recipes import FAULTS, RECIPES, Fault, Mode, Recipe
 from cookbook.servers import postgres
-from tcpecho.experiment import Fault, Profile
+from tcpecho.experiment import Fault as LabFault
+from tcpecho.experiment import FaultTiming, Profile
 from tcpecho.lab import KernelBudget, LabConfig, check_requirements
 from tcpecho.lab import run as run_lab
 from tcpecho.model import Activity
@@ -88,7 +91,7 @@ def profile(recipe: Recipe, mode: Mode, go_client: Path, servers: dict[str, str 
     )
 
 
-def run(recipes: Sequence[Recipe], output: Path) -> int:
+def run(recipes: Sequence[Recipe], output: Path, faults: Sequence[Fault] = FAULTS) -> int:
     check_requirements()
     # The programs import cookbook.* wherever the lab starts them.
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -99,15 +102,21 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
         workdir.chmod(0o755)  # PostgreSQL's user reaches its directories below it
         go_client = build_go_client(workdir)
         servers = server_commands(workdir)
+        # The lab runs every profile under every fault; a mode a recipe has under one fault
+        # only would be run under the others too, and left out of cookbook.json.
         profiles = [
-            profile(recipe, mode, go_client, servers) for recipe in recipes for mode in recipe.modes
+            profile(recipe, mode, go_client, servers)
+            for recipe in recipes
+            for mode in dict.fromkeys(m for fault in faults for m in recipe.modes(fault))
         ]
         lab_json = workdir / "lab.json"
+        timing = FaultTiming()  # the lab's: --path-idle-timeout 15s
         config = LabConfig(
-            faults=(Fault.FORCE_DELETE,),
+            faults=tuple(LabFault(fault) for fault in faults),
             profiles=tuple(profiles),
             budget=KernelBudget(quick=True),
             json_path=lab_json,
+            timing=timing,
         )
         status = run_lab(config)
         if status >= 128:  # a signal stopped the lab, which reported what had finished
@@ -115,7 +124,8 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
         if not lab_json.exists():
             print(f"cookbook: the lab wrote no JSON (status {status})", file=sys.stderr)
             return 1
-        cookbook = results.build(recipes, json.loads(lab_json.read_text()))
+        lab = json.loads(lab_json.read_text())
+        cookbook = results.build(recipes, lab, faults, timing.path_idle_timeout_s)
     output.write_text(json.dumps(cookbook, indent=2) + "\n")
     print(f"cookbook: wrote {output}", file=sys.stderr)
     found = results.problems(cookbook)
@@ -135,6 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted({recipe.stack for recipe in RECIPES}),
         help="only this stack's recipes (repeatable); all by default",
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        choices=FAULTS,
+        help="only under this fault (repeatable); all by default",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root: the lab builds network namespaces")
@@ -144,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.json.absolute().parent.is_dir():
         parser.error(f"--json {args.json}: the directory {args.json.parent} does not exist")
     chosen = [recipe for recipe in RECIPES if not args.stack or recipe.stack in args.stack]
-    return run(chosen, args.json)
+    faults = tuple(fault for fault in FAULTS if not args.fault or fault in args.fault)
+    return run(chosen, args.json, faults)
 
 
 if __name__ == "__main__":
