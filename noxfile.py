@@ -146,9 +146,11 @@ def _listening(host: str, port: int) -> bool:
 
 @nox.session
 def cookbook(session: nox.Session) -> None:
-    """Every recipe of docs/cookbook.md in the lab under force-delete, busy and idle, with its
-    library's defaults and the recommended settings; out/cookbook.json; fails when a
-    measurement lies outside its prediction (root, and scripts/system-packages' servers)."""
+    """Every recipe of docs/cookbook.md in the lab under force-delete and idle-expiry (the
+    lab's 15 s path idle timeout), busy and idle, with its library's defaults and the
+    recommended settings; out/cookbook.json; fails when a measurement lies outside its
+    prediction or a verdict is not the recipe's (root, and scripts/system-packages' servers).
+    `-- --stack NAME` or `-- --fault FAULT` runs a part."""
     reason = lab_unavailable()
     if reason is not None:
         session.skip(f"{reason}: the cookbook runs its recipes in the lab's network namespaces")

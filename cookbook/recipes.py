@@ -1,6 +1,6 @@
 """The cookbook's recipes as data: for each client stack, its library's defaults and the
 recommended settings, the programs that run them, what the client's socket must then carry,
-the library's own deadlines, and the verdict each mode must reach.
+the library's own deadlines, and the verdict each mode must reach under each fault.
 
 The lab predicts from what it reads off the running client's socket; a recipe's ``socket``
 is the claim this cookbook makes about the library (that ``grpc.keepalive_timeout_ms`` sets
@@ -18,7 +18,12 @@ from tcpecho.settings import Deadlines, Ping
 from tcpecho.tcp.options import TcpOptions
 
 Mode = Literal["busy", "idle"]
-Verdict = Literal["hang", "detected"]
+# "survived": nothing failed, and the peer answered after the fault's window (idle-expiry).
+Verdict = Literal["hang", "detected", "survived"]
+# The lab's faults every recipe runs under: the peer force-deleted (its FIN lost), and a
+# middlebox that forgets a flow idle for the lab's path idle timeout (15 s), then drops it.
+Fault = Literal["force-delete", "idle-expiry"]
+FAULTS: tuple[Fault, ...] = ("force-delete", "idle-expiry")
 # Which server program a recipe's client talks to: the lab's echo server, or one of these.
 Server = Literal["echo", "postgres", "redis", "grpc", "http"]
 
@@ -43,12 +48,13 @@ class Recipe:
     client: tuple[str, ...]  # the client's argv before its mode and settings
     server: Server
     socket: TcpOptions  # what the client's socket carries with these settings
-    verdicts: dict[Mode, Verdict]  # the modes run, and the verdict each must reach
+    # Per fault (every one of FAULTS), the modes run and the verdict each must reach:
+    # {"force-delete": {"busy": "hang", "idle": "hang"}, "idle-expiry": {"busy": ..., ...}}
+    verdicts: dict[Fault, dict[Mode, Verdict]]
     deadlines: Deadlines = field(default_factory=Deadlines)
 
-    @property
-    def modes(self) -> tuple[Mode, ...]:
-        return tuple(self.verdicts)
+    def modes(self, fault: Fault) -> tuple[Mode, ...]:
+        return tuple(self.verdicts[fault])
 
     def name(self, mode: Mode) -> str:
         return f"{self.stack}-{self.settings}-{mode}"
@@ -74,7 +80,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.plain_socket"),
         "echo",
         TcpOptions(keepalive=False),
-        {"busy": "hang", "idle": "hang"},
+        {
+            "force-delete": {"busy": "hang", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
     ),
     Recipe(
         "python-socket",
@@ -85,7 +94,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.plain_socket"),
         "echo",
         RECOMMENDED,
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
     ),
     Recipe(
         "libpq",
@@ -96,7 +108,10 @@ RECIPES = (
         "postgres",
         # libpq turns keepalive on by default (keepalives=1) with the kernel's times.
         KERNEL_DEFAULT_KEEPALIVE,
-        {"busy": "hang", "idle": "hang"},
+        {
+            "force-delete": {"busy": "hang", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
     ),
     Recipe(
         "libpq",
@@ -107,7 +122,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.psycopg_client"),
         "postgres",
         RECOMMENDED,
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
     ),
     Recipe(
         "libpq",
@@ -125,7 +143,10 @@ RECIPES = (
             keepalive_interval_s=75,
             keepalive_count=9,
         ),
-        {"busy": "detected", "idle": "hang"},
+        {
+            "force-delete": {"busy": "detected", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
     ),
     Recipe(
         "redis-py",
@@ -135,7 +156,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.redis_client"),
         "redis",
         TcpOptions(keepalive=True, keepalive_idle_s=30, keepalive_interval_s=5, keepalive_count=3),
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "detected"},
+        },
         Deadlines(read_timeout_s=5.0),
     ),
     Recipe(
@@ -147,7 +171,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.redis_client"),
         "redis",
         RECOMMENDED,
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
     ),
     Recipe(
         "grpc-python",
@@ -157,7 +184,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.grpc_client"),
         "grpc",
         TcpOptions(keepalive=False),
-        {"busy": "hang", "idle": "hang"},
+        {
+            "force-delete": {"busy": "hang", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
     ),
     Recipe(
         "grpc-python",
@@ -169,7 +199,10 @@ RECIPES = (
         "grpc",
         # gRPC's keepalive is HTTP/2 pings, not SO_KEEPALIVE: only TCP_USER_TIMEOUT is set.
         TcpOptions(user_timeout_ms=common.USER_TIMEOUT_MS, keepalive=False),
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
         # The pings, with gRPC's own 60 s for an answer (grpc.http2.ping_timeout_ms).
         Deadlines(ping=Ping(common.KEEPALIVE_IDLE_S, 60.0, without_calls=True)),
     ),
@@ -181,7 +214,10 @@ RECIPES = (
         ("{go_client}",),
         "echo",
         TcpOptions(keepalive=True, keepalive_idle_s=15, keepalive_interval_s=15, keepalive_count=9),
-        {"busy": "hang", "idle": "detected"},
+        {
+            "force-delete": {"busy": "hang", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "detected"},
+        },
     ),
     Recipe(
         "go",
@@ -192,7 +228,10 @@ RECIPES = (
         ("{go_client}",),
         "echo",
         RECOMMENDED,
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
     ),
     # asyncpg: no keepalive, no TCP_USER_TIMEOUT parameter; an event loop that makes its
     # socket sets them before the connect (a pool's init would, after the handshake).
@@ -204,7 +243,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.asyncpg_client"),
         "postgres",
         TcpOptions(keepalive=False),
-        {"busy": "hang", "idle": "hang"},
+        {
+            "force-delete": {"busy": "hang", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
         Deadlines(connect_timeout_s=60.0),
     ),
     Recipe(
@@ -216,7 +258,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.asyncpg_client"),
         "postgres",
         RECOMMENDED,
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
         Deadlines(connect_timeout_s=60.0),
     ),
     # urllib3 (requests, the Kubernetes Python client): socket_options, set before connect.
@@ -228,7 +273,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.urllib3_client"),
         "http",
         TcpOptions(keepalive=False),
-        {"busy": "hang", "idle": "hang"},
+        {
+            "force-delete": {"busy": "hang", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
     ),
     Recipe(
         "urllib3",
@@ -240,7 +288,10 @@ RECIPES = (
         (*PYTHON_CLIENT, "cookbook.clients.urllib3_client"),
         "http",
         RECOMMENDED,
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
     ),
     # node-postgres (pg): Node has no API for TCP_USER_TIMEOUT. keepAlive calls
     # socket.setKeepAlive(true, keepAliveInitialDelayMillis): SO_KEEPALIVE, TCP_KEEPIDLE, and
@@ -254,7 +305,10 @@ RECIPES = (
         ("node", "{node_client}"),
         "postgres",
         TcpOptions(keepalive=False),
-        {"busy": "hang", "idle": "hang"},
+        {
+            "force-delete": {"busy": "hang", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
     ),
     Recipe(
         "node-postgres",
@@ -265,7 +319,10 @@ RECIPES = (
         ("node", "{node_client}"),
         "postgres",
         NODE_KEEPALIVE,
-        {"busy": "detected", "idle": "detected"},
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
         # query_timeout: pg's timer on each query, the bound a request in flight gets in
         # place of TCP_USER_TIMEOUT. The idle case's hour-long query passes its own, longer
         # one (cookbook/node/client.js): keepalive, not the timer, ends that wait.

@@ -1,10 +1,12 @@
 """From the lab's JSON to ``out/cookbook.json``, and the checks every case must pass.
 
-A case passes when the lab ran it, its measurement lies in the model's range for a program
-(which allows for how late the lab sees a program's socket, and for a program's request in
-more than one segment: ``lab.programs``; a case the model gives hours, watched for minutes,
-passes when nothing happened before the range began), its verdict is the one its recipe
-promises, and the client's socket carried what the recipe says its settings set.
+A case is a recipe under one fault in one mode. It passes when the lab ran it, its
+measurement lies in the model's range for a program (which allows for how late the lab sees
+a program's socket, and for a program's request in more than one segment: ``lab.programs``;
+a case the model gives hours, watched for minutes, passes when nothing happened before the
+range began; a survivor's range is when the peer answered after the fault's window), its
+verdict is the one its recipe promises, and the client's socket carried what the recipe
+says its settings set.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cookbook.recipes import Mode, Recipe
+from cookbook.recipes import FAULTS, Fault, Mode, Recipe
 from tcpecho.tcp.options import TcpOptions
 
-FAULT = "force-delete"
 MODES: tuple[Mode, ...] = ("busy", "idle")
 
 
@@ -44,6 +45,11 @@ def fits(case: Mapping[str, Any]) -> bool:
     if prediction is None:
         return False
     measured, low, high = case["measured_s"], prediction["low_s"], prediction["high_s"]
+    survives = prediction.get("outcome") == "survives"
+    recovered = case.get("recovered_s")
+    if recovered is not None or survives:
+        # A survivor fits when the model says it survives and the peer answered in its range.
+        return survives and measured is None and recovered is not None and low <= recovered <= high
     if measured is None:
         # The lab's JSON says "never"; cookbook.json leaves both ends empty for it.
         never = prediction.get("never", low is None)
@@ -53,23 +59,25 @@ def fits(case: Mapping[str, Any]) -> bool:
     return bool(low <= measured <= high)
 
 
-def cookbook_case(recipe: Recipe, mode: Mode, lab_case: Mapping[str, Any]) -> dict[str, Any]:
+def cookbook_case(
+    recipe: Recipe, fault: Fault, mode: Mode, lab_case: Mapping[str, Any]
+) -> dict[str, Any]:
     prediction = lab_case["prediction"]
     problems = []
+    promised = recipe.verdicts[fault][mode]
     if lab_case["error"]:
         problems.append(f"the lab could not run it: {lab_case['error']}")
     else:
         if not fits(lab_case):
             problems.append("the measurement is outside its prediction")
-        if lab_case["verdict"] != recipe.verdicts[mode]:
-            problems.append(
-                f"verdict {lab_case['verdict']}, the recipe promises {recipe.verdicts[mode]}"
-            )
+        if lab_case["verdict"] != promised:
+            problems.append(f"verdict {lab_case['verdict']}, the recipe promises {promised}")
         problems += socket_problems(recipe.socket, lab_case["options"])
     return {
         "name": mode,
         "fault": lab_case["fault"],
         "measured_s": lab_case["measured_s"],
+        "recovered_s": lab_case.get("recovered_s"),
         "prediction": None
         if prediction is None
         else {
@@ -77,6 +85,7 @@ def cookbook_case(recipe: Recipe, mode: Mode, lab_case: Mapping[str, Any]) -> di
             "high_s": prediction["high_s"],
             "clock": prediction["clock"],
             "mechanism": prediction["mechanism"],
+            "outcome": prediction.get("outcome", "fails"),
         },
         "verdict": lab_case["verdict"],
         "observed_s": lab_case["observed_s"],
@@ -88,17 +97,24 @@ def cookbook_case(recipe: Recipe, mode: Mode, lab_case: Mapping[str, Any]) -> di
     }
 
 
-def build(recipes: Sequence[Recipe], lab: Mapping[str, Any]) -> dict[str, Any]:
-    """``out/cookbook.json`` from the recipes and the lab's JSON of their run."""
-    by_profile = {case["profile"]: case for case in lab["cases"] if case["fault"] == FAULT}
+def build(
+    recipes: Sequence[Recipe],
+    lab: Mapping[str, Any],
+    faults: Sequence[Fault] = FAULTS,
+    path_idle_timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """``out/cookbook.json`` from the recipes and the lab's JSON of their run under
+    ``faults`` (``path_idle_timeout_s``: idle-expiry's, as the run had it)."""
+    by_case = {(case["fault"], case["profile"]): case for case in lab["cases"]}
     entries = []
     for recipe in recipes:
         cases = []
-        for mode in recipe.modes:
-            lab_case = by_profile.get(recipe.name(mode))
-            if lab_case is None:
-                raise ValueError(f"the lab's run has no case {recipe.name(mode)!r}")
-            cases.append(cookbook_case(recipe, mode, lab_case))
+        for fault in faults:
+            for mode in recipe.modes(fault):
+                lab_case = by_case.get((fault, recipe.name(mode)))
+                if lab_case is None:
+                    raise ValueError(f"the lab's run has no case {fault}/{recipe.name(mode)}")
+                cases.append(cookbook_case(recipe, fault, mode, lab_case))
         entries.append(
             {
                 "stack": recipe.stack,
@@ -112,6 +128,8 @@ def build(recipes: Sequence[Recipe], lab: Mapping[str, Any]) -> dict[str, Any]:
         "kernel_release": lab["kernel_release"],
         "quick": lab["quick"],
         "wall_s": lab["wall_s"],
+        "faults": list(faults),
+        "path_idle_timeout_s": path_idle_timeout_s,
         "recipes": entries,
     }
 
@@ -122,5 +140,6 @@ def problems(cookbook: Mapping[str, Any]) -> list[str]:
     for recipe in cookbook["recipes"]:
         for case in recipe["cases"]:
             for problem in case["problems"]:
-                found.append(f"{recipe['stack']} {recipe['settings']} {case['name']}: {problem}")
+                name = f"{recipe['stack']} {recipe['settings']} {case['fault']} {case['name']}"
+                found.append(f"{name}: {problem}")
     return found

@@ -1,12 +1,14 @@
-"""``python -m cookbook.run``: every recipe under ``force-delete`` in the lab, busy and idle,
-with the quick kernel budget; ``out/cookbook.json``; exit 1 when a case fails its checks.
+"""``python -m cookbook.run``: every recipe under ``force-delete`` and ``idle-expiry`` (the
+lab's path idle timeout) in the lab, busy and idle, with the quick kernel budget;
+``out/cookbook.json``; exit 1 when a case fails its checks.
 
 It builds the Go client and installs the Node client (``npm ci`` from its lockfile) in a
 temporary directory, sets up the servers as ``tcpecho lab --server-preset`` does
 (``tcpecho.lab.servers``: PostgreSQL, Redis, the gRPC and HTTP servers), gives the lab one
-program case per recipe and mode (each with its own server program), reads the lab's JSON
-back and checks it (``results``). Needs root, like the lab, and the Debian packages in
-``scripts/system-packages``; the Python libraries come from the nox session.
+program case per recipe, fault and mode (each with its own server program), all in one run,
+reads the lab's JSON back and checks it (``results``). Needs root, like the lab, and the
+Debian packages in ``scripts/system-packages``; the Python libraries come from the nox
+session.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cookbook import results
-from cookbook.recipes import RECIPES, Mode, Recipe
-from tcpecho.experiment import Fault, Profile
+from cookbook.recipes import FAULTS, RECIPES, Fault, Mode, Recipe
+from tcpecho.experiment import Fault as LabFault
+from tcpecho.experiment import FaultTiming, Profile
 from tcpecho.lab import KernelBudget, LabConfig, check_requirements, servers
 from tcpecho.lab import run as run_lab
 from tcpecho.model import Activity
@@ -124,7 +127,7 @@ def built_clients(recipes: Sequence[Recipe], workdir: Path) -> dict[str, Path]:
     return {name: build(workdir) for name, build in builders.items() if name in named}
 
 
-def run(recipes: Sequence[Recipe], output: Path) -> int:
+def run(recipes: Sequence[Recipe], output: Path, faults: Sequence[Fault] = FAULTS) -> int:
     check_requirements()
     # The programs import cookbook.* wherever the lab starts them.
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -134,15 +137,21 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
         workdir = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="tcpecho-cookbook-")))
         clients = built_clients(recipes, workdir)
         commands = server_commands(held)
+        # The lab runs every profile under every fault; a mode a recipe has under one fault
+        # only would be run under the others too, and left out of cookbook.json.
         profiles = [
-            profile(recipe, mode, clients, commands) for recipe in recipes for mode in recipe.modes
+            profile(recipe, mode, clients, commands)
+            for recipe in recipes
+            for mode in dict.fromkeys(m for fault in faults for m in recipe.modes(fault))
         ]
         lab_json = workdir / "lab.json"
+        timing = FaultTiming()  # the lab's: --path-idle-timeout 15s
         config = LabConfig(
-            faults=(Fault.FORCE_DELETE,),
+            faults=tuple(LabFault(fault) for fault in faults),
             profiles=tuple(profiles),
             budget=KernelBudget(quick=True),
             json_path=lab_json,
+            timing=timing,
         )
         status = run_lab(config)
         if status >= 128:  # a signal stopped the lab, which reported what had finished
@@ -150,7 +159,8 @@ def run(recipes: Sequence[Recipe], output: Path) -> int:
         if not lab_json.exists():
             print(f"cookbook: the lab wrote no JSON (status {status})", file=sys.stderr)
             return 1
-        cookbook = results.build(recipes, json.loads(lab_json.read_text()))
+        lab = json.loads(lab_json.read_text())
+        cookbook = results.build(recipes, lab, faults, timing.path_idle_timeout_s)
     output.write_text(json.dumps(cookbook, indent=2) + "\n")
     print(f"cookbook: wrote {output}", file=sys.stderr)
     found = results.problems(cookbook)
@@ -170,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=sorted({recipe.stack for recipe in RECIPES}),
         help="only this stack's recipes (repeatable); all by default",
     )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        choices=FAULTS,
+        help="only under this fault (repeatable); all by default",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root: the lab builds network namespaces")
@@ -179,8 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.json.absolute().parent.is_dir():
         parser.error(f"--json {args.json}: the directory {args.json.parent} does not exist")
     chosen = [recipe for recipe in RECIPES if not args.stack or recipe.stack in args.stack]
+    faults = tuple(fault for fault in FAULTS if not args.fault or fault in args.fault)
     try:
-        return run(chosen, args.json)
+        return run(chosen, args.json, faults)
     except NodeInstallError as error:
         print(f"cookbook: {error}", file=sys.stderr)
         return 1

@@ -24,6 +24,8 @@ CLOCKS = {"request": "the unanswered send", "last-data": "the last data", "fault
 def _measured(case: Mapping[str, Any]) -> str:
     if case["measured_s"] is not None:
         return format_seconds(case["measured_s"])
+    if case.get("recovered_s") is not None:
+        return f"answered at {format_seconds(case['recovered_s'])}"
     observed = case["observed_s"]
     return "none" if observed is None else f"none in {format_seconds(observed)}"
 
@@ -35,15 +37,16 @@ def _predicted(case: Mapping[str, Any]) -> str:
     low, high = prediction["low_s"], prediction["high_s"]
     if low is None:
         return "never"
+    survives = "survives, " if prediction.get("outcome") == "survives" else ""
     if low >= 600:
-        return f"{low / 60:.0f}-{high / 60:.0f} min"
-    return f"{format_seconds(low, unit='')}-{format_seconds(high)}"
+        return f"{survives}{low / 60:.0f}-{high / 60:.0f} min"
+    return f"{survives}{format_seconds(low, unit='')}-{format_seconds(high)}"
 
 
 def render(cookbook: Mapping[str, Any]) -> str:
     lines = [
-        "| stack | settings | mode | measured | predicted | from | ended by | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stack | settings | fault | mode | measured | predicted | from | ended by | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe in cookbook["recipes"]:
         for case in recipe["cases"]:
@@ -53,14 +56,18 @@ def render(cookbook: Mapping[str, Any]) -> str:
             ended_by = "-" if case["measured_s"] is None else mechanism
             quick = " *" if case["quick"] and mechanism == "tcp_retries2" else ""
             lines.append(
-                f"| {recipe['stack']} | {recipe['settings']} | {case['name']} "
-                f"| {_measured(case)}{quick} | {_predicted(case)} | {clock} | {ended_by} "
-                f"| {case['verdict']} |"
+                f"| {recipe['stack']} | {recipe['settings']} | {case['fault']} | {case['name']} "
+                f"| {_measured(case)}{quick} | {_predicted(case)} | {clock} "
+                f"| {ended_by} | {case['verdict']} |"
             )
     lines.append("")
+    idle_timeout = cookbook.get("path_idle_timeout_s")
+    expiry = (
+        "" if idle_timeout is None else f" idle-expiry's path idle timeout: {idle_timeout:g} s."
+    )
     lines.append(
-        f"Kernel {cookbook['kernel_release']}, {cookbook['wall_s']:.0f} s for the whole run. "
-        "`*`: the kernel's retransmission budget, shortened by the lab's `--quick` "
+        f"Kernel {cookbook['kernel_release']}, {cookbook['wall_s']:.0f} s for the whole run."
+        f"{expiry} `*`: the kernel's retransmission budget, shortened by the lab's `--quick` "
         "(~15 s instead of ~15.5 min)."
     )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import pytest
 
 from cookbook import results, table
 from cookbook.recipes import RECIPES
+from tcpecho.experiment import FaultTiming
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PAGE = ROOT / "docs" / "cookbook.md"
@@ -32,14 +33,32 @@ def test_the_committed_run_is_complete_and_passes_its_checks() -> None:
     recorded = {(r["stack"], r["settings"]) for r in run["recipes"]}
     assert recorded == {(r.stack, r.settings) for r in RECIPES}
     assert len({stack for stack, _ in recorded}) >= 5
+    assert run["faults"] == ["force-delete", "idle-expiry"]
+    assert run["path_idle_timeout_s"] == FaultTiming().path_idle_timeout_s  # the lab's
     for recipe in run["recipes"]:
         assert set(recipe) >= {"library", "settings", "cases"}
-        assert [case["name"] for case in recipe["cases"]] == ["busy", "idle"]
+        assert [(case["fault"], case["name"]) for case in recipe["cases"]] == [
+            (fault, mode) for fault in run["faults"] for mode in ("busy", "idle")
+        ]
         for case in recipe["cases"]:
-            assert case["fault"] == "force-delete"
-            assert case["verdict"] in ("hang", "detected")
-            assert set(case["prediction"]) >= {"low_s", "high_s"}
+            assert case["verdict"] in ("hang", "detected", "survived")
+            assert set(case["prediction"]) >= {"low_s", "high_s", "outcome"}
             assert results.fits(case), case
+
+
+def test_the_recommended_settings_survive_the_idle_timeout_and_some_defaults_do_not() -> None:
+    """What the page says of idle-expiry: which settings keep their flow, from the run."""
+    verdicts = {
+        (r["stack"], r["settings"], c["fault"], c["name"]): c["verdict"]
+        for r in _run()["recipes"]
+        for c in r["cases"]
+    }
+    for (_, settings, fault, _), verdict in verdicts.items():
+        if settings == "recommended" and fault == "idle-expiry":
+            assert verdict == "survived"
+    lost = {k[:2] for k, v in verdicts.items() if k[2] == "idle-expiry" and v != "survived"}
+    assert ("python-socket", "defaults") in lost
+    assert ("redis-py", "defaults") in lost  # 30 s keepalive: past the 15 s timeout
 
 
 def test_the_table_goes_between_the_markers_and_nowhere_else() -> None:

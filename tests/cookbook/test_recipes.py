@@ -31,6 +31,7 @@ from cookbook.clients import (
     urllib3_client,
 )
 from cookbook.recipes import (
+    FAULTS,
     KERNEL_DEFAULT_KEEPALIVE,
     NODE_PG_VERSION,
     RECIPES,
@@ -52,12 +53,20 @@ def test_every_stack_has_its_defaults_and_the_recommended_settings() -> None:
     assert len(stacks) >= 5
     for stack in stacks:
         assert {"defaults", "recommended"} <= {r.settings for r in RECIPES if r.stack == stack}
-    names = [recipe.name(mode) for recipe in RECIPES for mode in recipe.modes]
-    assert len(names) == len(set(names))
+    names = [(recipe.stack, recipe.settings) for recipe in RECIPES]
+    assert len(names) == len(set(names))  # so each profile name, recipe.name(mode), is unique
     for recipe in RECIPES:
-        assert "busy" in recipe.modes  # a request in flight, for every stack
+        assert set(recipe.verdicts) == set(FAULTS), recipe.name("busy")  # every fault
+        for fault in FAULTS:
+            assert recipe.modes(fault) == ("busy", "idle"), (fault, recipe.name("busy"))
         if recipe.settings == "recommended":
-            assert set(recipe.verdicts.values()) == {"detected"}, recipe.name("busy")
+            # Bounded when the peer vanishes; keeps its flow through the path's idle timeout.
+            assert set(recipe.verdicts["force-delete"].values()) == {"detected"}
+            assert set(recipe.verdicts["idle-expiry"].values()) == {"survived"}
+        # A request a second keeps any flow: a busy connection outlives the idle timeout.
+        assert recipe.verdicts["idle-expiry"]["busy"] == "survived"
+        # survived is idle-expiry's: under force-delete there is nothing to survive to.
+        assert "survived" not in recipe.verdicts["force-delete"].values()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cookbook import results
-from cookbook.recipes import RECIPES, RECOMMENDED, Recipe
+from cookbook.recipes import FAULTS, RECIPES, RECOMMENDED, Recipe
 from tcpecho.tcp.options import TcpOptions
 
 SOCKET_RECOMMENDED = {
@@ -25,10 +25,12 @@ PYTHON_RECOMMENDED = next(
 )
 
 
-def _lab_case(recipe: Recipe, mode: str, **changes: Any) -> dict[str, Any]:
+def _lab_case(
+    recipe: Recipe, mode: str, fault: str = "force-delete", **changes: Any
+) -> dict[str, Any]:
     case: dict[str, Any] = {
         "profile": recipe.name(mode),  # type: ignore[arg-type]
-        "fault": "force-delete",
+        "fault": fault,
         "mode": "active" if mode == "busy" else "idle",
         "options": dict(SOCKET_RECOMMENDED),
         "quick": True,
@@ -38,8 +40,10 @@ def _lab_case(recipe: Recipe, mode: str, **changes: Any) -> dict[str, Any]:
             "never": False,
             "clock": "request",
             "mechanism": "user_timeout",
+            "outcome": "fails",
         },
         "measured_s": 5.5,
+        "recovered_s": None,
         "observed_s": 5.9,
         "retransmissions": 7,
         "verdict": "detected",
@@ -53,9 +57,31 @@ def _lab(*cases: dict[str, Any]) -> dict[str, Any]:
     return {"kernel_release": "6.18", "quick": "note", "wall_s": 42.0, "cases": list(cases)}
 
 
+def _survived(recipe: Recipe, mode: str, **changes: Any) -> dict[str, Any]:
+    """idle-expiry's case of a connection that kept its flow: the peer answered after the
+    window, on the last data's clock."""
+    survives = {
+        "low_s": 15.0,
+        "high_s": 32.6,
+        "never": False,
+        "clock": "last-data",
+        "mechanism": "nothing",
+        "outcome": "survives",
+    }
+    fields: dict[str, Any] = {"prediction": survives, "measured_s": None, "recovered_s": 20.4}
+    fields |= {"verdict": "survived", "retransmissions": 0, **changes}
+    return _lab_case(recipe, mode, "idle-expiry", **fields)
+
+
+def _both_faults(recipe: Recipe = PYTHON_RECOMMENDED) -> list[dict[str, Any]]:
+    """A passing run of ``recipe`` (recommended) under both faults, busy and idle."""
+    force_delete = [_lab_case(recipe, mode) for mode in ("busy", "idle")]
+    return force_delete + [_survived(recipe, mode) for mode in ("busy", "idle")]
+
+
 def test_a_case_in_its_range_with_its_verdict_and_socket_passes() -> None:
-    lab = _lab(_lab_case(PYTHON_RECOMMENDED, "busy"), _lab_case(PYTHON_RECOMMENDED, "idle"))
-    cookbook = results.build([PYTHON_RECOMMENDED], lab)
+    lab = _lab(*_both_faults())
+    cookbook = results.build([PYTHON_RECOMMENDED], lab, path_idle_timeout_s=15.0)
     (recipe,) = cookbook["recipes"]
     assert (recipe["library"], recipe["settings"]) == ("Python socket (stdlib)", "recommended")
     busy = recipe["cases"][0]
@@ -66,6 +92,16 @@ def test_a_case_in_its_range_with_its_verdict_and_socket_passes() -> None:
         "detected",
     )
     assert (busy["prediction"]["low_s"], busy["prediction"]["high_s"]) == (5.39, 6.04)
+    assert [(case["fault"], case["name"]) for case in recipe["cases"]] == [
+        ("force-delete", "busy"),
+        ("force-delete", "idle"),
+        ("idle-expiry", "busy"),
+        ("idle-expiry", "idle"),
+    ]
+    survived = recipe["cases"][3]
+    assert (survived["verdict"], survived["recovered_s"]) == ("survived", 20.4)
+    assert survived["prediction"]["outcome"] == "survives"
+    assert (cookbook["faults"], cookbook["path_idle_timeout_s"]) == (list(FAULTS), 15.0)
     assert results.problems(cookbook) == []
 
 
@@ -82,13 +118,42 @@ def test_a_case_in_its_range_with_its_verdict_and_socket_passes() -> None:
     ],
 )
 def test_each_check_fails_a_case(changes: dict[str, Any], problem: str) -> None:
-    lab = _lab(
-        _lab_case(PYTHON_RECOMMENDED, "busy", **changes), _lab_case(PYTHON_RECOMMENDED, "idle")
-    )
-    found = results.problems(results.build([PYTHON_RECOMMENDED], lab))
+    cases = _both_faults()
+    cases[0] = _lab_case(PYTHON_RECOMMENDED, "busy", **changes)
+    found = results.problems(results.build([PYTHON_RECOMMENDED], _lab(*cases)))
     assert len(found) == 1
-    assert found[0].startswith("python-socket recommended busy: ")
+    assert found[0].startswith("python-socket recommended force-delete busy: ")
     assert problem in found[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"recovered_s": 15.0 - 0.01}, "outside its prediction"),
+        ({"recovered_s": 32.6 + 0.01}, "outside its prediction"),
+        # Nothing answered after the window: the flow was forgotten, not kept.
+        ({"recovered_s": None, "verdict": "hang"}, "verdict hang, the recipe promises survived"),
+        # Ended while the model says it survives: the measurement is not in its range.
+        ({"recovered_s": None, "measured_s": 16.0, "verdict": "detected"}, "outside"),
+    ],
+)
+def test_each_check_fails_a_survivor(changes: dict[str, Any], problem: str) -> None:
+    cases = _both_faults()
+    cases[3] = _survived(PYTHON_RECOMMENDED, "idle", **changes)
+    found = results.problems(results.build([PYTHON_RECOMMENDED], _lab(*cases)))
+    assert found
+    assert all(f.startswith("python-socket recommended idle-expiry idle: ") for f in found)
+    assert any(problem in f for f in found), found
+
+
+def test_a_survival_fits_only_a_prediction_that_survives() -> None:
+    fails = {"low_s": 45.0, "high_s": 48.2, "clock": "last-data", "outcome": "fails"}
+    survives = {**fails, "low_s": 15.0, "high_s": 32.6, "outcome": "survives"}
+    answered = {"measured_s": None, "observed_s": 21.0, "recovered_s": 20.4}
+    assert results.fits({**answered, "prediction": survives})
+    assert not results.fits({**answered, "prediction": fails})
+    assert not results.fits({**answered, "recovered_s": None, "prediction": survives})
+    assert results.fits({"measured_s": 46.8, "observed_s": 46.9, "prediction": fails})
 
 
 def test_nothing_measured_fits_never_or_a_range_not_yet_reached() -> None:
@@ -102,8 +167,14 @@ def test_nothing_measured_fits_never_or_a_range_not_yet_reached() -> None:
 
 
 def test_a_missing_case_is_an_error_not_a_pass() -> None:
-    with pytest.raises(ValueError, match="python-socket-recommended-idle"):
-        results.build([PYTHON_RECOMMENDED], _lab(_lab_case(PYTHON_RECOMMENDED, "busy")))
+    cases = _both_faults()
+    with pytest.raises(ValueError, match="force-delete/python-socket-recommended-idle"):
+        results.build([PYTHON_RECOMMENDED], _lab(*cases[:1], *cases[2:]))
+    with pytest.raises(ValueError, match="idle-expiry/python-socket-recommended-busy"):
+        results.build([PYTHON_RECOMMENDED], _lab(*cases[:2], *cases[3:]))
+    # A run of one fault (--fault) is checked for that fault's cases only.
+    only = results.build([PYTHON_RECOMMENDED], _lab(*cases[:2]), faults=("force-delete",))
+    assert results.problems(only) == []
 
 
 def test_keepalive_times_matter_only_when_keepalive_is_on() -> None:

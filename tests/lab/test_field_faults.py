@@ -138,3 +138,35 @@ def test_field_faults_with_a_program(tmp_path: Path) -> None:
     assert cases["partition/pinger"]["recovered_s"] > TIMING.outage_s
     assert cases["stalled-reader/pinger"]["measured_s"] is None
     assert cases["ip-reuse/pinger"]["measured_s"] is not None
+
+
+# An idle program waiting on a read (a long poll, a query that takes an hour), with and
+# without keepalive probes more frequent than the path's idle timeout.
+WAITER = "(echo ping; sleep 3600) | socat - TCP:{host}:{port}"
+KEPT = f"kept={WAITER},keepalive,keepidle=5,keepintvl=1,keepcnt=3"
+FORGOTTEN = f"forgotten={WAITER}"
+
+
+def test_an_idle_program_waiting_on_a_read_under_idle_expiry(tmp_path: Path) -> None:
+    """Its keepalive keeps the flow: the lab sees the peer answer a probe after the window,
+    though no data comes; without it nothing is sent, and nothing ever notices."""
+    report = tmp_path / "lab.json"
+    before = set(leftover_namespaces(RUN_PREFIX))
+    programs = ["--client-cmd", KEPT, "--client-cmd", FORGOTTEN]
+    result = subprocess.run(
+        [*LAB, "--quick", "--fault", "idle-expiry", *programs, "--json", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert set(leftover_namespaces(RUN_PREFIX)) <= before
+    cases = {case["profile"]: case for case in json.loads(report.read_text())["cases"]}
+    kept, forgotten = cases["kept"], cases["forgotten"]
+    assert (kept["mode"], kept["verdict"], kept["matches_model"]) == ("idle", "survived", True)
+    # The first probe answered after the window, on the last data's clock.
+    assert TIMING.path_idle_timeout_s <= kept["recovered_s"] <= 2 * TIMING.path_idle_timeout_s
+    assert kept["prediction"]["outcome"] == "survives"
+    assert (forgotten["verdict"], forgotten["matches_model"]) == ("hang", True)
+    assert forgotten["prediction"]["never"]

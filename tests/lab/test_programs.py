@@ -4,7 +4,9 @@ kernel shows of their sockets, against the model's prediction from the options t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -17,18 +19,22 @@ import pytest
 
 from tcpecho.experiment import Result
 from tcpecho.lab.programs import (
+    BusyAtFault,
+    DataAfter,
     Program,
     ProgramClient,
     ProgramError,
     SendClock,
     StartupTimeouts,
     program_names,
+    shown_survival,
     unmapped,
     wait_until_listening,
 )
 from tcpecho.lab.runner import RUN_PREFIX, rto_max_supported
 from tcpecho.lab.topology import SERVER_IP, SERVICE_PORT, Topology, leftover_namespaces
-from tcpecho.model import Mechanism, Prediction
+from tcpecho.model import Activity, Mechanism, Outcome, Prediction
+from tcpecho.tcp.diag import Connection
 from tcpecho.tcp.info import TcpInfo
 from tests.conftest import requires_netns
 from tests.support import read_table, tcpecho_executable
@@ -406,3 +412,59 @@ def test_the_send_clock_is_the_send_not_a_retransmission() -> None:
     inflight = SendClock()
     inflight.look(10.00, _info(unacked=1, total_retrans=1, last_data_sent_ms=10))
     assert inflight.sent_at == pytest.approx(9.99)
+
+
+def _connection(bytes_acked: int, bytes_received: int, last_ack_recv_ms: int) -> Connection:
+    info = _info(unacked=0, total_retrans=0, last_data_sent_ms=0)
+    info = dataclasses.replace(info, last_ack_recv_ms=last_ack_recv_ms)
+    return Connection(
+        "10.0.0.2:40000", "10.96.0.10:8000", "ESTABLISHED", 7, "keepalive", 0, 0, 0, info,
+        bytes_acked, bytes_received,
+    )  # fmt: skip
+
+
+def test_an_idle_program_survives_the_window_by_an_answered_probe_or_data() -> None:
+    """idle-expiry: a program waiting on a read sends only keepalive probes; the peer's ACK
+    of one after the window shows the path still carries it, as data would."""
+    after = DataAfter(window_end=115.0)
+    assert not after.look(110.0, _connection(6, 5, last_ack_recv_ms=0))  # the probe at 10 s
+    # After the window: the last ACK is still the one before it, nothing new arrived.
+    assert not after.look(116.0, _connection(6, 5, last_ack_recv_ms=6000))
+    # The next probe's ACK, 0.4 s before this look: after the window.
+    assert after.look(120.8, _connection(6, 5, last_ack_recv_ms=400))
+    # Data after the window shows it too (a ping's answer, an echo).
+    data = DataAfter(window_end=115.0)
+    data.look(114.0, _connection(6, 5, last_ack_recv_ms=9000))
+    assert data.look(116.0, _connection(6, 9, last_ack_recv_ms=9000))
+    # Nothing seen before the window's end: nothing to compare with.
+    assert not DataAfter(window_end=115.0).look(121.0, _connection(6, 9, last_ack_recv_ms=0))
+
+
+def test_a_survival_nothing_shows_gets_a_window_to_show_in() -> None:
+    """The model's survival with no request to show it becomes a range the lab can see: from
+    the window's end to a second window on (whatever kept the flow came within one)."""
+    unseen = Prediction(math.inf, math.inf, "last-data", Mechanism.NOTHING, (), Outcome.SURVIVES)
+    shown = shown_survival(unseen, 15.0)
+    assert (shown.low_s, shown.clock, shown.survives) == (15.0, "last-data", True)
+    assert 2 * 15.0 * 1.06 <= shown.high_s <= 2 * 15.0 * 1.06 + 0.5
+    assert shown_survival(unseen, None) is unseen  # a fault with no window
+    never = Prediction(math.inf, math.inf, "last-data", Mechanism.NOTHING, ())
+    assert shown_survival(never, 15.0) is never  # nothing survives: nothing to show
+    echo = Prediction(15.0, 16.3, "last-data", Mechanism.NOTHING, (), Outcome.SURVIVES)
+    assert shown_survival(echo, 15.0) is echo  # the model gave its own range
+
+
+def test_a_program_is_busy_by_a_send_at_the_fault_not_by_a_later_ping() -> None:
+    before = _connection(6, 5, last_ack_recv_ms=0)
+    # A request a second: its data is ACKed within the first look or two after the fault.
+    busy = BusyAtFault(fault_at=100.0, before=before)
+    assert busy.look(100.5, None, before) is Activity.IDLE
+    assert busy.look(101.2, None, _connection(11, 10, 0)) is Activity.ACTIVE
+    assert busy.look(130.0, None, _connection(11, 10, 0)) is Activity.ACTIVE  # it stays so
+    # gRPC's ping, 10 s after the last read: data sent and ACKed, but no request in flight.
+    pinging = BusyAtFault(fault_at=100.0, before=before)
+    assert pinging.look(100.5, None, before) is Activity.IDLE
+    assert pinging.look(108.5, None, _connection(23, 22, 0)) is Activity.IDLE
+    # A send waiting for its ACK is a busy program's whenever it shows (a ping's unanswered
+    # under force-delete: the clock of the send).
+    assert pinging.look(109.0, 108.5, _connection(23, 22, 0)) is Activity.ACTIVE

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from tcpecho.durations import format_duration
 from tcpecho.experiment import Result
 from tcpecho.lab import topology as net
-from tcpecho.model import Activity, Clock, Prediction
+from tcpecho.model import SCHEDULING_S, TIMER_SLACK, Activity, Clock, Prediction
 from tcpecho.settings import check_duration
 from tcpecho.tcp import diag
 from tcpecho.tcp.info import TcpInfo
@@ -268,19 +268,39 @@ class SendClock:
             self.sent_at = self._clear_at
 
 
-def _activity(
-    sent_at: float | None, before: diag.Connection, current: diag.Connection | None
-) -> Activity:
-    """Busy: a send waits for its ACK, or data it sent since the fault was ACKed (on a path
-    that still works, a busy program never shows one waiting)."""
-    sent_since = current is not None and current.bytes_acked > before.bytes_acked
-    return Activity.ACTIVE if sent_at is not None or sent_since else Activity.IDLE
+# A busy program sends within its interval of the fault (a request a second, as the model's
+# busy client), with room for a loaded machine.
+BUSY_SENDS_WITHIN_S = 2.0
+
+
+@dataclass
+class BusyAtFault:
+    """Whether the program was busy when the fault came, from successive looks: a send waits
+    for its ACK (``SendClock``), or, on a path that still works (a busy program never shows
+    one waiting), data it sent was ACKed within ``BUSY_SENDS_WITHIN_S`` of the fault. Data
+    sent later was no request in flight at the fault but an idle program's own ping (gRPC's
+    HTTP/2 PING every ``keepalive_time_ms``), which keeps a path's idle timeout at bay."""
+
+    fault_at: float
+    before: diag.Connection  # the program's connection as it was talking before the fault
+    _acked: bool = False
+
+    def look(
+        self, start: float, sent_at: float | None, current: diag.Connection | None
+    ) -> Activity:
+        early = start - self.fault_at <= BUSY_SENDS_WITHIN_S
+        if not self._acked and early and current is not None:
+            self._acked = current.bytes_acked > self.before.bytes_acked
+        return Activity.ACTIVE if sent_at is not None or self._acked else Activity.IDLE
 
 
 @dataclass
 class DataAfter:
-    """Whether data came back after ``window_end`` (monotonic), from successive looks at the
-    program's socket: more bytes received than at the last look before it."""
+    """Whether the peer answered after ``window_end`` (monotonic), from successive looks at
+    the program's socket: more bytes received than at the last look before it, or an ACK
+    received after it. An idle program waiting on a read sends nothing but keepalive
+    probes, whose answers carry no data: their ACK (``last_ack_recv``) is what shows that
+    the path still carries the connection."""
 
     window_end: float
     _received: int | None = None  # at the last look before the window's end
@@ -289,7 +309,25 @@ class DataAfter:
         if start < self.window_end:
             self._received = connection.bytes_received
             return False
-        return self._received is not None and connection.bytes_received > self._received
+        if self._received is None:
+            return False
+        if connection.bytes_received > self._received:
+            return True
+        info = connection.info
+        return info is not None and start - info.last_ack_recv_ms / 1000 > self.window_end
+
+
+def shown_survival(prediction: Prediction, window_s: float | None) -> Prediction:
+    """``prediction`` as the lab can see it. The model says an idle connection whose
+    keepalive probes (or pings) come more often than the path's idle timeout survives it,
+    and nothing that would show it when the program sends no request (it waits on a read):
+    the lab sees it in the peer's answer to a packet after the window (``DataAfter``).
+    Whatever kept the flow came less than a window apart, so that answer comes within
+    another window after the first, on the last data's clock (timers late by their slack)."""
+    if window_s is None or not (prediction.survives and prediction.never):
+        return prediction
+    latest = 2 * window_s * TIMER_SLACK[1] + SCHEDULING_S  # the answer seen when scheduled
+    return replace(prediction, low_s=window_s, high_s=latest, clock="last-data")
 
 
 class SocketWatch:
@@ -478,15 +516,17 @@ class ProgramClient:
             self.result.options = options.as_dict()
             self.tcp = options
 
-    def predictions(self, expect: Expectation) -> dict[Activity, Prediction]:
+    def predictions(
+        self, expect: Expectation, window_s: float | None = None
+    ) -> dict[Activity, Prediction]:
         """What the model expects, busy and idle, from the options read (``expect`` adds the
         fault, the kernel and the program's own deadlines, where its profile declares them:
-        the kernel cannot show those)."""
+        the kernel cannot show those; ``window_s``: the fault's window, if it has one)."""
         info = self.talking.connection.info if self.talking else None
         first_rto_s = None if info is None else info.rto_ms / 1000
         predictions = {}
         for activity in (Activity.ACTIVE, Activity.IDLE):
-            prediction = expect(activity, self.tcp, first_rto_s)
+            prediction = shown_survival(expect(activity, self.tcp, first_rto_s), window_s)
             if not prediction.never:
                 # The lab sees the end only at its next look at the program's socket.
                 prediction = replace(prediction, high_s=prediction.high_s + SEEN_LATE_S)
@@ -512,6 +552,7 @@ class ProgramClient:
         before = self.talking.connection
         last_data_at: float | None = None
         send = SendClock()
+        busy = BusyAtFault(fault_at, before)
         after = None if window_s is None else DataAfter(fault_at + window_s)
         while True:
             for listing in await self.watch.listings():
@@ -533,7 +574,7 @@ class ProgramClient:
                     # The last look before the socket went holds the count.
                     self.result.retransmissions = info.total_retrans
                 sent_at = send.sent_at
-                activity = _activity(sent_at, before, current)
+                activity = busy.look(start, sent_at, current)
                 prediction = predictions[activity]
                 self.result.prediction = prediction  # what the progress line expects now
                 self.activity = activity

@@ -609,7 +609,8 @@ class LabCase:
         ) -> Prediction:
             return self._expect(kernel, activity, tcp, first_rto_s, lone_segment=False)
 
-        predictions = client.predictions(expect_of_program)
+        window_s = self.run.timing.window_s(self.case.fault)
+        predictions = client.predictions(expect_of_program, window_s)
         self._predictions = predictions
         await self._inject(server_pid)
         await self._check_fault_took(server_pid)
@@ -620,7 +621,7 @@ class LabCase:
             predictions,
             NEVER_OBSERVED_S,
             profile.watch_s,
-            self.run.timing.window_s(self.case.fault),
+            window_s,
         )
         self.result.observed_s = time.monotonic() - self.fault_monotonic
         self.status = "seeing whether the program exits"
