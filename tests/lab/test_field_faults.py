@@ -15,6 +15,7 @@ from tcpecho.experiment import FaultTiming
 from tcpecho.lab.runner import RUN_PREFIX
 from tcpecho.lab.topology import leftover_namespaces
 from tests.conftest import requires_netns
+from tests.support import abandoned_namespaces
 
 pytestmark = [requires_netns, pytest.mark.netns]
 
@@ -51,7 +52,8 @@ def _run(tmp_path: Path, *args: str) -> dict[str, dict[str, Any]]:
     print(result.stdout)  # the table, for the CI log
     could_not = [line for line in result.stdout.splitlines() if line.startswith("could not run")]
     assert result.returncode == 0, (could_not, result.stderr[-2000:])
-    assert set(leftover_namespaces(RUN_PREFIX)) <= before
+    # Only a dead run's namespaces are leftovers: another lab run may be going on beside.
+    assert set(abandoned_namespaces(RUN_PREFIX)) <= before
     cases = {case["name"]: case for case in json.loads(report.read_text())["cases"]}
     for name, case in cases.items():
         assert case["error"] is None, (name, case["error"])
@@ -161,7 +163,8 @@ def test_an_idle_program_waiting_on_a_read_under_idle_expiry(tmp_path: Path) -> 
     )
     print(result.stdout)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert set(leftover_namespaces(RUN_PREFIX)) <= before
+    # Only a dead run's namespaces are leftovers: another lab run may be going on beside.
+    assert set(abandoned_namespaces(RUN_PREFIX)) <= before
     cases = {case["profile"]: case for case in json.loads(report.read_text())["cases"]}
     kept, forgotten = cases["kept"], cases["forgotten"]
     assert (kept["mode"], kept["verdict"], kept["matches_model"]) == ("idle", "survived", True)
