@@ -428,7 +428,7 @@ def test_go_http2_pings_only_with_a_read_idle_timeout() -> None:
     )
     with pytest.raises(StackSyntaxError, match="ReadIdleTimeout=30: a Go duration"):
         read(GO_HTTP2, "ReadIdleTimeout=30")
-    with pytest.raises(StackSyntaxError, match="no http2.Transport field"):
+    with pytest.raises(StackSyntaxError, match=r"no http2\.Transport field"):
         read(GO_HTTP2, "IdleConnTimeout: 90s")
 
 
@@ -442,7 +442,8 @@ def test_recommend_answers_in_the_go_librarys_words(name: str) -> None:
     assert tcp.as_flags() == tuple(document["settings"]["flags"])
     if name == "go-mysql":
         assert settings.startswith("mysql.RegisterDialContext: net.Dialer{KeepAlive: -1, ")
-        assert tcp.user_timeout_ms and tcp.keepalive
+        assert tcp.user_timeout_ms
+        assert tcp.keepalive
         return
     assert settings.startswith("http2.Transport{ReadIdleTimeout: ")
     ping = deadlines.ping
