@@ -2,9 +2,10 @@
 lab's path idle timeout) in the lab, busy and idle, with the quick kernel budget;
 ``out/cookbook.json``; exit 1 when a case fails its checks.
 
-It builds the Go client and installs the Node client (``npm ci`` from its lockfile) in a
-temporary directory, sets up the servers as ``tcpecho lab --server-preset`` does
-(``tcpecho.lab.servers``: PostgreSQL, Redis, the gRPC and HTTP servers), gives the lab one
+It builds the Go clients (the library ones against Debian's packaged Go modules, offline)
+and installs the Node client (``npm ci`` from its lockfile) in a temporary directory, sets
+up the servers as ``tcpecho lab --server-preset`` does (``tcpecho.lab.servers``:
+PostgreSQL, Redis, MariaDB, the gRPC, HTTP/1.1 and HTTP/2 servers), gives the lab one
 program case per recipe, fault and mode (each with its own server program), all in one run,
 reads the lab's JSON back and checks it (``results``). Needs root, like the lab, and the
 Debian packages in ``scripts/system-packages``; the Python libraries come from the nox
