@@ -39,6 +39,7 @@ COOKBOOK_LIBRARIES = [
     "grpcio==1.85.3",
     "asyncpg==0.32.0",
     "urllib3==2.8.0",
+    "h2==4.4.1",  # the lab's http2 preset (tcpecho.lab.http2_server), the Go HTTP/2 recipes
 ]
 KUBERNETES_VERSION = "1.32.0"
 # Where pip, inside the image build, finds the CA that the machine's package traffic needs.

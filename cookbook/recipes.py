@@ -25,7 +25,7 @@ Verdict = Literal["hang", "detected", "survived"]
 Fault = Literal["force-delete", "idle-expiry"]
 FAULTS: tuple[Fault, ...] = ("force-delete", "idle-expiry")
 # Which server program a recipe's client talks to: the lab's echo server, or one of these.
-Server = Literal["echo", "postgres", "redis", "grpc", "http"]
+Server = Literal["echo", "postgres", "redis", "grpc", "http", "mariadb", "http2"]
 
 KERNEL_DEFAULT_KEEPALIVE = TcpOptions(
     keepalive=True, keepalive_idle_s=7200, keepalive_interval_s=75, keepalive_count=9
@@ -70,6 +70,13 @@ NODE_KEEPALIVE = TcpOptions(
     keepalive_interval_s=1,
     keepalive_count=10,
 )
+
+# Go's net.Dialer with KeepAlive 0 (Go 1.19): idle and interval 15 s, the kernel's count.
+GO_DEFAULT_KEEPALIVE = TcpOptions(
+    keepalive=True, keepalive_idle_s=15, keepalive_interval_s=15, keepalive_count=9
+)
+GO_MYSQL_VERSION = "1.5.0"  # Debian bookworm's golang-github-go-sql-driver-mysql-dev
+GO_X_NET_VERSION = "0.7.0"  # Debian bookworm's golang-golang-x-net-dev
 
 RECIPES = (
     Recipe(
@@ -327,5 +334,72 @@ RECIPES = (
         # place of TCP_USER_TIMEOUT. The idle case's hour-long query passes its own, longer
         # one (cookbook/node/client.js): keepalive, not the timer, ends that wait.
         Deadlines(read_timeout_s=common.USER_TIMEOUT_MS / 1000),
+    ),
+    # go-sql-driver/mysql (Debian's golang-github-go-sql-driver-mysql-dev) through
+    # database/sql: its own dialer is a net.Dialer with Go's default keepalive (15 s idle and
+    # interval, the kernel's count), no TCP_USER_TIMEOUT; readTimeout and writeTimeout unset.
+    Recipe(
+        "go-mysql",
+        f"go-sql-driver/mysql {GO_MYSQL_VERSION} (database/sql, Debian's package)",
+        "defaults",
+        "none (timeout, readTimeout, writeTimeout unset; the driver's net.Dialer: Go's "
+        "KeepAlive 15 s, idle and interval 15 s, the kernel's count 9)",
+        ("{go_mysql_client}",),
+        "mariadb",
+        GO_DEFAULT_KEEPALIVE,
+        {
+            "force-delete": {"busy": "hang", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "detected"},
+        },
+    ),
+    Recipe(
+        "go-mysql",
+        f"go-sql-driver/mysql {GO_MYSQL_VERSION} (database/sql, Debian's package)",
+        "recommended",
+        "DSN timeout=5s; mysql.RegisterDialContext: net.Dialer{KeepAlive: -1, Control: "
+        "setsockopt TCP_USER_TIMEOUT 5000, SO_KEEPALIVE 1, TCP_KEEPIDLE 10, TCP_KEEPINTVL 1, "
+        "TCP_KEEPCNT 3}",
+        ("{go_mysql_client}",),
+        "mariadb",
+        RECOMMENDED,
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
+        Deadlines(connect_timeout_s=5.0),
+    ),
+    # Go's HTTP/2 client (golang.org/x/net/http2, Debian's golang-golang-x-net-dev), h2c: its
+    # keepalive is HTTP/2 PINGs, off unless ReadIdleTimeout is set (kubernetes 87615, golang/go
+    # 31643); the socket keeps its dialer's Go keepalive (15 s) either way.
+    Recipe(
+        "go-http2",
+        f"Go HTTP/2 Transport (golang.org/x/net/http2 {GO_X_NET_VERSION}, Debian's package)",
+        "defaults",
+        "none (ReadIdleTimeout 0: no pings; its net.Dialer: Go's KeepAlive 15 s)",
+        ("{go_http2_client}",),
+        "http2",
+        GO_DEFAULT_KEEPALIVE,
+        {
+            "force-delete": {"busy": "hang", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "detected"},
+        },
+    ),
+    Recipe(
+        "go-http2",
+        f"Go HTTP/2 Transport (golang.org/x/net/http2 {GO_X_NET_VERSION}, Debian's package)",
+        "recommended",
+        "http2.Transport{ReadIdleTimeout: 10s, PingTimeout: 5s}",
+        ("{go_http2_client}",),
+        "http2",
+        GO_DEFAULT_KEEPALIVE,
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
+        # A PING after 10 s without a frame read, also with no request in flight, without
+        # limit; its answer given 5 s.
+        Deadlines(
+            ping=Ping(common.KEEPALIVE_IDLE_S, common.USER_TIMEOUT_MS / 1000, without_calls=True)
+        ),
     ),
 )

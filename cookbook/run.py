@@ -2,9 +2,10 @@
 lab's path idle timeout) in the lab, busy and idle, with the quick kernel budget;
 ``out/cookbook.json``; exit 1 when a case fails its checks.
 
-It builds the Go client and installs the Node client (``npm ci`` from its lockfile) in a
-temporary directory, sets up the servers as ``tcpecho lab --server-preset`` does
-(``tcpecho.lab.servers``: PostgreSQL, Redis, the gRPC and HTTP servers), gives the lab one
+It builds the Go clients (the library ones against Debian's packaged Go modules, offline)
+and installs the Node client (``npm ci`` from its lockfile) in a temporary directory, sets
+up the servers as ``tcpecho lab --server-preset`` does (``tcpecho.lab.servers``:
+PostgreSQL, Redis, MariaDB, the gRPC, HTTP/1.1 and HTTP/2 servers), gives the lab one
 program case per recipe, fault and mode (each with its own server program), all in one run,
 reads the lab's JSON back and checks it (``results``). Needs root, like the lab, and the
 Debian packages in ``scripts/system-packages``; the Python libraries come from the nox
@@ -35,6 +36,11 @@ from tcpecho.model import Activity
 
 ROOT = Path(__file__).resolve().parent.parent
 GO_SOURCE = ROOT / "cookbook" / "go" / "client.go"
+# The Go clients on Debian's packaged modules (golang-*-dev, in /usr/share/gocode), built in
+# GOPATH mode: no module proxy, no go.mod, nothing fetched.
+DEBIAN_GOPATH = Path("/usr/share/gocode")
+GO_MYSQL_SOURCE = ROOT / "cookbook" / "go" / "mysql" / "main.go"
+GO_HTTP2_SOURCE = ROOT / "cookbook" / "go" / "http2" / "main.go"
 NODE_SOURCE = ROOT / "cookbook" / "node"
 NODE_FILES = ("client.js", "package.json", "package-lock.json")
 # An idle client's setup (a handshake, its one request) must be over before the fault.
@@ -43,13 +49,21 @@ IDLE_QUIET_S = 1.5
 # longer predictions (the kernel's 2 h keepalive) are reported as not reached.
 WATCH_S = 170.0
 TOOLS = {"go": "golang-go", "node": "nodejs", "npm": "npm"}
+# The Debian packages of Go modules the Go clients import, by a file each one installs.
+GO_MODULES = {
+    DEBIAN_GOPATH / "src/github.com/go-sql-driver/mysql/driver.go": (
+        "golang-github-go-sql-driver-mysql-dev"
+    ),
+    DEBIAN_GOPATH / "src/golang.org/x/net/http2/transport.go": "golang-golang-x-net-dev",
+}
 # The servers the recipes talk to, by the lab's presets (``tcpecho lab --server-preset NAME``).
-SERVER_PRESETS = ("postgres", "redis", "grpc", "http")
+SERVER_PRESETS = ("postgres", "redis", "grpc", "http", "mariadb", "http2")
 
 
 def missing() -> str | None:
     """What this machine lacks for the cookbook, or None."""
     absent = [f"{tool} ({package})" for tool, package in TOOLS.items() if not shutil.which(tool)]
+    absent += [f"{path} ({package})" for path, package in GO_MODULES.items() if not path.exists()]
     for preset in SERVER_PRESETS:
         lacking = servers.missing(preset)
         if lacking is not None:
@@ -68,6 +82,30 @@ def build_go_client(workdir: Path) -> Path:
     }
     subprocess.run(["go", "build", "-o", str(binary), str(GO_SOURCE)], check=True, env=env)
     return binary
+
+
+def build_debian_go_client(source: Path, workdir: Path) -> Path:
+    """``source`` built against Debian's packaged Go modules (GOPATH mode, read only), with
+    the build cache in ``workdir``: no module proxy is asked, nothing outside is written."""
+    binary = workdir / f"go-{source.parent.name}-client"
+    env = {
+        **os.environ,
+        "GO111MODULE": "off",
+        "GOPATH": str(DEBIAN_GOPATH),
+        "GOCACHE": str(workdir / "go-cache"),
+        "GOFLAGS": "-buildvcs=false",
+        "GOPROXY": "off",
+    }
+    subprocess.run(["go", "build", "-o", str(binary), str(source)], check=True, env=env)
+    return binary
+
+
+def build_go_mysql_client(workdir: Path) -> Path:
+    return build_debian_go_client(GO_MYSQL_SOURCE, workdir)
+
+
+def build_go_http2_client(workdir: Path) -> Path:
+    return build_debian_go_client(GO_HTTP2_SOURCE, workdir)
 
 
 class NodeInstallError(RuntimeError):
@@ -122,7 +160,12 @@ def profile(
 
 def built_clients(recipes: Sequence[Recipe], workdir: Path) -> dict[str, Path]:
     """The compiled or installed clients the chosen recipes name (``{go_client}``, ...)."""
-    builders = {"go_client": build_go_client, "node_client": install_node_client}
+    builders = {
+        "go_client": build_go_client,
+        "go_mysql_client": build_go_mysql_client,
+        "go_http2_client": build_go_http2_client,
+        "node_client": install_node_client,
+    }
     named = {part[1:-1] for recipe in recipes for part in recipe.client}
     return {name: build(workdir) for name, build in builders.items() if name in named}
 

@@ -12,7 +12,15 @@ import pytest
 from cookbook.recipes import RECIPES, Recipe
 from tcpecho.model import Activity, Failure, KernelSettings, predict
 from tcpecho.settings import Deadlines, Ping
-from tcpecho.stacks import KERNEL_DEFAULT_KEEPALIVE, STACKS, StackSyntaxError, read
+from tcpecho.stacks import (
+    GO_DEFAULT_KEEPALIVE,
+    KERNEL_DEFAULT_KEEPALIVE,
+    STACKS,
+    StackSyntaxError,
+    go_duration,
+    parse_go_duration,
+    read,
+)
 from tcpecho.tcp.options import TcpOptions
 from tests.support import tcpecho_executable
 
@@ -52,7 +60,9 @@ KEEPALIVE_STACKS = [
     for n, stack in STACKS.items()
     if n not in ("tcpecho", "node-postgres") and not stack.ping_ack_timeout_s
 ]
-PINGING_STACKS = [n for n, stack in STACKS.items() if stack.ping_ack_timeout_s]
+# gRPC's pings, which can wait for a call and stop after a few; Go's HTTP/2 pings always go,
+# with or without requests, without limit: its own tests below.
+PINGING_STACKS = [n for n, stack in STACKS.items() if stack.ping_ack_timeout_s and n != "go-http2"]
 
 
 @pytest.mark.parametrize("name", KEEPALIVE_STACKS)
@@ -343,3 +353,111 @@ def test_recommend_for_node_postgres_is_in_pgs_words_and_keeps_its_promise() -> 
     # What Node really does with it still notices an idle dead peer within the 30 s.
     idle = predict(KernelSettings.here(), tcp, Failure.SILENT, Activity.IDLE)
     assert idle.high_s <= 30
+
+
+# --- go-sql-driver/mysql and Go's HTTP/2 Transport: Go durations, Go's net.Dialer ---
+GO_MYSQL = STACKS["go-mysql"]
+GO_HTTP2 = STACKS["go-http2"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.5, "500ms"), (5.0, "5s"), (90.0, "1m30s"), (3600.0, "1h0m0s"), (2.5, "2.5s")],
+)
+def test_go_durations_print_as_go_prints_them_and_read_back(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+    assert parse_go_duration("timeout", text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5", "5 seconds", "5S", "s", "1.5.5s"])
+def test_a_go_duration_without_its_unit_is_refused_as_go_refuses_it(text: str) -> None:
+    with pytest.raises(StackSyntaxError, match="a Go duration with its unit"):
+        parse_go_duration("timeout", text)
+
+
+def test_go_mysql_reads_its_dsn_and_its_dialer() -> None:
+    tcp, deadlines = read(
+        GO_MYSQL, "user@tcp(db:3306)/app?timeout=5s&readTimeout=1m&writeTimeout=5s"
+    )
+    # No dialer of one's own: the driver's, with Go's 15 s keepalive.
+    assert tcp == GO_DEFAULT_KEEPALIVE
+    assert deadlines == Deadlines(connect_timeout_s=5.0, read_timeout_s=60.0)
+    # The trap: a KeepAlive >= 0 is applied after Control, over its idle time and interval.
+    tcp, _ = read(
+        GO_MYSQL,
+        "net.Dialer{KeepAlive: 30 * time.Second, Control: setsockopt TCP_USER_TIMEOUT 5000, "
+        "TCP_KEEPIDLE 10, TCP_KEEPINTVL 1, TCP_KEEPCNT 3}",
+    )
+    assert (tcp.keepalive_idle_s, tcp.keepalive_interval_s, tcp.keepalive_count) == (30, 30, 3)
+    assert read(GO_MYSQL, "Control: setsockopt TCP_KEEPIDLE 10")[0].keepalive_idle_s == 15
+    # KeepAlive -1 and no keepalive option: the driver still turns SO_KEEPALIVE on, with the
+    # kernel's times.
+    tcp, _ = read(GO_MYSQL, "KeepAlive: -1, Control: setsockopt TCP_USER_TIMEOUT 5000")
+    assert tcp == replace(KERNEL_DEFAULT_KEEPALIVE, user_timeout_ms=5000)
+    tcp, _ = read(GO_MYSQL, "KeepAlive: -1, Control: setsockopt SO_KEEPALIVE 0")
+    assert tcp.keepalive
+    with pytest.raises(StackSyntaxError, match="timeout=5: a Go duration with its unit"):
+        read(GO_MYSQL, "timeout=5")
+    with pytest.raises(StackSyntaxError, match="no go-sql-driver/mysql setting"):
+        read(GO_MYSQL, "maxAllowedPacket=0")
+
+
+@pytest.mark.parametrize(
+    "tcp", [GO_DEFAULT_KEEPALIVE, TcpOptions(user_timeout_ms=27_000, keepalive=False), TUNED]
+)
+@pytest.mark.parametrize(
+    "ping", [Ping(30, 15.0, without_calls=True), Ping(0.5, 2.5, without_calls=True)]
+)
+def test_go_http2_pings_render_and_read_back_as_the_same(tcp: TcpOptions, ping: Ping) -> None:
+    rendered = GO_HTTP2.render(tcp, Deadlines(ping=ping))
+    assert rendered.startswith("http2.Transport{ReadIdleTimeout: ")
+    assert ("DialTLSContext" in rendered) == (tcp != GO_DEFAULT_KEEPALIVE)
+    assert read(GO_HTTP2, rendered) == (tcp, Deadlines(ping=ping))
+
+
+def test_go_http2_pings_only_with_a_read_idle_timeout() -> None:
+    assert read(GO_HTTP2, None) == (GO_DEFAULT_KEEPALIVE, Deadlines())
+    # PingTimeout alone does nothing: no health check runs without ReadIdleTimeout.
+    assert read(GO_HTTP2, "PingTimeout: 5s") == (GO_DEFAULT_KEEPALIVE, Deadlines())
+    assert read(GO_HTTP2, "ReadIdleTimeout: 0") == (GO_DEFAULT_KEEPALIVE, Deadlines())
+    # The kubelet's: PingTimeout left at 0, which means 15 s.
+    _, deadlines = read(GO_HTTP2, "t.ReadIdleTimeout = 30 * time.Second")
+    assert deadlines.ping == Ping(30.0, 15.0, without_calls=True)
+    assert GO_HTTP2.render(GO_DEFAULT_KEEPALIVE, Deadlines()) == (
+        "http2.Transport{ReadIdleTimeout: 0 (no pings)}"
+    )
+    with pytest.raises(StackSyntaxError, match="ReadIdleTimeout=30: a Go duration"):
+        read(GO_HTTP2, "ReadIdleTimeout=30")
+    with pytest.raises(StackSyntaxError, match=r"no http2\.Transport field"):
+        read(GO_HTTP2, "IdleConnTimeout: 90s")
+
+
+@pytest.mark.parametrize("name", ["go-mysql", "go-http2"])
+def test_recommend_answers_in_the_go_librarys_words(name: str) -> None:
+    shown = _explain("--recommend", "--detect-within", "30s", "--stack", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    settings = document["stack"]["settings"]
+    tcp, deadlines = read(STACKS[name], settings)
+    assert tcp.as_flags() == tuple(document["settings"]["flags"])
+    if name == "go-mysql":
+        assert settings.startswith("mysql.RegisterDialContext: net.Dialer{KeepAlive: -1, ")
+        assert tcp.user_timeout_ms
+        assert tcp.keepalive
+        return
+    assert settings.startswith("http2.Transport{ReadIdleTimeout: ")
+    ping = deadlines.ping
+    assert ping is not None
+    # A dead idle peer noticed within the 30 s: the ping, then its answer's 15 s default.
+    assert ping.ack_timeout_s == 15.0
+    idle = predict(KernelSettings.here(), tcp, Failure.SILENT, Activity.IDLE, deadlines)
+    assert idle.high_s <= 30
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), [("go-mysql", "timeout=5"), ("go-http2", "PingTimeout: -5s")]
+)
+def test_bad_go_settings_are_a_usage_error(name: str, options: str) -> None:
+    result = _explain("--stack", name, "--stack-options", options)
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr

@@ -539,11 +539,187 @@ STACKS["node-postgres"] = Stack(
     _parse_node_postgres,
     syntax="{ keepAlive: true, keepAliveInitialDelayMillis: 10000, query_timeout: 5000 }",
 )
+# --- go-sql-driver/mysql and Go's HTTP/2 Transport (the Go stacks of issue 25) ---
+# Both take Go durations ("5s", "1m30s", or 5 * time.Second). Their sockets come from a
+# net.Dialer: Go 1.19's (Debian bookworm) KeepAlive, 0 meaning 15 s and -1 none, sets
+# TCP_KEEPIDLE and TCP_KEEPINTVL both, after a Control function has set its own options;
+# the count stays the kernel's. go-sql-driver/mysql turns SO_KEEPALIVE on itself on every
+# TCP connection, whatever dialer made it (connector.go: SetKeepAlive(true)).
+GO_DEFAULT_KEEPALIVE_S = 15
+GO_DEFAULT_KEEPALIVE = TcpOptions(
+    keepalive=True,
+    keepalive_idle_s=GO_DEFAULT_KEEPALIVE_S,
+    keepalive_interval_s=GO_DEFAULT_KEEPALIVE_S,
+    keepalive_count=9,
+)
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_GO_TIME_UNITS = {
+    "Nanosecond": 1e-9,
+    "Microsecond": 1e-6,
+    "Millisecond": 1e-3,
+    "Second": 1.0,
+    "Minute": 60.0,
+    "Hour": 3600.0,
+}
+_GO_PRODUCT = re.compile(r"(\d+(?:\.\d+)?)\s*\*\s*time\.(\w+)")
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` as Go's time.Duration prints it: 500ms, 10s, 1m30s, 1h0m0s."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, rest = divmod(rest, 60)
+    text = f"{rest:g}s"
+    if hours or minutes:
+        text = f"{minutes:g}m{text}"
+    if hours:
+        text = f"{hours:g}h{text}"
+    return text
+
+
+def parse_go_duration(key: str, text: str) -> float:
+    """A Go duration (``5s``, ``1m30s``, ``5 * time.Second``) in seconds; a bare number is
+    refused as Go refuses it (time.ParseDuration: missing unit), except 0 and a negative
+    one (a struct field's ``KeepAlive: -1``: nanoseconds, "none" to Go)."""
+    product = _GO_PRODUCT.fullmatch(text.strip())
+    if product is not None:
+        if product[2] not in _GO_TIME_UNITS:
+            raise StackSyntaxError(f"{key}: time.{product[2]} is not a time unit")
+        return float(product[1]) * _GO_TIME_UNITS[product[2]]
+    parts = re.findall(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)", text)
+    if re.fullmatch(r"-?0", text.strip()):
+        return 0.0
+    if re.fullmatch(r"-\d+", text.strip()):
+        return int(text) * 1e-9
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lstrip("-"):
+        raise StackSyntaxError(f"{key}={text}: a Go duration with its unit (5s, 500ms, 1m30s)")
+    seconds = sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
+    return -seconds if text.strip().startswith("-") else seconds
+
+
+def _go_field(text: str, key: str) -> float | None:
+    """``key``'s Go duration in ``text`` (``key=5s``, ``key: 5 * time.Second``), or None."""
+    found = re.search(rf"\b{key}\s*[:=]\s*(\d+(?:\.\d+)?\s*\*\s*time\.\w+|[-\w.µ]+)", text)
+    return None if found is None else parse_go_duration(key, found[1])
+
+
+def _go_dialer(text: str, base: TcpOptions, keepalive_forced: bool = False) -> TcpOptions:
+    """The socket a net.Dialer in ``text`` gives: its Control's setsockopt calls over
+    ``base``, then its KeepAlive (0 or absent: 15 s; negative: left alone) over the idle
+    time and the interval. ``keepalive_forced``: the library turns SO_KEEPALIVE on after
+    the dial, whatever Control set."""
+    names = "|".join(name for name, _ in _SOCKET_NAMES)
+    found = dict(re.findall(rf"\b({names})[\s:=]+(-?\d+)", text))
+    if keepalive_forced:
+        found.pop("SO_KEEPALIVE", None)
+    tcp = _from_socket_names(found, base)
+    keepalive = _go_field(text, "KeepAlive")
+    period = keepalive if keepalive else GO_DEFAULT_KEEPALIVE_S
+    if period > 0:
+        whole = math.ceil(period)  # Go rounds the period up to whole seconds
+        tcp = replace(tcp, keepalive=True, keepalive_idle_s=whole, keepalive_interval_s=whole)
+    return tcp
+
+
+def _go_dialer_rendered(tcp: TcpOptions) -> str:
+    return f"net.Dialer{{KeepAlive: -1, Control: setsockopt {_setsockopt_list(tcp)}}}"
+
+
+# go-sql-driver/mysql: the DSN's timeout (each dial), readTimeout (each read of an answer:
+# a long query too) and writeTimeout (each write: a full send buffer only); a dialer of one's
+# own with mysql.RegisterDialContext for the socket options.
+_MYSQL_DSN_KEYS = ("timeout", "readTimeout", "writeTimeout")
+
+
+def _render_go_mysql(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    dsn = []
+    if deadlines.connect_timeout_s is not None:
+        dsn.append(f"timeout={go_duration(deadlines.connect_timeout_s)}")
+    if deadlines.read_timeout_s is not None:
+        dsn.append(f"readTimeout={go_duration(deadlines.read_timeout_s)}")
+    dialer = f"mysql.RegisterDialContext: {_go_dialer_rendered(tcp)}"
+    return f"DSN {'&'.join(dsn)}; {dialer}" if dsn else dialer
+
+
+def _parse_go_mysql(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    given = {key: _go_field(text, key) for key in _MYSQL_DSN_KEYS}
+    own_dialer = re.search(r"RegisterDialContext|Control|KeepAlive|\b(TCP|SO)_[A-Z]+\b", text)
+    if own_dialer is None and all(value is None for value in given.values()):
+        raise StackSyntaxError("no go-sql-driver/mysql setting found (for example: timeout=5s)")
+    tcp = defaults
+    if own_dialer is not None:
+        # The driver's SetKeepAlive(true) after any dial: SO_KEEPALIVE on, at least the
+        # kernel's times.
+        tcp = _go_dialer(text, KERNEL_DEFAULT_KEEPALIVE, keepalive_forced=True)
+    deadlines = Deadlines(
+        connect_timeout_s=given["timeout"] or None, read_timeout_s=given["readTimeout"] or None
+    )
+    return tcp, deadlines
+
+
+# golang.org/x/net/http2's Transport: ReadIdleTimeout (a PING after that long without a frame
+# read; 0, the default: no pings) and PingTimeout (the PING's answer; 0 means 15 s). The pings
+# go whether or not a request is in flight, without limit.
+GO_HTTP2_PING_TIMEOUT_S = 15.0
+
+
+def _render_go_http2(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    ping = deadlines.ping
+    fields = "ReadIdleTimeout: 0 (no pings)"
+    if ping is not None:
+        fields = (
+            f"ReadIdleTimeout: {go_duration(ping.interval_s)}, "
+            f"PingTimeout: {go_duration(ping.ack_timeout_s)}"
+        )
+    rendered = f"http2.Transport{{{fields}}}"
+    if tcp != GO_DEFAULT_KEEPALIVE:  # what a plain net.Dialer (tls.Dial's) leaves
+        rendered += f"; DialTLSContext with {_go_dialer_rendered(tcp)}"
+    return rendered
+
+
+def _parse_go_http2(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    interval = _go_field(text, "ReadIdleTimeout")
+    ack = _go_field(text, "PingTimeout")
+    own_dialer = re.search(r"Control|KeepAlive|\b(TCP|SO)_[A-Z]+\b", text)
+    if interval is None and ack is None and own_dialer is None:
+        raise StackSyntaxError("no http2.Transport field found (for example: ReadIdleTimeout: 10s)")
+    if (interval or 0) < 0 or (ack or 0) < 0:
+        raise StackSyntaxError("ReadIdleTimeout and PingTimeout are durations, 0 or more")
+    tcp = defaults if own_dialer is None else _go_dialer(text, TcpOptions(keepalive=False))
+    if not interval:  # no health check: PingTimeout alone does nothing
+        return tcp, Deadlines()
+    ping = Ping(interval, ack or GO_HTTP2_PING_TIMEOUT_S, without_calls=True)
+    return tcp, Deadlines(ping=ping)
+
+
+for _stack in (
+    Stack(
+        "go-mysql",
+        "go-sql-driver/mysql: DSN parameters, and a net.Dialer (mysql.RegisterDialContext)",
+        GO_DEFAULT_KEEPALIVE,  # the driver's net.Dialer: Go's 15 s; no TCP_USER_TIMEOUT
+        _render_go_mysql,
+        _parse_go_mysql,
+        syntax="timeout=5s readTimeout=30s; net.Dialer{KeepAlive: -1, Control: setsockopt "
+        "TCP_USER_TIMEOUT 5000, TCP_KEEPIDLE 10}",
+    ),
+    Stack(
+        "go-http2",
+        "Go HTTP/2 (golang.org/x/net/http2): Transport fields",
+        GO_DEFAULT_KEEPALIVE,  # its dialer's (tls.Dial's net.Dialer): Go's 15 s keepalive
+        _render_go_http2,
+        _parse_go_http2,
+        syntax="ReadIdleTimeout: 30s, PingTimeout: 15s",
+        ping_ack_timeout_s=GO_HTTP2_PING_TIMEOUT_S,
+    ),
+):
+    STACKS[_stack.name] = _stack
+# --- end of go-sql-driver/mysql and Go's HTTP/2 Transport ---
 STACK_NAMES = tuple(STACKS)
 # The stacks whose settings carry deadlines of the library's own (a read timeout, pings): the
 # others' parse gives options only, and their default deadlines stand.
 _STACKS_WITH_DEADLINES = frozenset(
-    {"redis-py", "grpc-python", "asyncpg", "urllib3", "node-postgres"}
+    {"redis-py", "grpc-python", "asyncpg", "urllib3", "node-postgres", "go-mysql", "go-http2"}
 )
 
 

@@ -350,3 +350,153 @@ def test_node_keepalive_without_a_delay_keeps_the_kernels_times(
     finally:
         client.kill()
         client.wait()
+
+
+# --- go-sql-driver/mysql and Go's HTTP/2 Transport: built offline on Debian's Go modules ---
+GO_MISSING = (
+    "go missing: apt-get install golang-go"
+    if shutil.which("go") is None
+    else ", ".join(
+        f"{path} missing: apt-get install {package}"
+        for path, package in run.GO_MODULES.items()
+        if not path.exists()
+    )
+    or None
+)
+GO_STACKS = ("go-mysql", "go-http2")
+
+
+@pytest.fixture(scope="module")
+def go_clients(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both clients, built as the cookbook builds them (GOPATH mode, no module proxy)."""
+    if GO_MISSING:
+        pytest.skip(GO_MISSING)
+    workdir = tmp_path_factory.mktemp("go")
+    return {
+        "go-mysql": run.build_go_mysql_client(workdir),
+        "go-http2": run.build_go_http2_client(workdir),
+    }
+
+
+def _go_client(binary: Path, mode: str, settings: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TCPECHO_LAB_HOST": "127.0.0.1", "TCPECHO_LAB_PORT": str(port)}
+    return subprocess.Popen([binary, mode, settings], env=env, stderr=subprocess.PIPE)
+
+
+def _ended(client: subprocess.Popen[bytes], within_s: float) -> tuple[int | None, str]:
+    """The client's exit status and what it said, or None if it still runs after ``within_s``."""
+    try:
+        client.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    assert client.stderr is not None
+    return client.returncode, client.stderr.read().decode()
+
+
+def test_the_go_library_clients_build_offline_into_the_workdir_and_refuse_bad_arguments(
+    go_clients: dict[str, Path],
+) -> None:
+    sources = sorted((run.ROOT / "cookbook" / "go").rglob("*"))
+    for binary in go_clients.values():
+        assert binary.parent != run.ROOT
+        refused = subprocess.run([binary, "busy", "sideways"], capture_output=True, text=True)
+        assert refused.returncode == 2
+        assert "usage: client busy|idle defaults|recommended" in refused.stderr
+    # Nothing was written beside the sources (no go.mod, no vendor/, no binary).
+    assert sorted((run.ROOT / "cookbook" / "go").rglob("*")) == sources
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's socket needs root")
+@pytest.mark.parametrize("settings", ["defaults", "recommended"])
+@pytest.mark.parametrize("stack", GO_STACKS)
+def test_the_go_library_clients_sockets_carry_what_their_recipes_say(
+    go_clients: dict[str, Path], listener: socket.socket, stack: str, settings: str
+) -> None:
+    """Against a port that never answers: the options are on the socket from its dial on
+    (the recipe's Control before the connect, Go's keepalive and the driver's right after)."""
+    port = listener.getsockname()[1]
+    client = _go_client(go_clients[stack], "busy", settings, port)
+    try:
+        seen = _program_options(client.pid, port)
+        assert seen, "the client's connection was not found"
+        assert results.socket_problems(_recipe(stack, settings).socket, seen) == []
+    finally:
+        client.kill()
+        client.wait()
+
+
+@pytest.fixture
+def mariadb_port() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The lab's MariaDB preset on loopback (root: it runs as the mysql user)."""
+    reason = root_missing() or servers.missing("mariadb")
+    if reason:
+        pytest.skip(reason)
+    port = _free_port()
+    with servers.prepared("mariadb") as command:
+        command = command.replace("{host}", "127.0.0.1").replace("{port}", str(port))
+        server = subprocess.Popen(
+            ["sh", "-c", command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            _wait_for_port(port, server)
+            yield port, server
+        finally:
+            _stop(server)
+
+
+@pytest.fixture
+def http2_port() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """The lab's HTTP/2 server (the http2 preset's program) on loopback."""
+    reason = servers.missing("http2")
+    if reason:
+        pytest.skip(f"the http2 preset {reason} (noxfile's COOKBOOK_LIBRARIES)")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tcpecho.lab.http2_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [run.ROOT, *sys.path]))},
+    )
+    try:
+        _wait_for_port(port, server)
+        yield port, server
+    finally:
+        _stop(server)
+
+
+def _serves_then_fails_with_its_server(
+    binary: Path, port: int, server: subprocess.Popen[bytes]
+) -> None:
+    """Busy and idle, each client keeps asking its real server; the server gone (its kernel
+    closes the connections), the busy one says so and exits 1."""
+    busy = _go_client(binary, "busy", "recommended", port)
+    idle = _go_client(binary, "idle", "recommended", port)
+    try:
+        assert _ended(busy, 3.0) == (None, ""), "the busy client failed against a live server"
+        assert _ended(idle, 0.5) == (None, ""), "the idle client's long wait ended"
+        _stop(server)
+        status, said = _ended(busy, 10.0)
+        assert status == 1, said
+        assert "connection failed" in said
+    finally:
+        for client in (busy, idle):
+            client.kill()
+            client.wait()
+
+
+def test_the_go_mysql_client_queries_mariadb(
+    go_clients: dict[str, Path], mariadb_port: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    _serves_then_fails_with_its_server(go_clients["go-mysql"], *mariadb_port)
+
+
+def test_the_go_http2_client_speaks_h2c_to_the_http2_preset(
+    go_clients: dict[str, Path], http2_port: tuple[int, subprocess.Popen[bytes]]
+) -> None:
+    _serves_then_fails_with_its_server(go_clients["go-http2"], *http2_port)

@@ -55,6 +55,18 @@ ASKED = {
         ],
         "b'ok\\n'",
     ),
+    # curl's HTTP/2 (nghttp2), cleartext with prior knowledge; it prints the version it spoke.
+    "http2": (
+        [
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+            "-w",
+            "HTTP/%{http_version}",
+            f"http://{HOST}:{PORT}/",
+        ],
+        "ok\nHTTP/2",
+    ),
 }
 
 

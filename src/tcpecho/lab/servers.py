@@ -1,6 +1,6 @@
 """The servers the lab runs in its server pod for a user (``tcpecho lab --server-preset
-NAME``): PostgreSQL, Redis, MariaDB, a gRPC echo server and an HTTP/1.1 keep-alive server,
-each set up as a user would otherwise set it up by hand, and what each needs.
+NAME``): PostgreSQL, Redis, MariaDB, a gRPC echo server, an HTTP/1.1 keep-alive server and
+an HTTP/2 server, each set up as a user would otherwise set it up by hand, and what each needs.
 
 A preset is prepared once per lab run, in a directory of the run's own (``prepared``), and
 gives the shell command line each case's server pod runs (``{host}`` and ``{port}``: the
@@ -192,6 +192,14 @@ def _http(directory: Path) -> str:
     return f"exec {python} -m tcpecho.lab.http_server --host {{host}} --port {{port}}"
 
 
+def _http2(directory: Path) -> str:
+    """tcpecho's HTTP/2 server (``tcpecho.lab.http2_server``, on the ``h2`` library), with
+    this Python; it keeps nothing on disk, so ``directory`` stays empty."""
+    del directory
+    python = shlex.quote(sys.executable)
+    return f"exec {python} -m tcpecho.lab.http2_server --host {{host}} --port {{port}}"
+
+
 PRESETS = {
     preset.name: preset
     for preset in (
@@ -234,6 +242,13 @@ PRESETS = {
             "no event)",
             (),
             _http,
+        ),
+        ServerPreset(
+            "http2",
+            "HTTP/2 cleartext (h2c, prior knowledge): / answers at once, /wait after an hour; "
+            "answers pings",
+            (Needed("module", "h2", "pip install h2"),),
+            _http2,
         ),
     )
 }
