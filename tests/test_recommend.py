@@ -14,6 +14,7 @@ import pytest
 from tcpecho.explain import PathContext
 from tcpecho.model import Activity, Failure, KernelSettings, Traffic, after_partition, predict
 from tcpecho.recommend import Constraints, ImpossibleError, _keepalive, recommend
+from tcpecho.stacks import STACKS
 from tests.conftest import requires_netns
 from tests.support import tcpecho_executable
 
@@ -154,14 +155,14 @@ def test_the_lab_confirms_what_is_promised(
 
 # -- a library that pings (gRPC) ---------------------------------------------------------------
 
-GRPC_ACK_TIMEOUT_S = 60.0
+GRPC_PINGS = STACKS["grpc-python"].ping  # their answer's 60 s, a server's 5 min
 
 
 @pytest.mark.parametrize("constraints", CONSTRAINTS)
 def test_pings_meet_every_constraint_by_the_model(constraints: Constraints) -> None:
     """For gRPC: its TCP_USER_TIMEOUT and its ping interval, no keepalive; pings on an idle
     channel and without limit, each under the path's idle timeout."""
-    chosen = recommend(DEFAULTS, constraints, GRPC_ACK_TIMEOUT_S)
+    chosen = recommend(DEFAULTS, constraints, GRPC_PINGS)
     tcp, ping = chosen.tcp, chosen.deadlines.ping
     assert ping is not None
     assert ping.without_calls
@@ -185,7 +186,7 @@ def test_pings_meet_every_constraint_by_the_model(constraints: Constraints) -> N
 
 @pytest.mark.parametrize("constraints", CONSTRAINTS)
 def test_the_ping_interval_is_the_longest_that_meets_them(constraints: Constraints) -> None:
-    chosen = recommend(DEFAULTS, constraints, GRPC_ACK_TIMEOUT_S)
+    chosen = recommend(DEFAULTS, constraints, GRPC_PINGS)
     ping = chosen.deadlines.ping
     assert ping is not None
     longer = replace(chosen.deadlines, ping=replace(ping, interval_s=ping.interval_s + 1))
@@ -211,3 +212,15 @@ def test_the_command_answers_in_grpcs_channel_options() -> None:
     assert "grpc.keepalive_permit_without_calls=1 grpc.http2.max_pings_without_data=0" in settings
     assert document["predictions"]["idle"]["high_s"] <= 30
     assert any(c.startswith("ping-faster-than-server-allows") for c in document["caveats"])
+
+
+def test_only_a_library_whose_servers_limit_pings_is_warned_of_them() -> None:
+    """gRPC's servers take a ping without data at most every 5 min; Go's HTTP/2 servers set
+    no such limit, so its pings every few seconds are no trap."""
+    constraints = Constraints(30.0, None, PathContext())
+    caveats = {
+        name: recommend(DEFAULTS, constraints, STACKS[name].ping).caveats
+        for name in ("grpc-python", "go-http2")
+    }
+    assert any(c.startswith("ping-faster-than-server-allows") for c in caveats["grpc-python"])
+    assert not any(c.startswith("ping-faster-than-server-allows") for c in caveats["go-http2"])

@@ -56,13 +56,11 @@ TUNED = TcpOptions(
 
 # node-postgres cannot say TUNED (no TCP_USER_TIMEOUT, libuv's fixed probes): its own tests.
 KEEPALIVE_STACKS = [
-    n
-    for n, stack in STACKS.items()
-    if n not in ("tcpecho", "node-postgres") and not stack.ping_ack_timeout_s
+    n for n, stack in STACKS.items() if n not in ("tcpecho", "node-postgres") and not stack.ping
 ]
 # gRPC's pings, which can wait for a call and stop after a few; Go's HTTP/2 pings always go,
 # with or without requests, without limit: its own tests below.
-PINGING_STACKS = [n for n, stack in STACKS.items() if stack.ping_ack_timeout_s and n != "go-http2"]
+PINGING_STACKS = [n for n, stack in STACKS.items() if stack.ping and n != "go-http2"]
 
 
 @pytest.mark.parametrize("name", KEEPALIVE_STACKS)
@@ -89,8 +87,11 @@ def test_a_rendering_reads_back_as_the_same_options(name: str) -> None:
 def test_pings_render_and_read_back_as_the_same(name: str, ping: Ping) -> None:
     stack = STACKS[name]
     tcp = TcpOptions(user_timeout_ms=27_000, keepalive=False)
+    assert stack.ping is not None
     ping = replace(
-        ping, limit_without_data=ping.limit_without_data or (None if ping.without_calls else 2)
+        ping,
+        limit_without_data=ping.limit_without_data or (None if ping.without_calls else 2),
+        server_min_interval_s=stack.ping.server_min_interval_s,  # the library's, not a setting
     )
     assert read(stack, stack.render(tcp, Deadlines(ping=ping))) == (tcp, Deadlines(ping=ping))
 
@@ -106,7 +107,9 @@ def test_grpc_without_pings_sets_nothing_and_its_syntax_errors_say_why() -> None
     # The Python list of tuples a user pastes reads as well; keepalive_timeout_ms's 20 s default.
     tcp, deadlines = read(grpc, '[("grpc.keepalive_time_ms", 30000)]')
     assert tcp.user_timeout_ms == 20_000
-    assert deadlines.ping == Ping(30.0, 60.0, without_calls=False, limit_without_data=2)
+    assert deadlines.ping == Ping(
+        30.0, 60.0, without_calls=False, limit_without_data=2, server_min_interval_s=300.0
+    )
     with pytest.raises(StackSyntaxError, match=r"max_receive_message_length: not a keepalive"):
         read(grpc, "grpc.keepalive_time_ms=1000 grpc.max_receive_message_length=10")
     with pytest.raises(StackSyntaxError, match="no gRPC channel option"):

@@ -53,10 +53,6 @@ ENOUGH_USER_TIMEOUT_S = 10  # above that streak, with room for a slower path's l
 EXAMPLE_USER_TIMEOUT_S = 30  # well above that streak, far below tcp_retries2's ~15 min
 EXAMPLE_CONNECT_TIMEOUT_S = 5  # a round trip, and a few SYNs sent again 1 s apart
 EXAMPLE_SYN_RETRIES = 2
-# A gRPC server takes a ping without data at most this often unless told otherwise
-# (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS), and closes the connection with
-# GOAWAY "too_many_pings" after two more (grpc/doc/keepalive.md).
-GRPC_SERVER_MIN_PING_INTERVAL_S = 300.0
 EXAMPLE_KEEPALIVE_IDLE_S = 10  # a first probe soon after the connection goes quiet
 EXAMPLE_KEEPALIVE_INTERVAL_S = 5
 _KEEPALIVE_FIELDS = ("keepalive_idle_s", "keepalive_interval_s", "keepalive_count")
@@ -544,13 +540,13 @@ def _with_ping_traps(found: list[Trap], ping: Ping | None) -> list[Trap]:
                 "set grpc.http2.max_pings_without_data=0",
             )
         )
-    if ping.interval_s < GRPC_SERVER_MIN_PING_INTERVAL_S:
+    allowed = ping.server_min_interval_s
+    if allowed is not None and ping.interval_s < allowed:
         found.append(
             Trap(
                 "ping-faster-than-server-allows",
                 f"a ping every {format_duration(ping.interval_s)} without data: a gRPC server "
-                "takes one at most every "
-                f"{format_duration(GRPC_SERVER_MIN_PING_INTERVAL_S)} by default and closes the "
+                f"takes one at most every {format_duration(allowed)} by default and closes the "
                 'connection with GOAWAY "too_many_pings" after two more',
                 "on the server: grpc.keepalive_permit_without_calls=1 and "
                 "grpc.http2.min_ping_interval_without_data_ms at most the client's "

@@ -91,14 +91,15 @@ def flag_values(tcp: TcpOptions) -> dict[str, str | None]:
 
 
 def recommend(
-    kernel: KernelSettings, constraints: Constraints, ping_ack_timeout_s: float | None = None
+    kernel: KernelSettings, constraints: Constraints, ping: Ping | None = None
 ) -> Recommendation:
     """The settings that meet ``constraints`` here; ``ImpossibleError`` when none can.
 
-    ``ping_ack_timeout_s``: the client library watches idle connections with its own pings,
-    each given that long to be answered, and sets no keepalive (gRPC)."""
-    if ping_ack_timeout_s is not None:
-        return _recommend_pings(kernel, constraints, ping_ack_timeout_s)
+    ``ping``: the client library watches idle connections with its own pings, of this shape
+    (how long an answer is waited for, what its servers allow), and sets no keepalive (gRPC,
+    Go's HTTP/2); the interval is chosen here."""
+    if ping is not None:
+        return _recommend_pings(kernel, constraints, ping)
     deadline = constraints.detect_within_s
     failure: ImpossibleError | None = None
     # The longest user timeout whose idle connections keepalive can also watch in time (the
@@ -124,7 +125,7 @@ def recommend(
 
 
 def _recommend_pings(
-    kernel: KernelSettings, constraints: Constraints, ack_timeout_s: float
+    kernel: KernelSettings, constraints: Constraints, shape: Ping
 ) -> Recommendation:
     """The shortest user timeout that survives the outage and outlasts a lossy path's streak
     of retransmissions (``explain``'s ``user-timeout-too-short``), then the longest
@@ -143,7 +144,8 @@ def _recommend_pings(
     for user_timeout in enough + [seconds for seconds in fitting if seconds not in enough]:
         tcp = replace(_ut(user_timeout), keepalive=False)
         for interval in range(highest, 0, -1):
-            deadlines = Deadlines(ping=Ping(interval, ack_timeout_s, without_calls=True))
+            ping = replace(shape, interval_s=interval, without_calls=True, limit_without_data=None)
+            deadlines = Deadlines(ping=ping)
             idle = predict(kernel, tcp, Failure.SILENT, Activity.IDLE, deadlines)
             if idle.high_s <= deadline:
                 return _pinged(kernel, constraints, tcp, deadlines, idle)
@@ -175,8 +177,7 @@ def _pinged(
             f"notices a busy dead peer within {deadline} (after {busy.describe()})"
             + _surviving(constraints)
             + f", at least {ENOUGH_USER_TIMEOUT_S} s for a lossy path's retransmissions, and "
-            "no longer, to leave the deadline to the ping interval; gRPC sets it from "
-            "keepalive_timeout_ms",
+            "no longer, to leave the deadline to the ping interval",
         ),
         (
             f"ping interval {format_duration(ping.interval_s)}",

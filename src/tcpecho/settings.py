@@ -60,6 +60,12 @@ def check_duration(
         raise SettingError(setting, f"{shown} is above the maximum of {format_duration(maximum)}")
 
 
+# A gRPC server takes a ping without data at most this often unless told otherwise
+# (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS), and closes the connection with
+# GOAWAY "too_many_pings" after two more (grpc/doc/keepalive.md).
+GRPC_SERVER_MIN_PING_INTERVAL_S = 300.0
+
+
 @dataclass(frozen=True)
 class Ping:
     """An application's own keepalive, as gRPC's HTTP/2 PING: one after ``interval_s`` without
@@ -76,6 +82,9 @@ class Ping:
     # After this many pings with no data sent between them, no more (gRPC's
     # grpc.http2.max_pings_without_data, 2 unless set); None: no limit (gRPC's 0).
     limit_without_data: int | None = None
+    # The shortest interval between pings without data that the library's servers take by
+    # default (gRPC's 5 min, GRPC_SERVER_MIN_PING_INTERVAL_S); None: they set none (Go's).
+    server_min_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         check_duration("ping_interval", self.interval_s, minimum=0.001, step=0.001)

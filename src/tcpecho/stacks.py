@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tcpecho.settings import Deadlines, Ping
+from tcpecho.settings import GRPC_SERVER_MIN_PING_INTERVAL_S, Deadlines, Ping
 from tcpecho.tcp.options import TcpOptions
 
 
@@ -34,9 +34,10 @@ class Stack:
     parse: Callable[[str, TcpOptions], tuple[TcpOptions, Deadlines]]
     default_deadlines: Deadlines = Deadlines()  # noqa: RUF009 - frozen, so one shared value is safe
     syntax: str = ""  # an example of the library's settings, for errors and help
-    # It watches idle connections with its own pings, not TCP keepalive: how long it waits
-    # for a ping's answer when pings are on (None: no pings).
-    ping_ack_timeout_s: float | None = None
+    # It watches idle connections with its own pings, not TCP keepalive: their shape when
+    # they are on, its defaults but the interval (how long a ping's answer is waited for, what
+    # its servers allow); None: no pings of its own.
+    ping: Ping | None = None
 
 
 _SOCKET_NAMES = (
@@ -215,6 +216,7 @@ def _parse_grpc(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]
         values[_GRPC_PING_TIMEOUT] / 1000,
         without_calls=values[_GRPC_WITHOUT_CALLS] == 1,
         limit_without_data=values[_GRPC_LIMIT] or None,
+        server_min_interval_s=GRPC_SERVER_MIN_PING_INTERVAL_S,
     )
     return replace(defaults, user_timeout_ms=values[_GRPC_TIMEOUT]), Deadlines(ping=ping)
 
@@ -278,7 +280,11 @@ STACKS = {
             _render_grpc,
             _parse_grpc,
             syntax=f"{_GRPC_TIME}=10000 {_GRPC_TIMEOUT}=5000",
-            ping_ack_timeout_s=_GRPC_DEFAULTS[_GRPC_PING_TIMEOUT] / 1000,
+            ping=Ping(  # its interval is for --recommend to choose: its answer's, for now
+                _GRPC_DEFAULTS[_GRPC_PING_TIMEOUT] / 1000,
+                _GRPC_DEFAULTS[_GRPC_PING_TIMEOUT] / 1000,
+                server_min_interval_s=GRPC_SERVER_MIN_PING_INTERVAL_S,
+            ),
         ),
     )
 }
@@ -710,7 +716,7 @@ for _stack in (
         _render_go_http2,
         _parse_go_http2,
         syntax="ReadIdleTimeout: 30s, PingTimeout: 15s",
-        ping_ack_timeout_s=GO_HTTP2_PING_TIMEOUT_S,
+        ping=Ping(GO_HTTP2_PING_TIMEOUT_S, GO_HTTP2_PING_TIMEOUT_S),
     ),
 ):
     STACKS[_stack.name] = _stack

@@ -199,7 +199,7 @@ def _recommend(
         chosen = recommending.recommend(
             KernelSettings.here(),
             constraints,
-            None if library is None else library.ping_ack_timeout_s,
+            None if library is None else library.ping,
         )
     except recommending.ImpossibleError as error:
         click.echo(f"tcpecho explain: impossible: {error}", err=True)
