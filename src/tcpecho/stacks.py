@@ -539,11 +539,130 @@ STACKS["node-postgres"] = Stack(
     _parse_node_postgres,
     syntax="{ keepAlive: true, keepAliveInitialDelayMillis: 10000, query_timeout: 5000 }",
 )
+# --- PgJDBC (Java) ---
+# PgJDBC's connection parameters, a JDBC URL's query (jdbc:postgresql://host/db?a=1&b=2) or
+# Properties, times in whole seconds: tcpKeepAlive is a boolean (SO_KEEPALIVE with the
+# kernel's 7200/75/9 s), socketTimeout SO_TIMEOUT on each read (0: none), connectTimeout the
+# connect (10 by default), loginTimeout the connect and the login (none by default). Java has
+# no TCP_USER_TIMEOUT; the keepalive times need a socketFactory of the user's that sets
+# jdk.net.ExtendedSocketOptions (cookbook/java/Client.java's KeepaliveSocketFactory takes
+# socketFactoryArg=IDLE,INTERVAL,COUNT). PgJDBC calls setKeepAlive(tcpKeepAlive) on the
+# connected socket, so a factory without tcpKeepAlive=true leaves keepalive off (measured).
+PGJDBC_FACTORY = "KeepaliveSocketFactory"
+_PGJDBC_CONNECT_S = 10.0
+_PGJDBC_SECONDS = ("socketTimeout", "connectTimeout", "loginTimeout")
+_PGJDBC_KEYS = frozenset({"tcpKeepAlive", "socketFactory", "socketFactoryArg", *_PGJDBC_SECONDS})
+# libpq's words, which PgJDBC ignores without a word: refused, saying so.
+_PGJDBC_FOREIGN = frozenset({*_LIBPQ_KEYS, "connect_timeout"})
+
+
+def _pgjdbc_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _render_pgjdbc(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    values = [f"tcpKeepAlive={'true' if tcp.keepalive else 'false'}"]
+    notes = []
+    read_s = deadlines.read_timeout_s
+    if tcp.user_timeout_ms:
+        read_s = read_s or tcp.user_timeout_ms / 1000
+        notes.append(
+            f"TCP_USER_TIMEOUT {tcp.user_timeout_ms} is out of reach: Java has no socket "
+            "option for it; socketTimeout bounds each read instead, a slow query's too"
+        )
+    if read_s is not None:
+        values.append(f"socketTimeout={_pgjdbc_seconds(read_s)}")
+    if deadlines.connect_timeout_s is not None:
+        values.append(f"connectTimeout={_pgjdbc_seconds(deadlines.connect_timeout_s)}")
+    times = (tcp.keepalive_idle_s, tcp.keepalive_interval_s, tcp.keepalive_count)
+    if tcp.keepalive and None not in times and times != (7200, 75, 9):
+        values.append(
+            f"socketFactory={PGJDBC_FACTORY}&socketFactoryArg={','.join(map(str, times))}"
+        )
+        notes.append(
+            f"{PGJDBC_FACTORY}: a javax.net.SocketFactory of yours that sets "
+            "jdk.net.ExtendedSocketOptions TCP_KEEPIDLE, TCP_KEEPINTERVAL, TCP_KEEPCOUNT "
+            "(cookbook/java/Client.java); tcpKeepAlive alone keeps the kernel's 7200/75/9 s"
+        )
+    rendered = "jdbc:postgresql://host/db?" + "&".join(values)
+    return f"{rendered}  # {'; '.join(notes)}" if notes else rendered
+
+
+def _pgjdbc_parameters(text: str) -> dict[str, str]:
+    text = re.sub(r"#[^\n]*", "", text)  # a rendering's notes
+    query = text.split("?", 1)[1] if "?" in text else text
+    found: dict[str, str] = {}
+    for pair in re.split(r"[&;\s]+", query.strip()):
+        key, equals, value = pair.partition("=")
+        if not equals:
+            if pair:
+                raise StackSyntaxError(f"{pair}: a PgJDBC parameter is key=value")
+            continue
+        if key in _PGJDBC_FOREIGN:
+            raise StackSyntaxError(f"{key} is libpq's; PgJDBC has no such parameter")
+        near = {known.lower(): known for known in _PGJDBC_KEYS}.get(key.lower())
+        if near is not None and near != key:
+            raise StackSyntaxError(f"{key}: PgJDBC's name is {near} (it ignores any other)")
+        if key in _PGJDBC_KEYS:
+            found[key] = value
+    if not found:
+        raise StackSyntaxError("no PgJDBC TCP parameter found (for example: socketTimeout=5)")
+    return found
+
+
+def _pgjdbc_deadlines(found: dict[str, str]) -> Deadlines:
+    seconds: dict[str, int] = {}
+    for key in _PGJDBC_SECONDS:
+        if key in found:
+            if not found[key].isdigit():
+                raise StackSyntaxError(f"{key}={found[key]}: PgJDBC takes whole seconds")
+            seconds[key] = int(found[key])
+    connect = seconds.get("connectTimeout", int(_PGJDBC_CONNECT_S))
+    bounds = [value for value in (connect, seconds.get("loginTimeout", 0)) if value > 0]
+    read = seconds.get("socketTimeout", 0)
+    return Deadlines(
+        connect_timeout_s=float(min(bounds)) if bounds else None,
+        read_timeout_s=float(read) if read else None,
+    )
+
+
+def _parse_pgjdbc(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    found = _pgjdbc_parameters(text)
+    keepalive = found.get("tcpKeepAlive", "false")
+    if keepalive not in ("true", "false"):
+        raise StackSyntaxError(f"tcpKeepAlive={keepalive}: PgJDBC takes true or false")
+    tcp = replace(defaults, keepalive=False)
+    if keepalive == "true":
+        tcp = KERNEL_DEFAULT_KEEPALIVE
+        if "socketFactory" in found:
+            times = re.fullmatch(r"(\d+),(\d+),(\d+)", found.get("socketFactoryArg", ""))
+            if times is None:
+                raise StackSyntaxError(
+                    f"socketFactoryArg: {PGJDBC_FACTORY} (cookbook/java/Client.java) takes "
+                    "IDLE,INTERVAL,COUNT in seconds, for example 10,1,3"
+                )
+            idle, interval, count = map(int, times.groups())
+            tcp = replace(
+                tcp, keepalive_idle_s=idle, keepalive_interval_s=interval, keepalive_count=count
+            )
+    return replace(tcp, user_timeout_ms=0), _pgjdbc_deadlines(found)
+
+
+STACKS["pgjdbc"] = Stack(
+    "pgjdbc",
+    "PgJDBC (any JDBC pool: HikariCP, ...): a JDBC URL's parameters, in seconds",
+    TcpOptions(user_timeout_ms=0, keepalive=False),  # tcpKeepAlive=false, socketTimeout=0
+    _render_pgjdbc,
+    _parse_pgjdbc,
+    Deadlines(connect_timeout_s=_PGJDBC_CONNECT_S),
+    syntax="jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout=5",
+)
+# --- end of PgJDBC ---
 STACK_NAMES = tuple(STACKS)
 # The stacks whose settings carry deadlines of the library's own (a read timeout, pings): the
 # others' parse gives options only, and their default deadlines stand.
 _STACKS_WITH_DEADLINES = frozenset(
-    {"redis-py", "grpc-python", "asyncpg", "urllib3", "node-postgres"}
+    {"redis-py", "grpc-python", "asyncpg", "urllib3", "node-postgres", "pgjdbc"}
 )
 
 
