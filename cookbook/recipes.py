@@ -350,6 +350,12 @@ PGJDBC_KEEPALIVE = TcpOptions(
 # validationTimeout: 5 s by default): a request a second makes that check the request in
 # flight when the peer vanishes, a read deadline of 5 s whatever PgJDBC sets.
 HIKARI_VALIDATION_TIMEOUT_S = 5.0
+PGJDBC_CONNECT_TIMEOUT_S = 10.0  # connectTimeout's default; the model reads it for connects only
+# What the defaults are, said in PgJDBC's words (tcpecho.stacks renders the same).
+PGJDBC_DEFAULTS_TEXT = (
+    "jdbc:postgresql://host/db  # tcpKeepAlive=false socketTimeout=0 connectTimeout=10; "
+    "HikariCP's validationTimeout 5000 ms bounds its check of each connection it lends"
+)
 
 RECIPES = (
     *RECIPES,
@@ -357,8 +363,7 @@ RECIPES = (
         "pgjdbc",
         f"PgJDBC {PGJDBC_VERSION} with HikariCP {HIKARICP_VERSION} (Debian's) on OpenJDK 17",
         "defaults",
-        "jdbc:postgresql://host/db (tcpKeepAlive=false, socketTimeout=0; HikariCP's "
-        "validationTimeout 5000 ms)",
+        PGJDBC_DEFAULTS_TEXT,
         JAVA_CLIENT,
         "postgres",
         TcpOptions(user_timeout_ms=0, keepalive=False),
@@ -366,16 +371,20 @@ RECIPES = (
             "force-delete": {"busy": "detected", "idle": "hang"},
             "idle-expiry": {"busy": "survived", "idle": "hang"},
         },
-        Deadlines(read_timeout_s=HIKARI_VALIDATION_TIMEOUT_S),
+        Deadlines(
+            connect_timeout_s=PGJDBC_CONNECT_TIMEOUT_S, read_timeout_s=HIKARI_VALIDATION_TIMEOUT_S
+        ),
     ),
     Recipe(
         "pgjdbc",
         f"PgJDBC {PGJDBC_VERSION} with HikariCP {HIKARICP_VERSION} (Debian's) on OpenJDK 17",
         "recommended",
         f"jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout="
-        f"{common.USER_TIMEOUT_MS // 1000}&socketFactory=Client$KeepaliveSocketFactory"
+        f"{common.USER_TIMEOUT_MS // 1000}&socketFactory=KeepaliveSocketFactory"
         f"&socketFactoryArg={common.KEEPALIVE_IDLE_S},{common.KEEPALIVE_INTERVAL_S},"
-        f"{common.KEEPALIVE_COUNT}",
+        f"{common.KEEPALIVE_COUNT}  # KeepaliveSocketFactory: yours, setting "
+        "jdk.net.ExtendedSocketOptions' TCP_KEEPIDLE, TCP_KEEPINTERVAL, TCP_KEEPCOUNT "
+        "(cookbook/java/Client.java)",
         JAVA_CLIENT,
         "postgres",
         PGJDBC_KEEPALIVE,
@@ -386,7 +395,10 @@ RECIPES = (
         # socketTimeout: each read's deadline, the bound a request in flight gets in place
         # of TCP_USER_TIMEOUT. The idle case's hour-long query sets its own network timeout
         # above its hour (cookbook/java/Client.java): keepalive, not the timer, ends that wait.
-        Deadlines(read_timeout_s=common.USER_TIMEOUT_MS / 1000),
+        Deadlines(
+            connect_timeout_s=PGJDBC_CONNECT_TIMEOUT_S,
+            read_timeout_s=common.USER_TIMEOUT_MS / 1000,
+        ),
     ),
 )
 # --- end of PgJDBC with HikariCP ---
