@@ -71,7 +71,7 @@ NODE_KEEPALIVE = TcpOptions(
     keepalive_count=10,
 )
 
-RECIPES = (
+RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "python-socket",
         "Python socket (stdlib)",

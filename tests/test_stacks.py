@@ -383,6 +383,15 @@ def test_pgjdbc_says_what_java_cannot_set() -> None:
     assert "TCP_USER_TIMEOUT 27000 is out of reach" in rendered
     assert "socketTimeout=27&" in rendered
     assert read(PGJDBC, rendered) == (PGJDBC_TUNED, Deadlines(10.0, 27.0))
+    # Probing that the user timeout would have ended early: no more probes than before it.
+    many = TcpOptions(
+        user_timeout_ms=25_000,
+        keepalive=True,
+        keepalive_idle_s=20,
+        keepalive_interval_s=1,
+        keepalive_count=9,
+    )
+    assert "socketFactoryArg=20,1,5  #" in PGJDBC.render(many, Deadlines())
     # The kernel's times need no factory: tcpKeepAlive=true is all.
     kernel = PGJDBC.render(KERNEL_DEFAULT_KEEPALIVE, Deadlines(read_timeout_s=30.0))
     assert kernel == "jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout=30"

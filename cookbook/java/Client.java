@@ -14,7 +14,9 @@
 // Java has no TCP_USER_TIMEOUT (jdk.net.ExtendedSocketOptions has TCP_KEEPIDLE,
 // TCP_KEEPINTERVAL and TCP_KEEPCOUNT only): a request in flight is bounded by PgJDBC's
 // socketTimeout (SO_TIMEOUT on each read), not the kernel. PgJDBC's tcpKeepAlive is a boolean
-// (the kernel's 7200/75/9 s); KeepaliveSocketFactory below gives the times.
+// (the kernel's 7200/75/9 s); KeepaliveSocketFactory below gives the times. Nested here, its
+// name on the URL is Client$KeepaliveSocketFactory; a user's would be a class of their own
+// (com.example.KeepaliveSocketFactory), as the recipe writes it.
 import com.zaxxer.hikari.HikariConfig;
 import com.zaxxer.hikari.HikariDataSource;
 import java.io.IOException;

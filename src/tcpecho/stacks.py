@@ -571,6 +571,16 @@ def _pgjdbc_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
+def _pgjdbc_keepalive_times(tcp: TcpOptions) -> tuple[int | None, int | None, int | None]:
+    """The factory's times: with no TCP_USER_TIMEOUT to end the probing at its first probe
+    past it, no more probes than would have gone before that, so an idle wait ends as soon."""
+    idle, interval, count = tcp.keepalive_idle_s, tcp.keepalive_interval_s, tcp.keepalive_count
+    if tcp.user_timeout_ms and idle is not None and interval and count is not None:
+        before = math.ceil((tcp.user_timeout_ms / 1000 - idle) / interval)
+        count = max(1, min(count, before))
+    return idle, interval, count
+
+
 def _render_pgjdbc(tcp: TcpOptions, deadlines: Deadlines) -> str:
     if (tcp, deadlines) == (_PGJDBC_DEFAULTS, PGJDBC_DEADLINES):
         return PGJDBC_DEFAULTS_TEXT
@@ -588,7 +598,7 @@ def _render_pgjdbc(tcp: TcpOptions, deadlines: Deadlines) -> str:
     connect_s = deadlines.connect_timeout_s
     if connect_s is not None and connect_s != PGJDBC_DEADLINES.connect_timeout_s:
         values.append(f"connectTimeout={_pgjdbc_seconds(connect_s)}")
-    times = (tcp.keepalive_idle_s, tcp.keepalive_interval_s, tcp.keepalive_count)
+    times = _pgjdbc_keepalive_times(tcp)
     if tcp.keepalive and None not in times and times != (7200, 75, 9):
         values.append(f"socketFactory={PGJDBC_FACTORY}")
         values.append(f"socketFactoryArg={','.join(map(str, times))}")

@@ -441,7 +441,8 @@ def test_pgjdbc_turns_the_factorys_keepalive_off_without_tcp_keepalive(
     # classpath, among the compiled client's classes.
     client = _java(java_classpath, [str(source), url], postgres_port)
     try:
-        assert client.stdout is not None and client.stderr is not None
+        assert client.stdout is not None
+        assert client.stderr is not None
         line = client.stdout.readline()
         if line != b"connected\n":  # it ended: its error says why
             pytest.fail(f"the Java program did not connect: {client.stderr.read().decode()}")
