@@ -78,7 +78,7 @@ GO_DEFAULT_KEEPALIVE = TcpOptions(
 GO_MYSQL_VERSION = "1.5.0"  # Debian bookworm's golang-github-go-sql-driver-mysql-dev
 GO_X_NET_VERSION = "0.7.0"  # Debian bookworm's golang-golang-x-net-dev
 
-RECIPES = (
+RECIPES: tuple[Recipe, ...] = (
     Recipe(
         "python-socket",
         "Python socket (stdlib)",
@@ -403,3 +403,76 @@ RECIPES = (
         ),
     ),
 )
+
+
+# --- PgJDBC with HikariCP (Java) ---
+# Debian bookworm's libpostgresql-jdbc-java and libhikaricp-java, the client compiled by
+# cookbook/run.py (``{java_classpath}``: its classes and the jars). Java has no
+# TCP_USER_TIMEOUT: PgJDBC's socketTimeout (SO_TIMEOUT on each read, seconds) bounds a request
+# in flight. tcpKeepAlive is a boolean with the kernel's times; a socketFactory of the
+# user's sets TCP_KEEPIDLE/TCP_KEEPINTERVAL/TCP_KEEPCOUNT (jdk.net.ExtendedSocketOptions).
+PGJDBC_VERSION, HIKARICP_VERSION = "42.5.5", "2.7.9"
+JAVA_CLIENT = ("java", "-cp", "{java_classpath}", "Client")
+PGJDBC_KEEPALIVE = TcpOptions(
+    user_timeout_ms=0,
+    keepalive=True,
+    keepalive_idle_s=common.KEEPALIVE_IDLE_S,
+    keepalive_interval_s=common.KEEPALIVE_INTERVAL_S,
+    keepalive_count=common.KEEPALIVE_COUNT,
+)
+# HikariCP checks a connection idle over 500 ms as it lends it (isValid, its network timeout
+# validationTimeout: 5 s by default): a request a second makes that check the request in
+# flight when the peer vanishes, a read deadline of 5 s whatever PgJDBC sets.
+HIKARI_VALIDATION_TIMEOUT_S = 5.0
+PGJDBC_CONNECT_TIMEOUT_S = 10.0  # connectTimeout's default; the model reads it for connects only
+# What the defaults are, said in PgJDBC's words (tcpecho.stacks renders the same).
+PGJDBC_DEFAULTS_TEXT = (
+    "jdbc:postgresql://host/db  # tcpKeepAlive=false socketTimeout=0 connectTimeout=10; "
+    "HikariCP's validationTimeout 5000 ms bounds its check of each connection it lends"
+)
+
+RECIPES = (
+    *RECIPES,
+    Recipe(
+        "pgjdbc",
+        f"PgJDBC {PGJDBC_VERSION} with HikariCP {HIKARICP_VERSION} (Debian's) on OpenJDK 17",
+        "defaults",
+        PGJDBC_DEFAULTS_TEXT,
+        JAVA_CLIENT,
+        "postgres",
+        TcpOptions(user_timeout_ms=0, keepalive=False),
+        {
+            "force-delete": {"busy": "detected", "idle": "hang"},
+            "idle-expiry": {"busy": "survived", "idle": "hang"},
+        },
+        Deadlines(
+            connect_timeout_s=PGJDBC_CONNECT_TIMEOUT_S, read_timeout_s=HIKARI_VALIDATION_TIMEOUT_S
+        ),
+    ),
+    Recipe(
+        "pgjdbc",
+        f"PgJDBC {PGJDBC_VERSION} with HikariCP {HIKARICP_VERSION} (Debian's) on OpenJDK 17",
+        "recommended",
+        f"jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout="
+        f"{common.USER_TIMEOUT_MS // 1000}&socketFactory=KeepaliveSocketFactory"
+        f"&socketFactoryArg={common.KEEPALIVE_IDLE_S},{common.KEEPALIVE_INTERVAL_S},"
+        f"{common.KEEPALIVE_COUNT}  # KeepaliveSocketFactory: yours, setting "
+        "jdk.net.ExtendedSocketOptions' TCP_KEEPIDLE, TCP_KEEPINTERVAL, TCP_KEEPCOUNT "
+        "(cookbook/java/Client.java)",
+        JAVA_CLIENT,
+        "postgres",
+        PGJDBC_KEEPALIVE,
+        {
+            "force-delete": {"busy": "detected", "idle": "detected"},
+            "idle-expiry": {"busy": "survived", "idle": "survived"},
+        },
+        # socketTimeout: each read's deadline, the bound a request in flight gets in place
+        # of TCP_USER_TIMEOUT. The idle case's hour-long query sets its own network timeout
+        # above its hour (cookbook/java/Client.java): keepalive, not the timer, ends that wait.
+        Deadlines(
+            connect_timeout_s=PGJDBC_CONNECT_TIMEOUT_S,
+            read_timeout_s=common.USER_TIMEOUT_MS / 1000,
+        ),
+    ),
+)
+# --- end of PgJDBC with HikariCP ---

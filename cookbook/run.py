@@ -43,18 +43,43 @@ GO_MYSQL_SOURCE = ROOT / "cookbook" / "go" / "mysql" / "main.go"
 GO_HTTP2_SOURCE = ROOT / "cookbook" / "go" / "http2" / "main.go"
 NODE_SOURCE = ROOT / "cookbook" / "node"
 NODE_FILES = ("client.js", "package.json", "package-lock.json")
+JAVA_SOURCE = ROOT / "cookbook" / "java" / "Client.java"
+# Debian's PgJDBC and HikariCP, and the SLF4J HikariCP logs through (slf4j-simple: its
+# warnings, a failed validation say, on stderr).
+JAVA_JARS = tuple(
+    Path("/usr/share/java") / jar
+    for jar in ("postgresql.jar", "HikariCP.jar", "slf4j-api.jar", "slf4j-simple.jar")
+)
 # An idle client's setup (a handshake, its one request) must be over before the fault.
 IDLE_QUIET_S = 1.5
+# A busy client's too, for a stack whose setup takes longer than the lab's first look at a
+# connection with data both ways: a JVM's pool (PgJDBC's handshake, HikariCP's checks) takes
+# seconds when the run starts its JVMs at once, and a fault then would find the handshake in
+# flight, not the loop's requests. A quiet moment comes in each pause between requests (1 s).
+BUSY_QUIET_S = {"pgjdbc": 0.5}
 # Go's default keepalive ends an idle connection after 15 + 9 x 15 = 150 s: watched to there;
 # longer predictions (the kernel's 2 h keepalive) are reported as not reached.
 WATCH_S = 170.0
-TOOLS = {"go": "golang-go", "node": "nodejs", "npm": "npm"}
+TOOLS = {
+    "go": "golang-go",
+    "node": "nodejs",
+    "npm": "npm",
+    "java": "openjdk-17-jdk-headless",
+    "javac": "openjdk-17-jdk-headless",
+}
 # The Debian packages of Go modules the Go clients import, by a file each one installs.
 GO_MODULES = {
     DEBIAN_GOPATH / "src/github.com/go-sql-driver/mysql/driver.go": (
         "golang-github-go-sql-driver-mysql-dev"
     ),
     DEBIAN_GOPATH / "src/golang.org/x/net/http2/transport.go": "golang-golang-x-net-dev",
+}
+# The jars the Java client runs with, by the package that installs each.
+JAR_PACKAGES = {
+    "postgresql.jar": "libpostgresql-jdbc-java",
+    "HikariCP.jar": "libhikaricp-java",
+    "slf4j-api.jar": "libslf4j-java",
+    "slf4j-simple.jar": "libslf4j-java",
 }
 # The servers the recipes talk to, by the lab's presets (``tcpecho lab --server-preset NAME``).
 SERVER_PRESETS = ("postgres", "redis", "grpc", "http", "mariadb", "http2")
@@ -64,6 +89,7 @@ def missing() -> str | None:
     """What this machine lacks for the cookbook, or None."""
     absent = [f"{tool} ({package})" for tool, package in TOOLS.items() if not shutil.which(tool)]
     absent += [f"{path} ({package})" for path, package in GO_MODULES.items() if not path.exists()]
+    absent += [f"{jar} ({JAR_PACKAGES[jar.name]})" for jar in JAVA_JARS if not jar.exists()]
     for preset in SERVER_PRESETS:
         lacking = servers.missing(preset)
         if lacking is not None:
@@ -132,6 +158,17 @@ def install_node_client(workdir: Path) -> Path:
     return target / "client.js"
 
 
+def build_java_client(workdir: Path) -> Path:
+    """The Java client compiled into ``workdir`` (PgJDBC loads its socketFactory by name, which
+    the source launcher's in-memory classes would not answer to); its classpath, the
+    classes' directory and Debian's jars, as ``java -cp`` takes it."""
+    classes = workdir / "java-client"
+    classpath = os.pathsep.join(map(str, JAVA_JARS))
+    javac = ["javac", "-cp", classpath, "-d", str(classes), str(JAVA_SOURCE)]
+    subprocess.run(javac, check=True)
+    return Path(os.pathsep.join([str(classes), classpath]))
+
+
 def server_commands(held: contextlib.ExitStack) -> dict[str, str | None]:
     """Each server's command line, by the name recipes give it; ``held`` removes what the
     presets set up when the run is over."""
@@ -153,7 +190,7 @@ def profile(
         activities=(Activity.ACTIVE if mode == "busy" else Activity.IDLE,),
         command="exec " + shlex.join([*client, mode, recipe.settings]),
         server_command=commands[recipe.server],
-        quiet_s=IDLE_QUIET_S if mode == "idle" else 0.0,
+        quiet_s=IDLE_QUIET_S if mode == "idle" else BUSY_QUIET_S.get(recipe.stack, 0.0),
         watch_s=WATCH_S,
     )
 
@@ -165,6 +202,7 @@ def built_clients(recipes: Sequence[Recipe], workdir: Path) -> dict[str, Path]:
         "go_mysql_client": build_go_mysql_client,
         "go_http2_client": build_go_http2_client,
         "node_client": install_node_client,
+        "java_classpath": build_java_client,
     }
     named = {part[1:-1] for recipe in recipes for part in recipe.client}
     return {name: build(workdir) for name, build in builders.items() if name in named}

@@ -54,9 +54,12 @@ TUNED = TcpOptions(
 )
 
 
-# node-postgres cannot say TUNED (no TCP_USER_TIMEOUT, libuv's fixed probes): its own tests.
+# node-postgres and pgjdbc cannot say TUNED (no TCP_USER_TIMEOUT; libuv's fixed probes):
+# their own tests.
 KEEPALIVE_STACKS = [
-    n for n, stack in STACKS.items() if n not in ("tcpecho", "node-postgres") and not stack.ping
+    n
+    for n, stack in STACKS.items()
+    if n not in ("tcpecho", "node-postgres", "pgjdbc") and not stack.ping
 ]
 # gRPC's pings, which can wait for a call and stop after a few; Go's HTTP/2 pings always go,
 # with or without requests, without limit: its own tests below.
@@ -464,3 +467,98 @@ def test_bad_go_settings_are_a_usage_error(name: str, options: str) -> None:
     result = _explain("--stack", name, "--stack-options", options)
     assert result.returncode == 2, result.stdout
     assert "Traceback" not in result.stderr
+
+
+# pgjdbc: a JDBC URL's parameters, in seconds, through HikariCP (cookbook/recipes.py; the Java
+# client's socket read back in tests/cookbook/test_recipes.py).
+PGJDBC = STACKS["pgjdbc"]
+PGJDBC_TUNED = replace(TUNED, user_timeout_ms=0)
+
+
+def test_pgjdbc_reads_back_what_java_can_set() -> None:
+    deadlines = Deadlines(connect_timeout_s=3.0, read_timeout_s=7.0)
+    rendered = PGJDBC.render(PGJDBC_TUNED, deadlines)
+    assert rendered.startswith(
+        "jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout=7&connectTimeout=3"
+        "&socketFactory=KeepaliveSocketFactory&socketFactoryArg=16,2,5  # "
+    )
+    assert read(PGJDBC, rendered) == (PGJDBC_TUNED, deadlines)
+    # The defaults, said as such, and a URL without parameters reads back as them.
+    defaults = PGJDBC.render(PGJDBC.defaults, PGJDBC.default_deadlines)
+    assert defaults == _recipe_options("pgjdbc", "defaults")
+    assert read(PGJDBC, defaults) == (PGJDBC.defaults, PGJDBC.default_deadlines)
+    assert read(PGJDBC, "jdbc:postgresql://db.example:5432/app") == read(PGJDBC, None)
+    # As a user pastes it: other parameters (sslmode, ApplicationName) pass; loginTimeout
+    # shorter than connectTimeout bounds the connect; no socketTimeout leaves HikariCP's 5 s.
+    pasted = "jdbc:postgresql://db/app?sslmode=require&tcpKeepAlive=true&loginTimeout=4"
+    tcp, read_back = read(PGJDBC, pasted)
+    assert tcp == replace(KERNEL_DEFAULT_KEEPALIVE, user_timeout_ms=0)
+    assert read_back == Deadlines(connect_timeout_s=4.0, read_timeout_s=5.0)
+
+
+def _recipe_options(stack: str, settings: str) -> str:
+    return next(r.options for r in RECIPES if (r.stack, r.settings) == (stack, settings))
+
+
+def test_pgjdbc_says_what_java_cannot_set() -> None:
+    """TCP_USER_TIMEOUT becomes socketTimeout, said so; keepalive times need a factory."""
+    rendered = PGJDBC.render(TUNED, Deadlines())
+    assert "TCP_USER_TIMEOUT 27000 is out of reach" in rendered
+    assert "socketTimeout=27&" in rendered
+    assert read(PGJDBC, rendered) == (PGJDBC_TUNED, Deadlines(10.0, 27.0))
+    # Probing that the user timeout would have ended early: no more probes than before it.
+    many = TcpOptions(
+        user_timeout_ms=25_000,
+        keepalive=True,
+        keepalive_idle_s=20,
+        keepalive_interval_s=1,
+        keepalive_count=9,
+    )
+    assert "socketFactoryArg=20,1,5  #" in PGJDBC.render(many, Deadlines())
+    # The kernel's times need no factory: tcpKeepAlive=true is all.
+    kernel = PGJDBC.render(KERNEL_DEFAULT_KEEPALIVE, Deadlines(read_timeout_s=30.0))
+    assert kernel == "jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout=30"
+
+
+def test_pgjdbc_turns_a_factorys_keepalive_off_without_tcp_keepalive() -> None:
+    """PgJDBC calls setKeepAlive(tcpKeepAlive) on the connected socket (measured in
+    tests/cookbook/test_recipes.py): the factory's times stay, SO_KEEPALIVE does not."""
+    text = "socketFactory=KeepaliveSocketFactory&socketFactoryArg=10,1,3&socketTimeout=5"
+    assert read(PGJDBC, text)[0] == PGJDBC.defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tcpKeepAlive=yes", "PgJDBC takes true or false"),
+        ("socketTimeout=5s", "PgJDBC takes whole seconds"),
+        ("socketTimeout=0.5", "PgJDBC takes whole seconds"),
+        ("tcpKeepalive=true", "PgJDBC's name is tcpKeepAlive"),
+        ("keepalives_idle=10", "keepalives_idle is libpq's"),
+        ("tcpKeepAlive=true&socketFactory=F&socketFactoryArg=10", "IDLE,INTERVAL,COUNT"),
+        ("sslmode=require", "no PgJDBC TCP parameter found"),
+        ("socketTimeout", "a PgJDBC parameter is key=value"),
+    ],
+)
+def test_pgjdbc_syntax_errors_say_why(text: str, message: str) -> None:
+    with pytest.raises(StackSyntaxError, match=message):
+        read(PGJDBC, text)
+
+
+def test_recommend_for_pgjdbc_is_in_its_words_and_keeps_its_promise() -> None:
+    shown = _explain("--recommend", "--detect-within", "30s", "--stack", "pgjdbc", "--json")
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    settings = document["stack"]["settings"]
+    assert settings.startswith("jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout=")
+    assert "TCP_USER_TIMEOUT" in settings
+    assert "out of reach" in settings
+    assert "socketFactory=KeepaliveSocketFactory&socketFactoryArg=" in settings
+    tcp, deadlines = read(PGJDBC, settings)
+    flags = document["settings"]["flags"]
+    user_timeout = flags[flags.index("--user-timeout") + 1]
+    assert deadlines.read_timeout_s == float(user_timeout.removesuffix("s"))
+    assert tcp.user_timeout_ms == 0
+    busy = predict(KernelSettings.here(), tcp, Failure.SILENT, Activity.ACTIVE, deadlines)
+    idle = predict(KernelSettings.here(), tcp, Failure.SILENT, Activity.IDLE, deadlines)
+    assert max(busy.high_s, idle.high_s) <= 30

@@ -721,11 +721,173 @@ for _stack in (
 ):
     STACKS[_stack.name] = _stack
 # --- end of go-sql-driver/mysql and Go's HTTP/2 Transport ---
+# --- PgJDBC (Java) ---
+# PgJDBC's connection parameters, a JDBC URL's query (jdbc:postgresql://host/db?a=1&b=2) or
+# its Properties, times in whole seconds: tcpKeepAlive is a boolean (SO_KEEPALIVE with the
+# kernel's 7200/75/9 s), socketTimeout SO_TIMEOUT on each read (0: none), connectTimeout the
+# connect (10 s by default), loginTimeout the connect and the login (none unless set; a pool
+# may set DriverManager's). Java has no TCP_USER_TIMEOUT; the keepalive times need a
+# socketFactory of the user's that sets jdk.net.ExtendedSocketOptions (cookbook/java/
+# Client.java's KeepaliveSocketFactory takes socketFactoryArg=IDLE,INTERVAL,COUNT). PgJDBC
+# calls setKeepAlive(tcpKeepAlive) on the connected socket: a factory without
+# tcpKeepAlive=true leaves keepalive off (measured, tests/cookbook/test_recipes.py).
+# Through HikariCP (what the cookbook measured): the pool checks a connection idle over
+# 500 ms as it lends it, reading with validationTimeout (5 s) as its deadline; a request a
+# second makes that check the request in flight, so with no socketTimeout the read deadline
+# is the pool's 5 s.
+PGJDBC_FACTORY = "KeepaliveSocketFactory"
+PGJDBC_DEADLINES = Deadlines(connect_timeout_s=10.0, read_timeout_s=5.0)
+_PGJDBC_DEFAULTS = TcpOptions(user_timeout_ms=0, keepalive=False)
+_PGJDBC_URL = "jdbc:postgresql://host/db"
+PGJDBC_DEFAULTS_TEXT = (
+    f"{_PGJDBC_URL}  # tcpKeepAlive=false socketTimeout=0 connectTimeout=10; HikariCP's "
+    "validationTimeout 5000 ms bounds its check of each connection it lends"
+)
+_PGJDBC_SECONDS = ("socketTimeout", "connectTimeout", "loginTimeout")
+_PGJDBC_KEYS = frozenset({"tcpKeepAlive", "socketFactory", "socketFactoryArg", *_PGJDBC_SECONDS})
+# libpq's words, which PgJDBC ignores without a word: refused, saying so.
+_PGJDBC_FOREIGN = frozenset({*_LIBPQ_KEYS, "connect_timeout"})
+
+
+def _pgjdbc_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _pgjdbc_keepalive_times(tcp: TcpOptions) -> tuple[int | None, int | None, int | None]:
+    """The factory's times: with no TCP_USER_TIMEOUT to end the probing at its first probe
+    past it, no more probes than would have gone before that, so an idle wait ends as soon."""
+    idle, interval, count = tcp.keepalive_idle_s, tcp.keepalive_interval_s, tcp.keepalive_count
+    if tcp.user_timeout_ms and idle is not None and interval and count is not None:
+        before = math.ceil((tcp.user_timeout_ms / 1000 - idle) / interval)
+        count = max(1, min(count, before))
+    return idle, interval, count
+
+
+def _render_pgjdbc(tcp: TcpOptions, deadlines: Deadlines) -> str:
+    if (tcp, deadlines) == (_PGJDBC_DEFAULTS, PGJDBC_DEADLINES):
+        return PGJDBC_DEFAULTS_TEXT
+    values = [f"tcpKeepAlive={'true' if tcp.keepalive else 'false'}"]
+    notes = []
+    read_s = deadlines.read_timeout_s
+    if tcp.user_timeout_ms:
+        read_s = read_s or tcp.user_timeout_ms / 1000
+        notes.append(
+            f"TCP_USER_TIMEOUT {tcp.user_timeout_ms} is out of reach: Java has no socket "
+            "option for it; socketTimeout bounds each read instead, a slow query's too"
+        )
+    if read_s is not None:
+        values.append(f"socketTimeout={_pgjdbc_seconds(read_s)}")
+    connect_s = deadlines.connect_timeout_s
+    if connect_s is not None and connect_s != PGJDBC_DEADLINES.connect_timeout_s:
+        values.append(f"connectTimeout={_pgjdbc_seconds(connect_s)}")
+    times = _pgjdbc_keepalive_times(tcp)
+    if tcp.keepalive and None not in times and times != (7200, 75, 9):
+        values.append(f"socketFactory={PGJDBC_FACTORY}")
+        values.append(f"socketFactoryArg={','.join(map(str, times))}")
+        notes.append(
+            f"{PGJDBC_FACTORY}: yours, setting jdk.net.ExtendedSocketOptions' TCP_KEEPIDLE, "
+            "TCP_KEEPINTERVAL, TCP_KEEPCOUNT (cookbook/java/Client.java)"
+        )
+    rendered = f"{_PGJDBC_URL}?" + "&".join(values)
+    return f"{rendered}  # {'; '.join(notes)}" if notes else rendered
+
+
+def _pgjdbc_parameters(query: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    near = {known.lower(): known for known in _PGJDBC_KEYS}
+    for pair in re.split(r"[&;\s]+", query.strip()):
+        key, equals, value = pair.partition("=")
+        if not pair:
+            continue
+        if not equals:
+            raise StackSyntaxError(f"{pair}: a PgJDBC parameter is key=value")
+        if key in _PGJDBC_FOREIGN:
+            raise StackSyntaxError(f"{key} is libpq's; PgJDBC has no such parameter")
+        if key.lower() in near and near[key.lower()] != key:
+            raise StackSyntaxError(
+                f"{key}: PgJDBC's name is {near[key.lower()]} (it ignores any other)"
+            )
+        if key in _PGJDBC_KEYS:
+            found[key] = value
+    return found
+
+
+def _pgjdbc_deadlines(found: dict[str, str]) -> Deadlines:
+    seconds: dict[str, int] = {}
+    for key in _PGJDBC_SECONDS:
+        if key in found:
+            if not found[key].isdigit():
+                raise StackSyntaxError(f"{key}={found[key]}: PgJDBC takes whole seconds")
+            seconds[key] = int(found[key])
+    default_connect = int(PGJDBC_DEADLINES.connect_timeout_s or 0)
+    bounds = [seconds.get("connectTimeout", default_connect), seconds.get("loginTimeout", 0)]
+    bounds = [value for value in bounds if value > 0]
+    read = seconds.get("socketTimeout", 0)
+    return Deadlines(
+        connect_timeout_s=float(min(bounds)) if bounds else None,
+        # No socketTimeout: HikariCP's check of the connection it lends, 5 s.
+        read_timeout_s=float(read) if read else PGJDBC_DEADLINES.read_timeout_s,
+    )
+
+
+def _pgjdbc_keepalive(found: dict[str, str]) -> TcpOptions:
+    keepalive = found.get("tcpKeepAlive", "false")
+    if keepalive not in ("true", "false"):
+        raise StackSyntaxError(f"tcpKeepAlive={keepalive}: PgJDBC takes true or false")
+    if keepalive == "false":  # whatever a socketFactory set: PgJDBC turns it off
+        return _PGJDBC_DEFAULTS
+    if "socketFactory" not in found:
+        return replace(KERNEL_DEFAULT_KEEPALIVE, user_timeout_ms=0)
+    times = re.fullmatch(r"(\d+),(\d+),(\d+)", found.get("socketFactoryArg", ""))
+    if times is None:
+        raise StackSyntaxError(
+            f"socketFactoryArg: {PGJDBC_FACTORY} (cookbook/java/Client.java) takes "
+            "IDLE,INTERVAL,COUNT in seconds, for example 10,1,3"
+        )
+    idle, interval, count = map(int, times.groups())
+    return TcpOptions(
+        user_timeout_ms=0,
+        keepalive=True,
+        keepalive_idle_s=idle,
+        keepalive_interval_s=interval,
+        keepalive_count=count,
+    )
+
+
+def _parse_pgjdbc(text: str, defaults: TcpOptions) -> tuple[TcpOptions, Deadlines]:
+    text = re.sub(r"#[^\n]*", "", text).strip()  # a rendering's notes
+    if text.startswith("jdbc:") and "?" not in text:  # a URL without parameters
+        return defaults, PGJDBC_DEADLINES
+    found = _pgjdbc_parameters(text.partition("?")[2] if "?" in text else text)
+    if not found:
+        raise StackSyntaxError("no PgJDBC TCP parameter found (for example: socketTimeout=5)")
+    return _pgjdbc_keepalive(found), _pgjdbc_deadlines(found)
+
+
+STACKS["pgjdbc"] = Stack(
+    "pgjdbc",
+    "PgJDBC through HikariCP: a JDBC URL's parameters, in seconds",
+    _PGJDBC_DEFAULTS,  # tcpKeepAlive=false, socketTimeout=0
+    _render_pgjdbc,
+    _parse_pgjdbc,
+    PGJDBC_DEADLINES,
+    syntax="jdbc:postgresql://host/db?tcpKeepAlive=true&socketTimeout=5",
+)
+# --- end of PgJDBC ---
 STACK_NAMES = tuple(STACKS)
 # The stacks whose settings carry deadlines of the library's own (a read timeout, pings): the
 # others' parse gives options only, and their default deadlines stand.
 _STACKS_WITH_DEADLINES = frozenset(
-    {"redis-py", "grpc-python", "asyncpg", "urllib3", "node-postgres", "go-mysql", "go-http2"}
+    {
+        "redis-py",
+        "grpc-python",
+        "asyncpg",
+        "urllib3",
+        "node-postgres",
+        "go-mysql",
+        "go-http2",
+        "pgjdbc",
+    }
 )
 
 

@@ -39,6 +39,8 @@ from cookbook.recipes import (
     Recipe,
 )
 from tcpecho.lab import servers
+from tcpecho.stacks import STACKS
+from tcpecho.stacks import read as read_stack
 from tcpecho.tcp import diag
 from tcpecho.tcp.options import read_effective
 from tests.conftest import root_missing
@@ -500,3 +502,105 @@ def test_the_go_http2_client_speaks_h2c_to_the_http2_preset(
     go_clients: dict[str, Path], http2_port: tuple[int, subprocess.Popen[bytes]]
 ) -> None:
     _serves_then_fails_with_its_server(go_clients["go-http2"], *http2_port)
+
+
+# PgJDBC with HikariCP: the client compiled as the cookbook compiles it, against Debian's
+# jars; its socket read back as the lab reads a program's (pidfd_getfd: root).
+JAVA_MISSING = next(
+    (
+        f"{what} missing: apt-get install {package}"
+        for what, package in [
+            *((tool, run.TOOLS[tool]) for tool in ("java", "javac") if shutil.which(tool) is None),
+            *((str(jar), run.JAR_PACKAGES[jar.name]) for jar in run.JAVA_JARS if not jar.exists()),
+        ]
+    ),
+    None,
+)
+
+
+@pytest.fixture(scope="module")
+def java_classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if JAVA_MISSING:
+        pytest.skip(JAVA_MISSING)
+    return str(run.build_java_client(tmp_path_factory.mktemp("java")))
+
+
+def _java(classpath: str, argv: list[str], port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TCPECHO_LAB_HOST": "127.0.0.1", "TCPECHO_LAB_PORT": str(port)}
+    return subprocess.Popen(
+        ["java", "-cp", classpath, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def test_the_java_client_builds_and_refuses_bad_arguments(java_classpath: str) -> None:
+    refused = subprocess.run(
+        ["java", "-cp", java_classpath, "Client", "busy", "sideways"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "usage: Client busy|idle defaults|recommended" in refused.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's socket needs root")
+@pytest.mark.parametrize("settings", ["defaults", "recommended"])
+def test_the_java_clients_socket_carries_what_its_recipe_says(
+    java_classpath: str, listener: socket.socket, settings: str
+) -> None:
+    """Against a port that never answers: PgJDBC's socket is connected, its options set
+    (the factory's before the connect, tcpKeepAlive's right after), the login waiting."""
+    port = listener.getsockname()[1]
+    client = _java(java_classpath, ["Client", "busy", settings], port)
+    try:
+        seen = _program_options(client.pid, port, within_s=5.0 if settings == "defaults" else 20)
+        assert seen, "the client's connection was not found"
+        assert results.socket_problems(_recipe("pgjdbc", settings).socket, seen) == []
+    finally:
+        client.kill()
+        client.wait()
+
+
+# The trap docs/cookbook.md names: a socketFactory's keepalive without tcpKeepAlive=true. PgJDBC
+# calls setKeepAlive(tcpKeepAlive) once connected, so SO_KEEPALIVE is off again, the factory's
+# times left on a socket that sends no probes.
+_TRAP = """
+import java.sql.DriverManager;
+public class Trap {
+    public static void main(String[] args) throws Exception {
+        try (var connection = DriverManager.getConnection(args[0], "postgres", "")) {
+            System.out.println("connected");
+            Thread.sleep(60_000);
+        }
+    }
+}
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading another process's socket needs root")
+def test_pgjdbc_turns_the_factorys_keepalive_off_without_tcp_keepalive(
+    java_classpath: str, postgres_port: int, tmp_path: Path
+) -> None:
+    source = tmp_path / "Trap.java"
+    source.write_text(_TRAP)
+    url = (
+        f"jdbc:postgresql://127.0.0.1:{postgres_port}/postgres?socketFactory="
+        "Client$KeepaliveSocketFactory&socketFactoryArg=10,1,3"
+    )
+    # The source launcher compiles Trap in memory; PgJDBC finds the factory by name on the
+    # classpath, among the compiled client's classes.
+    client = _java(java_classpath, [str(source), url], postgres_port)
+    try:
+        assert client.stdout is not None
+        assert client.stderr is not None
+        line = client.stdout.readline()
+        if line != b"connected\n":  # it ended: its error says why
+            pytest.fail(f"the Java program did not connect: {client.stderr.read().decode()}")
+        seen = _program_options(client.pid, postgres_port, within_s=1.0)
+        assert (seen["keepalive"], seen["keepalive_idle_s"]) == (False, 10)
+        # What the pgjdbc stack reads from the same words.
+        parsed, _ = read_stack(STACKS["pgjdbc"], url.partition("?")[2])
+        assert results.socket_problems(parsed, seen) == []
+    finally:
+        client.kill()
+        client.wait()
