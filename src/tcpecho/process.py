@@ -73,6 +73,18 @@ def die_with_parent(signum: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signum)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts: signalling it is
+    refused, it is not gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def signal_all(pids: Iterable[int], signum: int) -> None:
     """Send ``signum`` to every process of ``pids``; one that is gone already is skipped."""
     for pid in pids:

@@ -54,6 +54,7 @@ from tcpecho.model import (
     Prediction,
     Traffic,
 )
+from tcpecho.process import alive
 from tcpecho.settings import check_duration, check_range
 from tcpecho.tcp.options import TcpOptions
 
@@ -148,22 +149,12 @@ def _owner_pid(namespace: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_namespaces() -> list[str]:
     """Namespaces of lab runs that are no longer running (SIGKILLed, say)."""
     stale = []
     for name in net.leftover_namespaces(RUN_PREFIX):
         owner = _owner_pid(name)
-        if owner is None or (owner != os.getpid() and not _alive(owner)):
+        if owner is None or (owner != os.getpid() and not alive(owner)):
             stale.append(name)
     return stale
 

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcpecho.process import alive
+
 # The run's directory: tcpecho-lab-server-<pid>-<random>, under the temporary directory.
 DIRECTORY_PREFIX = "tcpecho-lab-server-"
 
@@ -285,18 +287,8 @@ def remove_stale() -> list[Path]:
     removed = []
     for path in Path(tempfile.gettempdir()).glob(f"{DIRECTORY_PREFIX}*"):
         pid = path.name.removeprefix(DIRECTORY_PREFIX).split("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
