@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from tcpecho.durations import parse_duration
 from tcpecho.settings import GRPC_SERVER_MIN_PING_INTERVAL_S, Deadlines, Ping
 from tcpecho.tcp.options import TcpOptions
 
@@ -558,7 +559,6 @@ GO_DEFAULT_KEEPALIVE = TcpOptions(
     keepalive_interval_s=GO_DEFAULT_KEEPALIVE_S,
     keepalive_count=9,
 )
-_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _GO_TIME_UNITS = {
     "Nanosecond": 1e-9,
     "Microsecond": 1e-6,
@@ -593,15 +593,18 @@ def parse_go_duration(key: str, text: str) -> float:
         if product[2] not in _GO_TIME_UNITS:
             raise StackSyntaxError(f"{key}: time.{product[2]} is not a time unit")
         return float(product[1]) * _GO_TIME_UNITS[product[2]]
-    parts = re.findall(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)", text)
-    if re.fullmatch(r"-?0", text.strip()):
+    stripped = text.strip()
+    if re.fullmatch(r"-?0", stripped):
         return 0.0
-    if re.fullmatch(r"-\d+", text.strip()):
-        return int(text) * 1e-9
-    if not parts or "".join(n + u for n, u in parts) != text.strip().lstrip("-"):
-        raise StackSyntaxError(f"{key}={text}: a Go duration with its unit (5s, 500ms, 1m30s)")
-    seconds = sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
-    return -seconds if text.strip().startswith("-") else seconds
+    if re.fullmatch(r"-\d+", stripped):
+        return int(stripped) * 1e-9
+    try:  # the project's one Go duration parser (durationpy), negatives as Go takes them
+        seconds = parse_duration(stripped.removeprefix("-"))
+    except ValueError:
+        raise StackSyntaxError(
+            f"{key}={text}: a Go duration with its unit (5s, 500ms, 1m30s)"
+        ) from None
+    return -seconds if stripped.startswith("-") else seconds
 
 
 def _go_field(text: str, key: str) -> float | None:
