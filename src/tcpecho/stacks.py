@@ -444,6 +444,18 @@ for _stack in (
 # --- end of asyncpg and urllib3 ---
 
 
+def _user_timeout_as_deadline(
+    tcp: TcpOptions, deadlines: Deadlines, notes: list[str], why: str
+) -> float | None:
+    """For a library that cannot set TCP_USER_TIMEOUT: its read deadline, which takes the
+    user timeout's place where none is given, and the note that says so (``why``: the
+    library's reason and what bounds a request instead)."""
+    if not tcp.user_timeout_ms:
+        return deadlines.read_timeout_s
+    notes.append(f"TCP_USER_TIMEOUT {tcp.user_timeout_ms} is out of reach: {why}")
+    return deadlines.read_timeout_s or tcp.user_timeout_ms / 1000
+
+
 # node-postgres (pg): a JavaScript config object, times in milliseconds. keepAlive calls
 # Node's socket.setKeepAlive(true, keepAliveInitialDelayMillis) once connected; libuv then
 # sets TCP_KEEPIDLE to the delay in whole seconds and TCP_KEEPINTVL 1, TCP_KEEPCNT 10, which
@@ -478,7 +490,7 @@ def _node_keepalive_delay_s(tcp: TcpOptions) -> int:
 
 def _render_node_postgres(tcp: TcpOptions, deadlines: Deadlines) -> str:
     values = [f"keepAlive: {'true' if tcp.keepalive else 'false'}"]
-    notes = []
+    notes: list[str] = []
     if tcp.keepalive and tcp.keepalive_idle_s:
         delay_s = _node_keepalive_delay_s(tcp)
         values.append(f"keepAliveInitialDelayMillis: {delay_s * 1000}")
@@ -488,13 +500,12 @@ def _render_node_postgres(tcp: TcpOptions, deadlines: Deadlines) -> str:
                 f"apart: a {delay_s} s delay ends an idle wait as {tcp.keepalive_idle_s} s "
                 "would with the probes asked for"
             )
-    query_timeout_s = deadlines.read_timeout_s
-    if tcp.user_timeout_ms:
-        query_timeout_s = query_timeout_s or tcp.user_timeout_ms / 1000
-        notes.append(
-            f"TCP_USER_TIMEOUT {tcp.user_timeout_ms} is out of reach: Node has no API for it; "
-            "query_timeout bounds each query in flight instead, a slow one too"
-        )
+    query_timeout_s = _user_timeout_as_deadline(
+        tcp,
+        deadlines,
+        notes,
+        "Node has no API for it; query_timeout bounds each query in flight instead, a slow one too",
+    )
     if query_timeout_s is not None:
         values.append(f"query_timeout: {round(query_timeout_s * 1000)}")
     if deadlines.connect_timeout_s is not None:
@@ -770,14 +781,14 @@ def _render_pgjdbc(tcp: TcpOptions, deadlines: Deadlines) -> str:
     if (tcp, deadlines) == (_PGJDBC_DEFAULTS, PGJDBC_DEADLINES):
         return PGJDBC_DEFAULTS_TEXT
     values = [f"tcpKeepAlive={'true' if tcp.keepalive else 'false'}"]
-    notes = []
-    read_s = deadlines.read_timeout_s
-    if tcp.user_timeout_ms:
-        read_s = read_s or tcp.user_timeout_ms / 1000
-        notes.append(
-            f"TCP_USER_TIMEOUT {tcp.user_timeout_ms} is out of reach: Java has no socket "
-            "option for it; socketTimeout bounds each read instead, a slow query's too"
-        )
+    notes: list[str] = []
+    read_s = _user_timeout_as_deadline(
+        tcp,
+        deadlines,
+        notes,
+        "Java has no socket option for it; socketTimeout bounds each read instead, a slow "
+        "query's too",
+    )
     if read_s is not None:
         values.append(f"socketTimeout={_pgjdbc_seconds(read_s)}")
     connect_s = deadlines.connect_timeout_s
