@@ -207,6 +207,12 @@ def image_unavailable() -> str | None:
     return None
 
 
+def engine_unavailable() -> str | None:
+    """Why podman cannot play the pods here, or None."""
+    missing = [tool for tool in ("podman", "runc", "nsenter") if shutil.which(tool) is None]
+    return f"needs {', '.join(missing)}: scripts/system-packages installs them" if missing else None
+
+
 @contextlib.contextmanager
 def built_image(session: nox.Session) -> Iterator[str]:
     """The image built as CI builds it (a Debian base from mmdebstrap, then buildah), under a
@@ -258,15 +264,15 @@ def image(session: nox.Session) -> None:
 
 @nox.session
 def pods(session: nox.Session) -> None:
-    """Each overlay's server and client pods, started from the built image as a kubelet
-    would, force-deleted in the lab and judged against the model: out/pods.json
+    """Each overlay's server and client pods, played by podman from the built image,
+    force-deleted in the lab and judged against the model: out/pods.json
     (docs/image-and-cluster.md). Arguments go to ``python -m cluster.pods``."""
-    reason = image_unavailable() or lab_unavailable()
+    reason = image_unavailable() or lab_unavailable() or engine_unavailable()
     if reason is not None:
         session.skip(reason)
     session.install("-e", ".[test]", *PODS_TOOLS)
     with built_image(session) as image_name:
-        # The launch itself first, looked at from outside; then every overlay in the lab.
+        # A played pod first, looked at from outside; then every overlay in the lab.
         session.run("pytest", "-m", "pods", "tests/deploy", env={"TCPECHO_TEST_IMAGE": image_name})
         session.run(
             "python",

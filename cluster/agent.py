@@ -1,22 +1,25 @@
-"""The node agent's pod in the pods session: started from the image as the DaemonSet's pod,
-scraped while the lab runs, and what it exported judged against the cases (``AgentPod``,
+"""The node agent's pod in the pods session: played by podman as the DaemonSet's pod, scraped
+while the lab runs, and what it exported judged against the cases (``AgentPod``,
 ``RunningAgent``, ``Scraper``, ``judge``).
 
-``agent_pod`` takes the DaemonSet of ``kubectl kustomize manifests/node-agent`` as the
-kubelet would start one of its pods (``cluster/kubelet.py``: hostPID, root with exactly the
-capabilities it lists, the kubelet's log directories read-only), its scrape port and path
+``agent_pod`` takes the DaemonSet of ``kubectl kustomize manifests/node-agent`` and makes the
+Pod its controller would (``cluster/controllers.py``); podman plays it (``cluster/podman.py``:
+``hostPID`` through the engine's PID namespace setting, as podman 4.3's ``kube play`` ignores
+it; root with exactly the capabilities it lists; the kubelet's log directories read-only from
+the host's ``/var/log``, where the session's node writes them). Its scrape port and path come
 from the pod's ``prometheus.io`` annotations, as a Prometheus finds them. Its
 ``--service-cidr`` must hold the lab's ClusterIP, or its connections to the Service would
 not be counted as to a Service (``peer="service"``).
 
-The pod gets a network namespace of its own, as the DaemonSet asks (``hostNetwork: false``):
-the lab's node namespaces are one per case, made and removed by the lab while it runs, so
-none can hold a pod that watches them all. The namespace has the pod's address on its
-loopback and no route out; the session scrapes it from inside, with a socket made in the
-namespace, as ``kubectl port-forward`` reaches a pod's port (the runtime dials it from the
-pod's network namespace), so nothing on the host's network changes. ``RunningAgent`` waits
-until ``/metrics`` answers with a snapshot (the readiness the DaemonSet's probe asks for) and
-reads what the process was given from ``/proc/PID/status``.
+The pod's network namespace is its infra container's, wired as a CNI plugin would: the pod's
+address on its loopback and no route out, named ``<prefix><pid>-agent`` for the session. Its
+podman runs in a namespace of its own, ``<prefix><pid>-node`` (where podman holds the pod's
+``containerPort``). The session scrapes the agent from inside the pod's namespace, with a
+socket made there, as ``kubectl port-forward`` reaches a pod's port (the runtime dials it from
+the pod's network namespace), so nothing on the host's network changes. ``RunningAgent``
+waits until ``/metrics`` answers with a snapshot (the readiness the DaemonSet's probe asks
+for; podman turns probes into systemd timers, and there is no systemd here) and reads what
+the process was given from ``/proc/PID/status``.
 
 ``Scraper`` scrapes every ``SCRAPE_PERIOD_S`` while the lab runs. A scrape shows the last
 snapshot the agent took (every 5 s, the DaemonSet's ``--interval``), so for each case
@@ -44,22 +47,24 @@ import itertools
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster import kubelet
-from cluster.kubelet import Launch, Obj, PodError
-from cluster.node import Node
+from cluster import controllers
+from cluster.controllers import Obj, PodError
+from cluster.node import Node, Placed
+from cluster.podman import EngineError, Played, Podman
 from tcpecho import events
 from tcpecho.experiment import Result
 from tcpecho.model import Mechanism
+from tcpecho.process import alive
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.namespaces import NamespaceUnavailableError, NetNamespace, socket_in
 from tcpecho.tcp.options import TcpOptions
@@ -69,12 +74,22 @@ SCRAPE_PERIOD_S = 0.25
 SCRAPE_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
-STDERR_KEPT = 2000  # characters of the agent's stderr in an error
+LOG_KEPT = 2000  # characters of the agent's log in an error
 KERNEL_ENDED = (Mechanism.TCP_RETRIES2, Mechanism.USER_TIMEOUT)
 # The agent's give-up is its model's earliest time, rounded to the millisecond in each of
 # its two parts: this much either side of the range is the rounding's, not a miss.
 ROUNDING_S = 0.002
 SNAPSHOTS = "tcpecho_node_snapshot_duration_seconds"
+# Linux's capabilities by number (include/uapi/linux/capability.h, up to 6.x's last).
+CAPABILITIES = (
+    *("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID"),
+    *("SETUID", "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST"),
+    *("NET_ADMIN", "NET_RAW", "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO"),
+    *("SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN", "SYS_BOOT", "SYS_NICE"),
+    *("SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE", "AUDIT_WRITE"),
+    *("AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM"),
+    *("BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE"),
+)
 
 
 class AgentError(RuntimeError):
@@ -83,38 +98,73 @@ class AgentError(RuntimeError):
 
 @dataclass(frozen=True)
 class AgentPod:
-    """The DaemonSet's pod as it starts, and where its metrics are scraped."""
+    """The DaemonSet's pod as its controller creates it, and where its metrics are scraped."""
 
-    spec: Launch
+    pod: Obj
     port: int
     path: str
     service_cidrs: tuple[str, ...]
+    capabilities: tuple[str, ...]  # exactly root's, as asked: drop ALL, add these
+    host_paths: tuple[tuple[str, str], ...]  # (the node's path, where the container has it)
+
+    @property
+    def name(self) -> str:
+        return str(self.pod["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.pod["metadata"]["namespace"])
 
 
-def agent_pod(objects: Sequence[Obj], image: kubelet.ImageConfig) -> AgentPod:
-    """The one DaemonSet of ``objects`` as a pod of it starts on the lab's node."""
+def agent_pod(objects: Sequence[Obj]) -> AgentPod:
+    """The one DaemonSet of ``objects`` as a pod of it is created for the lab's node."""
     from tcpecho.lab import topology as net
 
     daemonsets = [o for o in objects if o["kind"] == "DaemonSet"]
     if len(daemonsets) != 1:
         raise PodError(f"the node agent's manifests hold {len(daemonsets)} DaemonSets, not one")
-    daemonset = daemonsets[0]
-    namespace = daemonset["metadata"].get("namespace", "default")
-    spec = kubelet.launch(daemonset, image, kubelet.Place(namespace, AGENT_POD_IP))
-    annotations = daemonset["spec"]["template"].get("metadata", {}).get("annotations") or {}
+    pod = controllers.pod_of(daemonsets[0])
+    container = controllers.container_of(pod)
+    annotations = pod["metadata"]["annotations"]
     if annotations.get("prometheus.io/scrape") != "true":
         raise PodError("the agent's pod asks for no scrape (prometheus.io/scrape)")
-    cidrs = option_values(spec.argv, "--service-cidr")
+    words = [*(container.get("command") or []), *(container.get("args") or [])]
+    cidrs = option_values(words, "--service-cidr")
     if not any(ipaddress.ip_address(net.CLUSTER_IP) in ipaddress.ip_network(c) for c in cidrs):
         raise PodError(
             f"the agent's --service-cidr {', '.join(cidrs) or '(none)'} does not hold the "
             f"lab's ClusterIP {net.CLUSTER_IP}: its connections would not be to a Service"
         )
     return AgentPod(
-        spec,
+        pod,
         int(annotations.get("prometheus.io/port", 80)),
         str(annotations.get("prometheus.io/path", "/metrics")),
         tuple(cidrs),
+        capabilities(container),
+        host_paths(pod, container),
+    )
+
+
+def capabilities(container: Obj) -> tuple[str, ...]:
+    """The capabilities root has in the container, as runc gives them: those it adds, once
+    it drops ALL (the DaemonSet does, and the session checks what the process got)."""
+    asked = (container.get("securityContext") or {}).get("capabilities") or {}
+    if "ALL" not in [str(name).upper() for name in asked.get("drop") or []]:
+        raise PodError("the agent's container keeps the runtime's default capabilities")
+    added = {str(name).upper().removeprefix("CAP_") for name in asked.get("add") or []}
+    unknown = sorted(added - set(CAPABILITIES))
+    if unknown:
+        raise PodError(f"the agent's container: {unknown[0]!r} is no capability")
+    return tuple(sorted(added, key=CAPABILITIES.index))
+
+
+def host_paths(pod: Obj, container: Obj) -> tuple[tuple[str, str], ...]:
+    """Each hostPath volume the container mounts: (the node's path, the mount path)."""
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    return tuple(
+        (volumes[m["name"]]["hostPath"]["path"], m["mountPath"])
+        for m in container.get("volumeMounts") or []
+        if "hostPath" in volumes.get(m["name"], {})
     )
 
 
@@ -172,23 +222,34 @@ class Privileges:
         )
 
 
+def all_capabilities() -> list[str]:
+    """Every capability this kernel has, by name (its number where the table has none)."""
+    last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    return [CAPABILITIES[n] if n < len(CAPABILITIES) else str(n) for n in range(last + 1)]
+
+
 def capability_names(mask: str) -> tuple[str, ...]:
     """The capabilities a ``/proc/PID/status`` mask holds, by name."""
     bits = int(mask, 16)
-    return tuple(name for n, name in enumerate(kubelet.all_capabilities()) if bits >> n & 1)
+    return tuple(name for n, name in enumerate(all_capabilities()) if bits >> n & 1)
 
 
 class RunningAgent:
-    """The agent's pod, started in a network namespace of its own; ``stop`` ends it."""
+    """The agent's pod, started by podman, its network namespace named ``netns``."""
 
-    def __init__(self, pod: AgentPod, netns: str, process: subprocess.Popen[bytes], logs: Path):
+    def __init__(
+        self, pod: AgentPod, netns: str, engine: Podman, played: Played, placed: Placed, pid: int
+    ) -> None:
         self.pod = pod
         self.netns = netns
-        self.process = process
-        self.logs = logs
+        self.engine = engine
+        self.played = played
+        self.placed = placed
+        self.pid = pid
         self.namespace = NetNamespace(
-            inode=os.stat(f"/run/netns/{netns}").st_ino, holders=(process.pid,), own=False
+            inode=os.stat(f"/run/netns/{netns}").st_ino, holders=(pid,), own=False
         )
+        self.started = describe(engine.inspect(played.container_id))
         self.privileges: Privileges | None = None
         self.exit_status: int | None = None
 
@@ -216,14 +277,11 @@ class RunningAgent:
         exits first or it takes longer than ``READY_TIMEOUT_S``."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AgentError(
-                    f"the agent exited (status {self.process.returncode}){self._said()}"
-                )
-            # Not entered yet (``ip netns exec`` has not switched), or not listening yet.
-            with contextlib.suppress(OSError, NamespaceUnavailableError):
+            if not alive(self.pid):
+                raise AgentError(f"the agent exited{self._said()}")
+            with contextlib.suppress(OSError, NamespaceUnavailableError):  # not listening yet
                 if parse(time.time(), self.scrape()).snapshots >= 1:
-                    self.privileges = Privileges.of(self.process.pid)
+                    self.privileges = Privileges.of(self.pid)
                     return
             time.sleep(SCRAPE_PERIOD_S)
         raise AgentError(
@@ -231,26 +289,31 @@ class RunningAgent:
         )
 
     def _said(self) -> str:
-        stderr = (self.logs / "stderr").read_text(errors="replace").strip()
-        return f": {stderr[-STDERR_KEPT:]}" if stderr else ""
+        said = self.engine.log(self.played).strip()
+        return f": {said[-LOG_KEPT:]}" if said else ""
 
     def stop(self) -> None:
         """SIGTERM, as the kubelet stops a container, then SIGKILL after the grace."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.exit_status = self.process.returncode
+        self.exit_status = self.engine.stop(self.played, STOP_GRACE_S)
 
 
-def netns_name(prefix: str, pid: int) -> str:
-    """The agent pod's network namespace, named after the session that made it."""
-    return f"{prefix}{pid}-agent"
+def describe(inspected: Mapping[str, Any]) -> dict[str, Any]:
+    """How the engine started a container, from ``podman container inspect``."""
+    config, host = inspected["Config"], inspected["HostConfig"]
+    return {
+        "container_id": inspected["Id"],
+        "argv": [inspected["Path"], *inspected["Args"]],
+        "env": dict(item.split("=", 1) for item in config.get("Env") or []),
+        "user": config.get("User") or "",
+        "read_only_root": bool(host.get("ReadonlyRootfs")),
+        "pid_mode": host.get("PidMode", ""),
+    }
+
+
+def netns_name(prefix: str, pid: int, role: str = "agent") -> str:
+    """The agent pod's network namespace (``agent``) and its podman's (``node``), named
+    after the session that made them."""
+    return f"{prefix}{pid}-{role}"
 
 
 def remove_stale(prefix: str) -> list[str]:
@@ -260,7 +323,7 @@ def remove_stale(prefix: str) -> list[str]:
 
     stale = []
     for name in net.leftover_namespaces(prefix):
-        found = re.fullmatch(rf"{re.escape(prefix)}(\d+)-agent", name)
+        found = re.fullmatch(rf"{re.escape(prefix)}(\d+)-(agent|node)", name)
         if found is not None and not Path(f"/proc/{found.group(1)}").exists():
             stale.append(name)
     net.remove_namespaces(stale)
@@ -275,35 +338,46 @@ def _ip(*args: str) -> None:
 
 @contextlib.contextmanager
 def started(
-    pod: AgentPod, rootfs: Path, workdir: Path, node: Node, netns: str
+    pod: AgentPod, engine: Podman, node: Node, prefix: str = "tcpecho-pods-"
 ) -> Iterator[RunningAgent]:
-    """The agent's pod, running and ready, in the network namespace ``netns`` (made here,
-    with the pod's address); stopped and its namespace removed afterwards."""
-    pod_dir = workdir / f"agent-{pod.spec.pod}"
-    kubelet.prepare(pod.spec, pod_dir, node.root)
-    argv = kubelet.argv(pod.spec, rootfs, pod_dir, node.root, node.procs(pod.spec))
-    _ip("netns", "add", netns)
+    """The agent's pod, played by ``engine``, running and ready, its network namespace
+    wired with the pod's address; stopped, removed and its namespaces gone afterwards."""
+    from pyroute2 import netns
+
+    node_ns, pod_ns = netns_name(prefix, os.getpid(), "node"), netns_name(prefix, os.getpid())
+    _ip("netns", "add", node_ns)
+    played = None
     try:
-        _ip("-n", netns, "link", "set", "lo", "up")
+        played = engine.play(pod.pod, node_ns)
+        netns.attach(pod_ns, played.netns_pid)
         # The pod's address, where the pod's network namespace answers it; on loopback, as
         # nothing outside the namespace is to reach it.
-        _ip("-n", netns, "addr", "add", f"{AGENT_POD_IP}/32", "dev", "lo")
-        with (pod_dir / "stdout").open("wb") as out, (pod_dir / "stderr").open("wb") as err:
-            process = subprocess.Popen(
-                ["ip", "netns", "exec", netns, *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        running = RunningAgent(pod, netns, process, pod_dir)
+        _ip("-n", pod_ns, "addr", "add", f"{AGENT_POD_IP}/32", "dev", "lo")
+        placed = Placed(
+            pod.namespace,
+            pod.name,
+            str(uuid.uuid4()),
+            played.container,
+            played.container_id,
+            controllers.qos_class(pod.pod),
+        )
+        node.add_pod(placed)
+        pid = engine.start(played, played.container_id, node_ns)
+        node.join(placed, pid)
+        running = RunningAgent(pod, pod_ns, engine, played, placed, pid)
         try:
             running.wait_until_ready()
             yield running
         finally:
-            running.stop()
+            with contextlib.suppress(EngineError):
+                running.stop()
+    except EngineError as error:
+        raise AgentError(str(error)) from None
     finally:
-        subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
+        if played is not None:
+            engine.remove(played)
+        for name in (pod_ns, node_ns):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
 class Scraper:
@@ -502,6 +576,15 @@ def snapshot_durations(scrapes: Sequence[Metrics]) -> list[float]:
     ]
 
 
+@dataclass(frozen=True)
+class ClientPod:
+    """A case's client pod as the agent should name it, and its container's settings."""
+
+    namespace: str
+    pod: str
+    environment: Mapping[str, str]
+
+
 def protection(tcp: TcpOptions, deadlines: Deadlines) -> str:
     """``unprotected``: nothing bounds a lost request or notices an idle peer;
     ``protected``: a user timeout and keepalive; ``partial`` otherwise."""
@@ -511,7 +594,7 @@ def protection(tcp: TcpOptions, deadlines: Deadlines) -> str:
     return "protected" if user_timeout and tcp.keepalive else "partial"
 
 
-def judge(client: Launch, active: bool, result: Result, scrapes: Sequence[Metrics]) -> CaseView:
+def judge(client: ClientPod, active: bool, result: Result, scrapes: Sequence[Metrics]) -> CaseView:
     """What the agent exported of ``client``'s pod in the case's window, and the checks."""
     from tcpecho.cli import client_settings_from_environment
 

@@ -1,31 +1,36 @@
-"""Every overlay's pods run as a kubelet would start them, force-deleted and measured by the lab,
-with the node agent's pod beside them, checked on what it exports.
+"""Every overlay's pods, played by podman, force-deleted and measured by the lab, with the node
+agent's pod beside them, checked on what it exports.
 
 ``python -m cluster.pods --image IMAGE`` (``scripts/nox -s pods`` builds the image first)
-renders each overlay of ``manifests/overlays`` with ``kubectl kustomize``, turns its server
-and client Deployments into the processes a kubelet and its runtime would start
-(``cluster/kubelet.py``: the image's root filesystem, ENTRYPOINT/CMD with the container's
-``command``/``args``, the container's environment, its user and group, a read-only root where
-the manifest asks), and runs them in the lab's pod namespaces: the server pod behind the
-lab's ClusterIP, whose Service name the client's ``/etc/hosts`` resolves. The lab then applies
-``force-delete`` and measures from the client's own JSON log, as it does for its profiles
+renders each overlay of ``manifests/overlays`` with ``kubectl kustomize``, through a
+kustomization that points the manifests' image at the build (kustomize's ``images``, as a
+user points them at one), makes the Pods the Deployments' ReplicaSets would create
+(``cluster/controllers.py``) and hands them to ``podman kube play`` (``cluster/podman.py``),
+one case's pods at a time, in the case's node: the lab wires each pod's network namespace as
+a CNI plugin would, the server behind the lab's ClusterIP, whose Service name the client's
+``/etc/hosts`` resolves (the engine's base hosts file: the cluster DNS's answers), then starts
+the server's and the client's containers through podman and reads their logs from it
+(``tcpecho.lab.pods``). The lab then applies ``force-delete``: the route goes, the link goes,
+then podman force-deletes the server's pod (``podman pod rm -f -t 0``), so the FIN is lost as
+in the field; it measures from the client's own JSON log, as it does for its profiles
 (``tcpecho.lab.run_matrix``, quick budget).
 
 The prediction comes from the client container's ``TCPECHO_CLIENT_*`` variables, read by the
 client's own declarations (``client_settings_from_environment``), never from a table per
-overlay. Every overlay runs its client as the manifest has it (a request every 5 s: active);
-an overlay whose client keeps connections alive (keepalive on) runs idle too, rendered as a
-user would make it: a kustomization over the overlay that patches the client's
-``TCPECHO_CLIENT_INTERVAL`` to ``1h``.
+overlay, and the container podman created must carry the same values. Every overlay runs
+its client as the manifest has it (a request every 5 s: active); an overlay whose client
+keeps connections alive (keepalive on) runs idle too, rendered as a user would make it: a
+kustomization over the overlay that patches the client's ``TCPECHO_CLIENT_INTERVAL`` to
+``1h``.
 
 The pods run on a node laid out as a kubelet lays one out (``cluster/node.py``): each in its
 kubelet cgroup, with its pod log directory and container log link. Beside them, the node
-agent's pod runs from the same image as ``kubectl kustomize manifests/node-agent``'s
-DaemonSet has it (``cluster/agent.py``), with those log directories mounted read-only, and is
-scraped all along; for each case, what it exported of the client pod after the force-delete
-is checked against the client's settings and the model. The cases and the agent's figures go
-to ``out/pods.json``; the exit status is 1 when a case could not run, its measurement is
-outside the prediction, or a check of the agent failed.
+agent's pod, played by podman from ``kubectl kustomize manifests/node-agent``'s DaemonSet
+(``cluster/agent.py``), reads those log directories and is scraped all along; for each case,
+what it exported of the client pod after the force-delete is checked against the client's
+settings and the model. The cases and the agent's figures go to ``out/pods.json``, with the
+engine that started each pod; the exit status is 1 when a case could not run, its
+measurement is outside the prediction, or a check of the agent failed.
 """
 
 from __future__ import annotations
@@ -35,24 +40,24 @@ import dataclasses
 import json
 import os
 import platform
-import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from cluster import agent, kubelet, node
-from cluster.agent import AgentError, AgentPod, CaseView, Check, Metrics, Privileges
-from cluster.kubelet import Launch, Obj, PodError
-from cluster.node import Node, NodeError
-from tcpecho.experiment import Fault, Profile, Result
+from cluster import agent, controllers, node, podman
+from cluster.agent import AgentError, AgentPod, CaseView, Check, ClientPod, Metrics, Privileges
+from cluster.controllers import Obj, PodError
+from cluster.node import Node, NodeError, Placed
+from cluster.podman import EngineError, Played, Podman
+from tcpecho.experiment import Case, Fault, Profile, Result
 from tcpecho.lab import StoppedError, report
 from tcpecho.lab.report import RunInfo
 from tcpecho.model import Activity
@@ -62,15 +67,21 @@ OVERLAYS_DIR = ROOT / "manifests" / "overlays"
 INTERVAL_VARIABLE = "TCPECHO_CLIENT_INTERVAL"
 IDLE_INTERVAL = "1h"
 NODE_AGENT_DIR = ROOT / "manifests" / "node-agent"
-TOOLS = ("buildah", "kubectl", "unshare", "setpriv", "chroot", "capsh", "hostname", "ip", "nft")
+MANIFEST_IMAGE = "localhost/tcpecho"  # the manifests' image, without its tag
+TOOLS = ("podman", "runc", "buildah", "kubectl", "nsenter", "ip", "nft")
+CLUSTER_DOMAIN = "cluster.local"
 
-IDLE_KUSTOMIZATION = """\
-# The overlay with an idle client, as a user would make it: one request an hour.
+KUSTOMIZATION = """# The overlay with its image pointed at the build{idle}.
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
   - {overlay}
-patches:
+images:
+  - name: {manifest_image}
+    newName: {name}
+    newTag: {tag}
+"""
+IDLE_PATCH = """patches:
   - patch: |-
       apiVersion: apps/v1
       kind: Deployment
@@ -89,19 +100,28 @@ patches:
 
 @dataclass(frozen=True)
 class PodCase:
-    """One overlay in one mode: its two pods as they would start."""
+    """One overlay in one mode: its two pods as their controllers create them."""
 
     overlay: str
     mode: str  # "active" or "idle"
-    server: Launch
-    client: Launch
+    service: str  # the Service's name, which the client resolves
+    server: Obj
+    client: Obj
+
+    @property
+    def namespace(self) -> str:
+        return str(self.client["metadata"]["namespace"])
+
+    @property
+    def client_environment(self) -> dict[str, str]:
+        return controllers.literal_environment(controllers.container_of(self.client))
 
 
 # -- rendering -------------------------------------------------------------------------------
 
 
 def render(kubectl: str, directory: Path) -> list[Obj]:
-    """The overlay's objects, as ``kubectl apply -k`` would send them."""
+    """The kustomization's objects, as ``kubectl apply -k`` would send them."""
     import yaml  # installed by the session that runs this
 
     rendered = subprocess.run(
@@ -113,21 +133,51 @@ def render(kubectl: str, directory: Path) -> list[Obj]:
     return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc is not None]
 
 
-def render_idle(kubectl: str, overlay: Path, client: Launch, workdir: Path) -> list[Obj]:
-    """The overlay with its client's interval patched to an hour (kustomize takes only
-    relative paths to other kustomizations, so the path is made relative)."""
-    directory = workdir / f"idle-{overlay.name}"
+def split_image(image: str) -> tuple[str, str]:
+    """An image reference's name and tag (``latest`` when it has none)."""
+    name, colon, tag = image.rpartition(":")
+    if not colon or "/" in tag:
+        return image, "latest"
+    return name, tag
+
+
+def render_overlay(
+    kubectl: str,
+    overlay: Path,
+    image: str,
+    workdir: Path,
+    idle_client: tuple[str, str] | None = None,
+) -> list[Obj]:
+    """The overlay with its image pointed at ``image``; with ``idle_client`` (the client's
+    Deployment and container), its interval patched to an hour. Kustomize takes only
+    relative paths to other kustomizations, so the path is made relative."""
+    directory = workdir / f"{'idle' if idle_client else 'active'}-{overlay.name}"
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "kustomization.yaml").write_text(
-        IDLE_KUSTOMIZATION.format(
-            overlay=os.path.relpath(overlay.resolve(), directory.resolve()),
-            client=client.workload,
-            container=client.container,
+    name, tag = split_image(image)
+    text = KUSTOMIZATION.format(
+        idle=", its client idle" if idle_client else "",
+        overlay=os.path.relpath(overlay.resolve(), directory.resolve()),
+        manifest_image=MANIFEST_IMAGE,
+        name=name,
+        tag=tag,
+    )
+    if idle_client is not None:
+        text += IDLE_PATCH.format(
+            client=idle_client[0],
+            container=idle_client[1],
             variable=INTERVAL_VARIABLE,
             interval=IDLE_INTERVAL,
         )
-    )
-    return render(kubectl, directory)
+    (directory / "kustomization.yaml").write_text(text)
+    objects = render(kubectl, directory)
+    for workload in (o for o in objects if o["kind"] in controllers.WORKLOADS):
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            if container["image"] != f"{name}:{tag}":
+                raise PodError(
+                    f"{overlay.name}: {container['name']!r} runs {container['image']!r}, not "
+                    f"{MANIFEST_IMAGE} (which the session points at the build)"
+                )
+    return objects
 
 
 def service_and_pods(objects: Sequence[Obj]) -> tuple[Obj, Obj, Obj]:
@@ -167,41 +217,23 @@ def service_and_pods(objects: Sequence[Obj]) -> tuple[Obj, Obj, Obj]:
     return service, server, client
 
 
-def pod_case(
-    overlay: str, mode: str, objects: Sequence[Obj], image: kubelet.ImageConfig
-) -> PodCase:
-    """The overlay's server and client as they would start in the lab's pods."""
-    from tcpecho.lab import topology as net
-
+def pod_case(overlay: str, mode: str, objects: Sequence[Obj]) -> PodCase:
+    """The overlay's server and client Pods, as their ReplicaSets would create them."""
     service, server, client = service_and_pods(objects)
-    services = {service["metadata"]["name"]: net.CLUSTER_IP}
-    namespace = f"tcpecho-{overlay}"  # as cluster/reproduce.py names them
+    namespace = f"tcpecho-{overlay}"  # as cluster/reproduce.py applies each overlay
     return PodCase(
         overlay,
         mode,
-        kubelet.launch(
-            server,
-            image,
-            kubelet.Place(
-                namespace, net.SERVER_IP, host_ip=net.NODE_SERVER_SIDE_IP, services=services
-            ),
-            [service],
-        ),
-        kubelet.launch(
-            client,
-            image,
-            kubelet.Place(
-                namespace, net.CLIENT_IP, host_ip=net.NODE_CLIENT_SIDE_IP, services=services
-            ),
-            [service],
-        ),
+        service["metadata"]["name"],
+        controllers.pod_of(server, namespace=namespace),
+        controllers.pod_of(client, namespace=namespace),
     )
 
 
 def plan(
     kubectl: str,
     overlays: Sequence[str],
-    image: kubelet.ImageConfig,
+    image: str,
     workdir: Path,
     directory: Path = OVERLAYS_DIR,
 ) -> list[PodCase]:
@@ -210,97 +242,163 @@ def plan(
 
     cases = []
     for name in overlays:
-        active = pod_case(name, "active", render(kubectl, directory / name), image)
+        objects = render_overlay(kubectl, directory / name, image, workdir)
+        active = pod_case(name, "active", objects)
         cases.append(active)
-        tcp, _ = client_settings_from_environment(active.client.environment)
+        tcp, _ = client_settings_from_environment(active.client_environment)
         if tcp.keepalive_enabled:
-            idle = render_idle(kubectl, directory / name, active.client, workdir)
-            cases.append(pod_case(name, "idle", idle, image))
+            _, _, client = service_and_pods(objects)
+            container = controllers.container_of(active.client)["name"]
+            idle_client = (client["metadata"]["name"], container)
+            idle = render_overlay(kubectl, directory / name, image, workdir, idle_client)
+            cases.append(pod_case(name, "idle", idle))
     return cases
+
+
+def cluster_dns(cases: Sequence[PodCase]) -> dict[str, list[str]]:
+    """What the cluster DNS would answer for each case's Service: its names at the lab's
+    ClusterIP (every case's node has its Service there)."""
+    from tcpecho.lab import topology as net
+
+    names: list[str] = []
+    for case in cases:
+        service, namespace = case.service, case.namespace
+        for name in (
+            f"{service}.{namespace}.svc.{CLUSTER_DOMAIN}",
+            f"{service}.{namespace}.svc",
+            service,
+        ):
+            if name not in names:
+                names.append(name)
+    return {net.CLUSTER_IP: names}
 
 
 # -- running ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def mounted_image(image: str) -> Iterator[Path]:
-    """The image's filesystem, through a working container removed afterwards."""
-    container = f"tcpecho-pods-{os.getpid()}"
-    subprocess.run(
-        ["buildah", "from", "--quiet", "--pull=never", "--name", container, image],
-        check=True,
-        stdout=subprocess.DEVNULL,
+def placed(played: Played, pod: Obj) -> Placed:
+    """Where the kubelet would put the played pod's container on the node."""
+    return Placed(
+        played.namespace,
+        played.pod,
+        str(uuid.uuid4()),
+        played.container,
+        played.container_id,
+        controllers.qos_class(pod),
     )
-    try:
-        mounted = subprocess.run(
-            ["buildah", "mount", container], check=True, capture_output=True, text=True
-        )
+
+
+class PlayedCase:
+    """A case's pods on podman (``tcpecho.lab.pods.CasePods``), their infra containers
+    holding their network namespaces, each container joining its kubelet cgroup once
+    started.
+
+    Each pod's podman runs in a network namespace of its own, named after the case's node
+    (``<node>-server``, ``<node>-client``), standing for the host network of the pod's own
+    node: podman holds a pod's containerPorts open there, and the two pods both have port
+    8001 (as the manifests' anti-affinity keeps them on two nodes)."""
+
+    def __init__(self, engine: Podman, lab_node: Node, case: PodCase, node_ns: str) -> None:
+        self.engine, self.node, self.case = engine, lab_node, case
+        self.hosts = {role: f"{node_ns}-{role}" for role in ("server", "client")}
+        self.started: dict[str, dict[str, Any]] = {}  # how each container was started
+        for name in self.hosts.values():
+            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
         try:
-            yield Path(mounted.stdout.strip())
-        finally:
-            subprocess.run(["buildah", "umount", container], check=False, stdout=subprocess.DEVNULL)
-    finally:
-        subprocess.run(["buildah", "rm", container], check=False, stdout=subprocess.DEVNULL)
+            self.server = engine.play(case.server, self.hosts["server"])
+            self.client = engine.play(case.client, self.hosts["client"])
+            self.places = {
+                "server": placed(self.server, case.server),
+                "client": placed(self.client, case.client),
+            }
+            for place in self.places.values():
+                lab_node.add_pod(place)
+            self._check_environment()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _check_environment(self) -> None:
+        """The client container podman made carries the values the prediction read."""
+        made = agent.describe(self.engine.inspect(self.client.container_id))["env"]
+        for name, value in self.case.client_environment.items():
+            if made.get(name) != value:
+                raise EngineError(
+                    f"podman gave the client {name}={made.get(name)!r}, the manifest {value!r}"
+                )
+
+    @property
+    def client_netns_pid(self) -> int:
+        return self.client.netns_pid
+
+    @property
+    def server_netns_pid(self) -> int:
+        return self.server.netns_pid
+
+    def _start(self, role: str, played: Played) -> int:
+        pid = self.engine.start(played, played.container_id, self.hosts[role])
+        self.node.join(self.places[role], pid)
+        self.started[role] = agent.describe(self.engine.inspect(played.container_id))
+        return pid
+
+    def start_server(self) -> int:
+        return self._start("server", self.server)
+
+    def server_log(self) -> list[str]:
+        return self.engine.log_command(self.server)
+
+    def start_client(self) -> int:
+        return self._start("client", self.client)
+
+    def client_log(self) -> list[str]:
+        return self.engine.log_command(self.client)
+
+    def force_delete_server(self) -> None:
+        self.engine.remove(self.server)
+
+    def remove(self) -> None:
+        for role in ("client", "server"):
+            played = getattr(self, role, None)
+            if played is not None:
+                self.engine.remove(played)
+        for name in self.hosts.values():
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
-def oci_config(image: str) -> dict[str, Any]:
-    """The image's OCI configuration (``config``: Entrypoint, Cmd, Env, User, ...)."""
-    inspected = subprocess.run(
-        ["buildah", "inspect", "--type", "image", image], check=True, capture_output=True
-    )
-    config: dict[str, Any] = json.loads(inspected.stdout)["OCIv1"]["config"]
-    return config
+class PodsOnPodman:
+    """The lab's ``PodMaker`` for the session: each case's pods, played as it starts."""
+
+    def __init__(self, engine: Podman, lab_node: Node, cases: Sequence[PodCase]) -> None:
+        self.engine, self.node = engine, lab_node
+        self.cases = {(c.overlay, c.mode): c for c in cases}
+        self.played: dict[tuple[str, str], PlayedCase] = {}
+
+    def __call__(self, case: Case, node_ns: str) -> PlayedCase:
+        key = (case.profile.name, str(case.activity))
+        self.played[key] = played = PlayedCase(self.engine, self.node, self.cases[key], node_ns)
+        return played
 
 
-def image_config(image: str) -> kubelet.ImageConfig:
-    try:
-        return kubelet.ImageConfig.from_oci(oci_config(image))
-    except subprocess.CalledProcessError as error:
-        said = error.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
-        raise PodError(f"the image {image!r}: buildah inspect: {said[0]}") from None
-
-
-def pod_argv(workdir: Path, node: Node, spec: Launch, rootfs: Path) -> list[str]:
-    """The command line of one of the cases' pods, its kubelet directory prepared: into its
-    container's cgroup on the session's node, then started from the image."""
-    directory = workdir / f"{spec.namespace}-{spec.pod}"
-    kubelet.prepare(spec, directory, node.root)
-    return kubelet.argv(spec, rootfs, directory, node.root, node.procs(spec))
-
-
-def profiles(cases: Sequence[PodCase], rootfs: Path, workdir: Path, node: Node) -> list[Profile]:
-    """The lab's profiles: each case's client and server launch, its settings from the
-    client's environment."""
+def profiles(cases: Sequence[PodCase]) -> list[Profile]:
+    """The lab's profiles: each case's settings from its client's environment."""
     from tcpecho.cli import client_settings_from_environment
 
     chosen = []
     for case in cases:
-        tcp, deadlines = client_settings_from_environment(case.client.environment)
-        client = pod_argv(workdir, node, case.client, rootfs)
-        server = pod_argv(workdir, node, case.server, rootfs)
-        chosen.append(
-            Profile(
-                case.overlay,
-                tcp,
-                deadlines,
-                activities=(Activity(case.mode),),
-                client_argv=tuple(client),
-                server_command=shlex.join(server),
-            )
-        )
+        tcp, deadlines = client_settings_from_environment(case.client_environment)
+        chosen.append(Profile(case.overlay, tcp, deadlines, activities=(Activity(case.mode),)))
     return chosen
 
 
-def run(
-    cases: Sequence[PodCase], rootfs: Path, workdir: Path, node: Node
-) -> tuple[list[Result], RunInfo]:
+def run(cases: Sequence[PodCase], maker: PodsOnPodman) -> tuple[list[Result], RunInfo]:
     """Every case in one lab run, in parallel, with the lab's quick budget."""
     from tcpecho.lab import KernelBudget, LabConfig, run_matrix
 
     config = LabConfig(
         faults=(Fault.FORCE_DELETE,),
-        profiles=tuple(profiles(cases, rootfs, workdir, node)),
+        profiles=tuple(profiles(cases)),
         budget=KernelBudget(quick=True),
+        pods=maker,
     )
     return run_matrix(config)
 
@@ -310,36 +408,62 @@ class AgentRun:
     """The node agent's pod in the session: how it ran, and every scrape of it."""
 
     pod: AgentPod
+    started: dict[str, Any]
+    placed: Placed | None
     privileges: Privileges | None
     exit_status: int | None
     scrapes: list[Metrics]
     scrape_failures: int
 
 
+@dataclass
+class SessionRun:
+    """What the session ran: the cases' results, the engine, each case's pods, the agent."""
+
+    results: list[Result]
+    info: RunInfo
+    engine: str
+    played: dict[tuple[str, str], PlayedCase]
+    agent: AgentRun
+
+
 def run_with_agent(
-    cases: Sequence[PodCase], pod: AgentPod, image: str, workdir: Path
-) -> tuple[list[Result], RunInfo, AgentRun]:
-    """The lab's run of every case on the session's node, the agent's pod beside the cases'
-    pods and scraped all along; everything removed afterwards."""
-    # What a session that was killed left: its cgroups (its agent killed with them), its
-    # agent's namespace.
+    cases: Sequence[PodCase], pod: AgentPod, services: dict[str, list[str]], workdir: Path
+) -> SessionRun:
+    """The lab's run of every case, its pods on podman, the agent's pod beside them and
+    scraped all along; everything removed afterwards."""
+    # What a session that was killed left: its pods, cgroups, log entries, namespaces.
+    podman.remove_stale()
     node.remove_stale()
     agent.remove_stale(node.PREFIX)
-    netns = agent.netns_name(node.PREFIX, os.getpid())
-    with Node(workdir / "node") as lab_node, mounted_image(image) as rootfs:
-        for spec in (pod.spec, *(s for case in cases for s in (case.server, case.client))):
-            lab_node.add_pod(spec)
+    with (
+        Node() as lab_node,
+        Podman(workdir / "podman", services) as engine,
+    ):
+        maker = PodsOnPodman(engine, lab_node, cases)
         with (
-            agent.started(pod, rootfs, workdir, lab_node, netns) as running,
+            agent.started(pod, engine, lab_node, node.PREFIX) as running,
             agent.Scraper(running) as scraper,
         ):
-            results, info = run(cases, rootfs, workdir, lab_node)
-    scrapes = [agent.parse(at, text) for at, text in scraper.scrapes]
-    ran = AgentRun(pod, running.privileges, running.exit_status, scrapes, scraper.failures)
-    return results, info, ran
+            results, info = run(cases, maker)
+        scrapes = [agent.parse(at, text) for at, text in scraper.scrapes]
+        ran = AgentRun(
+            pod,
+            running.started,
+            running.placed,
+            running.privileges,
+            running.exit_status,
+            scrapes,
+            scraper.failures,
+        )
+        return SessionRun(results, info, engine.version, maker.played, ran)
 
 
 # -- the agent's checks ------------------------------------------------------------------------
+
+
+def client_pod(case: PodCase) -> ClientPod:
+    return ClientPod(case.namespace, case.client["metadata"]["name"], case.client_environment)
 
 
 def views(cases: Sequence[PodCase], results: Sequence[Result], ran: AgentRun) -> list[CaseView]:
@@ -348,7 +472,7 @@ def views(cases: Sequence[PodCase], results: Sequence[Result], ran: AgentRun) ->
     judged = []
     for result in results:
         case = by_case[result.case.profile.name, str(result.case.activity)]
-        judged.append(agent.judge(case.client, case.mode == "active", result, ran.scrapes))
+        judged.append(agent.judge(client_pod(case), case.mode == "active", result, ran.scrapes))
     return judged
 
 
@@ -358,7 +482,7 @@ def agent_checks(ran: AgentRun) -> list[Check]:
     given = ran.privileges
     if given is None:
         return [Check("the agent ran", False, "no privileges read: it never became ready")]
-    asked = tuple(ran.pod.spec.capabilities or ())
+    asked = ran.pod.capabilities
     sets = (given.effective, given.permitted, given.bounding)
     return [
         Check(
@@ -385,18 +509,15 @@ def agent_checks(ran: AgentRun) -> list[Check]:
 
 
 def to_json(
-    cases: Sequence[PodCase],
-    results: Sequence[Result],
-    image: str,
-    ran: AgentRun,
-    seen: Sequence[CaseView],
+    cases: Sequence[PodCase], ran: SessionRun, image: str, seen: Sequence[CaseView]
 ) -> dict[str, Any]:
-    """``out/pods.json``: one entry per case, with how its client was started and what the
-    agent exported of it; the agent's pod and its own checks."""
+    """``out/pods.json``: one entry per case, with the engine and how it started the case's
+    containers, and what the agent exported of the client; the agent's pod and its checks."""
     by_case = {(c.overlay, c.mode): c for c in cases}
     entries = []
-    for result, view in zip(results, seen, strict=True):
-        case = by_case[result.case.profile.name, str(result.case.activity)]
+    for result, view in zip(ran.results, seen, strict=True):
+        key = (result.case.profile.name, str(result.case.activity))
+        case, played = by_case[key], ran.played.get(key)
         prediction = result.prediction
         entries.append(
             {
@@ -404,6 +525,7 @@ def to_json(
                 "fault": str(result.case.fault),
                 "mode": case.mode,
                 "image": image,
+                "engine": ran.engine,
                 "measured_s": result.measured_s,
                 "measured_clock": result.measured_clock,
                 "prediction": None
@@ -422,17 +544,24 @@ def to_json(
                 "verdict": str(result.verdict),
                 "matches_model": result.matches,
                 "error": result.error,
-                "client": describe(case.client),
-                "server": describe(case.server),
+                "client": started_json(case.client, played, "client"),
+                "server": started_json(case.server, played, "server"),
                 "agent": view_json(view, result.fault_at),
             }
         )
     return {
         "image": image,
+        "engine": ran.engine,
         "kernel_release": platform.release(),
-        "agent": agent_json(ran),
+        "agent": agent_json(ran.agent, ran.engine),
         "cases": entries,
     }
+
+
+def started_json(pod: Obj, played: PlayedCase | None, role: str) -> dict[str, Any]:
+    """A case's pod: its name, and how the engine started its container (when it did)."""
+    started = {} if played is None else played.started.get(role, {})
+    return {"pod": pod["metadata"]["name"], **started}
 
 
 def view_json(view: CaseView, fault_at: float | None) -> dict[str, Any]:
@@ -456,20 +585,21 @@ def check_json(check: Check) -> dict[str, Any]:
     return {"check": check.what, "ok": check.ok, "detail": check.detail}
 
 
-def agent_json(ran: AgentRun) -> dict[str, Any]:
-    """The agent's pod: how it was started, what it was given, what it did."""
-    spec, last = ran.pod.spec, (ran.scrapes[-1] if ran.scrapes else None)
+def agent_json(ran: AgentRun, engine: str) -> dict[str, Any]:
+    """The agent's pod: how the engine started it, what it was given, what it did."""
+    last = ran.scrapes[-1] if ran.scrapes else None
     given = ran.privileges
     return {
-        **describe(spec),
-        "namespace": spec.namespace,
-        "uid": spec.pod_uid,
-        "container_id": spec.container_id,
-        "qos_class": spec.qos_class,
-        "cgroup": kubelet.container_cgroup(spec),
-        "host_pid": spec.host_pid,
-        "capabilities": list(spec.capabilities or ()),
-        "host_paths": [[m.host_path, m.mount_path] for m in spec.host_paths],
+        "pod": ran.pod.name,
+        "engine": engine,
+        **ran.started,
+        "namespace": ran.pod.namespace,
+        "uid": None if ran.placed is None else ran.placed.pod_uid,
+        "qos_class": None if ran.placed is None else ran.placed.qos_class,
+        "cgroup": None if ran.placed is None else node.container_cgroup(ran.placed),
+        "host_pid": bool(ran.pod.pod["spec"].get("hostPID")),
+        "capabilities": list(ran.pod.capabilities),
+        "host_paths": [list(pair) for pair in ran.pod.host_paths],
         "metrics": f"http://{agent.AGENT_POD_IP}:{ran.pod.port}{ran.pod.path}",
         "service_cidrs": list(ran.pod.service_cidrs),
         "privileges": None if given is None else dataclasses.asdict(given),
@@ -487,17 +617,6 @@ def agent_json(ran: AgentRun) -> dict[str, Any]:
 
 def counted(metrics: Metrics, name: str, label: str) -> dict[str, int]:
     return {labels[label]: int(value) for labels, value in metrics.values(name)}
-
-
-def describe(spec: Launch) -> dict[str, Any]:
-    return {
-        "pod": spec.pod,
-        "argv": list(spec.argv),
-        "env": spec.environment,
-        "user": f"{spec.uid}:{spec.gid}",
-        "groups": list(spec.groups),
-        "read_only_root": spec.read_only_root,
-    }
 
 
 def markdown(results: Sequence[Result]) -> str:
@@ -558,7 +677,7 @@ def failed_checks(ran: AgentRun, seen: Sequence[CaseView]) -> list[str]:
 def missing() -> str | None:
     """Why the pods cannot run here, or None."""
     if os.geteuid() != 0:
-        return "needs root (namespaces, mounts, buildah)"
+        return "needs root (namespaces, cgroups, podman)"
     absent = [tool for tool in TOOLS if shutil.which(tool) is None]
     return f"needs {', '.join(absent)} on PATH" if absent else None
 
@@ -598,42 +717,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     overlays = args.overlay or sorted(p.name for p in args.overlays_dir.iterdir())
     workdir = Path(tempfile.mkdtemp(prefix="tcpecho-pods-"))
     try:
-        image = image_config(args.image)
-        cases = plan(args.kubectl, overlays, image, workdir, args.overlays_dir)
-        pod = agent.agent_pod(render(args.kubectl, args.node_agent_dir), image)
-        results, info, ran = run_with_agent(cases, pod, args.image, workdir)
+        cases = plan(args.kubectl, overlays, args.image, workdir, args.overlays_dir)
+        agent_dir = workdir / "node-agent"
+        pod = agent.agent_pod(
+            render_overlay(args.kubectl, args.node_agent_dir, args.image, agent_dir)
+        )
+        ran = run_with_agent(cases, pod, cluster_dns(cases), workdir)
     except (PodError, NodeError, click.ClickException) as error:
         print(f"python -m cluster.pods: {error}", file=sys.stderr)
         return 2
-    except AgentError as error:
-        print(f"python -m cluster.pods: the node agent: {error}", file=sys.stderr)
+    except (AgentError, EngineError) as error:
+        print(f"python -m cluster.pods: {error}", file=sys.stderr)
         return 1
     except StoppedError as stopped:
         return stopped.status
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return write_report(args, cases, results, info, ran)
+    return write_report(args, cases, ran)
 
 
-def write_report(
-    args: argparse.Namespace,
-    cases: Sequence[PodCase],
-    results: Sequence[Result],
-    info: RunInfo,
-    ran: AgentRun,
-) -> int:
+def write_report(args: argparse.Namespace, cases: Sequence[PodCase], ran: SessionRun) -> int:
     """The lab's table, the agent's, ``out/pods.json``; the exit status: 1 when a case
     could not run, measured outside its prediction, or a check of the agent failed."""
-    seen = views(cases, results, ran)
-    print(report.render(results, info))
-    document = to_json(cases, results, args.image, ran, seen)
+    seen = views(cases, ran.results, ran.agent)
+    print(report.render(ran.results, ran.info))
+    document = to_json(cases, ran, args.image, seen)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nwrote {args.json}\n\n{markdown(results)}\n\n{agent_markdown(results, seen)}")
-    failed = failed_checks(ran, seen)
+    print(f"\nwrote {args.json} (pods started by {ran.engine})\n")
+    print(f"{markdown(ran.results)}\n\n{agent_markdown(ran.results, seen)}")
+    failed = failed_checks(ran.agent, seen)
     for line in failed:
         print(f"failed: {line}", file=sys.stderr)
-    return 0 if all(r.error is None and r.matches for r in results) and not failed else 1
+    matched = all(r.error is None and r.matches for r in ran.results)
+    return 0 if matched and not failed else 1
 
 
 if __name__ == "__main__":

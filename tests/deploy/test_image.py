@@ -11,6 +11,7 @@ image's USER, as PID 1 of a new PID namespace (``unshare --pid --fork --mount-pr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster.pods import mounted_image, oci_config
 
 from tests.support import LoggedProcess, echo_once, free_port
 
@@ -53,6 +53,36 @@ mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
 exec "$@"
 """
+
+
+@contextlib.contextmanager
+def mounted_image(image: str) -> Iterator[Path]:
+    """The image's filesystem, through a working container removed afterwards."""
+    container = f"tcpecho-image-test-{os.getpid()}"
+    subprocess.run(
+        ["buildah", "from", "--quiet", "--pull=never", "--name", container, image],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        mounted = subprocess.run(
+            ["buildah", "mount", container], check=True, capture_output=True, text=True
+        )
+        try:
+            yield Path(mounted.stdout.strip())
+        finally:
+            subprocess.run(["buildah", "umount", container], check=False, stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["buildah", "rm", container], check=False, stdout=subprocess.DEVNULL)
+
+
+def oci_config(image: str) -> dict[str, Any]:
+    """The image's OCI configuration (``config``: Entrypoint, Cmd, Env, User, ...)."""
+    inspected = subprocess.run(
+        ["buildah", "inspect", "--type", "image", image], check=True, capture_output=True
+    )
+    config: dict[str, Any] = json.loads(inspected.stdout)["OCIv1"]["config"]
+    return config
 
 
 @pytest.fixture(scope="module")

@@ -1,24 +1,25 @@
-"""The kubelet's rules in ``cluster/kubelet.py`` and the pods ``cluster/pods.py`` plans, from the
-real rendered overlays: command/args against ENTRYPOINT/CMD, ``$(VAR)`` expansion, the
-environment, the user, the read-only root, the Service's name, the idle variant, and each
-overlay's client settings read from its environment. ``nox -s pods`` runs them for real.
+"""What ``cluster/pods.py`` plans from the real rendered overlays, before podman plays it: the
+manifests' image pointed at the build, the Pods their controllers would create, the Service's
+names as the cluster DNS answers them, the idle variant, each overlay's client settings read
+from its environment, the agent's pod, and the kubelet's names for pods and cgroups. ``nox -s
+pods`` plays them for real (``tests/deploy/test_podman.py`` and ``python -m cluster.pods``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
-import json
+import os
 import re
 import shutil
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import agent, kubelet, pods
-from cluster.kubelet import ImageConfig, Place, PodError
+from cluster import agent, controllers, pods
+from cluster.controllers import PodError
+from cluster.node import Placed, container_cgroup, pod_cgroup
 from cluster.overlays import OVERLAYS as OVERLAY_SETTINGS
 
 from tcpecho.cli.lab import client_settings_from_environment
@@ -37,171 +38,85 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 OVERLAYS = sorted(p.name for p in (ROOT / "manifests" / "overlays").iterdir())
-PATH = "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BUILT = "localhost/tcpecho:nox-4242"  # as the session names its build
+NAME = f"[{controllers.SAFE_ALPHABET}]"
 
 
-def dockerfile_image() -> ImageConfig:
-    """The final stage's ENTRYPOINT, CMD and USER as the Dockerfile writes them."""
-    text = (ROOT / "Dockerfile").read_text()
-
-    def last(instruction: str) -> str:
-        found = re.findall(rf"^{instruction} (.+)$", text, flags=re.MULTILINE)
-        assert found, instruction
-        return str(found[-1]).strip()
-
-    return ImageConfig(
-        entrypoint=tuple(json.loads(last("ENTRYPOINT"))),
-        cmd=tuple(json.loads(last("CMD"))),
-        env=(("PATH", PATH), ("PYTHONUNBUFFERED", "1")),
-        user=last("USER"),
-    )
-
-
-IMAGE = dockerfile_image()
+@functools.cache
+def objects(overlay: str) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="tcpecho-test-pods-") as workdir:
+        return pods.render_overlay("kubectl", pods.OVERLAYS_DIR / overlay, BUILT, Path(workdir))
 
 
 @functools.cache
 def case(overlay: str) -> pods.PodCase:
-    return pods.pod_case(
-        overlay, "active", pods.render("kubectl", ROOT / "manifests" / "overlays" / overlay), IMAGE
-    )
+    return pods.pod_case(overlay, "active", objects(overlay))
 
 
-def container(**fields: Any) -> dict[str, Any]:
-    return {"name": "c", **fields}
+def the_container(pod: dict[str, Any]) -> dict[str, Any]:
+    return controllers.container_of(pod)
 
 
-# -- command and args ------------------------------------------------------------------------
-
-
-def test_args_alone_replace_the_images_cmd_after_its_entrypoint() -> None:
-    image = ImageConfig(entrypoint=("tcpecho",), cmd=("server",))
-    assert kubelet.command_line(container(args=["client"]), image, {}) == ("tcpecho", "client")
-
-
-def test_command_replaces_the_entrypoint_and_drops_the_cmd() -> None:
-    image = ImageConfig(entrypoint=("tcpecho",), cmd=("server",))
-    assert kubelet.command_line(container(command=["sleep"]), image, {}) == ("sleep",)
-    both = container(command=["python3", "-m"], args=["tcpecho", "server"])
-    assert kubelet.command_line(both, image, {}) == ("python3", "-m", "tcpecho", "server")
-
-
-def test_neither_runs_the_images_entrypoint_and_cmd() -> None:
-    image = ImageConfig(entrypoint=("tcpecho",), cmd=("server",))
-    assert kubelet.command_line(container(), image, {}) == ("tcpecho", "server")
-    with pytest.raises(PodError, match="no command"):
-        kubelet.command_line(container(), ImageConfig(), {})
-
-
-def test_the_manifests_words_are_expanded_and_the_images_are_not() -> None:
-    image = ImageConfig(entrypoint=("run-$(PORT)",), cmd=())
-    args = container(args=["--port", "$(PORT)", "$$(PORT)", "$(UNSET)"])
-    assert kubelet.command_line(args, image, {"PORT": "8000"}) == (
-        "run-$(PORT)",
-        *("--port", "8000", "$(PORT)", "$(UNSET)"),
-    )
-
-
-@pytest.mark.parametrize(
-    ("text", "expanded"),
-    [
-        ("$(A)-$(B)", "1-$(B)"),
-        ("$$(A)", "$(A)"),
-        ("$$$(A)", "$1"),
-        ("cost $5", "cost $5"),
-        ("end$", "end$"),
-        ("$(A", "$(A"),
-        ("$()", "$()"),
-    ],
-)
-def test_expansion_follows_kubernetes(text: str, expanded: str) -> None:
-    assert kubelet.expand(text, {"A": "1"}) == expanded
-
-
-# -- environment -------------------------------------------------------------------------------
-
-
-def pod(env: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "client-0", "labels": {"app": "client"}},
-        "spec": {"enableServiceLinks": False, **spec, "containers": [container(env=env)]},
-    }
-
-
-def test_env_values_see_earlier_variables_and_field_refs_resolve() -> None:
-    env: list[dict[str, Any]] = [
-        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-        {"name": "WHERE", "value": "$(APP)@$(IP):$(LATER)"},
-        {"name": "LATER", "value": "x"},
-    ]
-    manifest = pod(env)
-    variables = kubelet.container_variables(
-        manifest["spec"]["containers"][0], manifest, Place("ns", "10.244.1.2"), []
-    )
-    assert variables["WHERE"] == "client@10.244.1.2:$(LATER)"
-    assert variables["KUBERNETES_SERVICE_HOST"] == kubelet.KUBERNETES_SERVICE_IP
-
-
-def test_what_the_lab_cannot_resolve_is_refused_clearly() -> None:
-    secret = [{"name": "S", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]
-    manifest = pod(secret)
-    with pytest.raises(PodError, match="secretKeyRef is not supported"):
-        kubelet.container_variables(
-            manifest["spec"]["containers"][0], manifest, Place("ns", "ip"), []
-        )
-    with pytest.raises(PodError, match="not a field"):
-        kubelet.field_value("status.phase", manifest, Place("ns", "ip"))
-
-
-def test_service_links_follow_enable_service_links() -> None:
-    service = {"metadata": {"name": "server"}, "spec": {"ports": [{"name": "echo", "port": 8000}]}}
-    place = Place("ns", "ip", services={"server": "10.96.0.10"})
-    linked = kubelet.service_variables(place, [service], links=True)
-    assert linked["SERVER_SERVICE_HOST"] == "10.96.0.10"
-    assert linked["SERVER_SERVICE_PORT_ECHO"] == "8000"
-    assert linked["SERVER_PORT_8000_TCP"] == "tcp://10.96.0.10:8000"
-    assert "SERVER_SERVICE_HOST" not in kubelet.service_variables(place, [service], links=False)
-
-
-def test_a_root_container_is_refused() -> None:
-    manifest = pod([], securityContext={"runAsNonRoot": True, "runAsUser": 0})
-    with pytest.raises(PodError, match="runAsNonRoot forbids it"):
-        kubelet.identity(manifest["spec"]["containers"][0], manifest, IMAGE)
-
-
-# -- the real overlays -----------------------------------------------------------------------------
+# -- the overlays, rendered and made into Pods ----------------------------------------------------
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_pods_start_as_the_manifest_and_the_image_say(overlay: str) -> None:
+def test_the_manifests_image_is_pointed_at_the_build(overlay: str) -> None:
     started = case(overlay)
-    assert started.server.argv == ("tcpecho", "server", "--catch-sigterm")
-    assert started.client.argv == ("tcpecho", "client")
-    for spec in (started.server, started.client):
-        assert (spec.uid, spec.gid, spec.groups) == (10001, 10001, (10001,))
-        assert spec.read_only_root
-        assert spec.environment["PATH"] == PATH  # the image's, kept
-        assert spec.environment["HOSTNAME"] == spec.pod
-        assert not any(name.startswith("SERVER_") for name in spec.environment)  # no links
-    assert started.client.environment["TCPECHO_CLIENT_SERVER"] == "server"
+    for pod in (started.server, started.client):
+        assert the_container(pod)["image"] == BUILT
+        assert the_container(pod)["imagePullPolicy"] == "IfNotPresent"  # the manifests' own
+
+
+def test_an_overlay_of_another_image_is_refused(tmp_path: Path) -> None:
+    overlay = tmp_path / "other"
+    overlay.mkdir()
+    default = os.path.relpath(pods.OVERLAYS_DIR / "default", overlay)  # kustomize: relative
+    (overlay / "kustomization.yaml").write_text(
+        f"resources:\n  - {default}\n"
+        "images:\n  - name: localhost/tcpecho\n    newName: docker.io/library/other\n"
+    )
+    with pytest.raises(PodError, match="not localhost/tcpecho"):
+        pods.render_overlay("kubectl", overlay, BUILT, tmp_path / "work")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_clients_service_name_resolves_to_the_labs_cluster_ip(overlay: str) -> None:
-    hosts = case(overlay).client.hosts.splitlines()
-    names = {name for line in hosts if line.startswith(net.CLUSTER_IP) for name in line.split()[1:]}
-    assert {"server", f"server.tcpecho-{overlay}.svc.cluster.local"} <= names
+def test_the_pods_are_the_templates_as_their_replicasets_create_them(overlay: str) -> None:
+    rendered = objects(overlay)
+    _, server, client = pods.service_and_pods(rendered)
+    started = case(overlay)
+    for workload, pod in ((server, started.server), (client, started.client)):
+        template = workload["spec"]["template"]
+        name = workload["metadata"]["name"]
+        assert re.fullmatch(f"{name}-{NAME}{{1,10}}-{NAME}{{5}}", pod["metadata"]["name"])
+        assert pod["kind"] == "Pod"
+        assert pod["metadata"]["namespace"] == f"tcpecho-{overlay}"
+        labels = pod["metadata"]["labels"]
+        assert labels == {
+            **template["metadata"]["labels"],
+            "pod-template-hash": controllers.template_hash(template),
+        }
+        assert pod["metadata"]["annotations"] == template["metadata"].get("annotations", {})
+        assert pod["spec"] == template["spec"]  # unchanged: what the user ships is played
+    assert started.service == "server"
+
+
+def test_the_service_names_are_the_cluster_dnss_answers_at_the_labs_cluster_ip() -> None:
+    answers = pods.cluster_dns([case(overlay) for overlay in OVERLAYS])
+    assert list(answers) == [net.CLUSTER_IP]
+    for overlay in OVERLAYS:
+        fqdn = f"server.tcpecho-{overlay}.svc.cluster.local"
+        assert {"server", f"server.tcpecho-{overlay}.svc", fqdn} <= set(answers[net.CLUSTER_IP])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_settings_read_from_the_pods_environment_are_the_overlays_data(overlay: str) -> None:
-    tcp, deadlines = client_settings_from_environment(case(overlay).client.environment)
+    tcp, deadlines = client_settings_from_environment(case(overlay).client_environment)
     assert (tcp, deadlines) == (OVERLAY_SETTINGS[overlay].tcp, OVERLAY_SETTINGS[overlay].deadlines)
 
 
 def test_overlays_with_keepalive_also_run_idle(tmp_path: Path) -> None:
-    planned = pods.plan("kubectl", OVERLAYS, IMAGE, tmp_path)
+    planned = pods.plan("kubectl", OVERLAYS, BUILT, tmp_path)
     modes = {(c.overlay, c.mode) for c in planned}
     assert modes == {
         *((name, "active") for name in OVERLAYS),
@@ -209,232 +124,93 @@ def test_overlays_with_keepalive_also_run_idle(tmp_path: Path) -> None:
         ("mitigated", "idle"),
     }
     for idle in (c for c in planned if c.mode == "idle"):
-        active = case(idle.overlay).client
-        assert idle.client.environment == {
-            **active.environment,
+        active = case(idle.overlay)
+        assert idle.client_environment == {
+            **active.client_environment,
             pods.INTERVAL_VARIABLE: pods.IDLE_INTERVAL,
-            "HOSTNAME": idle.client.pod,
         }
         # Another template, another ReplicaSet: its pods' hash differs from the active one's.
-        assert idle.client.pod.split("-")[1] != active.pod.split("-")[1]
+        idle_name, active_name = idle.client["metadata"]["name"], active.client["metadata"]["name"]
+        assert idle_name.split("-")[1] != active_name.split("-")[1]
 
 
 def test_a_service_the_lab_cannot_stand_for_is_refused() -> None:
-    objects = pods.render("kubectl", ROOT / "manifests" / "overlays" / "default")
-    service = next(o for o in objects if o["kind"] == "Service")
+    rendered = pods.render("kubectl", ROOT / "manifests" / "overlays" / "default")
+    service = next(o for o in rendered if o["kind"] == "Service")
     service["spec"]["ports"][0]["port"] = 9000
     with pytest.raises(PodError, match="forwards port 8000"):
-        pods.service_and_pods(objects)
+        pods.service_and_pods(rendered)
 
 
-def test_the_launch_runs_the_argv_as_the_user_with_the_root_read_only(tmp_path: Path) -> None:
-    spec = case("default").client
-    argv = kubelet.argv(spec, Path("/image"), tmp_path)
-    assert argv[: argv.index("sh")] == ["unshare", "--mount", "--uts", "--ipc", "--pid", "--fork"]
-    assert argv[argv.index(str(tmp_path)) + 1] == "true"  # read-only root
-    assert argv[-2:] == ["tcpecho", "client"]
-    assert "--userspec=10001:10001" in argv
-    environment = argv[argv.index("-i") + 1 : argv.index("setpriv")]
-    assert environment == [f"{k}={v}" for k, v in spec.env]
-    kubelet.prepare(spec, tmp_path)
-    assert (tmp_path / "hosts").read_text() == spec.hosts
+def test_a_pod_of_two_containers_is_refused() -> None:
+    _, server, _ = pods.service_and_pods(pods.render("kubectl", pods.OVERLAYS_DIR / "default"))
+    containers = server["spec"]["template"]["spec"]["containers"]
+    containers.append({**containers[0], "name": "sidecar"})
+    with pytest.raises(PodError, match="only pods of one container"):
+        controllers.pod_of(server)
 
 
 # -- the node agent's pod ----------------------------------------------------------------------
 
 AGENT_CAPABILITIES = ("DAC_READ_SEARCH", "SYS_PTRACE", "SYS_ADMIN")  # by number: 2, 19, 21
-NAME = f"[{kubelet.SAFE_ALPHABET}]"
 
 
 def agent_objects() -> list[dict[str, Any]]:
     return pods.render("kubectl", pods.NODE_AGENT_DIR)
 
 
-def agent_daemonset(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    return next(o for o in objects if o["kind"] == "DaemonSet")
-
-
-def agent_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    container: dict[str, Any] = agent_daemonset(objects)["spec"]["template"]["spec"]["containers"][
-        0
-    ]
+def agent_container(rendered: list[dict[str, Any]]) -> dict[str, Any]:
+    daemonset = next(o for o in rendered if o["kind"] == "DaemonSet")
+    container: dict[str, Any] = daemonset["spec"]["template"]["spec"]["containers"][0]
     return container
 
 
-def test_the_agent_pod_starts_as_its_daemonset_says() -> None:
-    pod = agent.agent_pod(agent_objects(), IMAGE)
-    spec = pod.spec
-    assert re.fullmatch(f"tcpecho-node-agent-{NAME}{{5}}", spec.pod)
-    assert (spec.namespace, spec.container) == ("tcpecho-system", "agent")
-    assert spec.argv[:3] == ("tcpecho", "watch", "--all-namespaces")
-    assert (spec.uid, spec.gid, spec.groups) == (0, 0, (0,))
-    assert spec.capabilities == AGENT_CAPABILITIES
-    assert spec.host_pid
-    assert spec.read_only_root
-    assert [(m.host_path, m.mount_path, m.kind) for m in spec.host_paths] == [
-        ("/var/log/pods", "/var/log/pods", "Directory"),
-        ("/var/log/containers", "/var/log/containers", "Directory"),
-    ]
-    assert spec.qos_class == "Burstable"  # requests below limits
+def test_the_agent_pod_is_its_daemonsets() -> None:
+    pod = agent.agent_pod(agent_objects())
+    assert re.fullmatch(f"tcpecho-node-agent-{NAME}{{5}}", pod.name)
+    assert pod.namespace == "tcpecho-system"
+    assert pod.pod["spec"]["hostPID"]
+    assert the_container(pod.pod)["args"][:2] == ["watch", "--all-namespaces"]
+    assert pod.capabilities == AGENT_CAPABILITIES
+    assert pod.host_paths == (
+        ("/var/log/pods", "/var/log/pods"),
+        ("/var/log/containers", "/var/log/containers"),
+    )
+    assert controllers.qos_class(pod.pod) == "Burstable"  # requests below limits
     assert (pod.port, pod.path, pod.service_cidrs) == (9100, "/metrics", ("10.96.0.0/16",))
 
 
 def test_an_agent_whose_service_range_misses_the_labs_cluster_ip_is_refused() -> None:
-    objects = agent_objects()
-    args = agent_container(objects)["args"]
+    rendered = agent_objects()
+    args = agent_container(rendered)["args"]
     args[args.index("--service-cidr") + 1] = "10.100.0.0/16"
     with pytest.raises(PodError, match=f"does not hold the lab's ClusterIP {net.CLUSTER_IP}"):
-        agent.agent_pod(objects, IMAGE)
+        agent.agent_pod(rendered)
 
 
-def _secret_volume(container: dict[str, Any], spec: dict[str, Any]) -> None:
-    spec["volumes"][0] = {"name": "pod-logs", "secret": {"secretName": "logs"}}
-
-
-Change = Callable[[dict[str, Any], dict[str, Any]], object]
-REFUSED: dict[str, tuple[Change, str]] = {
-    "root without drop ALL": (
-        lambda c, s: c["securityContext"]["capabilities"].pop("drop"),
-        "unless its securityContext drops ALL",
-    ),
-    "runAsNonRoot": (
-        lambda c, s: s["securityContext"].update(runAsNonRoot=True),
-        "runAsNonRoot forbids it",
-    ),
-    "privileged": (
-        lambda c, s: c["securityContext"].update(privileged=True),
-        "privileged containers",
-    ),
-    "hostNetwork": (lambda c, s: s.update(hostNetwork=True), "hostNetwork is not supported"),
-    "hostIPC": (lambda c, s: s.update(hostIPC=True), "hostIPC is not supported"),
-    "writable hostPath": (
-        lambda c, s: c["volumeMounts"][0].pop("readOnly"),
-        "only readOnly hostPath mounts",
-    ),
-    "hostPath of a socket": (
-        lambda c, s: s["volumes"][0]["hostPath"].update(type="Socket"),
-        "type 'Socket'",
-    ),
-    "a Secret": (_secret_volume, "only emptyDir and hostPath"),
-    "no such capability": (
-        lambda c, s: c["securityContext"]["capabilities"]["add"].append("FLY"),
-        "'FLY' is no capability",
-    ),
-}
-
-
-@pytest.mark.parametrize("refused", sorted(REFUSED))
-def test_what_the_agents_pod_may_not_ask_for_is_refused(refused: str) -> None:
-    change, reason = REFUSED[refused]
-    objects = agent_objects()
-    change(agent_container(objects), agent_daemonset(objects)["spec"]["template"]["spec"])
-    with pytest.raises(PodError, match=reason):
-        agent.agent_pod(objects, IMAGE)
-
-
-def test_a_privileged_container_is_refused_whatever_its_user() -> None:
-    objects = pods.render("kubectl", ROOT / "manifests" / "overlays" / "default")
-    server = next(
-        o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "server"
-    )
-    server["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privileged"] = True
-    with pytest.raises(PodError, match="privileged containers are not run here"):
-        pods.pod_case("default", "active", objects, IMAGE)
-
-
-def test_root_stays_refused_for_the_overlays_pods_with_its_reason() -> None:
-    objects = pods.render("kubectl", ROOT / "manifests" / "overlays" / "default")
-    client = next(o for o in objects if o["metadata"]["name"] == "client")
-    client["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
-    with pytest.raises(PodError, match="would run as root: runAsNonRoot forbids it"):
-        pods.pod_case("default", "active", objects, IMAGE)
-    # Without runAsNonRoot, its `drop: [ALL]` says its capabilities in full: root with none.
-    client["spec"]["template"]["spec"]["securityContext"].pop("runAsNonRoot")
-    started = pods.pod_case("default", "active", objects, IMAGE).client
-    assert (started.uid, started.capabilities) == (0, ())
-    # ... and without the drop, root would keep the runtime's default set: refused.
-    container = client["spec"]["template"]["spec"]["containers"][0]
-    container["securityContext"].pop("capabilities")
-    with pytest.raises(PodError, match="unless its securityContext drops ALL capabilities"):
-        pods.pod_case("default", "active", objects, IMAGE)
-
-
-def fake_image(tmp_path: Path) -> Path:
-    """A root filesystem holding the image's ENTRYPOINT where its PATH finds it."""
-    rootfs = tmp_path / "rootfs"
-    (rootfs / "opt" / "venv" / "bin").mkdir(parents=True)
-    (rootfs / "opt" / "venv" / "bin" / "tcpecho").touch()
-    return rootfs
-
-
-def test_the_agents_command_line_shares_the_hosts_pids_and_gives_exactly_its_capabilities(
-    tmp_path: Path,
-) -> None:
-    spec = agent.agent_pod(agent_objects(), IMAGE).spec
-    node_root, procs = tmp_path / "node", tmp_path / "cgroup.procs"
-    argv = kubelet.argv(spec, fake_image(tmp_path), tmp_path / "pod", node_root, procs)
-    assert argv[:5] == ["sh", "-c", kubelet.JOIN_CGROUP, "kubelet-cgroup", str(procs)]
-    assert argv[5 : argv.index("sh", 5)] == ["unshare", "--mount", "--uts", "--ipc"]  # no --pid
-    mounts = argv[argv.index(spec.pod) + 1 : argv.index("--")]
-    assert mounts == [
-        *(str(node_root / "var/log/pods"), "/var/log/pods", "ro"),
-        *(str(node_root / "var/log/containers"), "/var/log/containers", "ro"),
-    ]
-    capsh = argv[argv.index(next(w for w in argv if w.endswith("capsh"))) :]
-    drop = next(w for w in capsh if w.startswith("--drop=")).removeprefix("--drop=").split(",")
-    kept = {f"cap_{name.lower()}" for name in AGENT_CAPABILITIES}
-    assert set(drop) == {kubelet.capsh_name(n) for n in kubelet.all_capabilities()} - kept
-    assert {"--inh=", "--noamb", "--no-new-privs"} <= set(capsh)
-    shell = capsh.index("--")
-    assert capsh[shell - 1] == "--shell=/opt/venv/bin/tcpecho"  # found on the image's PATH
-    assert capsh[shell + 1 :] == list(spec.argv[1:])
-
-
-def test_a_hostpath_the_node_lacks_is_refused_and_one_to_create_is_made(tmp_path: Path) -> None:
-    spec = agent.agent_pod(agent_objects(), IMAGE).spec
-    with pytest.raises(PodError, match="hostPath '/var/log/pods' is not a directory"):
-        kubelet.prepare(spec, tmp_path / "pod", tmp_path / "node")
-    created = dataclasses.replace(
-        spec,
-        host_paths=tuple(dataclasses.replace(m, kind="DirectoryOrCreate") for m in spec.host_paths),
-    )
-    kubelet.prepare(created, tmp_path / "pod", tmp_path / "node")
-    assert (tmp_path / "node" / "var" / "log" / "containers").is_dir()
-    with pytest.raises(PodError, match=re.escape("without '..'")):
-        kubelet.node_path(tmp_path, "/var/../etc")
+def test_an_agent_keeping_the_runtimes_capabilities_or_naming_none_is_refused() -> None:
+    rendered = agent_objects()
+    agent_container(rendered)["securityContext"]["capabilities"]["add"].append("FLY")
+    with pytest.raises(PodError, match="'FLY' is no capability"):
+        agent.agent_pod(rendered)
+    agent_container(rendered)["securityContext"]["capabilities"].pop("drop")
+    with pytest.raises(PodError, match="keeps the runtime's default capabilities"):
+        agent.agent_pod(rendered)
 
 
 # -- names, QoS classes, cgroups --------------------------------------------------------------
 
 
 def test_pods_are_named_as_their_controllers_name_them() -> None:
-    started = case("default")
-    deployment_hash = f"{NAME}{{1,10}}"
-    assert re.fullmatch(f"client-{deployment_hash}-{NAME}{{5}}", started.client.pod)
-    assert started.client.workload == "client"
-    again = pods.pod_case(
-        "default", "active", pods.render("kubectl", ROOT / "manifests/overlays/default"), IMAGE
-    )
-    # The same template, the same ReplicaSet hash; another pod, another suffix and UID.
-    assert again.client.pod.split("-")[1] == started.client.pod.split("-")[1]
-    assert again.client.pod_uid != started.client.pod_uid
-    assert re.fullmatch("[0-9a-f]{64}", started.client.container_id)
-    given = kubelet.Assigned("abcde", "0a1b2c3d-0000-4000-8000-000000000001", "c3" * 32)
-    daemonset = agent_daemonset(agent_objects())
-    place = Place("tcpecho-system", agent.AGENT_POD_IP)
-    spec = kubelet.launch(daemonset, IMAGE, place, given=given)
-    assert (spec.pod, spec.pod_uid, spec.container_id) == (
-        "tcpecho-node-agent-abcde",
-        given.pod_uid,
-        given.container_id,
-    )
-
-
-def test_the_uid_a_field_ref_reads_is_the_pods() -> None:
-    env = [{"name": "UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]
-    deployment = {"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": pod(env)}}
-    spec = kubelet.launch(deployment, IMAGE, Place("ns", "ip"))
-    assert spec.environment["UID"] == spec.pod_uid
+    _, _, client = pods.service_and_pods(objects("default"))
+    first, again = controllers.pod_of(client), controllers.pod_of(client)
+    # The same template, the same ReplicaSet hash; another pod, another suffix.
+    assert first["metadata"]["name"].split("-")[1] == again["metadata"]["name"].split("-")[1]
+    assert first["metadata"]["name"] != again["metadata"]["name"]
+    daemonset = next(o for o in agent_objects() if o["kind"] == "DaemonSet")
+    assert controllers.pod_of(daemonset, "abcde")["metadata"]["name"] == "tcpecho-node-agent-abcde"
+    with pytest.raises(PodError, match="a StatefulSet is not run here"):
+        controllers.pod_of({**daemonset, "kind": "StatefulSet"})
 
 
 @pytest.mark.parametrize(
@@ -453,32 +229,29 @@ def test_the_uid_a_field_ref_reads_is_the_pods() -> None:
 )  # fmt: skip
 def test_the_qos_class_follows_kubernetes(resources: list[dict[str, Any]], qos: str) -> None:
     spec = {"containers": [{"name": f"c{n}", "resources": r} for n, r in enumerate(resources)]}
-    assert kubelet.qos_class({"spec": spec}) == qos
+    assert controllers.qos_class({"spec": spec}) == qos
 
 
 def test_a_quantity_is_read_or_refused() -> None:
-    assert kubelet.quantity("500m") == kubelet.quantity("0.5")
-    assert kubelet.quantity("1Gi") == kubelet.quantity("1024Mi") == 2**30
+    assert controllers.quantity("500m") == controllers.quantity("0.5")
+    assert controllers.quantity("1Gi") == controllers.quantity("1024Mi") == 2**30
     with pytest.raises(PodError, match="not a resource quantity"):
-        kubelet.quantity("5 cores")
+        controllers.quantity("5 cores")
 
 
 def test_the_cgroups_are_named_as_the_kubelet_and_containerd_name_them() -> None:
-    spec = dataclasses.replace(
-        case("default").client,
-        pod_uid="0a1b2c3d-0000-4000-8000-00000000000f",
-        container_id="e" * 64,
-    )
-    uid = "0a1b2c3d_0000_4000_8000_00000000000f"
-    assert kubelet.container_cgroup(spec) == (
-        f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/"
+    uid = "0a1b2c3d-0000-4000-8000-00000000000f"
+    placed = Placed("tcpecho-default", "client-x-y", uid, "client", "e" * 64, "Burstable")
+    escaped = uid.replace("-", "_")
+    assert container_cgroup(placed) == (
+        f"kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{escaped}.slice/"
         f"cri-containerd-{'e' * 64}.scope"
     )
-    guaranteed = dataclasses.replace(spec, qos_class="Guaranteed")
-    assert kubelet.pod_cgroup(guaranteed) == f"kubepods.slice/kubepods-pod{uid}.slice"
+    guaranteed = Placed("ns", "p", uid, "c", "e" * 64, "Guaranteed")
+    assert pod_cgroup(guaranteed) == f"kubepods.slice/kubepods-pod{escaped}.slice"
     # What the watch reads back from such a path: the pod's UID and the container's ID.
-    placed = pod_cgroup_of(f"0::/tcpecho-pods-1/{kubelet.container_cgroup(spec)}\n")
-    assert placed == PodCgroup(spec.pod_uid, spec.container_id)
+    found = pod_cgroup_of(f"0::/tcpecho-pods-1/{container_cgroup(placed)}\n")
+    assert found == PodCgroup(uid, "e" * 64)
 
 
 # -- what the agent exported, judged ------------------------------------------------------------
@@ -566,7 +339,7 @@ def test_the_snapshot_judged_is_the_first_that_started_after_the_request() -> No
 
 
 def test_an_unprotected_client_is_judged_stuck_at_risk_and_ending_as_the_model_says() -> None:
-    client = dataclasses.replace(case("default").client, pod="client-x")
+    client = agent.ClientPod(CLIENT_NS, "client-x", case("default").client_environment)
     result = failed_case("default", 14.8, 16.1, Mechanism.TCP_RETRIES2)
     view = agent.judge(client, True, result, scrapes("client-x", 11.6))
     assert view.ok, view.checks
@@ -587,7 +360,7 @@ def test_an_unprotected_client_is_judged_stuck_at_risk_and_ending_as_the_model_s
 
 
 def test_a_protected_client_must_not_be_at_risk() -> None:
-    client = dataclasses.replace(case("mitigated").client, namespace=CLIENT_NS, pod="client-x")
+    client = agent.ClientPod(CLIENT_NS, "client-x", case("mitigated").client_environment)
     result = failed_case("mitigated", 9.98, 10.1, Mechanism.READ_TIMEOUT)
     view = agent.judge(client, True, result, scrapes("client-x", 27.4))
     failed = [check for check in view.checks if not check.ok]
@@ -596,7 +369,7 @@ def test_a_protected_client_must_not_be_at_risk() -> None:
 
 
 def test_without_a_snapshot_in_the_window_the_case_fails() -> None:
-    client = case("default").client
+    client = pods.client_pod(case("default"))
     result = failed_case("default", 14.8, 16.1, Mechanism.TCP_RETRIES2)
     view = agent.judge(client, True, result, scrapes(client.pod, 11.6)[:10])
     assert not view.ok

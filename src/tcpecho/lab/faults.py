@@ -34,16 +34,25 @@ def prepare(fault: Fault, topology: Topology, timing: FaultTiming) -> None:
         topology.remove_service_rule()
 
 
-def inject(fault: Fault, topology: Topology, server_pid: int) -> float:
+def inject(
+    fault: Fault,
+    topology: Topology,
+    server_pid: int,
+    delete_pod: Callable[[], None] | None = None,
+) -> float:
     """Break the path (blocking: run it in a worker thread); the wall time it broke.
 
     ``server_pid`` leads a process group of its own: a server program started from a shell
-    line is killed whole, children included."""
+    line is killed whole, children included. ``delete_pod``: where an engine started the
+    server's pod, its own force delete, which removes the pod instead of the kill."""
     broke_at = time.time()
     if fault in (Fault.FORCE_DELETE, Fault.IP_REUSE, Fault.SIDECAR):
         topology.blackhole_pod_route()
         topology.pod_link_down()
-        os.killpg(server_pid, signal.SIGKILL)
+        if delete_pod is not None:
+            delete_pod()
+        else:
+            os.killpg(server_pid, signal.SIGKILL)
     elif fault in (Fault.NODE_LOSS, Fault.PARTITION):
         topology.drop_pod_traffic()
     elif fault is Fault.UNREACHABLE:

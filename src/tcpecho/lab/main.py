@@ -18,6 +18,7 @@ import click
 from tcpecho import loops
 from tcpecho.experiment import Fault, FaultTiming, Profile, Result
 from tcpecho.lab import report, servers
+from tcpecho.lab.pods import PodMaker
 from tcpecho.lab.programs import StartupTimeouts
 from tcpecho.lab.runner import (
     QUICK_RETRIES2,
@@ -50,6 +51,7 @@ class LabConfig:
     plot_path: Path | None = None
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
     server_preset: str | None = None  # or one set up for each run (lab.servers.PRESETS)
+    pods: PodMaker | None = None  # an engine's pods for each case (cluster/pods.py)
     program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
     timing: FaultTiming = field(default_factory=FaultTiming)
     # The built-in profiles run only with the faults they can change (no --profile named).
@@ -238,6 +240,7 @@ def run_matrix(config: LabConfig) -> tuple[list[Result], report.RunInfo]:
             program_startup=config.program_startup,
             stop=stop,
             timing=config.timing,
+            pods=config.pods,
         )
 
     results = loops.run(main(), "auto")

@@ -35,6 +35,7 @@ from tcpecho.experiment import Case, Fault, FaultTiming, Profile, Result, expect
 from tcpecho.lab import sidecar
 from tcpecho.lab import topology as net
 from tcpecho.lab.faults import follow_up, inject, prepare
+from tcpecho.lab.pods import CasePods, PodMaker
 from tcpecho.lab.profiles import ACTIVE_INTERVAL, FAULT_PROFILES, IDLE_INTERVAL
 from tcpecho.lab.programs import (
     SEEN_LATE_S,
@@ -274,6 +275,7 @@ class _Run:
     finite_pending: int
     timing: FaultTiming = field(default_factory=FaultTiming)
     server_command: str | None = None  # a program in the server pod instead of tcpecho's
+    pods: PodMaker | None = None  # an engine's pods for each case, instead of processes
     # How long --client-cmd and --server-cmd programs may take to start
     program_startup: StartupTimeouts = field(default_factory=StartupTimeouts)
     finite_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -303,6 +305,7 @@ class LabCase:
         self._predictions: dict[Activity, Prediction] | None = None
         self.cleaning_up = False  # the case has its outcome (a measurement or an error)
         self._follow_ups: list[asyncio.Task[None]] = []  # what the fault does later
+        self._pods: CasePods | None = None  # the engine's, once made
         self._holding_slot = False
         profile = case.profile
         with_defaults = self._with_defaults = self._expect(KernelSettings())
@@ -432,7 +435,7 @@ class LabCase:
         started: list[_Started] = []
         # A stop signal may come while a thread builds the namespaces: they are removed only
         # once it is done, or it would create them after their removal.
-        building = loop.run_in_executor(None, self.topology.build)
+        building = loop.run_in_executor(None, self._build)
         try:
             await asyncio.shield(building)
             self._plan_kernel()
@@ -471,13 +474,38 @@ class LabCase:
             for process in reversed(started):
                 await process.stop()
             await asyncio.wait({building})
+            if self._pods is not None:  # before the namespaces: the engine ends its own
+                await loop.run_in_executor(None, self._pods.remove)
             await loop.run_in_executor(None, self.topology.destroy)
             self._finish_finite()
         return self.result
 
+    def _build(self) -> None:
+        """The case's namespaces; with an engine's pods, the pods first, in its node."""
+        maker = self.run.pods
+        if maker is None:
+            self.topology.build()
+            return
+
+        def adopt(node_ns: str) -> dict[str, int]:
+            self._pods = pods = maker(self.case, node_ns)
+            return {
+                self.topology.client_ns: pods.client_netns_pid,
+                self.topology.server_ns: pods.server_netns_pid,
+            }
+
+        self.topology.build(adopt)
+
     async def _start_server(self, started: list[_Started]) -> int:
-        """tcpecho's server, or the program asked for; its pid (and process group)."""
+        """tcpecho's server, or the program asked for, or the engine's server container;
+        its pid (and process group)."""
         command = self.case.profile.server_command or self.run.server_command
+        if self._pods is not None:
+            pid = await asyncio.get_running_loop().run_in_executor(None, self._pods.start_server)
+            server = await _Process.start(self._pods.server_log(), self.result.server_events)
+            started.append(server)
+            await server.wait_for(events.ServerStarted, timeout=STARTUP_TIMEOUT_S)
+            return pid
         if command is None:
             server = await _Process.start(self._server_argv(), self.result.server_events)
             started.append(server)
@@ -497,6 +525,8 @@ class LabCase:
         server_pid: int,
         started: list[_Started],
     ) -> None:
+        if self._pods is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._pods.start_client)
         client = await _Process.start(self._client_argv(), self.result.client_events)
         started.append(client)
         self._client = client
@@ -522,6 +552,8 @@ class LabCase:
         """stale-conntrack: the client's SYN leaves while the Service has no DNAT rule; once
         the node holds its untranslated entry, the rule appears. The connect is measured,
         and then whether the client's next socket gets through."""
+        if self._pods is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._pods.start_client)
         client = await _Process.start(self._client_argv(), self.result.client_events)
         started.append(client)
         self._client = client
@@ -682,6 +714,8 @@ class LabCase:
         return self.topology.command(self.topology.server_ns, args)
 
     def _client_argv(self) -> list[str]:
+        if self._pods is not None:
+            return list(self._pods.client_log())
         launch = self.case.profile.client_argv
         if launch is not None:
             return self.topology.command(self.topology.client_ns, launch)
@@ -735,8 +769,9 @@ class LabCase:
         self.status = "injecting the fault"
         loop = asyncio.get_running_loop()
         self.fault_monotonic = time.monotonic()
+        delete_pod = None if self._pods is None else self._pods.force_delete_server
         self.result.fault_at = await loop.run_in_executor(
-            None, inject, self.case.fault, self.topology, server_pid
+            None, inject, self.case.fault, self.topology, server_pid, delete_pod
         )
         later = follow_up(self.case.fault, self.topology, self.run.timing)
         if later is not None:
@@ -974,6 +1009,7 @@ async def run_cases(
     server_command: str | None = None,
     program_startup: StartupTimeouts | None = None,
     stop: asyncio.Event | None = None,
+    pods: PodMaker | None = None,
     timing: FaultTiming | None = None,
 ) -> list[Result]:
     """Run every case in parallel; cancelling this cleans every case up before it returns.
@@ -993,6 +1029,7 @@ async def run_cases(
         budget,
         finite_pending=0,
         server_command=server_command,
+        pods=pods,
         program_startup=program_startup or StartupTimeouts(),
         timing=timing or FaultTiming(),
     )

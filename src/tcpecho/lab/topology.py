@@ -26,7 +26,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -143,12 +143,20 @@ class Topology:
 
     # -- building ------------------------------------------------------------------------
 
-    def build(self) -> None:
+    def build(self, adopt: Callable[[str], Mapping[str, int]] | None = None) -> None:
+        """The namespaces, wired. ``adopt``: an engine's pods, made once the node exists
+        (given its name), as namespace name -> a process holding the pod's network
+        namespace; those are named here, not created, and wired as a CNI plugin would."""
         from pyroute2 import IPRoute, netns
 
         try:
-            for name in self.pods:
-                netns.create(name)
+            netns.create(self.node_ns)
+            adopted = adopt(self.node_ns) if adopt is not None else {}
+            for name in (self.client_ns, self.server_ns):
+                if name in adopted:
+                    netns.attach(name, adopted[name])
+                else:
+                    netns.create(name)
             with IPRoute(netns=self.node_ns) as node:
                 _link_up(node, "lo")
             self._wire_pod("veth-c", self.client_ns, CLIENT_IP, NODE_CLIENT_SIDE_IP)
