@@ -80,6 +80,12 @@ KERNEL_ENDED = (Mechanism.TCP_RETRIES2, Mechanism.USER_TIMEOUT)
 # its two parts: this much either side of the range is the rounding's, not a miss.
 ROUNDING_S = 0.002
 SNAPSHOTS = "tcpecho_node_snapshot_duration_seconds"
+# A connection is stuck once the kernel retransmits (``diag.Connection.stuck``): one RTO after
+# the unanswered send. Linux's RTO is at least TCP_RTO_MIN, 200 ms, and the lab's round trip
+# is microseconds, so the first retransmission comes ~0.2 s after the send; a snapshot that
+# started before it sees the request in flight, not stuck. 1 s bounds it with room for a
+# loaded machine's timers, and leaves every case's window (10 s or more) a snapshot (every 5 s).
+FIRST_RETRANSMISSION_S = 1.0
 # Linux's capabilities by number (include/uapi/linux/capability.h, up to 6.x's last).
 CAPABILITIES = (
     *("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID"),
@@ -532,8 +538,8 @@ class CaseView:
 
 
 def window(result: Result, active: bool) -> tuple[float, float] | None:
-    """From the client's unanswered request (the fault, for an idle client) to its failure
-    (the end of the watch, without one), in wall time."""
+    """From the first retransmission of the client's unanswered request (the fault, for an
+    idle client) to its failure (the end of the watch, without one), in wall time."""
     if result.fault_at is None:
         return None
     logged = [
@@ -550,7 +556,10 @@ def window(result: Result, active: bool) -> tuple[float, float] | None:
         for entry in logged
         if isinstance(entry.event, events.RequestSent) and entry.event.seq == failed.seq
     ]
-    start = max(result.fault_at, sent[0]) if active and sent else result.fault_at
+    if active and sent:
+        start = max(result.fault_at, sent[0] + FIRST_RETRANSMISSION_S)
+    else:
+        start = result.fault_at
     return start, end
 
 

@@ -173,6 +173,8 @@ class Node:
         remove_written(reversed(self.written))
         self.written.clear()
         self.record.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            STATE_DIR.rmdir()  # only when empty: another session's records stay
 
 
 def remove_written(lines: Iterable[str]) -> None:

@@ -36,6 +36,7 @@ it is removed, so that a session that was killed has its pods removed by the nex
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -232,32 +233,54 @@ class Podman:
     # -- what the session made -------------------------------------------------------------
 
     def _remember(self, pod_id: str) -> None:
-        with self.record.open("a") as record:
-            record.write(pod_id + "\n")
+        """The pod, and what podman made for it that was not there before this session: its
+        pause image (built on the first pod) and its cgroups' parent in each hierarchy."""
+        made = [f"pod {pod_id}"]
+        made += [f"image {i}" for i in set(self._images(PAUSE_IMAGE)) - self._pause_images]
+        made += [f"cgroup {m / CGROUP_PARENT}" for m in self._cgroup_parents]
+        kept = self.record.read_text().splitlines() if self.record.exists() else []
+        lines = kept + [line for line in made if line not in kept]
+        self.record.write_text("".join(f"{line}\n" for line in lines))
 
     def _forget(self, pod_id: str) -> None:
         if self.record.exists():
-            kept = [line for line in self.record.read_text().split() if line != pod_id]
+            lines = self.record.read_text().splitlines()
+            kept = [line for line in lines if line != f"pod {pod_id}"]
             self.record.write_text("".join(f"{line}\n" for line in kept))
 
     def close(self) -> None:
         """Every pod still here removed, then the pause image and the cgroup parents podman
-        made for this session's pods."""
+        made for this session's pods; the record goes once nothing of it is left."""
         for played in list(self._played.values()):
             try:
                 self.remove(played)
             except EngineError:
-                continue  # the record stays: the next session removes it
-        if self.record.exists() and not self.record.read_text().split():
-            self.record.unlink()
-        for image in set(self._images(PAUSE_IMAGE)) - self._pause_images:
-            # In use by another session's pods: theirs to keep.
-            subprocess.run(["podman", "rmi", image], capture_output=True, check=False)
-        for mount in self._cgroup_parents:
-            try:
-                (mount / CGROUP_PARENT).rmdir()
-            except OSError:
-                continue  # another podman's pods are there, or it was never made
+                continue  # the record keeps it: the next session removes it
+        if self.record.exists():
+            lines = self.record.read_text().splitlines()
+            if not any(line.startswith("pod ") for line in lines):
+                remove_made(lines, self.configuration())
+                self.record.unlink()
+        with contextlib.suppress(OSError):
+            STATE_DIR.rmdir()  # only when empty: another session's records stay
+
+
+def remove_made(lines: Sequence[str], conf: Path) -> None:
+    """What a record names: pods (removed with what podman leaves of them), then pause
+    images and cgroup parents, each only where nothing else uses it any more."""
+    remove_pods([line.split()[1] for line in lines if line.startswith("pod ")], conf)
+    for line in lines:
+        kind, _, what = line.partition(" ")
+        if kind == "image":  # in use by another session's pods: theirs to keep
+            subprocess.run(
+                ["podman", "rmi", what],
+                capture_output=True,
+                env={**os.environ, "CONTAINERS_CONF": str(conf)},
+                check=False,
+            )
+        elif kind == "cgroup":
+            with contextlib.suppress(OSError):  # another podman's pods are there
+                Path(what).rmdir()
 
 
 def remove_pods(pod_ids: Sequence[str], conf: Path) -> None:
@@ -295,8 +318,8 @@ def _cgroup_mounts(mountinfo: str | None = None) -> list[Path]:
 
 
 def remove_stale() -> list[str]:
-    """The pods of sessions no longer running (their records under ``STATE_DIR``),
-    removed; their IDs."""
+    """What sessions no longer running made (their records under ``STATE_DIR``), removed:
+    their pods, pause image and cgroup parents; the pods' IDs."""
     if not STATE_DIR.is_dir():
         return []
     removed: list[str] = []
@@ -304,12 +327,14 @@ def remove_stale() -> list[str]:
         pid = record.name.removeprefix(RECORD_PREFIX)
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
-        pod_ids = record.read_text().split()
+        lines = record.read_text().splitlines()
         with (
             tempfile.TemporaryDirectory(prefix="tcpecho-podman-") as directory,
             Podman(Path(directory), {}) as engine,
         ):
-            remove_pods(pod_ids, engine.configuration())
+            remove_made(lines, engine.configuration())
         record.unlink()
-        removed += pod_ids
+        removed += [line.split()[1] for line in lines if line.startswith("pod ")]
+    with contextlib.suppress(OSError):
+        STATE_DIR.rmdir()  # only when empty
     return removed

@@ -323,10 +323,11 @@ def scrapes(pod: str, left_s: float) -> list[agent.Metrics]:
     return answers
 
 
-def test_the_snapshot_judged_is_the_first_that_started_after_the_request() -> None:
+def test_the_snapshot_judged_is_the_first_that_started_after_the_first_retransmission() -> None:
     result = failed_case("default", 14.8, 16.1, Mechanism.TCP_RETRIES2)
     span = agent.window(result, active=True)
-    assert span == (FAULT_AT + 5.0, FAULT_AT + 20.0)
+    # From the request's first retransmission, bounded as one second after it was sent.
+    assert span == (FAULT_AT + 5.0 + agent.FIRST_RETRANSMISSION_S, FAULT_AT + 20.0)
     shown = agent.first_snapshot_within(scrapes("client-x", 11.6), *span)
     assert shown is not None
     assert shown.at == FAULT_AT + 8.5  # the one at 3 s started before the request
