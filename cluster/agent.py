@@ -381,7 +381,8 @@ def started(
         raise AgentError(str(error)) from None
     finally:
         if played is not None:
-            engine.remove(played)
+            with contextlib.suppress(EngineError):  # the engine's close tries again
+                engine.remove(played)
         for name in (pod_ns, node_ns):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 

@@ -42,6 +42,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ RECORD_PREFIX = "podman-"
 PAUSE_IMAGE = "localhost/podman-pause"
 CGROUP_PARENT = "libpod_parent"  # the cgroupfs manager's parent of every pod's cgroup
 COMMAND_TIMEOUT_S = 120.0
+REMOVE_ATTEMPTS = 3
+REMOVE_PAUSE_S = 1.0
 CONF = """\
 # The pods session's podman (cluster/podman.py); the host's configuration stays as it is.
 [containers]
@@ -191,23 +194,37 @@ class Podman:
         """Start one of the pod's containers; its process's PID (as this machine sees it)."""
         self._run(["start", container_id], node_ns, played.host_pid)
         pid = int(self.inspect(container_id)["State"]["Pid"])
-        if pid <= 0:
-            raise EngineError(f"podman start {container_id[:12]}: the container did not run")
+        if pid <= 0:  # it ran and ended already
+            raise self.ended(played, container_id)
         return pid
+
+    def ended(self, played: Played, container_id: str | None = None) -> EngineError:
+        """The error for a container that exited at once: its status and its last word."""
+        container_id = container_id or played.container_id
+        try:  # podman may not have the status yet: wait for it
+            status = self._run(["wait", container_id], host_pid=played.host_pid)
+        except EngineError:
+            status = "unknown"
+        said = self.log(played, container_id).strip().splitlines()[-1:]
+        return EngineError(
+            f"{played.pod}: exited at once (status {status})" + (f": {said[0]}" if said else "")
+        )
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         found: list[dict[str, Any]] = json.loads(self._run(["container", "inspect", container_id]))
         return found[0]
 
     def log_command(self, played: Played) -> list[str]:
-        """A command whose output is the container's log from its start, ending with it."""
+        """A command whose output is the container's log from its start, ending with it, with
+        the container's exit status as its own (``podman wait``)."""
         conf = f"CONTAINERS_CONF={self.configuration(played.host_pid)}"
-        return ["env", conf, "podman", "logs", "--follow", played.container_id]
+        follow = 'podman logs --follow "$1"; status=$(podman wait "$1") && exit "$status"'
+        return ["env", conf, "sh", "-c", follow, "podman-logs", played.container_id]
 
-    def log(self, played: Played) -> str:
+    def log(self, played: Played, container_id: str | None = None) -> str:
         """What the container wrote, stdout and stderr, so far."""
         done = subprocess.run(
-            ["podman", "logs", played.container_id],
+            ["podman", "logs", container_id or played.container_id],
             capture_output=True,
             text=True,
             env={**os.environ, "CONTAINERS_CONF": str(self.configuration(played.host_pid))},
@@ -226,7 +243,9 @@ class Podman:
         """The engine's force delete of the pod; what it leaves of it goes too."""
         if played.pod_id not in self._played:
             return
-        remove_pods([played.pod_id], self.configuration(played.host_pid))
+        left = remove_pods([played.pod_id], self.configuration(played.host_pid))
+        if left:  # kept, and recorded: close, or the next session, tries again
+            raise EngineError(f"podman pod rm {played.pod}: {left[played.pod_id]}")
         del self._played[played.pod_id]
         self._forget(played.pod_id)
 
@@ -283,17 +302,27 @@ def remove_made(lines: Sequence[str], conf: Path) -> None:
                 Path(what).rmdir()
 
 
-def remove_pods(pod_ids: Sequence[str], conf: Path) -> None:
-    """``podman pod rm -f -t 0`` (a pod already gone is no error), then the cgroups podman
-    leaves of them."""
-    if pod_ids:
-        subprocess.run(
-            ["podman", "pod", "rm", "--force", "--ignore", "--time", "0", *pod_ids],
-            capture_output=True,
-            env={**os.environ, "CONTAINERS_CONF": str(conf)},
-            check=False,
-            timeout=COMMAND_TIMEOUT_S,
-        )
+def remove_pods(pod_ids: Sequence[str], conf: Path) -> dict[str, str]:
+    """``podman pod rm -f -t 0`` of each (a pod already gone is no error), tried again once
+    where podman refused (a container of it still being cleaned up after its exit), then the
+    cgroups podman leaves of them; the pods still there, with what podman said."""
+    left: dict[str, str] = {}
+    for pod_id in pod_ids:
+        for attempt in range(REMOVE_ATTEMPTS):
+            done = subprocess.run(
+                ["podman", "pod", "rm", "--force", "--ignore", "--time", "0", pod_id],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "CONTAINERS_CONF": str(conf)},
+                check=False,
+                timeout=COMMAND_TIMEOUT_S,
+            )
+            if done.returncode == 0:
+                left.pop(pod_id, None)
+                break
+            left[pod_id] = (done.stderr.strip().splitlines() or ["refused"])[-1]
+            if attempt + 1 < REMOVE_ATTEMPTS:
+                time.sleep(REMOVE_PAUSE_S)
     for pod_id in pod_ids:
         for mount in _cgroup_mounts():
             leftover = mount / CGROUP_PARENT / pod_id
@@ -303,6 +332,7 @@ def remove_pods(pod_ids: Sequence[str], conf: Path) -> None:
                 continue
             except OSError:
                 continue  # not empty: still running, podman's to remove
+    return left
 
 
 def _cgroup_mounts(mountinfo: str | None = None) -> list[Path]:

@@ -36,6 +36,7 @@ measurement is outside the prediction, or a check of the agent failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -61,6 +62,7 @@ from tcpecho.experiment import Case, Fault, Profile, Result
 from tcpecho.lab import StoppedError, report
 from tcpecho.lab.report import RunInfo
 from tcpecho.model import Activity
+from tcpecho.process import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS_DIR = ROOT / "manifests" / "overlays"
@@ -337,7 +339,12 @@ class PlayedCase:
 
     def _start(self, role: str, played: Played) -> int:
         pid = self.engine.start(played, played.container_id, self.hosts[role])
-        self.node.join(self.places[role], pid)
+        try:
+            self.node.join(self.places[role], pid)
+        except NodeError:
+            if not alive(pid):  # it exited before it could be moved: say why
+                raise self.engine.ended(played) from None
+            raise
         self.started[role] = agent.describe(self.engine.inspect(played.container_id))
         return pid
 
@@ -360,7 +367,8 @@ class PlayedCase:
         for role in ("client", "server"):
             played = getattr(self, role, None)
             if played is not None:
-                self.engine.remove(played)
+                with contextlib.suppress(EngineError):  # the engine's close tries again
+                    self.engine.remove(played)
         for name in self.hosts.values():
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
