@@ -51,6 +51,7 @@ from tcpecho.model.field import (
 from tcpecho.model.in_force import InForce, Keepalive
 from tcpecho.model.kernel import (
     FIRST_RTO_S,
+    KEEPALIVE_EARLY_S,
     TCP_RTO_MIN_S,
     TCP_TIMEOUT_INIT_S,
     TIMER_SLACK,
@@ -85,6 +86,7 @@ __all__ = [
     "APP_TIMER_S",
     "FAST_S",
     "FIRST_RTO_S",
+    "KEEPALIVE_EARLY_S",
     "NEVER",
     "SCHEDULING_S",
     "TCP_RTO_MIN_S",

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from tcpecho.model.in_force import InForce
 from tcpecho.model.kernel import (
     FIRST_RTO_S,
+    KEEPALIVE_EARLY_S,
     TIMER_SLACK,
     TLP_ANY_S,
     TLP_S,
@@ -110,7 +111,9 @@ def after_idle_expiry(
             high = first_packet_s * TIMER_SLACK[1] + SCHEDULING_S
             probes = keepalive is not None and keepalive.idle_s == first_packet_s
             by = Mechanism.KEEPALIVE if probes else Mechanism.PING_TIMEOUT
-            idle = Prediction(first_packet_s, high, "last-data", by, ("ECONNRESET", "EPIPE"))
+            early = KEEPALIVE_EARLY_S if probes else 0.0  # a ping is the program's own clock
+            low = first_packet_s - early
+            idle = Prediction(low, high, "last-data", by, ("ECONNRESET", "EPIPE"))
         if traffic.next_request_s is None or idle.high_s < traffic.next_request_s:
             return idle
     if traffic.next_request_s is None:
@@ -224,7 +227,7 @@ def after_ip_reuse(
             return idle
         probe = answered[0]
         return Prediction(
-            probe,
+            probe - KEEPALIVE_EARLY_S,
             probe * TIMER_SLACK[1] + SCHEDULING_S,
             "last-data",
             Mechanism.ADDRESS_REUSED,

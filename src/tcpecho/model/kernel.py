@@ -24,6 +24,12 @@ TLP_ANY_S = (0.002, TLP_S[1])
 # one (doubled) step later. Callers that know the connection's RTO pass it instead.
 FIRST_RTO_S = (0.204, 0.212)
 TIMER_SLACK = (1.0, 1.06)  # how late the kernel's timers fire, as a factor
+# How much earlier than its idle time, on a program's clock, a keepalive probe may leave: the
+# timer counts whole jiffies from the last segment received (tcp_keepalive_timer: tcp_jiffies32
+# - lrcvtime), so it fires up to one jiffy (4 ms at HZ=250, 10 ms at HZ=100) before the idle
+# time is up; and the program's clock starts when it read that segment, a scheduling delay
+# after the kernel received it. Seen: a probe answered by RST 3.8 ms before the 10 s idle time.
+KEEPALIVE_EARLY_S = 0.05
 
 
 @dataclass(frozen=True)
