@@ -117,8 +117,10 @@ async def test_read_timeout_bounds_an_echo_that_never_comes() -> None:
     failed = next(e for e in events if e["event"] == "connection_failed")
     assert (failed["errno"], failed["phase"], failed["seq"]) == ("READ_TIMEOUT", "request", 1)
     # libuv's timers count from a clock cached at the start of each loop iteration, so
-    # uvloop may fire a deadline a few milliseconds early.
-    assert 0.29 <= failed["detection_s"] < 0.6
+    # uvloop may fire a deadline a few milliseconds early (10 ms allowed). Late, a loaded
+    # machine may make it by any amount: the upper bound only tells 0.3 s from a unit slip
+    # (3 s), the READ_TIMEOUT errno that the read timeout, nothing else, ended the wait.
+    assert 0.29 <= failed["detection_s"] < 3.0
 
 
 async def test_a_connection_that_dies_while_idle_is_noticed_at_once() -> None:
