@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import nox
 
@@ -44,6 +45,27 @@ COOKBOOK_LIBRARIES = [
 KUBERNETES_VERSION = "1.32.0"
 # Where pip, inside the image build, finds the CA that the machine's package traffic needs.
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+# Where every check is promised, a session or test that cannot run fails, naming what it
+# lacks: on CI (CI=true, as CI services set it) and with TCPECHO_REQUIRE_CHECKS, which
+# scripts/nox sets as root (README). tests/ci_checks.py holds the same rule for pytest.
+REQUIRE_CHECKS = "TCPECHO_REQUIRE_CHECKS"
+
+
+def checks_required() -> bool:
+    """True on CI or with TCPECHO_REQUIRE_CHECKS (empty, 0, false or no is unset)."""
+    off = ("", "0", "false", "no")
+    return any(
+        os.environ.get(name, "").strip().lower() not in off for name in ("CI", REQUIRE_CHECKS)
+    )
+
+
+def cannot_run(session: nox.Session, reason: str) -> NoReturn:
+    """Fail saying ``reason`` where every check is promised; skip with it elsewhere."""
+    if checks_required():
+        session.error(f"cannot run, and every check must (CI or {REQUIRE_CHECKS}): {reason}")
+    session.skip(reason)
 
 
 @nox.session
@@ -154,7 +176,7 @@ def cookbook(session: nox.Session) -> None:
     `-- --stack NAME` or `-- --fault FAULT` runs a part."""
     reason = lab_unavailable()
     if reason is not None:
-        session.skip(f"{reason}: the cookbook runs its recipes in the lab's network namespaces")
+        cannot_run(session, f"{reason}: the cookbook runs its recipes in the lab's namespaces")
     session.install(".", *COOKBOOK_LIBRARIES)
     os.makedirs("out", exist_ok=True)
     session.run("python", "-m", "cookbook.run", "--json", "out/cookbook.json", *session.posargs)
@@ -185,9 +207,15 @@ def manifests(session: nox.Session) -> None:
 
 def provide_promtool(session: nox.Session) -> str | None:
     """The machine's promtool, or Debian's binary fetched once (scripts/promtool); None
-    where neither can be had (not root), and the tests that need it say so and skip."""
+    where neither can be had (not root), and the tests that need it say so and skip. Where
+    every check is promised, no promtool fails the session instead."""
     found = subprocess.run(["scripts/promtool"], capture_output=True, text=True, check=True)
     if not found.stdout.strip():
+        if checks_required():
+            session.error(
+                f"no promtool, and every check must run (CI or {REQUIRE_CHECKS}): "
+                f"{found.stderr.strip()}"
+            )
         session.warn(f"no promtool: {found.stderr.strip()}")
         return None
     promtool = found.stdout.strip()
@@ -199,12 +227,14 @@ def provide_promtool(session: nox.Session) -> str | None:
 def image_unavailable() -> str | None:
     """Why the image cannot be built and run here, or None."""
     missing = [tool for tool in ("buildah", "mmdebstrap", "unshare") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        return (
-            f"needs root and {', '.join(missing) or 'buildah, mmdebstrap'}: "
-            "scripts/system-packages installs them"
-        )
-    return None
+    reasons = ["not root"] if os.geteuid() != 0 else []
+    if missing:
+        reasons.append(f"{', '.join(missing)} missing (scripts/system-packages installs them)")
+    return (
+        f"{' and '.join(reasons)}: the image needs root, buildah and mmdebstrap"
+        if reasons
+        else None
+    )
 
 
 def engine_unavailable() -> str | None:
@@ -249,7 +279,7 @@ def image(session: nox.Session) -> None:
     entrypoint as PID 1 of a PID namespace; every image and container is removed after."""
     reason = image_unavailable()
     if reason is not None:
-        session.skip(reason)
+        cannot_run(session, reason)
     session.install("-e", ".[test]")
     with built_image(session) as image_name:
         session.run(
@@ -269,7 +299,7 @@ def pods(session: nox.Session) -> None:
     (docs/image-and-cluster.md). Arguments go to ``python -m cluster.pods``."""
     reason = image_unavailable() or lab_unavailable() or engine_unavailable()
     if reason is not None:
-        session.skip(reason)
+        cannot_run(session, reason)
     session.install("-e", ".[test]", *PODS_TOOLS)
     with built_image(session) as image_name:
         # A played pod first, looked at from outside; then every overlay in the lab.

@@ -14,6 +14,9 @@ import uvloop
 from tcpecho.server.server import EchoServer, ServerConfig
 from tests.support import LoggedProcess, free_port, tcpecho_executable
 
+# pytester tests the plugin that, where every check is promised, fails a test that skips.
+pytest_plugins = ["pytester", "tests.ci_checks"]
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

@@ -103,8 +103,10 @@ def test_bad_input_is_a_one_line_usage_error(
     assert result.stdout == ""  # nothing started, nothing logged
 
 
-def test_environment_variables_set_options() -> None:
-    port = free_port()
+def test_environment_variables_set_options(start_server: Any) -> None:
+    """TCPECHO_CLIENT_* alone name the server and set the socket's options: the client
+    connects, and the options it logs are read back from its connected socket."""
+    server = start_server()
     result = subprocess.run(
         [tcpecho_executable(), "client"],
         capture_output=True,
@@ -112,18 +114,25 @@ def test_environment_variables_set_options() -> None:
         env={
             **os.environ,
             "TCPECHO_CLIENT_SERVER": "127.0.0.1",
-            "TCPECHO_CLIENT_PORT": str(port),
+            "TCPECHO_CLIENT_PORT": str(server.port),
+            "TCPECHO_CLIENT_COUNT": "1",
             "TCPECHO_CLIENT_USER_TIMEOUT": "1500ms",
             "TCPECHO_CLIENT_KEEPALIVE": "true",
+            "TCPECHO_CLIENT_KEEPALIVE_IDLE": "7s",
         },
         timeout=30,
     )
-    assert result.returncode == 1  # nothing listens: a runtime failure, not a usage error
+    assert result.returncode == 0, result.stdout + result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     started = next(e for e in events if e["event"] == "client_started")
-    assert (started["server"], started["port"]) == ("127.0.0.1", port)
-    failed = next(e for e in events if e["event"] == "connection_failed")
-    assert failed["errno"] == "ECONNREFUSED"
+    assert (started["server"], started["port"]) == ("127.0.0.1", server.port)
+    connected = next(e for e in events if e["event"] == "connected")
+    assert connected["peer"] == f"127.0.0.1:{server.port}"
+    options = connected["options"]  # getsockopt on the connected socket
+    assert options["user_timeout_ms"] == 1500
+    assert options["keepalive"] is True
+    assert options["keepalive_idle_s"] == 7
+    assert [e["seq"] for e in events if e["event"] == "response_received"] == [1]
 
 
 def test_the_request_size_comes_from_the_environment_too(start_server: Any) -> None:

@@ -31,6 +31,7 @@ from tcpecho.client.client import (
 from tcpecho.model import KernelSettings
 from tcpecho.settings import Deadlines
 from tcpecho.tcp.options import TcpOptions
+from tests.ci_checks import skip_unpromised
 from tests.conftest import RunningServer, Spawn
 from tests.support import free_port
 
@@ -116,8 +117,10 @@ async def test_read_timeout_bounds_an_echo_that_never_comes() -> None:
     failed = next(e for e in events if e["event"] == "connection_failed")
     assert (failed["errno"], failed["phase"], failed["seq"]) == ("READ_TIMEOUT", "request", 1)
     # libuv's timers count from a clock cached at the start of each loop iteration, so
-    # uvloop may fire a deadline a few milliseconds early.
-    assert 0.29 <= failed["detection_s"] < 0.6
+    # uvloop may fire a deadline a few milliseconds early (10 ms allowed). Late, a loaded
+    # machine may make it by any amount: the upper bound only tells 0.3 s from a unit slip
+    # (3 s), the READ_TIMEOUT errno that the read timeout, nothing else, ended the wait.
+    assert 0.29 <= failed["detection_s"] < 3.0
 
 
 async def test_a_connection_that_dies_while_idle_is_noticed_at_once() -> None:
@@ -504,7 +507,8 @@ def test_a_large_request_is_echoed_by_the_server_and_verified(
     it writes, or both would wait forever once the buffers between them are full."""
     size_bytes = 16 * MiB if size == "16MiB" else _beyond_every_buffer()
     if size_bytes > MAX_REQUEST_SIZE // 4:
-        pytest.skip(f"the buffers here need {size_bytes} bytes, too many for a quick test")
+        # The host's buffer sysctls, not the product, decide this size: not a promised check.
+        skip_unpromised(f"the buffers here need {size_bytes} bytes, too many for a quick test")
     server = start_server()
     argv = client_argv(
         server.port,
@@ -531,15 +535,14 @@ def _kernel_release() -> tuple[int, int]:
     return int(major), int(minor.split("-")[0])
 
 
-@pytest.mark.skipif(
-    _kernel_release() < (5, 11), reason="TCP_USER_TIMEOUT bounds zero-window probing from 5.11"
-)
 def test_the_user_timeout_cuts_a_stalled_reader_whose_windows_a_large_request_filled(
     never_reading_peer: int, spawn: Spawn, client_argv: ClientArgv
 ) -> None:
     """The peer's kernel acknowledges and advertises a zero window; the client's kernel probes
     it and every probe is answered, so nothing retransmits. The user timeout, counted from the
     first probe (an RTO after the window closed), ends it: ETIMEDOUT, 3.26 s here."""
+    if _kernel_release() < (5, 11):
+        skip_unpromised("TCP_USER_TIMEOUT bounds zero-window probing from Linux 5.11 only")
     argv = client_argv(
         never_reading_peer, "--count", 1, "--user-timeout", "3s", "--request-size", "16MiB"
     )

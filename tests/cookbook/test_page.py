@@ -1,5 +1,7 @@
-"""docs/cookbook.md's figures are docs/cookbook.json's, and that file is a passing run in the
-format the issue asks for: every stack, busy and idle, every measurement in its range."""
+"""docs/cookbook.md's figures are docs/cookbook.json's, and that stored run is complete and
+passes its own checks: every stack, busy and idle, every measurement in its range. These read a
+file committed from an earlier run; they judge no library. ``nox -s cookbook`` runs the
+recipes live and is what judges them."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def test_the_page_shows_the_committed_run() -> None:
     assert table.between_markers(PAGE.read_text()) == table.render(_run())
 
 
-def test_the_committed_run_is_complete_and_passes_its_checks() -> None:
+def test_the_stored_run_is_complete_and_passes_its_checks() -> None:
+    """The committed docs/cookbook.json, as recorded: nothing here runs a library."""
     run = _run()
     assert results.problems(run) == []
     recorded = {(r["stack"], r["settings"]) for r in run["recipes"]}
@@ -46,8 +49,9 @@ def test_the_committed_run_is_complete_and_passes_its_checks() -> None:
             assert results.fits(case), case
 
 
-def test_the_recommended_settings_survive_the_idle_timeout_and_some_defaults_do_not() -> None:
-    """What the page says of idle-expiry: which settings keep their flow, from the run."""
+def test_the_stored_run_shows_the_recommended_settings_surviving_the_idle_timeout() -> None:
+    """What the page says of idle-expiry (the recommended settings keep their flow, some
+    defaults do not), as the stored run recorded it."""
     verdicts = {
         (r["stack"], r["settings"], c["fault"], c["name"]): c["verdict"]
         for r in _run()["recipes"]

@@ -280,6 +280,7 @@ def test_sigint_reports_what_finished_and_marks_the_rest_interrupted(
 def test_after_sigkill_cleanup_removes_what_the_run_left(clean_host: None) -> None:
     lab = _start_and_wait_for_faults([*LAB, "--fault", "node-loss", "--profile", "default"])
     processes = _processes_of(lab.pid)
+    assert processes, "no server or client running in the lab's namespaces"
     lab.kill()
     lab.communicate(timeout=30)
     left = leftover_namespaces(f"{RUN_PREFIX}{lab.pid}-")

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -46,17 +47,33 @@ def test_two_labs_at_once_do_not_interfere(stagger_s: float) -> None:
 def test_a_lab_killed_at_a_random_point_leaves_what_the_next_run_or_cleanup_clears(
     seed: int,
 ) -> None:
+    """SIGKILL while the run is alive and holds namespaces: seeds 0-2 while it builds them and
+    starts its programs (after its first namespace exists), 3-5 while its cases run.
+    Whatever it left (never nothing: that would test no cleanup) the next run (odd seeds)
+    or --cleanup clears."""
     rules_before = _host_ruleset()
     chooser = random.Random(seed)
-    # From the start (imports, namespaces being built) to the cases under way: a short lab
-    # is over in about 2 s on an idle machine.
-    delay = chooser.uniform(0.0, 2.0)
     lab = subprocess.Popen(SHORT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
+    prefix = f"{RUN_PREFIX}{lab.pid}-"
+    running = seed >= 3
+    # A short lab, polled every 5 ms on an idle machine: its first namespace at 0.38 s, all
+    # six by 0.43 s, then programs start (one at a time, briefly, while they are probed);
+    # a case's server and client both run from 0.70 s, and the first case ends at 1.50 s.
+    # Two programs at once mean the cases run, with 0.8 s to go on an idle machine (more
+    # on a loaded one, where the lab slows too): a kill 0-0.2 s later lands while they run.
+    _wait_for(
+        lab,
+        lambda: len(_processes_of(lab.pid)) >= 2 if running else bool(leftover_namespaces(prefix)),
+    )
+    time.sleep(chooser.uniform(0.0, 0.2))
     processes = _processes_of(lab.pid)
     lab.send_signal(signal.SIGKILL)
     lab.wait(30)
-    prefix = f"{RUN_PREFIX}{lab.pid}-"
+    what = f"seed {seed}, {'running' if running else 'building'}"
+    left = leftover_namespaces(prefix)
+    assert left, f"the kill ({what}) hit no live run: nothing was left to clear"
+    if running:
+        assert processes, f"the kill ({what}) found no server or client running"
     if seed % 2 == 0:
         result = subprocess.run([*LAB, "--cleanup"], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result
@@ -68,11 +85,21 @@ def test_a_lab_killed_at_a_random_point_leaves_what_the_next_run_or_cleanup_clea
         assert following.returncode == 0, (stdout, stderr)
         assert ALL_WITHIN_THE_MODEL in stdout
         assert leftover_namespaces(f"{RUN_PREFIX}{following.pid}-") == []
-    assert leftover_namespaces(prefix) == [], f"killed after {delay:.2f} s"
+    assert leftover_namespaces(prefix) == [], what
     assert _host_ruleset() == rules_before
     time.sleep(0.2)  # killed processes may take a moment to be reaped by init
     for pid in processes:
-        assert not _alive(pid) or _is_zombie(pid), f"process {pid} survived (after {delay:.2f} s)"
+        assert not _alive(pid) or _is_zombie(pid), f"process {pid} survived ({what})"
+
+
+def _wait_for(lab: subprocess.Popen[bytes], condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds while ``lab`` still runs (it must not end first)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert lab.poll() is None, f"the lab ended (exit {lab.returncode}) before the kill"
+        assert time.monotonic() < deadline, "the lab never reached the point to kill it at"
+        time.sleep(0.01)
+    assert lab.poll() is None, "the lab ended before the kill"
 
 
 def _alive(pid: int) -> bool:

@@ -141,8 +141,10 @@ def test_non_readers_cost_bounded_memory_and_others_keep_their_latency(
     assert pushed < 20 * 64 * 1024 * 1024, "the server kept reading from non-readers"
     latencies.sort()
     # Not a speed target (benchmarks/ has those): a loop that served the non-readers first
-    # would take their whole buffers per echo, or never answer.
-    assert latencies[int(len(latencies) * 0.99)] < 0.2, latencies[-5:]
+    # would take their whole buffers per echo, or never answer, and slow every echo. The
+    # median, not the p99: on a loaded 2-core machine a few echoes wait out a preemption of
+    # either process (tens to hundreds of ms), which says nothing of the server's order.
+    assert latencies[len(latencies) // 2] < 0.2, latencies[-5:]
 
 
 def _push_until_blocked(sockets: list[socket.socket], seconds: float) -> int:

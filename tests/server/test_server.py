@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from tcpecho.server.protocol import SPLICE_READ, WRITE_BUFFER_HIGH
 from tcpecho.server.server import EchoServer, ServerConfig
 from tcpecho.tcp.options import TcpOptions, read_effective
+from tests.ci_checks import skip_unpromised
 from tests.conftest import RunningServer, Spawn, requires_root
 from tests.support import LoggedProcess, echo_once, free_port
 
@@ -84,7 +85,7 @@ async def test_logged_options_read_once_per_listener_are_the_accepted_sockets_ow
     """The options in connection_accepted are read from the listener, once: they must be
     exactly what getsockopt returns on the socket the connection really has."""
     if host == "::" and not socket.has_dualstack_ipv6():
-        pytest.skip("no dual-stack IPv6 here")
+        skip_unpromised("no dual-stack IPv6 here")
     tcp = TcpOptions(
         user_timeout_ms=7000,
         keepalive=True,
