@@ -206,12 +206,7 @@ class Server:
         pids = [self.pid]
         if self.peer.forks_children:
             pids += children_of(self.pid)
-        times: dict[int, tuple[float, float]] = {}
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                times[pid] = (int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
-        return times
+        return cpu_times(pids)
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -230,6 +225,17 @@ class Server:
 
     def stop(self) -> None:
         stop_group(self.proc)
+
+
+def cpu_times(pids: list[int]) -> dict[int, tuple[float, float]]:
+    """User and system CPU time of each process (all its threads), by pid; a process that
+    has gone is left out."""
+    times: dict[int, tuple[float, float]] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            times[pid] = (int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
+    return times
 
 
 def children_of(pid: int) -> list[int]:
@@ -284,6 +290,10 @@ class LoadResult:
     errors: int
     cpu_user_s: float = 0.0  # the server's, over the measured window
     cpu_system_s: float = 0.0
+    # The load client's own CPU (user and system, every thread) over the same window, and
+    # the window: a client core busy all of it means the client, not the server, set the pace.
+    client_cpu_s: float = 0.0
+    seconds: float = 0.0
 
 
 def echoload(
@@ -314,13 +324,17 @@ def echoload(
         assert proc.stdout is not None
         before: dict[int, tuple[float, float]] = {}
         after: dict[int, tuple[float, float]] = {}
+        client_before: dict[int, tuple[float, float]] = {}
+        client_after: dict[int, tuple[float, float]] = {}
         result: dict[str, Any] = {}
         for line in proc.stdout:
             event = json.loads(line)
             if event["event"] == "measure_start" and server is not None:
                 before = server.cpu_seconds()
+                client_before = cpu_times([proc.pid])  # taskset execs the client: one pid
             elif event["event"] == "measure_end" and server is not None:
                 after = server.cpu_seconds()
+                client_after = cpu_times([proc.pid])
                 assert proc.stdin is not None
                 proc.stdin.close()  # let it close its connections and report
             elif event["event"] == "result":
@@ -345,6 +359,9 @@ def echoload(
         errors=int(result["errors"]),
         cpu_user_s=user,
         cpu_system_s=system,
+        client_cpu_s=sum(client_after.get(proc.pid, (0.0, 0.0)))
+        - sum(client_before.get(proc.pid, (0.0, 0.0))),
+        seconds=float(result["seconds"]),
     )
 
 

@@ -158,6 +158,8 @@ class Harness:
                         r.cpu_system_s / r.requests * unit * 1e6 for r in per_request
                     ),
                 }
+            if mode in BULK_SHAPES:
+                entry["busy"] = busy(runs)
             peers[name] = entry
         reference = peers["tcpecho-uvloop"]["median"]
         for entry in peers.values():
@@ -552,6 +554,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def busy(runs: list[p.LoadResult]) -> dict[str, float]:
+    """How much of the window the server and the load client ran (each pinned to a core of
+    its own: 1.0 is the core used up), medians over the rounds. A client near 1.0 with a
+    server well below it means the client core, not the server, set the rate."""
+    timed = [run for run in runs if run.seconds > 0]
+    if not timed:
+        return {}
+    return {
+        "server": statistics.median((r.cpu_user_s + r.cpu_system_s) / r.seconds for r in timed),
+        "client": statistics.median(r.client_cpu_s / r.seconds for r in timed),
+    }
+
+
 def bulk_cases() -> list[tuple[str, str, int, int]]:
     """Every bulk case: its name, the load client's mode, connections and write size."""
     return [
@@ -571,11 +586,13 @@ def bulk_labels() -> list[tuple[str, str]]:
 
 def bulk_markdown(cases: dict[str, Any], load: list[list[float]]) -> str:
     """``--only bulk``'s table: each case's medians (min-max), tcpecho / Go and / the C
-    splice floor, and the server CPU per 64 KiB echoed, with the load average around it."""
+    splice floor, the server CPU per 64 KiB echoed, and how busy the server's and the
+    client's cores were, with the load average around it."""
     lines = [
         "| case | tcpecho MB/s | Go MB/s | C splice MB/s | tcpecho / Go | tcpecho / C splice "
-        "| server CPU us per 64 KiB: tcpecho, Go, C splice |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server CPU us per 64 KiB: tcpecho, Go, C splice | core busy, server / client: "
+        "tcpecho, Go, C splice |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, label in bulk_labels():
         peers = cases[case]["peers"]
@@ -586,6 +603,8 @@ def bulk_markdown(cases: dict[str, Any], load: list[list[float]]) -> str:
             cells.append(f"{ours / peers[name]['median']:.2f}x" if name in peers else "-")
         cpu = [peers[name].get("server_cpu_us_per_64KiB") for name in BULK_PEERS if name in peers]
         cells.append(", ".join(f"{c['user'] + c['system']:.1f}" for c in cpu if c))
+        loads = [peers[name].get("busy") for name in BULK_PEERS if name in peers]
+        cells.append(", ".join(f"{b['server']:.2f} / {b['client']:.2f}" for b in loads if b))
         lines.append("| " + " | ".join(cells) + " |")
     before, after = load
     lines.append(f"\nload average {before[0]:.2f} before, {after[0]:.2f} after (1 min)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import run
+from benchmarks import peers, run
 from benchmarks.peers import ROOT, free_port
 
 Serve = Callable[[socket.socket], None]
@@ -209,6 +210,7 @@ def _peer(median: float, cpu_us: float) -> dict[str, Any]:
         "min": median * 0.9,
         "max": median * 1.1,
         "server_cpu_us_per_64KiB": {"user": cpu_us / 2, "system": cpu_us / 2},
+        "busy": {"server": cpu_us / 40, "client": 0.96},
     }
 
 
@@ -231,6 +233,7 @@ def test_bulk_table_gives_tcpecho_over_go_and_over_the_splice_floor() -> None:
     assert cells[1:4] == ["1,900 (1,710-2,090)", "2,000 (1,800-2,200)", "2,500 (2,250-2,750)"]
     assert cells[4:6] == ["0.95x", "0.76x"]
     assert cells[6] == "20.0, 25.0, 18.0"
+    assert cells[7] == "0.50 / 0.96, 0.62 / 0.96, 0.45 / 0.96"
     assert "load average 1.50 before, 2.50 after" in table
 
 
@@ -257,3 +260,28 @@ def test_every_bulk_case_is_held_to_the_goal_against_go(go: float, met: bool) ->
         assert target["goal"] == run.BULK_GOAL
         assert target["measured"] == pytest.approx(1.9e9 / go)
         assert target["met"] is met
+
+
+@pytest.mark.parametrize("mode", ["bulk", "bulk-threads"])
+def test_the_harness_reads_server_and_client_cpu_over_the_window(
+    built: dict[str, Path], mode: str, tmp_path: Path
+) -> None:
+    """Both processes echo 64 KiB chunks flat out for the window, so both used CPU in it;
+    neither can use more than every core for the whole window (plus a clock tick of
+    /proc's accounting at each of the two readings)."""
+    floor = peers.Peer(
+        "c-splice",
+        "C splice",
+        lambda port: [str(built["epollecho"]), "127.0.0.1", str(port), "splice"],
+    )
+    tools = peers.Tools("tcpecho", str(built["echoload"]), str(built["epollecho"]), None, None)
+    with peers.servers([floor], None, tmp_path) as running:
+        server = running["c-splice"]
+        result = peers.echoload(tools, None, server.port, mode, 1, 65536, 0.1, 0.5, server)
+    assert result.errors == 0
+    assert 0.5 <= result.seconds < 1.5
+    ceiling = result.seconds * (os.cpu_count() or 1) + 2 / peers.CLOCK_TICKS
+    assert 0 < result.cpu_user_s + result.cpu_system_s <= ceiling
+    assert 0 < result.client_cpu_s <= ceiling
+    figures = run.busy([result])
+    assert figures["client"] == pytest.approx(result.client_cpu_s / result.seconds)
