@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import peers, run
+from benchmarks import chart, peers, run
 from benchmarks.peers import ROOT, free_port
 
 Serve = Callable[[socket.socket], None]
@@ -285,3 +285,15 @@ def test_the_harness_reads_server_and_client_cpu_over_the_window(
     assert 0 < result.client_cpu_s <= ceiling
     figures = run.busy([result])
     assert figures["client"] == pytest.approx(result.client_cpu_s / result.seconds)
+
+
+@pytest.mark.parametrize(
+    ("case", "label"),
+    [
+        ("bulk-64KiB-c1", "epoll, 1 conn(s)"),
+        ("bulk-threads-64KiB-c4", "threads, 4 conn(s)"),
+        ("pingpong-1KiB-c100", "100 conn(s)"),
+    ],
+)
+def test_the_chart_tells_the_bulk_shapes_apart(case: str, label: str) -> None:
+    assert chart._case_label(case) == label
