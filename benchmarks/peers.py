@@ -24,6 +24,8 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# User and system CPU seconds, by pid.
+CpuTimes = dict[int, tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError(f"{self.peer.name} did not listen on {self.port} in {timeout} s")
 
-    def cpu_seconds(self) -> dict[int, tuple[float, float]]:
+    def cpu_seconds(self) -> CpuTimes:
         """User and system CPU time of the server and (socat) each of its children, by pid."""
         pids = [self.pid]
         if self.peer.forks_children:
@@ -227,10 +229,10 @@ class Server:
         stop_group(self.proc)
 
 
-def cpu_times(pids: list[int]) -> dict[int, tuple[float, float]]:
+def cpu_times(pids: list[int]) -> CpuTimes:
     """User and system CPU time of each process (all its threads), by pid; a process that
     has gone is left out."""
-    times: dict[int, tuple[float, float]] = {}
+    times: CpuTimes = {}
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -322,21 +324,16 @@ def echoload(
     )
     try:
         assert proc.stdout is not None
-        before: dict[int, tuple[float, float]] = {}
-        after: dict[int, tuple[float, float]] = {}
-        client_before: dict[int, tuple[float, float]] = {}
-        client_after: dict[int, tuple[float, float]] = {}
+        # The server's CPU times and the client's (taskset execs it) as the window opens, closes.
+        readings: dict[str, tuple[CpuTimes, CpuTimes]] = {}
         result: dict[str, Any] = {}
         for line in proc.stdout:
             event = json.loads(line)
-            if event["event"] == "measure_start" and server is not None:
-                before = server.cpu_seconds()
-                client_before = cpu_times([proc.pid])  # taskset execs the client: one pid
-            elif event["event"] == "measure_end" and server is not None:
-                after = server.cpu_seconds()
-                client_after = cpu_times([proc.pid])
-                assert proc.stdin is not None
-                proc.stdin.close()  # let it close its connections and report
+            if event["event"] in ("measure_start", "measure_end") and server is not None:
+                readings[event["event"]] = (server.cpu_seconds(), cpu_times([proc.pid]))
+                if event["event"] == "measure_end":
+                    assert proc.stdin is not None
+                    proc.stdin.close()  # let it close its connections and report
             elif event["event"] == "result":
                 result = event
         proc.wait(timeout=warmup_s + duration_s + 30)
@@ -348,21 +345,30 @@ def echoload(
         stderr = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"echoload gave no result (exit {proc.returncode}): {stderr}")
     done = int(result.get("requests", result.get("bytes", result.get("accepted", 0))))
-    # Processes still there at the end, from their time at the start (or from zero when
-    # forked inside the window); socat children of earlier connections that exited during
-    # the window were idle, and their totals would otherwise come off as negative time.
-    user = sum(times[0] - before.get(pid, (0.0, 0.0))[0] for pid, times in after.items())
-    system = sum(times[1] - before.get(pid, (0.0, 0.0))[1] for pid, times in after.items())
+    before, client_before = readings.get("measure_start", ({}, {}))
+    after, client_after = readings.get("measure_end", ({}, {}))
+    user, system = window_cpu(before, after)
     return LoadResult(
         per_second=float(result["per_second"]),
         requests=done,
         errors=int(result["errors"]),
         cpu_user_s=user,
         cpu_system_s=system,
-        client_cpu_s=sum(client_after.get(proc.pid, (0.0, 0.0)))
-        - sum(client_before.get(proc.pid, (0.0, 0.0))),
+        client_cpu_s=sum(window_cpu(client_before, client_after)),
         seconds=float(result["seconds"]),
     )
+
+
+def window_cpu(before: CpuTimes, after: CpuTimes) -> tuple[float, float]:
+    """User and system CPU time used between two readings, summed over the processes.
+
+    Processes still there at the end count from their time at the start (or from zero when
+    forked inside the window); socat children of earlier connections that exited during
+    the window were idle, and their totals would otherwise come off as negative time.
+    """
+    user = sum(times[0] - before.get(pid, (0.0, 0.0))[0] for pid, times in after.items())
+    system = sum(times[1] - before.get(pid, (0.0, 0.0))[1] for pid, times in after.items())
+    return user, system
 
 
 def tcpecho_bench(

@@ -719,6 +719,17 @@ STEPS = {
 }
 
 
+def run_one(harness: Harness, step: str) -> None:
+    """``--only STEP``: its figures as JSON with the machine and the load average around
+    them, and for ``bulk`` its table; the results files are left as they are."""
+    before = load_average()
+    figures = getattr(harness, STEPS[step])()
+    load = [before, load_average()]
+    print(json.dumps({step: figures, "machine": machine(), "load_average": load}, indent=2))
+    if step == "bulk":
+        print(bulk_markdown(figures, load))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -740,13 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         log(note)
     harness = Harness(args, tools, notes)
     if args.only:
-        before = load_average()
-        figures = getattr(harness, STEPS[args.only])()
-        load = [before, load_average()]
-        print(json.dumps({args.only: figures, "machine": machine(), "load_average": load},
-                         indent=2))  # fmt: skip
-        if args.only == "bulk":
-            print(bulk_markdown(figures, load))
+        run_one(harness, args.only)
         return 0
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -764,9 +769,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
     }
     log(f"machine {results['machine']}, load average {results['load_average_before']}")
-    for key, method in STEPS.items():
-        if key == "bulk":  # its cases are in the throughput step's, against every peer
-            continue
+    # The bulk step's cases are in the throughput step's, against every peer.
+    for key, method in ((key, method) for key, method in STEPS.items() if key != "bulk"):
         step: Callable[[], Any] = getattr(harness, method)
         results[key] = step()
     results["load_average_after"] = load_average()
