@@ -12,19 +12,20 @@
  *   reads whatever comes back, full duplex; echoed bytes are counted.
  * MODE bulk-threads: the same full-duplex load from another client shape, the one most
  *   programs with a blocking socket have: per connection one thread writes SIZE-byte chunks
- *   as fast as the socket takes them (blocking writes) and another reads with 256 KiB
- *   blocking reads, counting echoed bytes. The kernel wakes each thread on its own event,
- *   so the server sees the reader and the writer run concurrently, not one epoll pass.
+ *   with blocking writes and another reads with blocking 256 KiB reads, counting echoed
+ *   bytes; each thread sleeps and wakes on its own event, not in one epoll pass.
  * MODE connect: CONNECTIONS at a time, each connects, sends SIZE bytes, reads them back,
  *   closes and connects anew; connections completed are counted as "accepted" (the accept rate).
  *
- * Other modes: one thread, level-triggered epoll, nonblocking sockets with TCP_NODELAY. Prints a JSON
- * line {"event":"measure_start"} when the warm-up ends and {"event":"measure_end"} when
- * the measured window closes (so a harness can read the server's CPU time at exactly those
+ * bulk-threads runs two threads per connection; the other modes one thread, level-triggered
+ * epoll and nonblocking sockets. Every socket has TCP_NODELAY. Prints a JSON line
+ * {"event":"measure_start"} when the warm-up ends and {"event":"measure_end"} when the
+ * measured window closes (so a harness can read the server's CPU time at exactly those
  * moments), then one JSON result line. With "hold" it waits after measure_end for a line (or
  * EOF) on stdin before closing its connections, so the harness can read the CPU time of
- * processes that live only as long as a connection (socat's forked children). A connection that fails, closes or sends back other
- * bytes is counted as an error and closed; the exit status is 1 when there was any error.
+ * processes that live only as long as a connection (socat's forked children). A connection
+ * that fails, closes or (ping-pong, connect) sends back other bytes is counted as an error
+ * and closed; the exit status is 1 when there was any error.
  */
 #define _GNU_SOURCE
 #include <errno.h>
