@@ -31,7 +31,7 @@ def draw(results: dict[str, Any], target: Path) -> None:
     pingpong.set_title("1 KiB ping-pong")
     _draw_groups(bulk, throughput, "bulk", labels, colors, 1e9)
     bulk.set_ylabel("GB/s echoed (median, min-max)")
-    bulk.set_title("bulk, 64 KiB writes")
+    bulk.set_title("bulk, 64 KiB writes: epoll client, and writer + reader threads")
     _draw_accepts(accepts, results.get("accepts", {}).get("peers", {}), labels, colors)
     _draw_cpu_per_request(cpu, throughput["pingpong-1KiB-c100"]["peers"], labels)
     _draw_idle_memory(idle, results["idle"], labels, colors)
@@ -67,8 +67,16 @@ def _draw_groups(
         axis.bar(positions, medians, width, yerr=errors, capsize=2, label=labels[name],
                  color=colors[name])  # fmt: skip
     axis.set_xticks(range(len(cases)))
-    axis.set_xticklabels([case.rsplit("-c", 1)[1] + " connection(s)" for case in cases])
+    axis.set_xticklabels([_case_label(case) for case in cases], fontsize=8)
     axis.legend(fontsize=7)
+
+
+def _case_label(case: str) -> str:
+    """``bulk-threads-64KiB-c4`` -> "threads, 4 conn(s)"; ``pingpong-1KiB-c10`` -> "10 conn(s)"."""
+    shape, connections = case.rsplit("-c", 1)
+    client = "threads, " if shape.startswith("bulk-threads") else ""
+    client = "epoll, " if shape.startswith("bulk-64KiB") else client
+    return f"{client}{connections} conn(s)"
 
 
 def _draw_accepts(

@@ -10,16 +10,22 @@
  *   compares them (memcmp) and sends again.
  * MODE bulk: each connection writes SIZE-byte chunks whenever the socket takes them and
  *   reads whatever comes back, full duplex; echoed bytes are counted.
+ * MODE bulk-threads: the same full-duplex load from another client shape, the one most
+ *   programs with a blocking socket have: per connection one thread writes SIZE-byte chunks
+ *   with blocking writes and another reads with blocking 256 KiB reads, counting echoed
+ *   bytes; each thread sleeps and wakes on its own event, not in one epoll pass.
  * MODE connect: CONNECTIONS at a time, each connects, sends SIZE bytes, reads them back,
  *   closes and connects anew; connections completed are counted as "accepted" (the accept rate).
  *
- * One thread, level-triggered epoll, nonblocking sockets with TCP_NODELAY. Prints a JSON
- * line {"event":"measure_start"} when the warm-up ends and {"event":"measure_end"} when
- * the measured window closes (so a harness can read the server's CPU time at exactly those
+ * bulk-threads runs two threads per connection; the other modes one thread, level-triggered
+ * epoll and nonblocking sockets. Every socket has TCP_NODELAY. Prints a JSON line
+ * {"event":"measure_start"} when the warm-up ends and {"event":"measure_end"} when the
+ * measured window closes (so a harness can read the server's CPU time at exactly those
  * moments), then one JSON result line. With "hold" it waits after measure_end for a line (or
  * EOF) on stdin before closing its connections, so the harness can read the CPU time of
- * processes that live only as long as a connection (socat's forked children). A connection that fails, closes or sends back other
- * bytes is counted as an error and closed; the exit status is 1 when there was any error.
+ * processes that live only as long as a connection (socat's forked children). A connection
+ * that fails, closes or (ping-pong, connect) sends back other bytes is counted as an error
+ * and closed; the exit status is 1 when there was any error.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +33,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { PINGPONG, BULK, CONNECT };
+enum mode { PINGPONG, BULK, BULK_THREADS, CONNECT };
 
 struct conn {
     int fd;
@@ -52,7 +60,7 @@ static double now_s(void) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: echoload HOST PORT pingpong|bulk|connect CONNECTIONS SIZE WARMUP_S DURATION_S [hold]\n");
+    fprintf(stderr, "usage: echoload HOST PORT pingpong|bulk|bulk-threads|connect CONNECTIONS SIZE WARMUP_S DURATION_S [hold]\n");
     return 2;
 }
 
@@ -98,6 +106,116 @@ static void open_conn(int epfd, const struct addrinfo *ai, enum mode mode, struc
     }
 }
 
+static void report(const char *mode, int nconn, size_t size, double seconds, const char *unit,
+                   uint64_t done, uint64_t errs) {
+    printf("{\"event\":\"result\",\"mode\":\"%s\",\"connections\":%d,\"size\":%zu,"
+           "\"seconds\":%.6f,\"%s\":%llu,\"per_second\":%.1f,\"errors\":%llu}\n",
+           mode, nconn, size, seconds, unit, (unsigned long long)done,
+           seconds > 0 ? (double)done / seconds : 0.0, (unsigned long long)errs);
+}
+
+/* -- bulk-threads: a writer and a reader thread per connection, blocking sockets -------- */
+
+#define THREAD_READ 262144
+
+static atomic_uint_fast64_t echoed = 0; /* bytes read back, every connection */
+static atomic_uint_fast64_t thread_errors = 0;
+static atomic_int stopping = 0; /* set at measure_end: failures after it are not errors */
+
+struct side {
+    int fd;
+    const char *payload;
+    size_t size;
+};
+
+static void *writer(void *arg) {
+    const struct side *s = arg;
+    while (!atomic_load_explicit(&stopping, memory_order_relaxed)) {
+        ssize_t w = send(s->fd, s->payload, s->size, MSG_NOSIGNAL);
+        if (w < 0 && errno != EINTR) {
+            if (!atomic_load(&stopping)) atomic_fetch_add(&thread_errors, 1);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static void *reader(void *arg) {
+    const struct side *s = arg;
+    char *buf = malloc(THREAD_READ);
+    for (;;) {
+        ssize_t r = read(s->fd, buf, THREAD_READ);
+        if (r > 0) {
+            atomic_fetch_add_explicit(&echoed, (uint_fast64_t)r, memory_order_relaxed);
+            continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (!atomic_load(&stopping)) atomic_fetch_add(&thread_errors, 1);
+        break;
+    }
+    free(buf);
+    return NULL;
+}
+
+static void sleep_until(double t) {
+    double left = t - now_s();
+    if (left <= 0) return;
+    struct timespec ts = {.tv_sec = (time_t)left,
+                          .tv_nsec = (long)((left - (double)(time_t)left) * 1e9)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Connect every connection (blocking sockets), start its two threads, mark the window
+ * from the main thread; at its end stop the writers, wait for "hold", then cut the
+ * connections (shutdown wakes a thread blocked in read or send) and join the threads. */
+static int run_threads(const struct addrinfo *ai, int nconn, size_t size, double warmup,
+                       double duration, int hold) {
+    char *payload = malloc(size);
+    for (size_t i = 0; i < size; i++) payload[i] = (char)('a' + i % 26);
+    struct side *sides = calloc((size_t)nconn, sizeof *sides);
+    pthread_t *threads = calloc(2 * (size_t)nconn, sizeof *threads);
+    int started = 0;
+    for (int i = 0; i < nconn; i++) {
+        int fd = socket(ai->ai_family, SOCK_STREAM, 0), one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        sides[i] = (struct side){.fd = fd, .payload = payload, .size = size};
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+            fprintf(stderr, "echoload: connect: %s\n", strerror(errno));
+            close(fd);
+            sides[i].fd = -1;
+            atomic_fetch_add(&thread_errors, 1);
+            continue;
+        }
+        pthread_create(&threads[started++], NULL, reader, &sides[i]);
+        pthread_create(&threads[started++], NULL, writer, &sides[i]);
+    }
+    sleep_until(now_s() + warmup);
+    double measure_from = now_s();
+    uint64_t at_start = atomic_load(&echoed);
+    printf("{\"event\":\"measure_start\"}\n");
+    fflush(stdout);
+    sleep_until(measure_from + duration);
+    uint64_t at_end = atomic_load(&echoed);
+    double seconds = now_s() - measure_from;
+    atomic_store(&stopping, 1);
+    printf("{\"event\":\"measure_end\"}\n");
+    fflush(stdout);
+    if (hold) {
+        int c;
+        while ((c = getchar()) != EOF && c != '\n') {
+        }
+    }
+    for (int i = 0; i < nconn; i++)
+        if (sides[i].fd >= 0) shutdown(sides[i].fd, SHUT_RDWR);
+    for (int t = 0; t < started; t++) pthread_join(threads[t], NULL);
+    for (int i = 0; i < nconn; i++)
+        if (sides[i].fd >= 0) close(sides[i].fd);
+    uint64_t errs = atomic_load(&thread_errors);
+    report("bulk-threads", nconn, size, seconds, "bytes", at_end - at_start, errs);
+    return errs ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 8 && !(argc == 9 && strcmp(argv[8], "hold") == 0)) return usage();
     int hold = argc == 9;
@@ -106,6 +224,7 @@ int main(int argc, char **argv) {
     if (strcmp(argv[3], "pingpong") == 0) mode = PINGPONG;
     else if (strcmp(argv[3], "bulk") == 0) mode = BULK;
     else if (strcmp(argv[3], "connect") == 0) mode = CONNECT;
+    else if (strcmp(argv[3], "bulk-threads") == 0) mode = BULK_THREADS;
     else return usage();
     int nconn = atoi(argv[4]);
     size_t size = (size_t)atol(argv[5]);
@@ -116,6 +235,11 @@ int main(int argc, char **argv) {
     if (getaddrinfo(host, port, &hints, &ai) != 0) {
         fprintf(stderr, "echoload: cannot resolve %s\n", host);
         return 2;
+    }
+    if (mode == BULK_THREADS) {
+        int status = run_threads(ai, nconn, size, warmup, duration, hold);
+        freeaddrinfo(ai);
+        return status;
     }
     char *payload = malloc(size), *inbuf = malloc(size > 262144 ? size : 262144);
     for (size_t i = 0; i < size; i++) payload[i] = (char)('a' + i % 26);
@@ -201,10 +325,7 @@ int main(int argc, char **argv) {
     }
     double seconds = end - measure_from;
     uint64_t done = completed - at_start;
-    printf("{\"event\":\"result\",\"mode\":\"%s\",\"connections\":%d,\"size\":%zu,"
-           "\"seconds\":%.6f,\"%s\":%llu,\"per_second\":%.1f,\"errors\":%llu}\n",
-           mode == PINGPONG ? "pingpong" : mode == BULK ? "bulk" : "connect", nconn, size, seconds,
-           mode == PINGPONG ? "requests" : mode == BULK ? "bytes" : "accepted", (unsigned long long)done,
-           seconds > 0 ? (double)done / seconds : 0.0, (unsigned long long)errors);
+    report(mode == PINGPONG ? "pingpong" : mode == BULK ? "bulk" : "connect", nconn, size, seconds,
+           mode == PINGPONG ? "requests" : mode == BULK ? "bytes" : "accepted", done, errors);
     return errors ? 1 : 0;
 }

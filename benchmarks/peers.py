@@ -24,6 +24,8 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# User and system CPU seconds, by pid.
+CpuTimes = dict[int, tuple[float, float]]
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Tools:
 
 
 def build_tools(build_dir: Path, log: Callable[[str], None]) -> tuple[Tools, list[str]]:
-    """Compile the C load client and (when Go is installed) the Go server; notes on gaps."""
+    """Compile the C load client and the C floor and (when Go is installed) the Go server;
+    notes on gaps. The load client's bulk-threads mode needs ``-pthread``."""
     build_dir = build_dir.resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -59,9 +62,8 @@ def build_tools(build_dir: Path, log: Callable[[str], None]) -> tuple[Tools, lis
     for program in ("echoload", "epollecho"):
         built[program] = build_dir / program
         source = ROOT / "benchmarks" / f"{program}.c"
-        subprocess.run(
-            [compiler, "-O2", "-Wall", "-o", str(built[program]), str(source)], check=True
-        )
+        argv = [compiler, "-O2", "-Wall", "-pthread", "-o", str(built[program]), str(source)]
+        subprocess.run(argv, check=True)
     go_echo: str | None = None
     go = shutil.which("go")
     if go is None:
@@ -201,17 +203,12 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError(f"{self.peer.name} did not listen on {self.port} in {timeout} s")
 
-    def cpu_seconds(self) -> dict[int, tuple[float, float]]:
+    def cpu_seconds(self) -> CpuTimes:
         """User and system CPU time of the server and (socat) each of its children, by pid."""
         pids = [self.pid]
         if self.peer.forks_children:
             pids += children_of(self.pid)
-        times: dict[int, tuple[float, float]] = {}
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                times[pid] = (int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
-        return times
+        return cpu_times(pids)
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -230,6 +227,17 @@ class Server:
 
     def stop(self) -> None:
         stop_group(self.proc)
+
+
+def cpu_times(pids: list[int]) -> CpuTimes:
+    """User and system CPU time of each process (all its threads), by pid; a process that
+    has gone is left out."""
+    times: CpuTimes = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            times[pid] = (int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS)
+    return times
 
 
 def children_of(pid: int) -> list[int]:
@@ -284,6 +292,10 @@ class LoadResult:
     errors: int
     cpu_user_s: float = 0.0  # the server's, over the measured window
     cpu_system_s: float = 0.0
+    # The load client's own CPU (user and system, every thread) over the same window, and
+    # the window: a client core busy all of it means the client, not the server, set the pace.
+    client_cpu_s: float = 0.0
+    seconds: float = 0.0
 
 
 def echoload(
@@ -312,17 +324,16 @@ def echoload(
     )
     try:
         assert proc.stdout is not None
-        before: dict[int, tuple[float, float]] = {}
-        after: dict[int, tuple[float, float]] = {}
+        # The server's CPU times and the client's (taskset execs it) as the window opens, closes.
+        readings: dict[str, tuple[CpuTimes, CpuTimes]] = {}
         result: dict[str, Any] = {}
         for line in proc.stdout:
             event = json.loads(line)
-            if event["event"] == "measure_start" and server is not None:
-                before = server.cpu_seconds()
-            elif event["event"] == "measure_end" and server is not None:
-                after = server.cpu_seconds()
-                assert proc.stdin is not None
-                proc.stdin.close()  # let it close its connections and report
+            if event["event"] in ("measure_start", "measure_end") and server is not None:
+                readings[event["event"]] = (server.cpu_seconds(), cpu_times([proc.pid]))
+                if event["event"] == "measure_end":
+                    assert proc.stdin is not None
+                    proc.stdin.close()  # let it close its connections and report
             elif event["event"] == "result":
                 result = event
         proc.wait(timeout=warmup_s + duration_s + 30)
@@ -334,18 +345,30 @@ def echoload(
         stderr = proc.stderr.read() if proc.stderr else ""
         raise RuntimeError(f"echoload gave no result (exit {proc.returncode}): {stderr}")
     done = int(result.get("requests", result.get("bytes", result.get("accepted", 0))))
-    # Processes still there at the end, from their time at the start (or from zero when
-    # forked inside the window); socat children of earlier connections that exited during
-    # the window were idle, and their totals would otherwise come off as negative time.
-    user = sum(times[0] - before.get(pid, (0.0, 0.0))[0] for pid, times in after.items())
-    system = sum(times[1] - before.get(pid, (0.0, 0.0))[1] for pid, times in after.items())
+    before, client_before = readings.get("measure_start", ({}, {}))
+    after, client_after = readings.get("measure_end", ({}, {}))
+    user, system = window_cpu(before, after)
     return LoadResult(
         per_second=float(result["per_second"]),
         requests=done,
         errors=int(result["errors"]),
         cpu_user_s=user,
         cpu_system_s=system,
+        client_cpu_s=sum(window_cpu(client_before, client_after)),
+        seconds=float(result["seconds"]),
     )
+
+
+def window_cpu(before: CpuTimes, after: CpuTimes) -> tuple[float, float]:
+    """User and system CPU time used between two readings, summed over the processes.
+
+    Processes still there at the end count from their time at the start (or from zero when
+    forked inside the window); socat children of earlier connections that exited during
+    the window were idle, and their totals would otherwise come off as negative time.
+    """
+    user = sum(times[0] - before.get(pid, (0.0, 0.0))[0] for pid, times in after.items())
+    system = sum(times[1] - before.get(pid, (0.0, 0.0))[1] for pid, times in after.items())
+    return user, system
 
 
 def tcpecho_bench(
